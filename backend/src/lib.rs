@@ -1,0 +1,1 @@
+//! ExecuTorch backend (see docs/DESIGN.md). Filled in by the backend issue.

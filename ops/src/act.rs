@@ -1,0 +1,94 @@
+//! Dynamic per-token symmetric INT8 activation quantization (the Q8 path's left operand).
+
+use crate::error::{check_len, Result};
+use crate::quant::round_half_even;
+
+/// Quantized activations of `m` rows of length `k`, with per-group sums for the offset trick.
+#[derive(Clone, Debug, Default)]
+pub struct QuantActs {
+    pub m: usize,
+    pub k: usize,
+    pub group: usize,
+    /// `[m, k]` int8 values in [-127, 127].
+    pub q: Vec<i8>,
+    /// `[m]` scales.
+    pub scale: Vec<f32>,
+    /// `[m, k / group]` sums of `q` over each group.
+    pub gsum: Vec<i32>,
+}
+
+/// Borrowed view of quantized activations (what kernels take).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantActsRef<'a> {
+    pub m: usize,
+    pub k: usize,
+    pub group: usize,
+    pub q: &'a [i8],
+    pub scale: &'a [f32],
+    pub gsum: &'a [i32],
+}
+
+impl QuantActs {
+    /// Resize buffers (grow only: no allocation once warmed up for the largest shape).
+    pub fn reset(&mut self, m: usize, k: usize, group: usize) {
+        self.m = m;
+        self.k = k;
+        self.group = group;
+        self.q.resize(m * k, 0);
+        self.scale.resize(m, 0.0);
+        self.gsum.resize(m * (k / group), 0);
+    }
+    pub fn as_ref(&self) -> QuantActsRef<'_> {
+        QuantActsRef {
+            m: self.m,
+            k: self.k,
+            group: self.group,
+            q: &self.q[..self.m * self.k],
+            scale: &self.scale[..self.m],
+            gsum: &self.gsum[..self.m * (self.k / self.group)],
+        }
+    }
+    /// Quantize `x[m, k]` (row-major) into `self`.
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, group: usize) -> Result<()> {
+        check_len("activations", m * k, x.len())?;
+        self.reset(m, k, group);
+        for i in 0..m {
+            quantize_row(
+                &x[i * k..(i + 1) * k],
+                group,
+                &mut self.q[i * k..(i + 1) * k],
+                &mut self.scale[i],
+                &mut self.gsum[i * (k / group)..(i + 1) * (k / group)],
+            );
+        }
+        Ok(())
+    }
+    /// Quantize one row in place at row index `i` (buffers must be `reset` first).
+    pub fn quantize_row_at(&mut self, i: usize, x: &[f32]) {
+        let (k, g) = (self.k, self.group);
+        let ng = k / g;
+        quantize_row(x, g, &mut self.q[i * k..(i + 1) * k], &mut self.scale[i], &mut self.gsum[i * ng..(i + 1) * ng]);
+    }
+    /// Copy row `src` of `other` into row `dst` of `self` (gather for the grouped GEMM).
+    pub fn copy_row_from(&mut self, dst: usize, other: &QuantActs, src: usize) {
+        let (k, ng) = (self.k, self.k / self.group);
+        self.q[dst * k..(dst + 1) * k].copy_from_slice(&other.q[src * k..(src + 1) * k]);
+        self.scale[dst] = other.scale[src];
+        self.gsum[dst * ng..(dst + 1) * ng].copy_from_slice(&other.gsum[src * ng..(src + 1) * ng]);
+    }
+}
+
+/// Quantize one row. Non-finite inputs: NaN maps to 0, +-inf saturates (scale from finite values);
+/// the row's fp32 result is then finite, which keeps one bad token from poisoning the batch.
+pub fn quantize_row(x: &[f32], group: usize, q: &mut [i8], scale: &mut f32, gsum: &mut [i32]) {
+    let max_abs = x.iter().fold(0f32, |m, &v| if v.is_finite() && v.abs() > m { v.abs() } else { m });
+    let s = (max_abs / 127.0).max(f32::MIN_POSITIVE);
+    *scale = s;
+    for (qi, &v) in q.iter_mut().zip(x) {
+        // `as i8` of NaN is 0; clamp saturates infinities.
+        *qi = round_half_even(v / s).clamp(-127.0, 127.0) as i8;
+    }
+    for (g, out) in gsum.iter_mut().enumerate() {
+        *out = q[g * group..(g + 1) * group].iter().map(|&v| v as i32).sum();
+    }
+}

@@ -1,0 +1,183 @@
+//! GEMM kernels over the T16K4 packed layout, one file per ISA beside the scalar reference
+//! (`scalar.rs`), chosen at run time.
+//!
+//! Contract of every kernel (both paths), for the tiles `tiles` of `w` and all `m` rows of the
+//! activations: `out[i * ldo + n] = y[i][n]` for `n` in `tiles.start*16 .. min(tiles.end*16, N)`.
+//! Columns outside that range are not touched, which lets threads write disjoint tile ranges of
+//! one output buffer. Results equal `scalar` bit for bit (docs/DESIGN.md section 3).
+
+use crate::act::QuantActsRef;
+use crate::quant::PackedRef;
+use std::ops::Range;
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx512;
+
+/// A raw output pointer shared by threads that write disjoint columns.
+#[derive(Clone, Copy, Debug)]
+pub struct OutPtr {
+    pub ptr: *mut f32,
+    /// Number of f32 elements valid from `ptr`.
+    pub len: usize,
+    /// Row stride in elements.
+    pub ldo: usize,
+}
+// SAFETY: an OutPtr is only used to write disjoint (row, column) ranges from different threads;
+// the owner of the buffer keeps it alive and does not read it until all writers have joined.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    pub fn new(buf: &mut [f32], ldo: usize) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len(), ldo }
+    }
+    /// The same buffer starting at row `row0` (empty if past the end). Safe: only offsets within
+    /// the buffer are formed.
+    pub fn rows_from(self, row0: usize) -> Self {
+        let off = row0.saturating_mul(self.ldo).min(self.len);
+        // SAFETY: off <= len, so the pointer stays within (or one past) the buffer.
+        Self { ptr: unsafe { self.ptr.add(off) }, len: self.len - off, ldo: self.ldo }
+    }
+    /// # Safety
+    /// `i * ldo + n < len`, and no other thread writes or reads this element concurrently.
+    #[inline(always)]
+    pub unsafe fn write(&self, i: usize, n: usize, v: f32) {
+        let idx = i * self.ldo + n;
+        debug_assert!(idx < self.len);
+        *self.ptr.add(idx) = v;
+    }
+}
+
+/// Checks done once before calling any kernel (kernels may then index without bounds checks).
+pub fn check_call(w: &PackedRef<'_>, tiles: &Range<usize>, m: usize, k: usize, out: &OutPtr) -> bool {
+    let spec = &w.spec;
+    tiles.start <= tiles.end
+        && tiles.end <= spec.tiles()
+        && k == spec.k
+        && w.data.len() == spec.data_bytes()
+        && w.scales.len() == spec.scale_count()
+        && out.ldo >= spec.n
+        && (m == 0 || (m - 1).checked_mul(out.ldo).and_then(|v| v.checked_add(spec.n)).is_some_and(|v| v <= out.len))
+}
+
+/// `gemm_q8(w, tiles, acts, out)`: Q8 path (int8 activations x int4/int8 weights).
+/// # Safety
+/// `check_call(w, tiles, acts.m, acts.k, out)` holds, `acts` is consistent (`q.len() == m*k`,
+/// `gsum.len() == m*k/group`, `group == w.spec.group`), and the caller's CPU has the kernel's ISA.
+pub type GemmQ8Fn = unsafe fn(&PackedRef<'_>, Range<usize>, &QuantActsRef<'_>, OutPtr);
+/// `gemm_f32(w, tiles, x, m, out)`: exact path (fp32 activations `x[m, k]`).
+/// # Safety
+/// As `GemmQ8Fn`, with `x.len() == m * w.spec.k`.
+pub type GemmF32Fn = unsafe fn(&PackedRef<'_>, Range<usize>, &[f32], usize, OutPtr);
+
+/// Which implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKind {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+    Neon,
+    NeonDotprod,
+    NeonI8mm,
+}
+
+impl KernelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512vnni",
+            Self::Neon => "neon",
+            Self::NeonDotprod => "neon-dotprod",
+            Self::NeonI8mm => "neon-i8mm",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == s)
+    }
+    pub const ALL: [KernelKind; 6] =
+        [Self::Scalar, Self::Avx2, Self::Avx512Vnni, Self::Neon, Self::NeonDotprod, Self::NeonI8mm];
+
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => x86_avx2::supported(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => x86_avx512::supported(),
+            _ => false,
+        }
+    }
+}
+
+/// A dispatched kernel set.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    pub kind: KernelKind,
+    gemm_q8: GemmQ8Fn,
+    gemm_f32: GemmF32Fn,
+}
+
+impl Kernels {
+    /// The kernel set `kind`, if this CPU supports it.
+    pub fn get(kind: KernelKind) -> Option<Self> {
+        if !kind.supported() {
+            return None;
+        }
+        Some(match kind {
+            KernelKind::Scalar => Self { kind, gemm_q8: scalar::gemm_q8, gemm_f32: scalar::gemm_f32 },
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 => Self { kind, gemm_q8: x86_avx2::gemm_q8, gemm_f32: x86_avx2::gemm_f32 },
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512Vnni => {
+                Self { kind, gemm_q8: x86_avx512::gemm_q8, gemm_f32: x86_avx512::gemm_f32 }
+            }
+            _ => return None,
+        })
+    }
+
+    /// The fastest kernel set this CPU supports; `MOBILEMOE_KERNEL=<name>` overrides it
+    /// (ignored if unsupported).
+    pub fn best() -> Self {
+        if let Some(k) = std::env::var("MOBILEMOE_KERNEL").ok().and_then(|s| KernelKind::from_name(&s)) {
+            if let Some(ks) = Self::get(k) {
+                return ks;
+            }
+        }
+        Self::available().into_iter().last().expect("scalar is always available")
+    }
+
+    /// Every kernel set this CPU supports, slowest (scalar) first.
+    pub fn available() -> Vec<Self> {
+        KernelKind::ALL.iter().filter_map(|&k| Self::get(k)).collect()
+    }
+
+    /// Q8 GEMM on `tiles` (see module docs). Returns false (and does nothing) on a contract
+    /// violation, so a bad call can never read or write out of bounds.
+    pub fn gemm_q8(&self, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) -> bool {
+        let ok = check_call(w, &tiles, a.m, a.k, &out)
+            && a.group == w.spec.group
+            && a.q.len() == a.m * a.k
+            && a.scale.len() == a.m
+            && a.gsum.len() == a.m * (a.k / a.group);
+        if ok {
+            // SAFETY: contract checked above; `self` was built by `get`, which checked the ISA.
+            unsafe { (self.gemm_q8)(w, tiles, a, out) }
+        }
+        ok
+    }
+
+    /// Exact fp32 GEMM on `tiles` (see module docs). Returns false on a contract violation.
+    pub fn gemm_f32(&self, w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) -> bool {
+        let ok = check_call(w, &tiles, m, w.spec.k, &out) && x.len() == m * w.spec.k;
+        if ok {
+            // SAFETY: as in gemm_q8.
+            unsafe { (self.gemm_f32)(w, tiles, x, m, out) }
+        }
+        ok
+    }
+}

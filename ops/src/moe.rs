@@ -1,0 +1,506 @@
+//! The fused MoE FFN: route -> quantize -> permute -> gate_up -> act -> down -> scatter (+ shared).
+
+use crate::act::{QuantActs, QuantActsRef};
+use crate::error::{check_len, mul_dims, OpsError, Result};
+use crate::kernels::{Kernels, OutPtr};
+use crate::quant::{MatrixSpec, PackedRef, WeightBits};
+use crate::routing::{self, RouterConfig};
+use crate::threadpool::ThreadPool;
+use tracing::debug_span;
+
+/// Shapes and attributes of one MoE layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeSpec {
+    /// Model dimension D.
+    pub dim: usize,
+    /// Expert hidden dimension F.
+    pub hidden: usize,
+    /// Shared expert hidden dimension (0: no shared expert).
+    pub shared_hidden: usize,
+    pub group: usize,
+    pub bits: WeightBits,
+    pub router: RouterConfig,
+    /// fp32 activations with on-the-fly dequantisation instead of the int8 (Q8) path.
+    pub exact: bool,
+}
+
+impl MoeSpec {
+    pub fn w13_spec(&self) -> Result<MatrixSpec> {
+        MatrixSpec::new(2 * self.hidden, self.dim, self.group, self.bits)
+    }
+    pub fn w2_spec(&self) -> Result<MatrixSpec> {
+        MatrixSpec::new(self.dim, self.hidden, self.group, self.bits)
+    }
+    pub fn shared_w13_spec(&self) -> Result<MatrixSpec> {
+        MatrixSpec::new(2 * self.shared_hidden, self.dim, self.group, self.bits)
+    }
+    pub fn shared_w2_spec(&self) -> Result<MatrixSpec> {
+        MatrixSpec::new(self.dim, self.shared_hidden, self.group, self.bits)
+    }
+    pub fn validate(&self) -> Result<()> {
+        self.router.validate()?;
+        self.w13_spec()?;
+        self.w2_spec()?;
+        if self.shared_hidden > 0 {
+            self.shared_w13_spec()?;
+            self.shared_w2_spec()?;
+        }
+        Ok(())
+    }
+}
+
+/// Weights of the shared expert.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedExpert<'a> {
+    pub w13: PackedRef<'a>,
+    pub w2: PackedRef<'a>,
+    /// Optional `[D]` sigmoid gate (Qwen-MoE `shared_expert_gate`).
+    pub gate: Option<&'a [f32]>,
+}
+
+/// Borrowed weights of one MoE layer (zero copy).
+#[derive(Clone, Copy, Debug)]
+pub struct MoeWeights<'a> {
+    /// `[E, D]` fp32.
+    pub router_w: &'a [f32],
+    /// `[E]` selection-only bias (sigmoid routing).
+    pub expert_bias: Option<&'a [f32]>,
+    /// `[E, w13 bytes]`, `[E, w13 scales]`.
+    pub w13: &'a [u8],
+    pub w13_scales: &'a [f32],
+    /// `[E, w2 bytes]`, `[E, w2 scales]`.
+    pub w2: &'a [u8],
+    pub w2_scales: &'a [f32],
+    pub shared: Option<SharedExpert<'a>>,
+}
+
+impl<'a> MoeWeights<'a> {
+    /// Checks every buffer size against `spec`.
+    pub fn validate(&self, spec: &MoeSpec) -> Result<()> {
+        spec.validate()?;
+        let e = spec.router.num_experts;
+        let (s13, s2) = (spec.w13_spec()?, spec.w2_spec()?);
+        check_len("router weight", mul_dims("router weight", &[e, spec.dim])?, self.router_w.len())?;
+        if let Some(b) = self.expert_bias {
+            check_len("expert bias", e, b.len())?;
+        }
+        check_len("w13 data", mul_dims("w13 data", &[e, s13.data_bytes()])?, self.w13.len())?;
+        check_len("w13 scales", mul_dims("w13 scales", &[e, s13.scale_count()])?, self.w13_scales.len())?;
+        check_len("w2 data", mul_dims("w2 data", &[e, s2.data_bytes()])?, self.w2.len())?;
+        check_len("w2 scales", mul_dims("w2 scales", &[e, s2.scale_count()])?, self.w2_scales.len())?;
+        match (&self.shared, spec.shared_hidden) {
+            (None, 0) => {}
+            (Some(sh), f) if f > 0 => {
+                if sh.w13.spec != spec.shared_w13_spec()? || sh.w2.spec != spec.shared_w2_spec()? {
+                    return Err(OpsError::Invalid("shared expert weights do not match shared_hidden/dim/group".into()));
+                }
+                check_len("shared w13 data", sh.w13.spec.data_bytes(), sh.w13.data.len())?;
+                check_len("shared w13 scales", sh.w13.spec.scale_count(), sh.w13.scales.len())?;
+                check_len("shared w2 data", sh.w2.spec.data_bytes(), sh.w2.data.len())?;
+                check_len("shared w2 scales", sh.w2.spec.scale_count(), sh.w2.scales.len())?;
+                if let Some(g) = sh.gate {
+                    check_len("shared expert gate", spec.dim, g.len())?;
+                }
+            }
+            (None, _) => return Err(OpsError::Invalid("shared_hidden > 0 but no shared expert weights".into())),
+            (Some(_), _) => return Err(OpsError::Invalid("shared expert weights given but shared_hidden = 0".into())),
+        }
+        Ok(())
+    }
+
+    fn expert(&self, spec: &MoeSpec, e: usize, which: Which) -> PackedRef<'a> {
+        let (s13, s2) = (spec.w13_spec().unwrap(), spec.w2_spec().unwrap());
+        match which {
+            Which::GateUp => PackedRef {
+                spec: s13,
+                data: &self.w13[e * s13.data_bytes()..(e + 1) * s13.data_bytes()],
+                scales: &self.w13_scales[e * s13.scale_count()..(e + 1) * s13.scale_count()],
+            },
+            Which::Down => PackedRef {
+                spec: s2,
+                data: &self.w2[e * s2.data_bytes()..(e + 1) * s2.data_bytes()],
+                scales: &self.w2_scales[e * s2.scale_count()..(e + 1) * s2.scale_count()],
+            },
+        }
+    }
+
+    /// Weight bytes the layer reads for `t` tokens routed to `distinct_experts` experts.
+    pub fn bytes_read(spec: &MoeSpec, distinct_experts: usize) -> usize {
+        let per = spec.w13_spec().map(|s| s.total_bytes()).unwrap_or(0) + spec.w2_spec().map(|s| s.total_bytes()).unwrap_or(0);
+        let shared = if spec.shared_hidden > 0 {
+            spec.shared_w13_spec().map(|s| s.total_bytes()).unwrap_or(0)
+                + spec.shared_w2_spec().map(|s| s.total_bytes()).unwrap_or(0)
+        } else {
+            0
+        };
+        distinct_experts * per + shared + 4 * spec.router.num_experts * spec.dim
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    GateUp,
+    Down,
+}
+
+/// One GEMM work item: `matrix` (an expert id, or `SHARED`) over activation rows
+/// `row0 .. row0 + rows`, output tiles `tile0 .. tile1`.
+#[derive(Clone, Copy, Debug)]
+struct GemmItem {
+    matrix: u32,
+    row0: u32,
+    rows: u32,
+    tile0: u32,
+    tile1: u32,
+}
+const SHARED: u32 = u32::MAX;
+
+/// Reusable buffers; grow-only, so after a warm-up call at the largest token count no call allocates.
+#[derive(Default)]
+pub struct MoeScratch {
+    logits: Vec<f32>,
+    route_tmp: Vec<f32>,
+    ids: Vec<u32>,
+    weights: Vec<f32>,
+    counts: Vec<u32>,
+    offsets: Vec<u32>,
+    /// pair index (in expert-sorted order) of token i's j-th choice: `pos[i*k + j]`
+    pos: Vec<u32>,
+    pair_token: Vec<u32>,
+    fill: Vec<u32>,
+    qx: QuantActs,
+    qg: QuantActs,
+    qh: QuantActs,
+    qsh: QuantActs,
+    xg: Vec<f32>,
+    h: Vec<f32>,
+    act: Vec<f32>,
+    o: Vec<f32>,
+    sh_h: Vec<f32>,
+    sh_act: Vec<f32>,
+    sh_o: Vec<f32>,
+    items: Vec<GemmItem>,
+    /// Per-expert token counts of the last call (routing statistics).
+    pub last_counts: Vec<u32>,
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+/// Tiles per work item: small enough that decode (one token, k experts) gives every thread
+/// several items, large enough to amortise dispatch.
+fn tile_block(total_tiles: usize, rows: usize, threads: usize) -> usize {
+    let target_items = threads * 8;
+    let per = total_tiles.div_ceil(target_items).max(1);
+    // Many rows per item: smaller blocks are fine; few rows: keep at least 2 tiles.
+    if rows >= 32 { per.clamp(1, 8) } else { per.clamp(2, 16) }
+}
+
+/// Runs the fused MoE FFN on `x[t, D]` into `out[t, D]`.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_ffn(
+    spec: &MoeSpec,
+    w: &MoeWeights<'_>,
+    x: &[f32],
+    t: usize,
+    out: &mut [f32],
+    scratch: &mut MoeScratch,
+    pool: &ThreadPool,
+    kernels: &Kernels,
+) -> Result<()> {
+    let _span = debug_span!("moe_ffn", tokens = t, experts = spec.router.num_experts, top_k = spec.router.top_k).entered();
+    w.validate(spec)?;
+    let d = spec.dim;
+    let f = spec.hidden;
+    let e = spec.router.num_experts;
+    let k = spec.router.top_k;
+    let tk = mul_dims("tokens x top_k", &[t, k])?;
+    check_len("moe input", mul_dims("moe input", &[t, d])?, x.len())?;
+    check_len("moe output", t * d, out.len())?;
+    if t == 0 {
+        return Ok(());
+    }
+    let s = scratch;
+    let threads = pool.threads();
+
+    // route
+    {
+        let _g = debug_span!("route").entered();
+        grow(&mut s.logits, t * e);
+        grow(&mut s.route_tmp, e);
+        grow(&mut s.ids, tk);
+        grow(&mut s.weights, tk);
+        routing::route(
+            &spec.router,
+            x,
+            t,
+            d,
+            w.router_w,
+            w.expert_bias,
+            &mut s.logits[..t * e],
+            &mut s.route_tmp[..e],
+            &mut s.ids[..tk],
+            &mut s.weights[..tk],
+        )?;
+    }
+
+    // permute: counting sort of (token, choice) pairs by expert
+    {
+        let _g = debug_span!("permute").entered();
+        s.counts.clear();
+        s.counts.resize(e, 0);
+        for &id in &s.ids[..tk] {
+            s.counts[id as usize] += 1;
+        }
+        s.offsets.clear();
+        s.offsets.resize(e + 1, 0);
+        for j in 0..e {
+            s.offsets[j + 1] = s.offsets[j] + s.counts[j];
+        }
+        grow(&mut s.pos, tk);
+        grow(&mut s.pair_token, tk);
+        s.fill.clear();
+        s.fill.extend_from_slice(&s.offsets[..e]);
+        for p in 0..tk {
+            let ex = s.ids[p] as usize;
+            let slot = s.fill[ex];
+            s.fill[ex] += 1;
+            s.pos[p] = slot;
+            s.pair_token[slot as usize] = (p / k) as u32;
+        }
+        s.last_counts.clear();
+        s.last_counts.extend_from_slice(&s.counts);
+    }
+
+    // quantize / gather activations
+    let shared = w.shared;
+    let fs = spec.shared_hidden;
+    {
+        let _g = debug_span!("quantize").entered();
+        if spec.exact {
+            grow(&mut s.xg, tk * d);
+            for p in 0..tk {
+                let tok = s.pair_token[p] as usize;
+                s.xg[p * d..(p + 1) * d].copy_from_slice(&x[tok * d..(tok + 1) * d]);
+            }
+        } else {
+            s.qx.quantize(x, t, d, spec.group)?;
+            s.qg.reset(tk, d, spec.group);
+            for p in 0..tk {
+                let tok = s.pair_token[p] as usize;
+                s.qg.copy_row_from(p, &s.qx, tok);
+            }
+        }
+    }
+
+    // gate_up: experts (over gathered rows) and the shared expert (over all tokens)
+    grow(&mut s.h, tk * 2 * f);
+    if shared.is_some() {
+        grow(&mut s.sh_h, t * 2 * fs);
+    }
+    {
+        let _g = debug_span!("gate_up").entered();
+        let tiles13 = (2 * f).div_ceil(16);
+        s.items.clear();
+        push_items(&mut s.items, &s.counts, &s.offsets, tiles13, threads);
+        if shared.is_some() {
+            push_shared(&mut s.items, t, (2 * fs).div_ceil(16), threads);
+        }
+        let h_out = OutPtr::new(&mut s.h[..tk * 2 * f], 2 * f);
+        let sh_out = if shared.is_some() { Some(OutPtr::new(&mut s.sh_h[..t * 2 * fs], 2 * fs)) } else { None };
+        run_gemms(
+            pool,
+            kernels,
+            &s.items,
+            |m| if m == SHARED { shared.unwrap().w13 } else { w.expert(spec, m as usize, Which::GateUp) },
+            if spec.exact { Acts::F32(&s.xg[..tk * d], x) } else { Acts::Q8(s.qg.as_ref(), s.qx.as_ref()) },
+            h_out,
+            sh_out,
+        )?;
+    }
+
+    // act: SwiGLU, then requantize for the down projection
+    grow(&mut s.act, tk * f);
+    if shared.is_some() {
+        grow(&mut s.sh_act, t * fs);
+    }
+    {
+        let _g = debug_span!("act").entered();
+        swiglu_rows(&s.h[..tk * 2 * f], f, &mut s.act[..tk * f]);
+        if shared.is_some() {
+            swiglu_rows(&s.sh_h[..t * 2 * fs], fs, &mut s.sh_act[..t * fs]);
+        }
+        if !spec.exact {
+            s.qh.quantize(&s.act[..tk * f], tk, f, spec.group)?;
+            if shared.is_some() {
+                s.qsh.quantize(&s.sh_act[..t * fs], t, fs, spec.group)?;
+            }
+        }
+    }
+
+    // down
+    grow(&mut s.o, tk * d);
+    if shared.is_some() {
+        grow(&mut s.sh_o, t * d);
+    }
+    {
+        let _g = debug_span!("down").entered();
+        let tiles2 = d.div_ceil(16);
+        s.items.clear();
+        push_items(&mut s.items, &s.counts, &s.offsets, tiles2, threads);
+        if shared.is_some() {
+            push_shared(&mut s.items, t, tiles2, threads);
+        }
+        let o_out = OutPtr::new(&mut s.o[..tk * d], d);
+        let sh_out = if shared.is_some() { Some(OutPtr::new(&mut s.sh_o[..t * d], d)) } else { None };
+        run_gemms(
+            pool,
+            kernels,
+            &s.items,
+            |m| if m == SHARED { shared.unwrap().w2 } else { w.expert(spec, m as usize, Which::Down) },
+            if spec.exact {
+                Acts::F32(&s.act[..tk * f], &s.sh_act[..if shared.is_some() { t * fs } else { 0 }])
+            } else {
+                Acts::Q8(s.qh.as_ref(), if shared.is_some() { s.qsh.as_ref() } else { s.qh.as_ref() })
+            },
+            o_out,
+            sh_out,
+        )?;
+    }
+
+    // scatter: y[i] = sum_j w_ij * o[pos(i, j)]  (+ gate_i * shared(x_i))
+    {
+        let _g = debug_span!("scatter").entered();
+        for i in 0..t {
+            let y = &mut out[i * d..(i + 1) * d];
+            y.fill(0.0);
+            for j in 0..k {
+                let wt = s.weights[i * k + j];
+                let p = s.pos[i * k + j] as usize;
+                let o = &s.o[p * d..(p + 1) * d];
+                for (yv, &ov) in y.iter_mut().zip(o) {
+                    *yv = wt.mul_add(ov, *yv);
+                }
+            }
+            if let Some(sh) = shared {
+                let g = match sh.gate {
+                    Some(gw) => {
+                        let z = routing::dot_f32(&x[i * d..(i + 1) * d], gw);
+                        1.0 / (1.0 + (-z).exp())
+                    }
+                    None => 1.0,
+                };
+                let so = &s.sh_o[i * d..(i + 1) * d];
+                for (yv, &ov) in y.iter_mut().zip(so) {
+                    *yv = g.mul_add(ov, *yv);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn push_items(items: &mut Vec<GemmItem>, counts: &[u32], offsets: &[u32], tiles: usize, threads: usize) {
+    let active = counts.iter().filter(|&&c| c > 0).count().max(1);
+    let rows_avg = counts.iter().map(|&c| c as usize).sum::<usize>() / active;
+    let blk = tile_block(tiles * active, rows_avg, threads);
+    for (ex, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let mut t0 = 0;
+        while t0 < tiles {
+            let t1 = (t0 + blk).min(tiles);
+            items.push(GemmItem { matrix: ex as u32, row0: offsets[ex], rows: c, tile0: t0 as u32, tile1: t1 as u32 });
+            t0 = t1;
+        }
+    }
+}
+
+fn push_shared(items: &mut Vec<GemmItem>, t: usize, tiles: usize, threads: usize) {
+    let blk = tile_block(tiles, t, threads);
+    let mut t0 = 0;
+    while t0 < tiles {
+        let t1 = (t0 + blk).min(tiles);
+        items.push(GemmItem { matrix: SHARED, row0: 0, rows: t as u32, tile0: t0 as u32, tile1: t1 as u32 });
+        t0 = t1;
+    }
+}
+
+/// Activations of the routed pairs and of the shared expert's rows.
+#[derive(Clone, Copy)]
+enum Acts<'a> {
+    Q8(QuantActsRef<'a>, QuantActsRef<'a>),
+    F32(&'a [f32], &'a [f32]),
+}
+
+fn rows_q8<'a>(a: &QuantActsRef<'a>, row0: usize, rows: usize) -> QuantActsRef<'a> {
+    let ng = a.k / a.group;
+    QuantActsRef {
+        m: rows,
+        k: a.k,
+        group: a.group,
+        q: &a.q[row0 * a.k..(row0 + rows) * a.k],
+        scale: &a.scale[row0..row0 + rows],
+        gsum: &a.gsum[row0 * ng..(row0 + rows) * ng],
+    }
+}
+
+fn run_gemms<'w>(
+    pool: &ThreadPool,
+    kernels: &Kernels,
+    items: &[GemmItem],
+    matrix: impl Fn(u32) -> PackedRef<'w> + Sync,
+    acts: Acts<'_>,
+    out: OutPtr,
+    shared_out: Option<OutPtr>,
+) -> Result<()> {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    pool.run(items.len(), &|idx| {
+        let it = items[idx];
+        let wref = matrix(it.matrix);
+        let (row0, rows) = (it.row0 as usize, it.rows as usize);
+        let is_shared = it.matrix == SHARED;
+        let dst = if is_shared { shared_out.unwrap() } else { out };
+        // Output rows of this item start at row0 of `dst`.
+        let sub = dst.rows_from(row0);
+        let tiles = it.tile0 as usize..it.tile1 as usize;
+        let ok = match acts {
+            Acts::Q8(pairs, sh) => {
+                let a = if is_shared { rows_q8(&sh, row0, rows) } else { rows_q8(&pairs, row0, rows) };
+                kernels.gemm_q8(&wref, tiles, &a, sub)
+            }
+            Acts::F32(pairs, sh) => {
+                let src = if is_shared { sh } else { pairs };
+                let kd = wref.spec.k;
+                kernels.gemm_f32(&wref, tiles, &src[row0 * kd..(row0 + rows) * kd], rows, sub)
+            }
+        };
+        if !ok {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .map_err(|_| OpsError::Invalid("a kernel thread panicked".into()))?;
+    if failed.into_inner() {
+        return Err(OpsError::Invalid("internal: kernel contract check failed".into()));
+    }
+    Ok(())
+}
+
+/// `act[p, j] = silu(h[p, j]) * h[p, F + j]` for rows of width 2F.
+pub fn swiglu_rows(h: &[f32], f: usize, act: &mut [f32]) {
+    for (hr, ar) in h.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
+        let (gate, up) = hr.split_at(f);
+        for j in 0..f {
+            ar[j] = silu(gate[j]) * up[j];
+        }
+    }
+}
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}

@@ -1,0 +1,254 @@
+//! A small persistent thread pool for the kernels: no allocation per call, dynamic work stealing
+//! over an item counter, the calling thread works too. Workers spin briefly after a job (decode
+//! issues a job every few tens of microseconds) and then sleep on a condvar.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+type Job<'a> = dyn Fn(usize) + Sync + 'a;
+
+struct Shared {
+    /// Raw pointer to the current job (a `&Job` whose lifetime `run` guarantees, see there).
+    job: AtomicU64Pair,
+    n_items: AtomicUsize,
+    next: AtomicUsize,
+    /// Workers still inside the current job.
+    active: AtomicUsize,
+    epoch: AtomicU64,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A fat pointer stored as two words (data, vtable) so it can be published atomically-enough:
+/// both words are written before `epoch` is bumped (Release) and read after it is seen (Acquire).
+struct AtomicU64Pair(AtomicUsize, AtomicUsize);
+
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    threads: usize,
+    handles: Vec<JoinHandle<()>>,
+    /// Serialises callers: a second concurrent caller runs its job inline instead of waiting.
+    busy: Mutex<()>,
+}
+
+/// Error from a job that panicked on some thread (the pool stays usable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPanicked;
+
+const SPIN_ITERS: u32 = 20_000;
+
+impl ThreadPool {
+    /// A pool running jobs on `threads` threads in total (the caller counts as one).
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            job: AtomicU64Pair(AtomicUsize::new(0), AtomicUsize::new(0)),
+            n_items: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let handles = (1..threads)
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("mobilemoe-worker-{i}"))
+                    .spawn(move || worker(s))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        Self { shared, threads, handles, busy: Mutex::new(()) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(i)` for every `i in 0..n_items`, spread over the pool; returns when all are done.
+    pub fn run(&self, n_items: usize, f: &(dyn Fn(usize) + Sync)) -> Result<(), JobPanicked> {
+        if n_items == 0 {
+            return Ok(());
+        }
+        let guard = match self.busy.try_lock() {
+            Ok(g) if self.threads > 1 && n_items > 1 => g,
+            _ => {
+                // Single thread, a single item, or another caller owns the pool: run inline.
+                return catch_unwind(AssertUnwindSafe(|| (0..n_items).for_each(f))).map_err(|_| JobPanicked);
+            }
+        };
+        let s = &*self.shared;
+        // SAFETY (lifetime erasure): the pointer to `f` is published to the workers and every worker
+        // that picks it up decrements `active` only after its last use of it; we do not return (nor
+        // unwind: the body below cannot panic) before `active` is 0 again, so `f` outlives every use.
+        let raw: *const Job<'_> = f;
+        let (data, vtable): (usize, usize) = unsafe { std::mem::transmute(raw) };
+        s.job.0.store(data, Relaxed);
+        s.job.1.store(vtable, Relaxed);
+        s.n_items.store(n_items, Relaxed);
+        s.next.store(0, Relaxed);
+        s.panicked.store(false, Relaxed);
+        s.active.store(self.threads - 1, Relaxed);
+        s.epoch.fetch_add(1, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let ok = catch_unwind(AssertUnwindSafe(|| drain(s, f))).is_ok();
+        while s.active.load(Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        drop(guard);
+        if ok && !s.panicked.load(Relaxed) {
+            Ok(())
+        } else {
+            Err(JobPanicked)
+        }
+    }
+
+    /// The process-wide pool (`MOBILEMOE_THREADS` or the number of CPUs).
+    pub fn global() -> Arc<ThreadPool> {
+        let mut g = global_slot().lock().unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert_with(|| {
+            let n = std::env::var("MOBILEMOE_THREADS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            Arc::new(ThreadPool::new(n))
+        })
+        .clone()
+    }
+
+    /// Replace the process-wide pool with one of `threads` threads.
+    pub fn set_global_threads(threads: usize) {
+        let mut g = global_slot().lock().unwrap_or_else(|e| e.into_inner());
+        *g = Some(Arc::new(ThreadPool::new(threads)));
+    }
+}
+
+fn global_slot() -> &'static Mutex<Option<Arc<ThreadPool>>> {
+    static SLOT: OnceLock<Mutex<Option<Arc<ThreadPool>>>> = OnceLock::new();
+    SLOT.get_or_init(|| Mutex::new(None))
+}
+
+fn drain(s: &Shared, f: &Job<'_>) {
+    let n = s.n_items.load(Relaxed);
+    loop {
+        let i = s.next.fetch_add(1, Relaxed);
+        if i >= n {
+            break;
+        }
+        f(i);
+    }
+}
+
+fn worker(s: Arc<Shared>) {
+    // Epochs start at 0 when the pool is built; a worker that starts late must still see epoch 1.
+    let mut seen = 0u64;
+    loop {
+        // Wait for a new epoch: spin first, then sleep.
+        let mut spins = 0u32;
+        loop {
+            if s.shutdown.load(Relaxed) {
+                return;
+            }
+            if s.epoch.load(Acquire) != seen {
+                break;
+            }
+            if spins < SPIN_ITERS {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.sleepers.fetch_add(1, SeqCst);
+            if s.epoch.load(SeqCst) == seen && !s.shutdown.load(SeqCst) {
+                drop(s.wake.wait(l).unwrap_or_else(|e| e.into_inner()));
+            } else {
+                drop(l);
+            }
+            s.sleepers.fetch_sub(1, SeqCst);
+        }
+        seen = s.epoch.load(Acquire);
+        let (data, vtable) = (s.job.0.load(Relaxed), s.job.1.load(Relaxed));
+        // SAFETY: published before the epoch bump we observed with Acquire; valid until we
+        // decrement `active` (see `run`).
+        let f: &Job<'static> = unsafe { &*std::mem::transmute::<(usize, usize), *const Job<'static>>((data, vtable)) };
+        if catch_unwind(AssertUnwindSafe(|| drain(&s, f))).is_err() {
+            s.panicked.store(true, Relaxed);
+        }
+        s.active.fetch_sub(1, Release);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, SeqCst);
+        {
+            let _l = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn runs_every_item_once() {
+        let pool = ThreadPool::new(3);
+        for n in [0usize, 1, 2, 7, 1000] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Relaxed);
+            })
+            .unwrap();
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1));
+        }
+    }
+    #[test]
+    fn panic_is_reported_and_pool_survives() {
+        let pool = ThreadPool::new(2);
+        assert_eq!(pool.run(10, &|i| if i == 5 { panic!("boom") }), Err(JobPanicked));
+        let count = AtomicUsize::new(0);
+        pool.run(10, &|_| {
+            count.fetch_add(1, Relaxed);
+        })
+        .unwrap();
+        assert_eq!(count.load(Relaxed), 10);
+    }
+    #[test]
+    fn concurrent_callers() {
+        let pool = Arc::new(ThreadPool::new(2));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let p = pool.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let c = AtomicUsize::new(0);
+                        p.run(17, &|_| {
+                            c.fetch_add(1, Relaxed);
+                        })
+                        .unwrap();
+                        assert_eq!(c.load(Relaxed), 17);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Shared builders for the ops tests: random MoE layers from a seed.
+#![allow(dead_code)]
+
+use mobilemoe_ops::*;
+
+/// Tiny deterministic PRNG (xorshift) so tests do not depend on a rand crate.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-1, 1).
+    pub fn f(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+pub struct Layer {
+    pub spec: MoeSpec,
+    pub router_w: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub w13: Vec<u8>,
+    pub w13_s: Vec<f32>,
+    pub w2: Vec<u8>,
+    pub w2_s: Vec<f32>,
+    pub shared: Option<(PackedMatrix, PackedMatrix, Option<Vec<f32>>)>,
+}
+
+impl Layer {
+    pub fn random(spec: MoeSpec, seed: u64, with_bias: bool, shared_gate: bool) -> Self {
+        let mut r = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        let (d, f, e) = (spec.dim, spec.hidden, spec.router.num_experts);
+        let s13 = spec.w13_spec().unwrap();
+        let s2 = spec.w2_spec().unwrap();
+        let (mut w13, mut w13_s, mut w2, mut w2_s) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..e {
+            let a = PackedMatrix::quantize(&r.vec(2 * f * d, 0.1), s13).unwrap();
+            w13.extend_from_slice(&a.data);
+            w13_s.extend_from_slice(&a.scales);
+            let b = PackedMatrix::quantize(&r.vec(d * f, 0.1), s2).unwrap();
+            w2.extend_from_slice(&b.data);
+            w2_s.extend_from_slice(&b.scales);
+        }
+        let shared = (spec.shared_hidden > 0).then(|| {
+            let fs = spec.shared_hidden;
+            (
+                PackedMatrix::quantize(&r.vec(2 * fs * d, 0.1), spec.shared_w13_spec().unwrap()).unwrap(),
+                PackedMatrix::quantize(&r.vec(d * fs, 0.1), spec.shared_w2_spec().unwrap()).unwrap(),
+                shared_gate.then(|| r.vec(d, 0.5)),
+            )
+        });
+        Self {
+            router_w: r.vec(e * d, 0.5),
+            bias: with_bias.then(|| r.vec(e, 0.2)),
+            spec,
+            w13,
+            w13_s,
+            w2,
+            w2_s,
+            shared,
+        }
+    }
+    pub fn weights(&self) -> MoeWeights<'_> {
+        MoeWeights {
+            router_w: &self.router_w,
+            expert_bias: self.bias.as_deref(),
+            w13: &self.w13,
+            w13_scales: &self.w13_s,
+            w2: &self.w2,
+            w2_scales: &self.w2_s,
+            shared: self.shared.as_ref().map(|(a, b, g)| SharedExpert { w13: a.as_ref(), w2: b.as_ref(), gate: g.as_deref() }),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Delegate blob format (see docs/DESIGN.md). Filled in by the schema issue.
