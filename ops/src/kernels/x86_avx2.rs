@@ -1,8 +1,322 @@
-//! PLACEHOLDER until the SIMD kernels land: reports unsupported so dispatch never picks it.
+//! AVX2 + FMA kernels over the T16K4 layout.
+//!
+//! A tile's 16 rows are two `ymm` (rows 0..7 and 8..15, one i32/f32 lane per row), so there is no
+//! horizontal reduction.
+//!
+//! Q8 path (per chunk = 16 rows x 4 columns, activations broadcast as one dword):
+//! - INT4: low nibbles (rows 0..7) and high nibbles (rows 8..15) are unpacked to u8 `q + 8` (0..15);
+//!   `vpmaddubsw` gives i16 pair sums with |.| <= 2*15*127 = 3810, so up to 8 chunks are summed in
+//!   i16 (<= 30480 < 32767: no saturation) before one `vpmaddwd` by 1 widens them to i32. The i32
+//!   group accumulator starts at `-8*gsum`, so it ends at `sum q*qa` exactly.
+//! - INT8: `vpmaddubsw` on u8 `q + 128` would saturate, so the sign trick is used instead:
+//!   `|q|` (u8, <= 128) times `sign(qa, q)` (s8, |.| <= 127): products <= 16256, pairs <= 32512,
+//!   exact; then `vpmaddwd` by 1 into i32 every chunk.
+//! Every sum is an exact integer below 2^24, so the conversion to f32 is exact, and
+//! `acc = fma(isum, scale, acc)` per group then `acc * s_a` reproduces the scalar reference.
+//!
+//! F32 path: weights unpacked to signed bytes, each column sign-extended to i32 and converted
+//! (exact); `part = fma(x[k], q, part)` for k in order, `acc = fma(part, scale, acc)` per group.
+
 use super::OutPtr;
 use crate::act::QuantActsRef;
-use crate::quant::PackedRef;
+use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
+use std::arch::x86_64::*;
 use std::ops::Range;
-pub fn supported() -> bool { false }
-pub unsafe fn gemm_q8(w: &PackedRef<'_>, t: Range<usize>, a: &QuantActsRef<'_>, o: OutPtr) { super::scalar::gemm_q8(w, t, a, o) }
-pub unsafe fn gemm_f32(w: &PackedRef<'_>, t: Range<usize>, x: &[f32], m: usize, o: OutPtr) { super::scalar::gemm_f32(w, t, x, m, o) }
+
+/// Whether this CPU can run these kernels.
+pub fn supported() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Tokens per register block (Q8: 4 tokens x (2 i16 + 2 i32 + 2 f32) accumulators).
+const MB_Q8: usize = 4;
+/// Tokens per register block (F32: 3 tokens x (2 part + 2 acc)).
+const MB_F32: usize = 3;
+
+#[derive(Clone, Copy)]
+struct Geo {
+    data: *const u8,
+    scales: *const f32,
+    n: usize,
+    k: usize,
+    group: usize,
+    ng: usize,
+    cpg: usize,
+    chunk_bytes: usize,
+    tile_bytes: usize,
+}
+
+impl Geo {
+    fn new(w: &PackedRef<'_>) -> Self {
+        let s = w.spec;
+        Self {
+            data: w.data.as_ptr(),
+            scales: w.scales.as_ptr(),
+            n: s.n,
+            k: s.k,
+            group: s.group,
+            ng: s.groups(),
+            cpg: s.chunks_per_group(),
+            chunk_bytes: s.bits.chunk_bytes(),
+            tile_bytes: s.tile_bytes(),
+        }
+    }
+}
+
+/// Writes rows `t*16 .. t*16+16` (only those `< n`) of token row `i`.
+/// # Safety
+/// `check_call` held for `out`, `t < tiles`, `i < m`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_tile(out: &OutPtr, i: usize, t: usize, n: usize, lo: __m256, hi: __m256) {
+    let n0 = t * TILE_ROWS;
+    let p = out.ptr.add(i * out.ldo + n0);
+    if n0 + TILE_ROWS <= n {
+        _mm256_storeu_ps(p, lo);
+        _mm256_storeu_ps(p.add(8), hi);
+    } else {
+        // Partial last tile: write lanes n0 .. n only (n0 < n because t < tiles).
+        let mut tmp = [0f32; 16];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+        for (r, &v) in tmp.iter().enumerate().take(n - n0) {
+            *p.add(r) = v;
+        }
+    }
+}
+
+/// Q8 kernel (see `super::GemmQ8Fn`).
+/// # Safety
+/// See `GemmQ8Fn`: the contract was checked by `Kernels::gemm_q8`, and `supported()` holds.
+pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
+    gemm_q8_impl(w, tiles, a, out)
+}
+
+/// F32 kernel (see `super::GemmF32Fn`).
+/// # Safety
+/// See `GemmF32Fn`.
+pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
+    gemm_f32_impl(w, tiles, x, m, out)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
+    let geo = Geo::new(w);
+    let int8 = w.spec.bits == WeightBits::Int8;
+    let m = a.m;
+    for t in tiles {
+        let mut i0 = 0;
+        while i0 + MB_Q8 <= m {
+            if int8 {
+                q8_tile_i8::<MB_Q8>(&geo, t, a, i0, &out);
+            } else {
+                q8_tile_i4::<MB_Q8>(&geo, t, a, i0, &out);
+            }
+            i0 += MB_Q8;
+        }
+        macro_rules! rem {
+            ($($r:literal)*) => {
+                match m - i0 {
+                    $($r => if int8 { q8_tile_i8::<$r>(&geo, t, a, i0, &out) } else { q8_tile_i4::<$r>(&geo, t, a, i0, &out) },)*
+                    _ => {}
+                }
+            };
+        }
+        rem!(1 2 3);
+    }
+}
+
+/// Q8, INT4 weights, tile `t`, token rows `i0 .. i0 + B`.
+/// # Safety
+/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
+    let k = g.k;
+    let m0f = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let qa = a.q.as_ptr();
+    let gs = a.gsum.as_ptr();
+    let tile = g.data.add(t * g.tile_bytes);
+    let mut acc_lo = [_mm256_setzero_ps(); B];
+    let mut acc_hi = [_mm256_setzero_ps(); B];
+    for gi in 0..g.ng {
+        let mut i32_lo = [_mm256_setzero_si256(); B];
+        let mut i32_hi = [_mm256_setzero_si256(); B];
+        for b in 0..B {
+            // gsum index < m*ng by the contract.
+            let c = _mm256_set1_epi32(-8 * *gs.add((i0 + b) * g.ng + gi));
+            i32_lo[b] = c;
+            i32_hi[b] = c;
+        }
+        let gbase = tile.add(gi * g.cpg * 32);
+        let kbase = gi * g.group;
+        // Blocks of 8 chunks: i16 pair sums stay <= 8*3810 = 30480.
+        let mut c0 = 0;
+        while c0 < g.cpg {
+            let mut s_lo = [_mm256_setzero_si256(); B];
+            let mut s_hi = [_mm256_setzero_si256(); B];
+            for c in c0..c0 + 8 {
+                // cpg is a multiple of 8 (G >= 32); chunk offset < data_bytes.
+                let raw = _mm256_loadu_si256(gbase.add(c * 32) as *const __m256i);
+                let lo = _mm256_and_si256(raw, m0f);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m0f);
+                let kk = kbase + c * 4;
+                for b in 0..B {
+                    let av = _mm256_set1_epi32((qa.add((i0 + b) * k + kk) as *const i32).read_unaligned());
+                    s_lo[b] = _mm256_add_epi16(s_lo[b], _mm256_maddubs_epi16(lo, av));
+                    s_hi[b] = _mm256_add_epi16(s_hi[b], _mm256_maddubs_epi16(hi, av));
+                }
+            }
+            for b in 0..B {
+                i32_lo[b] = _mm256_add_epi32(i32_lo[b], _mm256_madd_epi16(s_lo[b], ones));
+                i32_hi[b] = _mm256_add_epi32(i32_hi[b], _mm256_madd_epi16(s_hi[b], ones));
+            }
+            c0 += 8;
+        }
+        let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
+        let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
+        for b in 0..B {
+            acc_lo[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_lo[b]), sc_lo, acc_lo[b]);
+            acc_hi[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_hi[b]), sc_hi, acc_hi[b]);
+        }
+    }
+    for b in 0..B {
+        let s = _mm256_set1_ps(*a.scale.as_ptr().add(i0 + b));
+        store_tile(out, i0 + b, t, g.n, _mm256_mul_ps(acc_lo[b], s), _mm256_mul_ps(acc_hi[b], s));
+    }
+}
+
+/// Q8, INT8 weights, tile `t`, token rows `i0 .. i0 + B`.
+/// # Safety
+/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
+    let k = g.k;
+    let ones = _mm256_set1_epi16(1);
+    let qa = a.q.as_ptr();
+    let tile = g.data.add(t * g.tile_bytes);
+    let mut acc_lo = [_mm256_setzero_ps(); B];
+    let mut acc_hi = [_mm256_setzero_ps(); B];
+    for gi in 0..g.ng {
+        let mut i32_lo = [_mm256_setzero_si256(); B];
+        let mut i32_hi = [_mm256_setzero_si256(); B];
+        let gbase = tile.add(gi * g.cpg * 64);
+        let kbase = gi * g.group;
+        for c in 0..g.cpg {
+            let cp = gbase.add(c * 64);
+            let w_lo = _mm256_loadu_si256(cp as *const __m256i);
+            let w_hi = _mm256_loadu_si256(cp.add(32) as *const __m256i);
+            let (u_lo, u_hi) = (_mm256_abs_epi8(w_lo), _mm256_abs_epi8(w_hi));
+            let kk = kbase + c * 4;
+            for b in 0..B {
+                let av = _mm256_set1_epi32((qa.add((i0 + b) * k + kk) as *const i32).read_unaligned());
+                let p_lo = _mm256_maddubs_epi16(u_lo, _mm256_sign_epi8(av, w_lo));
+                let p_hi = _mm256_maddubs_epi16(u_hi, _mm256_sign_epi8(av, w_hi));
+                i32_lo[b] = _mm256_add_epi32(i32_lo[b], _mm256_madd_epi16(p_lo, ones));
+                i32_hi[b] = _mm256_add_epi32(i32_hi[b], _mm256_madd_epi16(p_hi, ones));
+            }
+        }
+        let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
+        let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
+        for b in 0..B {
+            acc_lo[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_lo[b]), sc_lo, acc_lo[b]);
+            acc_hi[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_hi[b]), sc_hi, acc_hi[b]);
+        }
+    }
+    for b in 0..B {
+        let s = _mm256_set1_ps(*a.scale.as_ptr().add(i0 + b));
+        store_tile(out, i0 + b, t, g.n, _mm256_mul_ps(acc_lo[b], s), _mm256_mul_ps(acc_hi[b], s));
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_f32_impl(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
+    let geo = Geo::new(w);
+    let int8 = w.spec.bits == WeightBits::Int8;
+    for t in tiles {
+        let mut i0 = 0;
+        while i0 + MB_F32 <= m {
+            if int8 {
+                f32_tile::<MB_F32, true>(&geo, t, x, i0, &out);
+            } else {
+                f32_tile::<MB_F32, false>(&geo, t, x, i0, &out);
+            }
+            i0 += MB_F32;
+        }
+        macro_rules! rem {
+            ($($r:literal)*) => {
+                match m - i0 {
+                    $($r => if int8 { f32_tile::<$r, true>(&geo, t, x, i0, &out) } else { f32_tile::<$r, false>(&geo, t, x, i0, &out) },)*
+                    _ => {}
+                }
+            };
+        }
+        rem!(1 2);
+    }
+}
+
+/// Column of a chunk half held as 8 dwords of 4 signed bytes, as exact f32 (`SHL` = 24 - 8*col).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn col<const SHL: i32>(wb: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<SHL>(wb)))
+}
+
+/// F32 on tile `t` for token rows `i0 .. i0 + B`.
+/// # Safety
+/// `t < tiles`, `i0 + B <= m`, `x.len() == m * k`, the `gemm_f32` contract holds.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f32_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, x: &[f32], i0: usize, out: &OutPtr) {
+    let k = g.k;
+    let m0f = _mm256_set1_epi8(0x0F);
+    let eight = _mm256_set1_epi8(8);
+    let xp = x.as_ptr();
+    let tile = g.data.add(t * g.tile_bytes);
+    let mut acc_lo = [_mm256_setzero_ps(); B];
+    let mut acc_hi = [_mm256_setzero_ps(); B];
+    for gi in 0..g.ng {
+        let mut p_lo = [_mm256_setzero_ps(); B];
+        let mut p_hi = [_mm256_setzero_ps(); B];
+        let gbase = tile.add(gi * g.cpg * g.chunk_bytes);
+        let kbase = gi * g.group;
+        for c in 0..g.cpg {
+            let cp = gbase.add(c * g.chunk_bytes);
+            // Signed bytes, lane r = row, bytes 0..3 = columns.
+            let (wl, wh) = if INT8 {
+                (_mm256_loadu_si256(cp as *const __m256i), _mm256_loadu_si256(cp.add(32) as *const __m256i))
+            } else {
+                let raw = _mm256_loadu_si256(cp as *const __m256i);
+                (
+                    _mm256_sub_epi8(_mm256_and_si256(raw, m0f), eight),
+                    _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(raw), m0f), eight),
+                )
+            };
+            let kk = kbase + c * 4;
+            let cols = [
+                (col::<24>(wl), col::<24>(wh)),
+                (col::<16>(wl), col::<16>(wh)),
+                (col::<8>(wl), col::<8>(wh)),
+                (col::<0>(wl), col::<0>(wh)),
+            ];
+            for (j, &(fl, fh)) in cols.iter().enumerate() {
+                for b in 0..B {
+                    let xv = _mm256_set1_ps(*xp.add((i0 + b) * k + kk + j));
+                    p_lo[b] = _mm256_fmadd_ps(xv, fl, p_lo[b]);
+                    p_hi[b] = _mm256_fmadd_ps(xv, fh, p_hi[b]);
+                }
+            }
+        }
+        let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
+        let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
+        for b in 0..B {
+            acc_lo[b] = _mm256_fmadd_ps(p_lo[b], sc_lo, acc_lo[b]);
+            acc_hi[b] = _mm256_fmadd_ps(p_hi[b], sc_hi, acc_hi[b]);
+        }
+    }
+    for b in 0..B {
+        store_tile(out, i0 + b, t, g.n, acc_lo[b], acc_hi[b]);
+    }
+}

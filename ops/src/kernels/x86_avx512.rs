@@ -1,8 +1,273 @@
-//! PLACEHOLDER until the SIMD kernels land: reports unsupported so dispatch never picks it.
+//! AVX-512 (F/BW/VL/VNNI) kernels over the T16K4 layout.
+//!
+//! One `zmm` = the 16 rows of a tile (one i32/f32 lane per row), so no horizontal reduction.
+//!
+//! Q8 path, per chunk (16 rows x 4 columns) one `vpdpbusd` per token (activations broadcast):
+//! - INT4: the 32-byte chunk is broadcast to both 256-bit halves and masked with `0x0F` (low half:
+//!   rows 0..7, the low nibbles) / `0xF0` (high half: rows 8..15, the high nibbles *in place*, i.e.
+//!   `16 * (q + 8)`, still a valid u8 <= 240). The group accumulator starts at `-8*gsum` (low lanes)
+//!   / `-128*gsum` (high lanes); an arithmetic shift right by 0 / 4 then gives exactly
+//!   `sum (q+8)*qa - 8*gsum = sum q*qa` (the high-lane value is a multiple of 16).
+//! - INT8: the weights are flipped to u8 `q + 128` (xor 0x80); the accumulator starts at
+//!   `-128*gsum`, giving `sum q*qa` exactly.
+//!   `vpdpbusd` (non-saturating) sums 4 u8*s8 products into i32 exactly; with |qa| <= 127, u8 <= 255
+//!   and G <= 256 every partial sum stays below 2^24, so `cvtepi32_ps` is exact as well.
+//! Then per group `acc = fma(isum as f32, scale, acc)` and at the end `acc * s_a`: the scalar order.
+//!
+//! F32 path: weights are unpacked to signed bytes, one column at a time sign-extended to i32 and
+//! converted (exact), and `part = fma(x[k], q, part)` runs over k in order, then
+//! `acc = fma(part, scale, acc)`: again the scalar order, per row.
+//!
+//! Both paths process a block of up to `MB` tokens per weight unpack (prefill), with the tile
+//! (K=1024 INT4: 8 KiB) hot in L1 while the token blocks iterate.
+
 use super::OutPtr;
 use crate::act::QuantActsRef;
-use crate::quant::PackedRef;
+use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
+use std::arch::x86_64::*;
 use std::ops::Range;
-pub fn supported() -> bool { false }
-pub unsafe fn gemm_q8(w: &PackedRef<'_>, t: Range<usize>, a: &QuantActsRef<'_>, o: OutPtr) { super::scalar::gemm_q8(w, t, a, o) }
-pub unsafe fn gemm_f32(w: &PackedRef<'_>, t: Range<usize>, x: &[f32], m: usize, o: OutPtr) { super::scalar::gemm_f32(w, t, x, m, o) }
+
+/// Whether this CPU can run these kernels.
+pub fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
+/// Tokens per register block in the Q8 path (8 i32 + 8 f32 accumulators out of 32 zmm).
+const MB_Q8: usize = 8;
+/// Tokens per register block in the F32 path.
+const MB_F32: usize = 8;
+
+/// Everything the tile kernels need, with the bounds established by `check_call`.
+#[derive(Clone, Copy)]
+struct Geo {
+    /// Packed data and scales of the whole matrix.
+    data: *const u8,
+    scales: *const f32,
+    n: usize,
+    k: usize,
+    group: usize,
+    ng: usize,
+    cpg: usize,
+    chunk_bytes: usize,
+    tile_bytes: usize,
+}
+
+impl Geo {
+    fn new(w: &PackedRef<'_>) -> Self {
+        let s = w.spec;
+        Self {
+            data: w.data.as_ptr(),
+            scales: w.scales.as_ptr(),
+            n: s.n,
+            k: s.k,
+            group: s.group,
+            ng: s.groups(),
+            cpg: s.chunks_per_group(),
+            chunk_bytes: s.bits.chunk_bytes(),
+            tile_bytes: s.tile_bytes(),
+        }
+    }
+}
+
+/// Writes the 16 lanes of row tile `t` for token row `i` (only rows `< n`).
+/// # Safety
+/// `check_call` held for `out` (so `i * ldo + n <= len` for every token row `i < m`), `t < tiles`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn store_tile(out: &OutPtr, i: usize, t: usize, n: usize, v: __m512) {
+    let n0 = t * TILE_ROWS;
+    let p = out.ptr.add(i * out.ldo + n0);
+    if n0 + TILE_ROWS <= n {
+        _mm512_storeu_ps(p, v);
+    } else {
+        // Partial last tile: n0 < n (t < tiles) and only lanes n0..n are written.
+        let mask: __mmask16 = ((1u32 << (n - n0)) - 1) as __mmask16;
+        _mm512_mask_storeu_ps(p, mask, v);
+    }
+}
+
+/// Q8 kernel (see `super::GemmQ8Fn`).
+/// # Safety
+/// See `GemmQ8Fn`: the contract was checked by `Kernels::gemm_q8`, and `supported()` holds.
+pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
+    gemm_q8_impl(w, tiles, a, out)
+}
+
+/// F32 kernel (see `super::GemmF32Fn`).
+/// # Safety
+/// See `GemmF32Fn`.
+pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
+    gemm_f32_impl(w, tiles, x, m, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
+    let geo = Geo::new(w);
+    let int8 = w.spec.bits == WeightBits::Int8;
+    let m = a.m;
+    for t in tiles {
+        let mut i0 = 0;
+        while i0 + MB_Q8 <= m {
+            if int8 {
+                q8_tile::<MB_Q8, true>(&geo, t, a, i0, &out);
+            } else {
+                q8_tile::<MB_Q8, false>(&geo, t, a, i0, &out);
+            }
+            i0 += MB_Q8;
+        }
+        macro_rules! rem {
+            ($($r:literal)*) => {
+                match m - i0 {
+                    $($r => if int8 { q8_tile::<$r, true>(&geo, t, a, i0, &out) } else { q8_tile::<$r, false>(&geo, t, a, i0, &out) },)*
+                    _ => {}
+                }
+            };
+        }
+        rem!(1 2 3 4 5 6 7);
+    }
+}
+
+/// Q8 on tile `t` for token rows `i0 .. i0 + B`.
+/// # Safety
+/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
+    let k = g.k;
+    // Per-lane shifts: 0 for rows 0..7, 4 for rows 8..15 (INT4 high nibbles kept in place).
+    let sh_lo_hi = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi32(4));
+    // INT4 mask: 0x0F in the low 256 bits, 0xF0 in the high 256 bits.
+    let nib_mask = _mm512_inserti64x4::<1>(_mm512_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
+    // Correction multipliers as left shifts of -gsum: 8 = 1<<3 (low lanes), 128 = 1<<7 (high lanes).
+    let corr_sh = if INT8 {
+        _mm512_set1_epi32(7)
+    } else {
+        _mm512_inserti64x4::<1>(_mm512_set1_epi32(3), _mm256_set1_epi32(7))
+    };
+    let flip = _mm512_set1_epi8(0x80u8 as i8);
+    let qa = a.q.as_ptr();
+    let gs = a.gsum.as_ptr();
+    let tile = g.data.add(t * g.tile_bytes);
+    let mut acc = [_mm512_setzero_ps(); B];
+    for gi in 0..g.ng {
+        let mut isum = [_mm512_setzero_si512(); B];
+        for b in 0..B {
+            // gsum index (i0+b)*ng + gi < m*ng (contract: gsum.len() == m*ng).
+            let neg = _mm512_set1_epi32(-*gs.add((i0 + b) * g.ng + gi));
+            isum[b] = _mm512_sllv_epi32(neg, corr_sh);
+        }
+        let gbase = tile.add(gi * g.cpg * g.chunk_bytes);
+        let kbase = gi * g.group;
+        for c in 0..g.cpg {
+            // Chunk (t, gi, c): offset < data_bytes since t < tiles, gi < ng, c < cpg.
+            let cp = gbase.add(c * g.chunk_bytes);
+            let wv = if INT8 {
+                _mm512_xor_si512(_mm512_loadu_si512(cp as *const _), flip)
+            } else {
+                let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+                _mm512_and_si512(raw, nib_mask)
+            };
+            let kk = kbase + c * 4;
+            for b in 0..B {
+                // 4 activation bytes at (i0+b)*k + kk .. +4 <= m*k.
+                let av = (qa.add((i0 + b) * k + kk) as *const i32).read_unaligned();
+                isum[b] = _mm512_dpbusd_epi32(isum[b], wv, _mm512_set1_epi32(av));
+            }
+        }
+        // scales[(t*ng + gi)*16 .. +16] is within scale_count.
+        let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
+        for b in 0..B {
+            let v = if INT8 { isum[b] } else { _mm512_srav_epi32(isum[b], sh_lo_hi) };
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc, acc[b]);
+        }
+    }
+    for b in 0..B {
+        let s = _mm512_set1_ps(*a.scale.as_ptr().add(i0 + b));
+        store_tile(out, i0 + b, t, g.n, _mm512_mul_ps(acc[b], s));
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn gemm_f32_impl(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
+    let geo = Geo::new(w);
+    let int8 = w.spec.bits == WeightBits::Int8;
+    for t in tiles {
+        let mut i0 = 0;
+        while i0 + MB_F32 <= m {
+            if int8 {
+                f32_tile::<MB_F32, true>(&geo, t, x, i0, &out);
+            } else {
+                f32_tile::<MB_F32, false>(&geo, t, x, i0, &out);
+            }
+            i0 += MB_F32;
+        }
+        macro_rules! rem {
+            ($($r:literal)*) => {
+                match m - i0 {
+                    $($r => if int8 { f32_tile::<$r, true>(&geo, t, x, i0, &out) } else { f32_tile::<$r, false>(&geo, t, x, i0, &out) },)*
+                    _ => {}
+                }
+            };
+        }
+        rem!(1 2 3 4 5 6 7);
+    }
+}
+
+/// Column `KK` (0..3) of a chunk held as 16 dwords of 4 signed bytes, as exact f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn col<const SHL: u32>(wb: __m512i) -> __m512 {
+    _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(_mm512_slli_epi32::<SHL>(wb)))
+}
+
+/// F32 on tile `t` for token rows `i0 .. i0 + B`.
+/// # Safety
+/// `t < tiles`, `i0 + B <= m`, `x.len() == m * k`, the `gemm_f32` contract holds.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn f32_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, x: &[f32], i0: usize, out: &OutPtr) {
+    let k = g.k;
+    // Shift the high 256 bits (rows 8..15, high nibbles) right by 4 within each 16-bit word.
+    let sh16 = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
+    let m0f = _mm512_set1_epi8(0x0F);
+    let eight = _mm512_set1_epi8(8);
+    let xp = x.as_ptr();
+    let tile = g.data.add(t * g.tile_bytes);
+    let mut acc = [_mm512_setzero_ps(); B];
+    for gi in 0..g.ng {
+        let mut part = [_mm512_setzero_ps(); B];
+        let gbase = tile.add(gi * g.cpg * g.chunk_bytes);
+        let kbase = gi * g.group;
+        for c in 0..g.cpg {
+            let cp = gbase.add(c * g.chunk_bytes);
+            // Signed bytes: lane r holds q[r][kk] for kk = 0..3 in bytes 0..3.
+            let wb = if INT8 {
+                _mm512_loadu_si512(cp as *const _)
+            } else {
+                let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+                _mm512_sub_epi8(_mm512_and_si512(_mm512_srlv_epi16(raw, sh16), m0f), eight)
+            };
+            let kk = kbase + c * 4;
+            let cols = [col::<24>(wb), col::<16>(wb), col::<8>(wb), col::<0>(wb)];
+            for (j, &wf) in cols.iter().enumerate() {
+                for b in 0..B {
+                    // (i0+b)*k + kk + j < m*k.
+                    let xv = _mm512_set1_ps(*xp.add((i0 + b) * k + kk + j));
+                    part[b] = _mm512_fmadd_ps(xv, wf, part[b]);
+                }
+            }
+        }
+        let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
+        for b in 0..B {
+            acc[b] = _mm512_fmadd_ps(part[b], sc, acc[b]);
+        }
+    }
+    for b in 0..B {
+        store_tile(out, i0 + b, t, g.n, acc[b]);
+    }
+}
