@@ -1,1 +1,69 @@
-//! ExecuTorch backend (see docs/DESIGN.md). Filled in by the backend issue.
+//! `libmobilemoe_executorch.so`: the MobileMoE ExecuTorch plugin (docs/DESIGN.md sections 7, 8).
+//!
+//! * `MobileMoEBackend` (C++ `BackendInterface`, `cpp/backend.cpp`) runs delegate blobs through
+//!   [`delegate::Delegate`] (cxx bridge, [`bridge`]).
+//! * Kernels `mobilemoe::moe_ffn.out` and `mobilemoe::int4_linear.out` (argument layout
+//!   generated from `schema/ops.txt` by `build.rs`) call the C ABI in [`capi`].
+//! * Loading the library registers both (an `.init_array` constructor); [`mobilemoe_register`]
+//!   does the same explicitly. Both are idempotent, also across two loaded copies.
+//! * [`runtime`] wraps the C++ `Module` runner (load, set inputs, execute, outputs); [`pte`]
+//!   reads `.pte` files without the runtime.
+
+#[allow(warnings, clippy::all)]
+#[rustfmt::skip]
+#[path = "generated/program_generated.rs"]
+mod program_generated;
+
+pub mod bridge;
+pub mod capi;
+pub mod delegate;
+pub mod profiling;
+pub mod pte;
+pub mod runtime;
+
+pub use capi::{MobileMoeFfnArgs, MobileMoeLinearArgs};
+
+/// Name of the backend (the Python `BackendDetails` subclass' `__name__`).
+pub const BACKEND_NAME: &str = "MobileMoEBackend";
+/// Kernel names registered by this library.
+pub const KERNEL_NAMES: [&str; 2] = ["mobilemoe::moe_ffn.out", "mobilemoe::int4_linear.out"];
+
+/// Registers the backend and the kernels with the ExecuTorch runtime (once per process; a no-op
+/// for names already registered, e.g. by another loaded copy of this library).
+pub fn register() -> Result<(), String> {
+    match std::panic::catch_unwind(bridge::ffi::register_all) {
+        Ok(0) => Ok(()),
+        Ok(rc) => Err(format!("registration failed (code {rc}); see the ExecuTorch log")),
+        Err(_) => Err("registration panicked".into()),
+    }
+}
+
+/// Backends registered in this process.
+pub fn registered_backends() -> Vec<String> {
+    bridge::ffi::registered_backends()
+}
+
+/// Whether a kernel named `name` (e.g. `mobilemoe::moe_ffn.out`) is registered.
+pub fn is_operator_registered(name: &str) -> bool {
+    bridge::ffi::is_operator_registered(name)
+}
+
+/// Idempotent registration (C ABI); 0 = ok.
+#[no_mangle]
+pub extern "C" fn mobilemoe_register() -> i32 {
+    capi::ffi_guard("mobilemoe_register", register)
+}
+
+/// Registration at load time (a C++ static initializer in the cxx static archive would be dropped
+/// from the cdylib, so this is a Rust `.init_array` entry).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static MOBILEMOE_INIT: extern "C" fn() = {
+    extern "C" fn init() {
+        if std::env::var_os("MOBILEMOE_NO_AUTOREGISTER").is_none() {
+            let _ = mobilemoe_register();
+        }
+    }
+    init
+};

@@ -1,7 +1,6 @@
 //! Dynamic per-token symmetric INT8 activation quantization (the Q8 path's left operand).
 
 use crate::error::{check_len, Result};
-use crate::quant::round_half_even;
 
 /// Quantized activations of `m` rows of length `k`, with per-group sums for the offset trick.
 #[derive(Clone, Debug, Default)]
@@ -86,9 +85,45 @@ pub fn quantize_row(x: &[f32], group: usize, q: &mut [i8], scale: &mut f32, gsum
     *scale = s;
     for (qi, &v) in q.iter_mut().zip(x) {
         // `as i8` of NaN is 0; clamp saturates infinities.
-        *qi = round_half_even(v / s).clamp(-127.0, 127.0) as i8;
+        *qi = round_clamp_127(v / s) as i8;
     }
     for (g, out) in gsum.iter_mut().enumerate() {
         *out = q[g * group..(g + 1) * group].iter().map(|&v| v as i32).sum();
+    }
+}
+
+/// `crate::quant::round_half_even(v).clamp(-127.0, 127.0)` as i8, bit for bit, without a libm `rintf` call (the crate
+/// is built for baseline x86-64, where `round_ties_even` is not inlined), so the loop vectorises.
+/// For |v| < 2^22, `(v + 1.5*2^23) - 1.5*2^23` rounds to the nearest integer, ties to even (IEEE
+/// default rounding). Larger finite |v| may round differently but clamp to +-127 either way;
+/// +-inf stays +-inf (clamped); NaN stays NaN (`as i8` maps it to 0). The only difference is the
+/// sign of a zero result, which `as i8` erases.
+#[inline(always)]
+pub fn round_clamp_127(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    ((v + MAGIC) - MAGIC).clamp(-127.0, 127.0)
+}
+
+/// `y[j] = fma(a, x[j], y[j])` (the same fused multiply-add as `f32::mul_add`, bit for bit), using
+/// the FMA instruction when the CPU has it instead of a libm call per element.
+pub fn fma_axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA (checked above).
+            unsafe { fma_axpy_fma(y, a, x) };
+            return;
+        }
+    }
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = a.mul_add(xv, *yv);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn fma_axpy_fma(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = a.mul_add(xv, *yv);
     }
 }

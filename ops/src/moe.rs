@@ -26,13 +26,13 @@ pub struct MoeSpec {
 
 impl MoeSpec {
     pub fn w13_spec(&self) -> Result<MatrixSpec> {
-        MatrixSpec::new(2 * self.hidden, self.dim, self.group, self.bits)
+        MatrixSpec::new(double(self.hidden, "2 * hidden_dim")?, self.dim, self.group, self.bits)
     }
     pub fn w2_spec(&self) -> Result<MatrixSpec> {
         MatrixSpec::new(self.dim, self.hidden, self.group, self.bits)
     }
     pub fn shared_w13_spec(&self) -> Result<MatrixSpec> {
-        MatrixSpec::new(2 * self.shared_hidden, self.dim, self.group, self.bits)
+        MatrixSpec::new(double(self.shared_hidden, "2 * shared_hidden_dim")?, self.dim, self.group, self.bits)
     }
     pub fn shared_w2_spec(&self) -> Result<MatrixSpec> {
         MatrixSpec::new(self.dim, self.shared_hidden, self.group, self.bits)
@@ -47,6 +47,11 @@ impl MoeSpec {
         }
         Ok(())
     }
+}
+
+/// `2 * v` or a typed overflow error (a huge claimed hidden dim must not panic).
+fn double(v: usize, what: &'static str) -> Result<usize> {
+    v.checked_mul(2).ok_or(OpsError::Overflow { what })
 }
 
 /// Weights of the shared expert.
@@ -380,10 +385,7 @@ pub fn moe_ffn(
             for j in 0..k {
                 let wt = s.weights[i * k + j];
                 let p = s.pos[i * k + j] as usize;
-                let o = &s.o[p * d..(p + 1) * d];
-                for (yv, &ov) in y.iter_mut().zip(o) {
-                    *yv = wt.mul_add(ov, *yv);
-                }
+                crate::act::fma_axpy(y, wt, &s.o[p * d..(p + 1) * d]);
             }
             if let Some(sh) = shared {
                 let g = match sh.gate {
@@ -393,10 +395,7 @@ pub fn moe_ffn(
                     }
                     None => 1.0,
                 };
-                let so = &s.sh_o[i * d..(i + 1) * d];
-                for (yv, &ov) in y.iter_mut().zip(so) {
-                    *yv = g.mul_add(ov, *yv);
-                }
+                crate::act::fma_axpy(y, g, &s.sh_o[i * d..(i + 1) * d]);
             }
         }
     }

@@ -13,7 +13,7 @@
 //!
 //! [`MatrixSpec`]: mobilemoe_ops::MatrixSpec
 
-#[allow(clippy::all, unused_imports, dead_code, non_camel_case_types, non_snake_case, unsafe_op_in_unsafe_fn)]
+#[allow(warnings, clippy::all)]
 #[rustfmt::skip]
 #[path = "generated/mobilemoe_generated.rs"]
 mod mobilemoe_generated;
@@ -25,6 +25,16 @@ pub mod fb {
 
 pub mod read;
 pub mod write;
+
+/// A subset of Perfetto's trace protobuf (`schema/proto/perfetto_trace.proto`, real Perfetto field
+/// numbers), as prost types. The generated code is checked in (`src/generated/perfetto.protos.rs`,
+/// made by `scripts/gen_perfetto_proto.sh`, so building needs no `protoc`); `tests/perfetto_proto.rs`
+/// checks it was generated from the current .proto.
+#[allow(clippy::all, missing_docs)]
+#[rustfmt::skip]
+pub mod perfetto {
+    include!("generated/perfetto.protos.rs");
+}
 
 pub use read::{parse, Graph, Node, NodeOp, TensorDesc};
 pub use write::{BlobBuilder, RawGraph};

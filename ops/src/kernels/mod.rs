@@ -11,6 +11,12 @@ use crate::quant::PackedRef;
 use std::ops::Range;
 
 pub mod scalar;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64_dotprod;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64_i8mm;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64_neon;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
@@ -109,6 +115,12 @@ impl KernelKind {
             Self::Avx2 => x86_avx2::supported(),
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Vnni => x86_avx512::supported(),
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => aarch64_neon::supported(),
+            #[cfg(target_arch = "aarch64")]
+            Self::NeonDotprod => aarch64_dotprod::supported(),
+            #[cfg(target_arch = "aarch64")]
+            Self::NeonI8mm => aarch64_i8mm::supported(),
             _ => false,
         }
     }
@@ -136,6 +148,14 @@ impl Kernels {
             KernelKind::Avx512Vnni => {
                 Self { kind, gemm_q8: x86_avx512::gemm_q8, gemm_f32: x86_avx512::gemm_f32 }
             }
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::Neon => Self { kind, gemm_q8: aarch64_neon::gemm_q8, gemm_f32: aarch64_neon::gemm_f32 },
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::NeonDotprod => {
+                Self { kind, gemm_q8: aarch64_dotprod::gemm_q8, gemm_f32: aarch64_dotprod::gemm_f32 }
+            }
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::NeonI8mm => Self { kind, gemm_q8: aarch64_i8mm::gemm_q8, gemm_f32: aarch64_i8mm::gemm_f32 },
             _ => return None,
         })
     }

@@ -1,0 +1,5 @@
+// Top-level build file. The app module is in app/, the Rust JNI crate in native/.
+plugins {
+    id("com.android.application") version "8.5.2" apply false
+    id("org.jetbrains.kotlin.android") version "1.9.24" apply false
+}

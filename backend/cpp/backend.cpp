@@ -1,0 +1,416 @@
+// MobileMoEBackend (executorch::runtime::BackendInterface) and the custom-op kernels
+// mobilemoe::moe_ffn.out / mobilemoe::int4_linear.out. All work is done in Rust (cxx bridge and
+// C ABI); this file only unpacks EValues. No exception leaves any function called by ExecuTorch.
+
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/core/error.h>
+#include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
+#include <executorch/runtime/kernel/kernel_runtime_context.h>
+#include <executorch/runtime/kernel/operator_registry.h>
+#include <executorch/runtime/platform/log.h>
+
+#include "mobilemoe.h"
+#include "mobilemoe_ops_gen.h"
+#include "mobilemoe-backend/src/bridge.rs.h"
+
+namespace mobilemoe {
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::SizesType;
+using executorch::aten::Tensor;
+using executorch::runtime::ArrayRef;
+using executorch::runtime::Backend;
+using executorch::runtime::BackendExecutionContext;
+using executorch::runtime::BackendInitContext;
+using executorch::runtime::BackendInterface;
+using executorch::runtime::CompileSpec;
+using executorch::runtime::DelegateHandle;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::FreeableBuffer;
+using executorch::runtime::Kernel;
+using executorch::runtime::KernelRuntimeContext;
+using executorch::runtime::Result;
+using executorch::runtime::Span;
+
+constexpr const char* kBackendName = "MobileMoEBackend";
+
+// Per-program state. `processed` is not freed by us: the runtime keeps the FreeableBuffer alive
+// until after destroy(), and the Rust delegate borrows the weights from it (zero copy).
+struct Handle {
+  rust::Box<Delegate> state;
+  explicit Handle(rust::Box<Delegate>&& s) : state(std::move(s)) {}
+};
+
+class MobileMoEBackend final : public BackendInterface {
+ public:
+  bool is_available() const override { return true; }
+
+  Result<DelegateHandle*> init(BackendInitContext& /*context*/, FreeableBuffer* processed,
+                               ArrayRef<CompileSpec> /*compile_specs*/) const override {
+    try {
+      if (processed == nullptr || processed->data() == nullptr) {
+        ET_LOG(Error, "MobileMoEBackend::init: no processed blob");
+        return Error::InvalidArgument;
+      }
+      rust::Box<Delegate> state =
+          delegate_init(static_cast<const uint8_t*>(processed->data()), processed->size());
+      Handle* h = new (std::nothrow) Handle(std::move(state));
+      if (h == nullptr) {
+        ET_LOG(Error, "MobileMoEBackend::init: out of memory");
+        return Error::MemoryAllocationFailed;
+      }
+      return h;
+    } catch (const std::exception& e) {
+      ET_LOG(Error, "MobileMoEBackend::init: invalid delegate blob: %s", e.what());
+      return Error::InvalidProgram;
+    } catch (...) {
+      ET_LOG(Error, "MobileMoEBackend::init: unknown exception");
+      return Error::Internal;
+    }
+  }
+
+  Error execute(BackendExecutionContext& /*context*/, DelegateHandle* handle,
+                Span<EValue*> args) const override {
+    try {
+      if (handle == nullptr) {
+        ET_LOG(Error, "MobileMoEBackend::execute: null handle");
+        return Error::InvalidArgument;
+      }
+      const Delegate& d = *static_cast<Handle*>(handle)->state;
+      const size_t nin = delegate_num_inputs(d);
+      const size_t nout = delegate_num_outputs(d);
+      if (args.size() != nin + nout) {
+        ET_LOG(Error, "MobileMoEBackend::execute: got %zu arguments, the graph has %zu inputs + %zu outputs",
+               (size_t)args.size(), nin, nout);
+        return Error::InvalidArgument;
+      }
+      std::vector<size_t> in_ptrs(nin), out_ptrs(nout), out_numels(nout);
+      std::vector<int64_t> in_dims;
+      std::vector<uint32_t> in_ranks(nin);
+      for (size_t i = 0; i < nin; ++i) {
+        EValue* ev = args[i];
+        if (ev == nullptr || !ev->isTensor()) {
+          ET_LOG(Error, "MobileMoEBackend::execute: input %zu is not a tensor", i);
+          return Error::InvalidArgument;
+        }
+        const Tensor& t = ev->toTensor();
+        if (t.scalar_type() != ScalarType::Float) {
+          ET_LOG(Error, "MobileMoEBackend::execute: input %zu has dtype %d, expected float32", i,
+                 (int)t.scalar_type());
+          return Error::InvalidArgument;
+        }
+        in_ptrs[i] = reinterpret_cast<size_t>(t.const_data_ptr<float>());
+        in_ranks[i] = (uint32_t)t.dim();
+        for (ssize_t k = 0; k < t.dim(); ++k) in_dims.push_back(t.size(k));
+      }
+      Shapes shapes = delegate_output_shapes(
+          d, rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
+          rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()));
+      size_t off = 0;
+      for (size_t j = 0; j < nout; ++j) {
+        EValue* ev = args[nin + j];
+        if (ev == nullptr || !ev->isTensor()) {
+          ET_LOG(Error, "MobileMoEBackend::execute: output %zu is not a tensor", j);
+          return Error::InvalidArgument;
+        }
+        Tensor t = ev->toTensor();
+        if (t.scalar_type() != ScalarType::Float) {
+          ET_LOG(Error, "MobileMoEBackend::execute: output %zu has dtype %d, expected float32", j,
+                 (int)t.scalar_type());
+          return Error::InvalidArgument;
+        }
+        const uint32_t rank = shapes.ranks[j];
+        std::vector<SizesType> sizes;
+        for (uint32_t k = 0; k < rank; ++k) sizes.push_back((SizesType)shapes.dims[off + k]);
+        off += rank;
+        Error err = executorch::runtime::resize_tensor(t, ArrayRef<SizesType>(sizes.data(), sizes.size()));
+        if (err != Error::Ok) {
+          ET_LOG(Error, "MobileMoEBackend::execute: cannot resize output %zu to rank %u (error 0x%x); "
+                 "export with a dynamic token dimension", j, rank, (unsigned)err);
+          return err;
+        }
+        out_ptrs[j] = reinterpret_cast<size_t>(t.mutable_data_ptr<float>());
+        out_numels[j] = (size_t)t.numel();
+      }
+      delegate_execute(d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
+                       rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
+                       rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
+                       rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
+                       rust::Slice<const size_t>(out_numels.data(), out_numels.size()));
+      return Error::Ok;
+    } catch (const std::exception& e) {
+      ET_LOG(Error, "MobileMoEBackend::execute: %s", e.what());
+      return Error::InvalidArgument;
+    } catch (...) {
+      ET_LOG(Error, "MobileMoEBackend::execute: unknown exception");
+      return Error::Internal;
+    }
+  }
+
+  void destroy(DelegateHandle* handle) const override {
+    try {
+      delete static_cast<Handle*>(handle);
+    } catch (...) {
+      ET_LOG(Error, "MobileMoEBackend::destroy: exception while freeing the handle");
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Custom-op kernels. Argument indices and kinds come from schema/ops.txt (mobilemoe_ops_gen.h).
+
+using mobilemoe_gen::ArgKind;
+
+bool check_args(const char* op, const ArgKind* kinds, const char* const* names, size_t n,
+                Span<EValue*> stack) {
+  if (stack.size() != n) {
+    ET_LOG(Error, "%s: expected %zu arguments (schema/ops.txt + out), got %zu", op, n, (size_t)stack.size());
+    return false;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const EValue* v = stack[i];
+    bool ok = v != nullptr;
+    if (ok) {
+      switch (kinds[i]) {
+        case ArgKind::Tensor: ok = v->isTensor(); break;
+        case ArgKind::OptTensor: ok = v->isTensor() || v->isNone(); break;
+        case ArgKind::Int: ok = v->isInt(); break;
+        case ArgKind::Double: ok = v->isDouble(); break;
+        case ArgKind::Bool: ok = v->isBool(); break;
+        case ArgKind::String: ok = v->isString(); break;
+      }
+    }
+    if (!ok) {
+      ET_LOG(Error, "%s: argument %zu (%s) has the wrong type", op, i, names[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+template <typename T>
+bool tensor_view(const char* op, const char* what, const EValue* v, ScalarType want, const T** ptr,
+                 uint64_t* len) {
+  if (v->isNone()) {
+    *ptr = nullptr;
+    *len = 0;
+    return true;
+  }
+  const Tensor& t = v->toTensor();
+  if (t.scalar_type() != want) {
+    ET_LOG(Error, "%s: %s has dtype %d, expected %d", op, what, (int)t.scalar_type(), (int)want);
+    return false;
+  }
+  *ptr = t.const_data_ptr<T>();
+  *len = (uint64_t)t.numel();
+  return true;
+}
+
+// Resize `out` to `x`'s shape with the last dimension replaced by `last`.
+bool resize_like(const char* op, const Tensor& x, Tensor& out, int64_t last) {
+  if (out.scalar_type() != ScalarType::Float) {
+    ET_LOG(Error, "%s: out must be float32", op);
+    return false;
+  }
+  std::vector<SizesType> sizes(x.sizes().begin(), x.sizes().end());
+  if (sizes.empty()) {
+    ET_LOG(Error, "%s: x must have rank >= 1", op);
+    return false;
+  }
+  sizes.back() = (SizesType)last;
+  if (executorch::runtime::resize_tensor(out, ArrayRef<SizesType>(sizes.data(), sizes.size())) != Error::Ok) {
+    ET_LOG(Error, "%s: cannot resize out to the input's token shape", op);
+    return false;
+  }
+  return true;
+}
+
+void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  namespace A = mobilemoe_gen::moe_ffn;
+  const char* op = A::kOpName;
+  try {
+    if (!check_args(op, A::kKinds, A::kNames, A::kNumArgs, stack)) return ctx.fail(Error::InvalidArgument);
+    MobileMoeFfnArgs a;
+    std::memset(&a, 0, sizeof(a));
+    const Tensor& x = stack[A::x]->toTensor();
+    if (x.scalar_type() != ScalarType::Float || x.dim() < 1) {
+      ET_LOG(Error, "%s: x must be a float32 tensor of rank >= 1", op);
+      return ctx.fail(Error::InvalidArgument);
+    }
+    a.dim = x.size(x.dim() - 1);
+    a.x = x.const_data_ptr<float>();
+    a.x_len = (uint64_t)x.numel();
+    a.tokens = a.dim > 0 ? a.x_len / (uint64_t)a.dim : 0;
+    bool ok = tensor_view(op, "router_weight", stack[A::router_weight], ScalarType::Float, &a.router_weight, &a.router_weight_len) &&
+              tensor_view(op, "expert_bias", stack[A::expert_bias], ScalarType::Float, &a.expert_bias, &a.expert_bias_len) &&
+              tensor_view(op, "w13", stack[A::w13], ScalarType::Byte, &a.w13, &a.w13_len) &&
+              tensor_view(op, "w13_scales", stack[A::w13_scales], ScalarType::Float, &a.w13_scales, &a.w13_scales_len) &&
+              tensor_view(op, "w2", stack[A::w2], ScalarType::Byte, &a.w2, &a.w2_len) &&
+              tensor_view(op, "w2_scales", stack[A::w2_scales], ScalarType::Float, &a.w2_scales, &a.w2_scales_len) &&
+              tensor_view(op, "shared_w13", stack[A::shared_w13], ScalarType::Byte, &a.shared_w13, &a.shared_w13_len) &&
+              tensor_view(op, "shared_w13_scales", stack[A::shared_w13_scales], ScalarType::Float, &a.shared_w13_scales, &a.shared_w13_scales_len) &&
+              tensor_view(op, "shared_w2", stack[A::shared_w2], ScalarType::Byte, &a.shared_w2, &a.shared_w2_len) &&
+              tensor_view(op, "shared_w2_scales", stack[A::shared_w2_scales], ScalarType::Float, &a.shared_w2_scales, &a.shared_w2_scales_len) &&
+              tensor_view(op, "shared_gate", stack[A::shared_gate], ScalarType::Float, &a.shared_gate, &a.shared_gate_len);
+    if (!ok) return ctx.fail(Error::InvalidArgument);
+    a.num_experts = stack[A::num_experts]->toInt();
+    a.top_k = stack[A::top_k]->toInt();
+    a.hidden_dim = stack[A::hidden_dim]->toInt();
+    a.shared_hidden_dim = stack[A::shared_hidden_dim]->toInt();
+    a.group_size = stack[A::group_size]->toInt();
+    a.weight_bits = stack[A::weight_bits]->toInt();
+    std::string_view sf = stack[A::score_func]->toString();
+    if (sf == "softmax") a.score_func = 0;
+    else if (sf == "softmax_all") a.score_func = 1;
+    else if (sf == "sigmoid") a.score_func = 2;
+    else {
+      ET_LOG(Error, "%s: unknown score_func '%.*s' (softmax, softmax_all, sigmoid)", op, (int)sf.size(), sf.data());
+      return ctx.fail(Error::InvalidArgument);
+    }
+    a.renormalize = stack[A::renormalize]->toBool() ? 1 : 0;
+    a.route_scale = (float)stack[A::route_scale]->toDouble();
+    a.exact = stack[A::exact]->toBool() ? 1 : 0;
+    Tensor out = stack[A::out]->toTensor();
+    if (!resize_like(op, x, out, a.dim)) return ctx.fail(Error::InvalidArgument);
+    a.out = out.mutable_data_ptr<float>();
+    a.out_len = (uint64_t)out.numel();
+    if (mobilemoe_moe_ffn(&a) != 0) {
+      ET_LOG(Error, "%s: %s", op, mobilemoe_last_error());
+      return ctx.fail(Error::InvalidArgument);
+    }
+  } catch (const std::exception& e) {
+    ET_LOG(Error, "%s: %s", op, e.what());
+    ctx.fail(Error::Internal);
+  } catch (...) {
+    ET_LOG(Error, "%s: unknown exception", op);
+    ctx.fail(Error::Internal);
+  }
+}
+
+void int4_linear_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  namespace A = mobilemoe_gen::int4_linear;
+  const char* op = A::kOpName;
+  try {
+    if (!check_args(op, A::kKinds, A::kNames, A::kNumArgs, stack)) return ctx.fail(Error::InvalidArgument);
+    MobileMoeLinearArgs a;
+    std::memset(&a, 0, sizeof(a));
+    const Tensor& x = stack[A::x]->toTensor();
+    if (x.scalar_type() != ScalarType::Float || x.dim() < 1) {
+      ET_LOG(Error, "%s: x must be a float32 tensor of rank >= 1", op);
+      return ctx.fail(Error::InvalidArgument);
+    }
+    a.in_features = x.size(x.dim() - 1);
+    a.x = x.const_data_ptr<float>();
+    a.x_len = (uint64_t)x.numel();
+    a.rows = a.in_features > 0 ? a.x_len / (uint64_t)a.in_features : 0;
+    bool ok = tensor_view(op, "weight", stack[A::weight], ScalarType::Byte, &a.weight, &a.weight_len) &&
+              tensor_view(op, "scales", stack[A::scales], ScalarType::Float, &a.scales, &a.scales_len) &&
+              tensor_view(op, "bias", stack[A::bias], ScalarType::Float, &a.bias, &a.bias_len);
+    if (!ok) return ctx.fail(Error::InvalidArgument);
+    a.out_features = stack[A::out_features]->toInt();
+    a.group_size = stack[A::group_size]->toInt();
+    a.weight_bits = stack[A::weight_bits]->toInt();
+    a.exact = stack[A::exact]->toBool() ? 1 : 0;
+    if (a.out_features <= 0) {
+      ET_LOG(Error, "%s: out_features = %lld must be > 0", op, (long long)a.out_features);
+      return ctx.fail(Error::InvalidArgument);
+    }
+    Tensor out = stack[A::out]->toTensor();
+    if (!resize_like(op, x, out, a.out_features)) return ctx.fail(Error::InvalidArgument);
+    a.out = out.mutable_data_ptr<float>();
+    a.out_len = (uint64_t)out.numel();
+    if (mobilemoe_int4_linear(&a) != 0) {
+      ET_LOG(Error, "%s: %s", op, mobilemoe_last_error());
+      return ctx.fail(Error::InvalidArgument);
+    }
+  } catch (const std::exception& e) {
+    ET_LOG(Error, "%s: %s", op, e.what());
+    ctx.fail(Error::Internal);
+  } catch (...) {
+    ET_LOG(Error, "%s: unknown exception", op);
+    ctx.fail(Error::Internal);
+  }
+}
+
+MobileMoEBackend& backend_instance() {
+  static MobileMoEBackend instance;  // never destroyed before the registry stops using it
+  return instance;
+}
+
+bool kernel_registered(const char* name) {
+  auto ks = executorch::runtime::get_registered_kernels();
+  for (size_t i = 0; i < ks.size(); ++i) {
+    if (ks[i].name_ != nullptr && std::strcmp(ks[i].name_, name) == 0) return true;
+  }
+  return false;
+}
+
+int32_t do_register() {
+  int32_t rc = 0;
+  if (executorch::runtime::get_backend_class(kBackendName) == nullptr) {
+    Error e = executorch::runtime::register_backend(Backend{kBackendName, &backend_instance()});
+    if (e != Error::Ok) {
+      ET_LOG(Error, "mobilemoe: register_backend(%s) failed: 0x%x", kBackendName, (unsigned)e);
+      rc = 1;
+    }
+  }
+  static const Kernel kernels[] = {
+      Kernel(mobilemoe_gen::moe_ffn::kOpName, moe_ffn_out),
+      Kernel(mobilemoe_gen::int4_linear::kOpName, int4_linear_out),
+  };
+  for (const Kernel& k : kernels) {
+    if (kernel_registered(k.name_)) continue;  // registering a name twice aborts the process
+    Error e = executorch::runtime::register_kernels({&k, 1});
+    if (e != Error::Ok) {
+      ET_LOG(Error, "mobilemoe: register_kernels(%s) failed: 0x%x", k.name_, (unsigned)e);
+      rc = 1;
+    }
+  }
+  return rc;
+}
+
+}  // namespace
+
+int32_t register_all() {
+  static std::once_flag once;
+  static int32_t result = -1;
+  try {
+    std::call_once(once, [] { result = do_register(); });
+  } catch (...) {
+    return 2;
+  }
+  return result;
+}
+
+bool is_backend_registered(rust::Str name) {
+  std::string n(name);
+  return executorch::runtime::get_backend_class(n.c_str()) != nullptr;
+}
+
+rust::Vec<rust::String> registered_backends() {
+  rust::Vec<rust::String> v;
+  size_t n = executorch::runtime::get_num_registered_backends();
+  for (size_t i = 0; i < n; ++i) {
+    auto r = executorch::runtime::get_backend_name(i);
+    if (r.ok()) v.push_back(rust::String(*r));
+  }
+  return v;
+}
+
+bool is_operator_registered(rust::Str name) {
+  std::string n(name);
+  return kernel_registered(n.c_str());
+}
+
+}  // namespace mobilemoe

@@ -1,0 +1,176 @@
+//! The cxx bridge between the C++ half (BackendInterface, kernels, runner) and Rust.
+//! Every Rust function here catches panics and returns `Err` (a C++ exception the C++ callers
+//! catch and map to an `executorch::runtime::Error`).
+
+use crate::delegate::Delegate;
+
+#[cxx::bridge(namespace = "mobilemoe")]
+pub mod ffi {
+    /// Output shapes: dims of all outputs, concatenated; `ranks[i]` dims belong to output i.
+    struct Shapes {
+        dims: Vec<i64>,
+        ranks: Vec<u32>,
+    }
+
+    /// One input or output of a method. `tag` is executorch's `Tag` (Tensor = 1, Int = 4, ...).
+    struct TensorMetaInfo {
+        is_tensor: bool,
+        tag: i32,
+        /// executorch `ScalarType` (Float = 6, Long = 4), -1 for non-tensors.
+        dtype: i32,
+        dims: Vec<i64>,
+    }
+
+    struct MethodMetaInfo {
+        name: String,
+        inputs: Vec<TensorMetaInfo>,
+        outputs: Vec<TensorMetaInfo>,
+    }
+
+    /// A copied output value.
+    struct OutputValue {
+        tag: i32,
+        dtype: i32,
+        dims: Vec<i64>,
+        f32_data: Vec<f32>,
+        i64_data: Vec<i64>,
+        scalar_f64: f64,
+        scalar_i64: i64,
+    }
+
+    extern "Rust" {
+        type Delegate;
+        unsafe fn delegate_init(data: *const u8, len: usize) -> Result<Box<Delegate>>;
+        fn delegate_num_inputs(d: &Delegate) -> usize;
+        fn delegate_num_outputs(d: &Delegate) -> usize;
+        fn delegate_output_shapes(d: &Delegate, in_dims: &[i64], in_ranks: &[u32]) -> Result<Shapes>;
+        unsafe fn delegate_execute(
+            d: &Delegate,
+            in_ptrs: &[usize],
+            in_dims: &[i64],
+            in_ranks: &[u32],
+            out_ptrs: &[usize],
+            out_numels: &[usize],
+        ) -> Result<()>;
+    }
+
+    unsafe extern "C++" {
+        include!("mobilemoe.h");
+
+        fn register_all() -> i32;
+        fn is_backend_registered(name: &str) -> bool;
+        fn registered_backends() -> Vec<String>;
+        fn is_operator_registered(name: &str) -> bool;
+
+        type Runner;
+        fn runner_open(path: &str) -> Result<UniquePtr<Runner>>;
+        fn runner_method_names(r: &Runner) -> Result<Vec<String>>;
+        fn runner_method_meta(r: &Runner, method: &str) -> Result<MethodMetaInfo>;
+        fn runner_load_method(r: Pin<&mut Runner>, method: &str) -> Result<()>;
+        fn runner_set_input_f32(r: Pin<&mut Runner>, method: &str, idx: usize, data: &[f32], dims: &[i64]) -> Result<()>;
+        fn runner_set_input_i64(r: Pin<&mut Runner>, method: &str, idx: usize, data: &[i64], dims: &[i64]) -> Result<()>;
+        fn runner_execute(r: Pin<&mut Runner>, method: &str) -> Result<usize>;
+        fn runner_output(r: &Runner, idx: usize) -> Result<OutputValue>;
+    }
+}
+
+fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("internal error (panic) in {what}: {msg}"))
+        }
+    }
+}
+
+/// # Safety
+/// `data..data+len` stays valid and unchanged until the returned delegate is dropped.
+unsafe fn delegate_init(data: *const u8, len: usize) -> Result<Box<Delegate>, String> {
+    guard("delegate_init", || {
+        if data.is_null() {
+            return Err("null blob".into());
+        }
+        // SAFETY: per the contract above.
+        let blob: &'static [u8] = unsafe { std::slice::from_raw_parts(data, len) };
+        unsafe { Delegate::from_static(blob) }.map(Box::new)
+    })
+}
+
+fn delegate_num_inputs(d: &Delegate) -> usize {
+    d.graph().inputs.len()
+}
+
+fn delegate_num_outputs(d: &Delegate) -> usize {
+    d.graph().outputs.len()
+}
+
+fn split_shapes<'a>(dims: &'a [i64], ranks: &[u32]) -> Result<Vec<&'a [i64]>, String> {
+    let mut out = Vec::with_capacity(ranks.len());
+    let mut off = 0usize;
+    for &r in ranks {
+        let end = off.checked_add(r as usize).filter(|&e| e <= dims.len()).ok_or("input ranks do not match dims")?;
+        out.push(&dims[off..end]);
+        off = end;
+    }
+    if off != dims.len() {
+        return Err("input ranks do not match dims".into());
+    }
+    Ok(out)
+}
+
+fn delegate_output_shapes(d: &Delegate, in_dims: &[i64], in_ranks: &[u32]) -> Result<ffi::Shapes, String> {
+    guard("delegate_output_shapes", || {
+        let shapes = split_shapes(in_dims, in_ranks)?;
+        let outs = d.output_shapes(&shapes)?;
+        let mut s = ffi::Shapes { dims: vec![], ranks: vec![] };
+        for o in outs {
+            s.ranks.push(o.len() as u32);
+            s.dims.extend_from_slice(&o);
+        }
+        Ok(s)
+    })
+}
+
+/// # Safety
+/// `in_ptrs[i]` points to the f32 data of input i with the shape given by `in_dims`/`in_ranks`;
+/// `out_ptrs[j]` points to `out_numels[j]` writable f32; none of them overlap.
+unsafe fn delegate_execute(
+    d: &Delegate,
+    in_ptrs: &[usize],
+    in_dims: &[i64],
+    in_ranks: &[u32],
+    out_ptrs: &[usize],
+    out_numels: &[usize],
+) -> Result<(), String> {
+    guard("delegate_execute", || {
+        let shapes = split_shapes(in_dims, in_ranks)?;
+        if in_ptrs.len() != shapes.len() || out_ptrs.len() != out_numels.len() {
+            return Err("pointer/shape counts differ".into());
+        }
+        let mut inputs = Vec::with_capacity(shapes.len());
+        for (&p, s) in in_ptrs.iter().zip(&shapes) {
+            let n = crate::delegate::numel(s)?;
+            if p == 0 && n > 0 {
+                return Err("null input pointer".into());
+            }
+            // SAFETY: caller contract.
+            let sl: &[f32] = if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(p as *const f32, n) } };
+            inputs.push((sl, *s));
+        }
+        let mut outputs = Vec::with_capacity(out_ptrs.len());
+        for (&p, &n) in out_ptrs.iter().zip(out_numels) {
+            if p == 0 && n > 0 {
+                return Err("null output pointer".into());
+            }
+            // SAFETY: caller contract.
+            let sl: &mut [f32] = if n == 0 { &mut [] } else { unsafe { std::slice::from_raw_parts_mut(p as *mut f32, n) } };
+            outputs.push(sl);
+        }
+        d.execute(&inputs, &mut outputs)
+    })
+}

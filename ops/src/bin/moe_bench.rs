@@ -1,0 +1,507 @@
+//! MoE layer benchmark: `mobilemoe_ops::moe_ffn` on S/M/L-like layers (INT4, group 32, sigmoid
+//! routing, shared expert), tokens x threads, warm (weights L3-resident) and cold (the call cycles
+//! through layer copies whose touched bytes exceed L3, so weights stream from DRAM), against the
+//! scalar reference kernel and a streaming-read memory roofline measured in the same run.
+//!
+//! `cargo run --release -p mobilemoe-ops --bin moe_bench -- [--quick] [--json] [--layers S,M,L]
+//!  [--tokens 1,8,32,128] [--threads 1,2] [--kernel NAME] [--no-scalar] [--no-cold]`
+
+use mobilemoe_ops::kernels::{KernelKind, Kernels};
+use mobilemoe_ops::quant::{MatrixSpec, WeightBits};
+use mobilemoe_ops::*;
+use std::time::Instant;
+
+const HELP: &str = "moe_bench: fused MoE FFN benchmark (mobilemoe_ops::moe_ffn)
+
+USAGE: moe_bench [OPTIONS]
+
+OPTIONS:
+  --quick            short run (CI smoke): layer S, tokens 1,128, small roofline buffer, few iterations
+  --json             one JSON object per line instead of the markdown table
+  --layers LIST      comma-separated subset of S,M,L            (default S,M,L; quick: S)
+  --tokens LIST      token counts                               (default 1,8,32,128)
+  --threads LIST     thread counts                              (default 1,2)
+  --kernel NAME      kernel set: scalar, avx2, avx512vnni, ...  (default: best for this CPU)
+  --no-scalar        skip the scalar-reference column
+  --no-cold          skip the cold (DRAM-streaming) variant
+  --budget-ms N      target measuring time per row in ms        (default 400; quick: 60)
+  --gemm-only        time the bare kernels (1 thread, min of many calls) on the S-like expert shapes
+  -h, --help         this text
+
+Layers (INT4, group 32, sigmoid top-k routing with renormalisation, gated shared expert):
+  S: D=1024 F=512  E=32 top-4 shared F=1024  (MobileMoE-S-like)
+  M: D=1536 F=768  E=64 top-6 shared F=1536  (12 such layers + attention + 32k vocab ~ 0.5B active / 2.9B total)
+  L: D=2048 F=1024 E=64 top-6 shared F=2048  (12 layers ~ 0.9B active / 5.3B total)
+
+Columns: warm = the same layer every call (weights of the hit experts stay in the 32 MB L3);
+cold = calls cycle through N layer copies so that N x (bytes touched per call) > 2 x L3, i.e.
+weights come from DRAM as in a real decode over many layers. bytes = weight bytes read per call
+(distinct experts hit + shared expert + router, data + scales). GB/s = bytes / median time.
+roofline = bytes / (streaming-read bandwidth with the same thread count, measured in this run);
+%roof = roofline time / median time. GOP/s counts 2 ops per multiply-add (router + experts + shared).
+scalar = the same call with the scalar reference kernel (fewer iterations; '-' where skipped
+because it would take too long). cpu ms = process CPU time per call over all threads (includes the
+pool's spin-waiting): on a shared machine, compare it with ms median to see time lost to preemption.";
+
+#[derive(Clone, Copy)]
+struct LayerShape {
+    name: &'static str,
+    d: usize,
+    f: usize,
+    e: usize,
+    k: usize,
+    fs: usize,
+}
+
+const LAYERS: [LayerShape; 3] = [
+    LayerShape { name: "S", d: 1024, f: 512, e: 32, k: 4, fs: 1024 },
+    LayerShape { name: "M", d: 1536, f: 768, e: 64, k: 6, fs: 1536 },
+    LayerShape { name: "L", d: 2048, f: 1024, e: 64, k: 6, fs: 2048 },
+];
+
+const L3_BYTES: usize = 32 << 20;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn fill_bytes(&mut self, v: &mut [u8]) {
+        for c in v.chunks_mut(8) {
+            let r = self.next().to_le_bytes();
+            c.copy_from_slice(&r[..c.len()]);
+        }
+    }
+}
+
+/// One layer's buffers (random packed weights: the values do not matter for speed).
+#[derive(Clone)]
+struct LayerBuf {
+    router_w: Vec<f32>,
+    bias: Vec<f32>,
+    w13: Vec<u8>,
+    w13_s: Vec<f32>,
+    w2: Vec<u8>,
+    w2_s: Vec<f32>,
+    sh13: Vec<u8>,
+    sh13_s: Vec<f32>,
+    sh2: Vec<u8>,
+    sh2_s: Vec<f32>,
+    gate: Vec<f32>,
+}
+
+fn moe_spec(l: &LayerShape) -> MoeSpec {
+    MoeSpec {
+        dim: l.d,
+        hidden: l.f,
+        shared_hidden: l.fs,
+        group: 32,
+        bits: WeightBits::Int4,
+        router: RouterConfig {
+            num_experts: l.e,
+            top_k: l.k,
+            score_func: ScoreFunc::Sigmoid,
+            renormalize: true,
+            route_scale: 1.0,
+        },
+        exact: false,
+    }
+}
+
+fn rand_matrix(r: &mut Rng, spec: MatrixSpec, count: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut d = vec![0u8; spec.data_bytes() * count];
+    r.fill_bytes(&mut d);
+    let s = (0..spec.scale_count() * count).map(|_| 0.002 + 0.001 * r.f()).collect();
+    (d, s)
+}
+
+impl LayerBuf {
+    fn random(spec: &MoeSpec, seed: u64) -> Self {
+        let mut r = Rng(seed | 1);
+        let e = spec.router.num_experts;
+        let (w13, w13_s) = rand_matrix(&mut r, spec.w13_spec().unwrap(), e);
+        let (w2, w2_s) = rand_matrix(&mut r, spec.w2_spec().unwrap(), e);
+        let (sh13, sh13_s) = rand_matrix(&mut r, spec.shared_w13_spec().unwrap(), 1);
+        let (sh2, sh2_s) = rand_matrix(&mut r, spec.shared_w2_spec().unwrap(), 1);
+        let rs = 1.0 / (spec.dim as f32).sqrt();
+        Self {
+            router_w: (0..e * spec.dim).map(|_| r.f() * rs).collect(),
+            bias: (0..e).map(|_| r.f() * 0.1).collect(),
+            w13,
+            w13_s,
+            w2,
+            w2_s,
+            sh13,
+            sh13_s,
+            sh2,
+            sh2_s,
+            gate: (0..spec.dim).map(|_| r.f() * rs).collect(),
+        }
+    }
+    fn weights(&self, spec: &MoeSpec) -> MoeWeights<'_> {
+        MoeWeights {
+            router_w: &self.router_w,
+            expert_bias: Some(&self.bias),
+            w13: &self.w13,
+            w13_scales: &self.w13_s,
+            w2: &self.w2,
+            w2_scales: &self.w2_s,
+            shared: Some(SharedExpert {
+                w13: PackedRef::new(spec.shared_w13_spec().unwrap(), &self.sh13, &self.sh13_s).unwrap(),
+                w2: PackedRef::new(spec.shared_w2_spec().unwrap(), &self.sh2, &self.sh2_s).unwrap(),
+                gate: Some(&self.gate),
+            }),
+        }
+    }
+    fn bytes(&self) -> usize {
+        self.w13.len() + self.w2.len() + self.sh13.len() + self.sh2.len()
+            + 4 * (self.w13_s.len() + self.w2_s.len() + self.sh13_s.len() + self.sh2_s.len() + self.router_w.len())
+    }
+}
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+}
+/// CPU time of the whole process in seconds (all threads; includes the pool's spinning).
+fn process_cpu_s() -> f64 {
+    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_PROCESS_CPUTIME_ID = 2 on Linux.
+    unsafe { clock_gettime(2, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+}
+
+/// Streaming-read bandwidth (bytes/s) of `buf` with the pool's threads: median of `passes`.
+fn read_bandwidth(buf: &[u64], pool: &ThreadPool, passes: usize) -> f64 {
+    let threads = pool.threads();
+    let items = threads * 16;
+    let per = buf.len().div_ceil(items);
+    let sink = std::sync::atomic::AtomicU64::new(0);
+    let mut times = vec![];
+    for _ in 0..passes + 1 {
+        let t0 = Instant::now();
+        pool.run(items, &|i| {
+            let s = &buf[(i * per).min(buf.len())..((i + 1) * per).min(buf.len())];
+            let mut acc = [0u64; 8];
+            for c in s.chunks_exact(8) {
+                for l in 0..8 {
+                    acc[l] = acc[l].wrapping_add(c[l]);
+                }
+            }
+            sink.fetch_add(acc.iter().fold(0u64, |a, &b| a.wrapping_add(b)), std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.remove(0); // first pass warms the pool / TLB
+    std::hint::black_box(sink.into_inner());
+    (buf.len() * 8) as f64 / median(&mut times)
+}
+
+struct Row {
+    layer: &'static str,
+    variant: &'static str,
+    kernel: &'static str,
+    tokens: usize,
+    threads: usize,
+    iters: usize,
+    copies: usize,
+    ms_median: f64,
+    ms_min: f64,
+    cpu_ms: f64,
+    experts_hit: usize,
+    bytes: usize,
+    gbps: f64,
+    gops: f64,
+    roofline_ms: f64,
+    scalar_ms: Option<f64>,
+}
+
+/// Times `iters` calls (after one warm-up), cycling through `layers`; returns (median, min) ms.
+#[allow(clippy::too_many_arguments)]
+fn time_calls(
+    spec: &MoeSpec,
+    layers: &[LayerBuf],
+    x: &[f32],
+    t: usize,
+    out: &mut [f32],
+    scratch: &mut MoeScratch,
+    pool: &ThreadPool,
+    ks: &Kernels,
+    budget_s: f64,
+    min_iters: usize,
+    max_iters: usize,
+) -> (f64, f64, usize, f64) {
+    let ws: Vec<MoeWeights<'_>> = layers.iter().map(|l| l.weights(spec)).collect();
+    // Warm-up: one pass over every copy (and the scratch buffers).
+    for w in &ws {
+        moe_ffn(spec, w, x, t, out, scratch, pool, ks).unwrap();
+    }
+    let mut times = vec![];
+    let start = Instant::now();
+    let cpu0 = process_cpu_s();
+    let mut i = 0;
+    while times.len() < min_iters || (start.elapsed().as_secs_f64() < budget_s && times.len() < max_iters) {
+        let w = &ws[i % ws.len()];
+        i += 1;
+        let t0 = Instant::now();
+        moe_ffn(spec, w, x, t, out, scratch, pool, ks).unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let cpu_ms = (process_cpu_s() - cpu0) * 1e3 / times.len() as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let n = times.len();
+    (median(&mut times), min, n, cpu_ms)
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',').filter(|v| !v.is_empty()).map(|v| v.trim().parse().expect("bad number in list")).collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut quick = false;
+    let mut json = false;
+    let mut layer_names: Option<Vec<String>> = None;
+    let mut tokens_list: Option<Vec<usize>> = None;
+    let mut threads_list = vec![1usize, 2];
+    let mut kernel: Option<Kernels> = None;
+    let mut with_scalar = true;
+    let mut with_cold = true;
+    let mut budget_ms: Option<f64> = None;
+    let mut gemm_mode = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "-h" | "--help" => {
+                println!("{HELP}");
+                return;
+            }
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--layers" => layer_names = Some(val().split(',').map(|s| s.trim().to_uppercase()).collect()),
+            "--tokens" => tokens_list = Some(parse_list(&val())),
+            "--threads" => threads_list = parse_list(&val()),
+            "--kernel" => {
+                let v = val();
+                let kind = KernelKind::from_name(&v).unwrap_or_else(|| panic!("unknown kernel {v}"));
+                kernel = Some(Kernels::get(kind).unwrap_or_else(|| panic!("kernel {v} not supported on this CPU")));
+            }
+            "--no-scalar" => with_scalar = false,
+            "--no-cold" => with_cold = false,
+            "--budget-ms" => budget_ms = Some(val().parse().expect("bad --budget-ms")),
+            "--gemm-only" => gemm_mode = true,
+            other => {
+                eprintln!("unknown argument {other}\n\n{HELP}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let ks = kernel.unwrap_or_else(Kernels::best);
+    if gemm_mode {
+        gemm_only(ks);
+        return;
+    }
+    let scalar = Kernels::get(KernelKind::Scalar).unwrap();
+    let layer_names = layer_names.unwrap_or_else(|| if quick { vec!["S".into()] } else { vec!["S".into(), "M".into(), "L".into()] });
+    let tokens_list = tokens_list.unwrap_or_else(|| if quick { vec![1, 128] } else { vec![1, 8, 32, 128] });
+    let budget_s = budget_ms.unwrap_or(if quick { 60.0 } else { 400.0 }) / 1e3;
+    let max_t = *tokens_list.iter().max().unwrap_or(&1);
+
+    // Roofline: streaming read of a buffer far larger than L3.
+    let roof_bytes: usize = if quick { 256 << 20 } else { 1 << 30 };
+    let mut roof = std::collections::BTreeMap::new();
+    {
+        let mut buf = vec![0u64; roof_bytes / 8];
+        for (i, v) in buf.iter_mut().enumerate() {
+            *v = i as u64;
+        }
+        for &th in &threads_list {
+            let pool = ThreadPool::new(th);
+            let bw = read_bandwidth(&buf, &pool, if quick { 3 } else { 5 });
+            roof.insert(th, bw);
+        }
+    }
+    if json {
+        for (&th, &bw) in &roof {
+            println!("{{\"kind\":\"roofline\",\"threads\":{th},\"buffer_mib\":{},\"gbps\":{:.2}}}", roof_bytes >> 20, bw / 1e9);
+        }
+    } else {
+        println!("kernel: {} (scalar reference: {})", ks.kind.name(), if with_scalar { "measured, fewer iterations" } else { "skipped" });
+        for (&th, &bw) in &roof {
+            println!("roofline: streaming read of {} MiB, {th} thread(s): {:.1} GB/s", roof_bytes >> 20, bw / 1e9);
+        }
+        println!();
+        println!("| layer | variant | tokens | threads | ms median | ms min | cpu ms | iters | experts hit | MB read | GB/s | GOP/s | roofline ms | %roof | scalar ms | x scalar |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
+
+    for shape in LAYERS.iter().filter(|l| layer_names.iter().any(|n| n == l.name)) {
+        let spec = moe_spec(shape);
+        let base = LayerBuf::random(&spec, 0x5EED ^ shape.d as u64);
+        let layer_bytes = base.bytes();
+        let mut rx = Rng(99);
+        let x_all: Vec<f32> = (0..max_t * shape.d).map(|_| rx.f()).collect();
+        let mut out = vec![0f32; max_t * shape.d];
+        let mut copies: Vec<LayerBuf> = vec![base];
+        for &t in &tokens_list {
+            let x = &x_all[..t * shape.d];
+            let out = &mut out[..t * shape.d];
+            // Distinct experts hit and bytes read per call.
+            let mut scratch = MoeScratch::default();
+            let pool1 = ThreadPool::new(1);
+            moe_ffn(&spec, &copies[0].weights(&spec), x, t, out, &mut scratch, &pool1, &ks).unwrap();
+            let hit = scratch.last_counts.iter().filter(|&&c| c > 0).count();
+            let bytes = MoeWeights::bytes_read(&spec, hit);
+            let macs = t * (shape.e * shape.d + shape.k * 3 * shape.f * shape.d + 3 * shape.fs * shape.d);
+            // Cold: enough copies that the bytes touched per cycle exceed 2 x L3 (memory-capped).
+            let want_copies = if with_cold {
+                (2 * L3_BYTES).div_ceil(bytes).clamp(2, (if quick { 512usize << 20 } else { 1536usize << 20 }) / layer_bytes).max(2)
+            } else {
+                1
+            };
+            while copies.len() < want_copies {
+                copies.push(copies[0].clone());
+            }
+            for &th in &threads_list {
+                let pool = ThreadPool::new(th);
+                let roof_ms = bytes as f64 / roof[&th] * 1e3;
+                // Scalar reference: only where it stays affordable (about 3 ns per multiply-add).
+                let est_scalar_s = macs as f64 * 3e-9 / th as f64;
+                let scalar_ms = (with_scalar && (!quick || t == 1) && est_scalar_s < if quick { 0.5 } else { 2.5 }).then(|| {
+                    let iters = if est_scalar_s < 0.05 { 5 } else { 1 };
+                    time_calls(&spec, &copies[..1], x, t, out, &mut scratch, &pool, &scalar, 0.0, iters, iters).0
+                });
+                let mut variants = vec![("warm", 1usize)];
+                if with_cold {
+                    variants.push(("cold", want_copies));
+                }
+                for (variant, nc) in variants {
+                    let (ms, ms_min, iters, cpu_ms) = time_calls(
+                        &spec,
+                        &copies[..nc],
+                        x,
+                        t,
+                        out,
+                        &mut scratch,
+                        &pool,
+                        &ks,
+                        budget_s,
+                        if quick { 5 } else { 11 },
+                        20_000,
+                    );
+                    let row = Row {
+                        layer: shape.name,
+                        variant,
+                        kernel: ks.kind.name(),
+                        tokens: t,
+                        threads: th,
+                        iters,
+                        copies: nc,
+                        ms_median: ms,
+                        ms_min,
+                        cpu_ms,
+                        experts_hit: hit,
+                        bytes,
+                        gbps: bytes as f64 / (ms * 1e-3) / 1e9,
+                        gops: 2.0 * macs as f64 / (ms * 1e-3) / 1e9,
+                        roofline_ms: roof_ms,
+                        scalar_ms: if variant == "warm" { scalar_ms } else { None },
+                    };
+                    print_row(&row, json);
+                }
+            }
+        }
+    }
+}
+
+fn print_row(r: &Row, json: bool) {
+    let ratio = r.scalar_ms.map(|s| s / r.ms_median);
+    if json {
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "null".into());
+        println!(
+            "{{\"kind\":\"moe\",\"layer\":\"{}\",\"variant\":\"{}\",\"kernel\":\"{}\",\"tokens\":{},\"threads\":{},\"ms_median\":{:.4},\"ms_min\":{:.4},\"cpu_ms_per_call\":{:.4},\"iters\":{},\"copies\":{},\"experts_hit\":{},\"bytes_read\":{},\"gbps\":{:.3},\"gops\":{:.3},\"roofline_ms\":{:.4},\"pct_roofline\":{:.2},\"scalar_ms\":{},\"speedup_vs_scalar\":{}}}",
+            r.layer, r.variant, r.kernel, r.tokens, r.threads, r.ms_median, r.ms_min, r.cpu_ms, r.iters, r.copies, r.experts_hit,
+            r.bytes, r.gbps, r.gops, r.roofline_ms, 100.0 * r.roofline_ms / r.ms_median, opt(r.scalar_ms), opt(ratio)
+        );
+    } else {
+        let opt = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {}{} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {:.2} | {:.1} | {:.1} | {:.3} | {:.0}% | {} | {} |",
+            r.layer,
+            r.variant,
+            if r.variant == "cold" { format!(" (x{})", r.copies) } else { String::new() },
+            r.tokens,
+            r.threads,
+            r.ms_median,
+            r.ms_min,
+            r.cpu_ms,
+            r.iters,
+            r.experts_hit,
+            r.bytes as f64 / 1e6,
+            r.gbps,
+            r.gops,
+            r.roofline_ms,
+            100.0 * r.roofline_ms / r.ms_median,
+            opt(r.scalar_ms, 1),
+            opt(ratio, 0),
+        );
+    }
+}
+
+/// Bare kernel timing: one matrix, `m` tokens, 1 thread, min over calls (robust to background load).
+fn gemm_only(ks: Kernels) {
+    use mobilemoe_ops::act::QuantActs;
+    use mobilemoe_ops::kernels::OutPtr;
+    let mut r = Rng(5);
+    for (n, k) in [(2048usize, 1024usize), (1024, 512), (1024, 1024)] {
+        for bits in [WeightBits::Int4, WeightBits::Int8] {
+            let spec = MatrixSpec::new(n, k, 32, bits).unwrap();
+            let (d, s) = rand_matrix(&mut r, spec, 1);
+            let w = PackedRef::new(spec, &d, &s).unwrap();
+            for m in [1usize, 4, 8, 16, 128] {
+                let x: Vec<f32> = (0..m * k).map(|_| r.f()).collect();
+                let mut qa = QuantActs::default();
+                qa.quantize(&x, m, k, 32).unwrap();
+                let mut out = vec![0f32; m * n];
+                let mut best = [f64::INFINITY; 2];
+                let reps = (200_000_000 / (m * n * k)).clamp(5, 2000);
+                for _ in 0..reps {
+                    let t0 = Instant::now();
+                    assert!(ks.gemm_q8(&w, 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut out, n)));
+                    best[0] = best[0].min(t0.elapsed().as_secs_f64());
+                    let t0 = Instant::now();
+                    assert!(ks.gemm_f32(&w, 0..spec.tiles(), &x, m, OutPtr::new(&mut out, n)));
+                    best[1] = best[1].min(t0.elapsed().as_secs_f64());
+                }
+                let macs = (m * n * k) as f64;
+                println!(
+                    "{} {n}x{k} {bits:?} m={m}: q8 {:.1} us ({:.1} GMAC/s, {:.1} GB/s)  f32 {:.1} us ({:.1} GMAC/s)",
+                    ks.kind.name(),
+                    best[0] * 1e6,
+                    macs / best[0] / 1e9,
+                    spec.total_bytes() as f64 / best[0] / 1e9,
+                    best[1] * 1e6,
+                    macs / best[1] / 1e9
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Baseline AArch64 NEON kernels (ARMv8.0: every 64-bit phone), plus the helpers the `sdot`
+//! (`aarch64_dotprod`) and `smmla` (`aarch64_i8mm`) kernels share: chunk unpacking, the per-group
+//! fold into fp32, the output store, and the exact fp32 path (`gemm_f32`, used by all three).
+//!
+//! Q8 path, how a T16K4 chunk (16 rows x 4 k, docs/DESIGN.md section 2) maps to registers:
+//! - `load_chunk` gives four `int8x16` "row quads": quad `q` holds rows `4q..4q+3`, 4 bytes
+//!   (k0..k3) per row. INT4: quad 0 = low nibbles of bytes 0..15, quad 1 = low nibbles of bytes
+//!   16..31, quads 2/3 = the high nibbles (`and 0x0F` / `ushr 4`: the offset value `q + 8` in
+//!   0..15, corrected exactly through the group sums, see below). INT8: four plain loads.
+//! - Baseline (no dot product): the 4 activation bytes of the chunk are broadcast to all four
+//!   32-bit lanes (`dup v.4s, a.s[c]`), then `smlal`/`smlal2` accumulate the 16 byte products of a
+//!   quad into two i16x8 (lane = (row, kc)). After up to 8 chunks (INT4: |(q+8)*qa| <= 1905,
+//!   2 lanes summed by `addp` stay below 2^15) or 1 chunk (INT8: |q*qa| <= 16256) the i16 sums are
+//!   folded: `addp` (i16, pairs -> (row, k01 / k23)) then `sadalp` into an i32x4 whose lanes are
+//!   exactly the four rows. All integer: the group sum is exact whatever the order.
+//! - INT4 offset: the i32 accumulators of a group start at `-8 * gsum[g]` instead of 0, so they
+//!   end at the exact `isum`. Group end (`fold_group`): `scvtf` -> `fmla(acc, isum, scale)`:
+//!   one fused multiply-add per row and group, in group order, as the scalar reference.
+//!   Store: `acc * a.scale[i]`.
+//!
+//! F32 path (`gemm_f32`): per chunk and row quad, `tbl` transposes the 4x4 bytes to k-major,
+//! `sxtl`/`scvtf` give four f32x4 (one per k, lanes = rows), and `fmla v.4s, w.4s, x.s[kc]`
+//! accumulates `part = fma(x[k], q, part)` in k order per row lane; at the group end
+//! `acc = fma(part, scale, acc)`. Same per-row operation order as the scalar reference, so the
+//! result is equal bit for bit. Tokens are processed 4 at a time to reuse each converted chunk.
+
+use super::OutPtr;
+use crate::act::QuantActsRef;
+use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
+use core::arch::aarch64::*;
+use std::ops::Range;
+
+/// NEON (ASIMD) is mandatory on AArch64; checked anyway for symmetry.
+pub fn supported() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+/// The four row quads of one chunk at `p` (see module docs). INT4 values are `q + 8`.
+#[inline(always)]
+pub(crate) unsafe fn load_chunk(p: *const u8, int4: bool) -> [int8x16_t; 4] {
+    if int4 {
+        let v0 = vld1q_u8(p);
+        let v1 = vld1q_u8(p.add(16));
+        let m = vdupq_n_u8(0x0F);
+        [
+            vreinterpretq_s8_u8(vandq_u8(v0, m)),
+            vreinterpretq_s8_u8(vandq_u8(v1, m)),
+            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v0)),
+            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v1)),
+        ]
+    } else {
+        [vld1q_s8(p as *const i8), vld1q_s8(p.add(16) as *const i8), vld1q_s8(p.add(32) as *const i8), vld1q_s8(p.add(48) as *const i8)]
+    }
+}
+
+/// Signed weights of one chunk (INT4 offset removed), for the fp32 path.
+#[inline(always)]
+unsafe fn load_chunk_signed(p: *const u8, int4: bool) -> [int8x16_t; 4] {
+    let c = load_chunk(p, int4);
+    if int4 {
+        let e = vdupq_n_s8(8);
+        [vsubq_s8(c[0], e), vsubq_s8(c[1], e), vsubq_s8(c[2], e), vsubq_s8(c[3], e)]
+    } else {
+        c
+    }
+}
+
+/// Folds one group's exact integer row sums into the fp32 row accumulators:
+/// `acc = fma(isum as f32, scale, acc)`, `scales` = the tile's 16 scales of the group. (The INT4
+/// offset is removed by starting the integer accumulators at `-8 * gsum`.)
+#[inline(always)]
+pub(crate) unsafe fn fold_group(acc: &mut [float32x4_t; 4], isum: &[int32x4_t; 4], scales: *const f32) {
+    for q in 0..4 {
+        let s = vld1q_f32(scales.add(4 * q));
+        let f = vcvtq_f32_s32(isum[q]);
+        acc[q] = vfmaq_f32(acc[q], f, s);
+    }
+}
+
+/// Writes `acc * mul` to row `i`, columns `n0 .. n0 + nvalid` (`nvalid <= 16`).
+#[inline(always)]
+pub(crate) unsafe fn store_rows(out: &OutPtr, i: usize, n0: usize, nvalid: usize, acc: &[float32x4_t; 4], mul: f32) {
+    let v = [vmulq_n_f32(acc[0], mul), vmulq_n_f32(acc[1], mul), vmulq_n_f32(acc[2], mul), vmulq_n_f32(acc[3], mul)];
+    let dst = out.ptr.add(i * out.ldo + n0);
+    if nvalid == TILE_ROWS {
+        debug_assert!(i * out.ldo + n0 + TILE_ROWS <= out.len);
+        for (q, vq) in v.iter().enumerate() {
+            vst1q_f32(dst.add(4 * q), *vq);
+        }
+    } else {
+        let mut tmp = [0f32; TILE_ROWS];
+        for (q, vq) in v.iter().enumerate() {
+            vst1q_f32(tmp.as_mut_ptr().add(4 * q), *vq);
+        }
+        for (r, t) in tmp.iter().enumerate().take(nvalid) {
+            out.write(i, n0 + r, *t);
+        }
+    }
+}
+
+/// Geometry shared by the Q8 kernels of the three files.
+#[derive(Clone, Copy)]
+pub(crate) struct Geo {
+    pub k: usize,
+    pub g_sz: usize,
+    pub ng: usize,
+    pub int4: bool,
+    /// Bytes per chunk (32 or 64).
+    pub cb: usize,
+    pub tile_bytes: usize,
+    pub n: usize,
+}
+
+impl Geo {
+    #[inline(always)]
+    pub fn new(w: &PackedRef<'_>) -> Self {
+        let s = w.spec;
+        Self {
+            k: s.k,
+            g_sz: s.group,
+            ng: s.groups(),
+            int4: s.bits == WeightBits::Int4,
+            cb: s.bits.chunk_bytes(),
+            tile_bytes: s.tile_bytes(),
+            n: s.n,
+        }
+    }
+    /// Offset correction of group `g` of token `i` (INT4: weights carry +8).
+    #[inline(always)]
+    pub unsafe fn corr<const I4: bool>(&self, a: &QuantActsRef<'_>, i: usize, g: usize) -> i32 {
+        if I4 {
+            8 * *a.gsum.get_unchecked(i * self.ng + g)
+        } else {
+            0
+        }
+    }
+}
+
+/// Baseline block of MB tokens x one tile.
+#[inline(always)]
+unsafe fn q8_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize) {
+    let zf = vdupq_n_f32(0.0);
+    let z16 = vdupq_n_s16(0);
+    let mut accf = [[zf; 4]; MB];
+    // Chunks between i16 -> i32 folds.
+    let flush_every = if I4 { 8 } else { 1 };
+    let cpg = geo.g_sz / 4;
+    for g in 0..geo.ng {
+        let mut acc = [[vdupq_n_s32(0); 4]; MB];
+        for j in 0..MB {
+            acc[j] = [vdupq_n_s32(-geo.corr::<I4>(a, i0 + j, g)); 4];
+        }
+        let mut lo = [[z16; 4]; MB];
+        let mut hi = [[z16; 4]; MB];
+        let gp = wt.add(g * cpg * geo.cb);
+        for c in 0..cpg {
+            let wq = load_chunk(gp.add(c * geo.cb), I4);
+            let kk = g * geo.g_sz + c * 4;
+            for j in 0..MB {
+                let a4 = (a.q.as_ptr().add((i0 + j) * geo.k + kk) as *const i32).read_unaligned();
+                let av = vreinterpretq_s8_s32(vdupq_n_s32(a4));
+                for q in 0..4 {
+                    lo[j][q] = vmlal_s8(lo[j][q], vget_low_s8(wq[q]), vget_low_s8(av));
+                    hi[j][q] = vmlal_high_s8(hi[j][q], wq[q], av);
+                }
+            }
+            if (c + 1) % flush_every == 0 {
+                for j in 0..MB {
+                    for q in 0..4 {
+                        acc[j][q] = vpadalq_s16(acc[j][q], vpaddq_s16(lo[j][q], hi[j][q]));
+                        lo[j][q] = z16;
+                        hi[j][q] = z16;
+                    }
+                }
+            }
+        }
+        // cpg is a multiple of 8, so every chunk has been folded here.
+        for j in 0..MB {
+            fold_group(&mut accf[j], &acc[j], st.add(g * TILE_ROWS));
+        }
+    }
+    for j in 0..MB {
+        store_rows(out, i0 + j, n0, nvalid, &accf[j], *a.scale.get_unchecked(i0 + j));
+    }
+}
+
+/// Q8 GEMM, baseline NEON. # Safety: see `GemmQ8Fn`.
+pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
+    let geo = Geo::new(w);
+    if geo.int4 {
+        q8_tiles::<true>(&geo, w, tiles, a, out)
+    } else {
+        q8_tiles::<false>(&geo, w, tiles, a, out)
+    }
+}
+
+unsafe fn q8_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
+    for t in tiles {
+        let n0 = t * TILE_ROWS;
+        let nvalid = (geo.n - n0).min(TILE_ROWS);
+        let wt = w.data.as_ptr().add(t * geo.tile_bytes);
+        let st = w.scales.as_ptr().add(t * geo.ng * TILE_ROWS);
+        let mut i = 0;
+        while i + 2 <= a.m {
+            q8_block::<I4, 2>(geo, wt, st, a, i, &out, n0, nvalid);
+            i += 2;
+        }
+        if i < a.m {
+            q8_block::<I4, 1>(geo, wt, st, a, i, &out, n0, nvalid);
+        }
+    }
+}
+
+/// `tbl` indices transposing a row quad (r0k0 r0k1 r0k2 r0k3 r1k0 ...) to k-major (k0: r0..r3, ...).
+const TRANSPOSE4X4: [u8; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+/// FMA of the 4 k-columns of one row quad into `part` (k order), x = 4 floats of this chunk.
+#[inline(always)]
+unsafe fn fma_quad(part: &mut float32x4_t, wk: &[float32x4_t; 4], x: float32x4_t) {
+    *part = vfmaq_laneq_f32::<0>(*part, wk[0], x);
+    *part = vfmaq_laneq_f32::<1>(*part, wk[1], x);
+    *part = vfmaq_laneq_f32::<2>(*part, wk[2], x);
+    *part = vfmaq_laneq_f32::<3>(*part, wk[3], x);
+}
+
+#[inline(always)]
+unsafe fn f32_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *const u8, st: *const f32, x: &[f32], i0: usize, out: &OutPtr, n0: usize, nvalid: usize) {
+    let zf = vdupq_n_f32(0.0);
+    let mut accf = [[zf; 4]; MB];
+    let tr = vld1q_u8(TRANSPOSE4X4.as_ptr());
+    let cpg = geo.g_sz / 4;
+    for g in 0..geo.ng {
+        let mut part = [[zf; 4]; MB];
+        let gp = wt.add(g * cpg * geo.cb);
+        for c in 0..cpg {
+            let wq = load_chunk_signed(gp.add(c * geo.cb), I4);
+            let kk = g * geo.g_sz + c * 4;
+            let mut xv = [zf; MB];
+            for j in 0..MB {
+                xv[j] = vld1q_f32(x.as_ptr().add((i0 + j) * geo.k + kk));
+            }
+            for q in 0..4 {
+                let t = vqtbl1q_s8(wq[q], tr);
+                let h0 = vmovl_s8(vget_low_s8(t));
+                let h1 = vmovl_high_s8(t);
+                let wk = [
+                    vcvtq_f32_s32(vmovl_s16(vget_low_s16(h0))),
+                    vcvtq_f32_s32(vmovl_high_s16(h0)),
+                    vcvtq_f32_s32(vmovl_s16(vget_low_s16(h1))),
+                    vcvtq_f32_s32(vmovl_high_s16(h1)),
+                ];
+                for j in 0..MB {
+                    fma_quad(&mut part[j][q], &wk, xv[j]);
+                }
+            }
+        }
+        for j in 0..MB {
+            for q in 0..4 {
+                let s = vld1q_f32(st.add(g * TILE_ROWS + 4 * q));
+                accf[j][q] = vfmaq_f32(accf[j][q], part[j][q], s);
+            }
+        }
+    }
+    for j in 0..MB {
+        store_rows(out, i0 + j, n0, nvalid, &accf[j], 1.0);
+    }
+}
+
+/// Exact fp32 GEMM (shared by all AArch64 kernel sets). # Safety: see `GemmF32Fn`.
+pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
+    let geo = Geo::new(w);
+    if geo.int4 {
+        f32_tiles::<true>(&geo, w, tiles, x, m, out)
+    } else {
+        f32_tiles::<false>(&geo, w, tiles, x, m, out)
+    }
+}
+
+unsafe fn f32_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
+    for t in tiles {
+        let n0 = t * TILE_ROWS;
+        let nvalid = (geo.n - n0).min(TILE_ROWS);
+        let wt = w.data.as_ptr().add(t * geo.tile_bytes);
+        let st = w.scales.as_ptr().add(t * geo.ng * TILE_ROWS);
+        let mut i = 0;
+        while i + 4 <= m {
+            f32_block::<I4, 4>(geo, wt, st, x, i, &out, n0, nvalid);
+            i += 4;
+        }
+        while i < m {
+            f32_block::<I4, 1>(geo, wt, st, x, i, &out, n0, nvalid);
+            i += 1;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Every SIMD kernel this CPU supports equals the scalar reference bit for bit (docs/DESIGN.md
+//! section 3), on random shapes, tile sub-ranges, partial tiles, every group size and width.
+mod common;
+use common::Rng;
+use mobilemoe_ops::act::{QuantActs, QuantActsRef};
+use mobilemoe_ops::kernels::{KernelKind, Kernels, OutPtr};
+use mobilemoe_ops::quant::{pack, MatrixSpec, PackedMatrix, WeightBits};
+use proptest::prelude::*;
+use std::ops::Range;
+
+const SENTINEL: f32 = -12345.5;
+
+fn simd_kernels() -> Vec<Kernels> {
+    Kernels::available().into_iter().filter(|k| k.kind != KernelKind::Scalar).collect()
+}
+
+fn scalar() -> Kernels {
+    Kernels::get(KernelKind::Scalar).unwrap()
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Runs `f` for the scalar kernel and every SIMD kernel into sentinel-filled buffers with row
+/// stride `ldo`, and checks equality (including untouched columns).
+fn check_all(
+    name: &str,
+    m: usize,
+    ldo: usize,
+    mut f: impl FnMut(&Kernels, OutPtr) -> bool,
+) -> Result<(), TestCaseError> {
+    let len = if m == 0 { 0 } else { (m - 1) * ldo + ldo };
+    let mut want = vec![SENTINEL; len];
+    prop_assert!(f(&scalar(), OutPtr::new(&mut want, ldo)), "scalar call rejected");
+    for ks in simd_kernels() {
+        let mut got = vec![SENTINEL; len];
+        prop_assert!(f(&ks, OutPtr::new(&mut got, ldo)), "{} call rejected", ks.kind.name());
+        for (idx, (a, b)) in got.iter().zip(&want).enumerate() {
+            prop_assert!(
+                same(*a, *b),
+                "{name}: kernel {} differs at row {} col {}: {a} ({:#x}) vs scalar {b} ({:#x})",
+                ks.kind.name(),
+                idx / ldo,
+                idx % ldo,
+                a.to_bits(),
+                b.to_bits()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn random_matrix(r: &mut Rng, spec: MatrixSpec, wscale: f32) -> PackedMatrix {
+    PackedMatrix::quantize(&r.vec(spec.n * spec.k, wscale), spec).unwrap()
+}
+
+fn tile_range(spec: &MatrixSpec, a: usize, b: usize) -> Range<usize> {
+    let t = spec.tiles();
+    let (x, y) = (a % (t + 1), b % (t + 1));
+    x.min(y)..x.max(y)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    #[test]
+    fn q8_equals_scalar(
+        m in 1usize..300, n in 1usize..80, kmul in 1usize..5, g_idx in 0usize..4, int8 in any::<bool>(),
+        full in any::<bool>(), ta in 0usize..8, tb in 0usize..8, pad in 0usize..3, seed in any::<u64>(),
+    ) {
+        let group = [32, 64, 128, 256][g_idx];
+        let k = group * kmul;
+        // Keep the scalar reference cheap: cap m * n * k.
+        let m = m.min((6_000_000 / (n * k)).max(1));
+        let bits = if int8 { WeightBits::Int8 } else { WeightBits::Int4 };
+        let spec = MatrixSpec::new(n, k, group, bits).unwrap();
+        let mut r = Rng(seed | 1);
+        let w = random_matrix(&mut r, spec, 0.1);
+        let mut x = r.vec(m * k, 2.0);
+        // Some rows with outliers and some all-zero rows.
+        if m > 2 { x[k] = 100.0; for v in &mut x[2 * k..3 * k] { *v = 0.0; } }
+        let mut qa = QuantActs::default();
+        qa.quantize(&x, m, k, group).unwrap();
+        let tiles = if full { 0..spec.tiles() } else { tile_range(&spec, ta, tb) };
+        let ldo = n + pad;
+        check_all("q8", m, ldo, |ks, out| ks.gemm_q8(&w.as_ref(), tiles.clone(), &qa.as_ref(), out))?;
+    }
+
+    #[test]
+    fn f32_equals_scalar(
+        m in 1usize..300, n in 1usize..80, kmul in 1usize..5, g_idx in 0usize..4, int8 in any::<bool>(),
+        full in any::<bool>(), ta in 0usize..8, tb in 0usize..8, pad in 0usize..3, specials in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let group = [32, 64, 128, 256][g_idx];
+        let k = group * kmul;
+        let m = m.min((4_000_000 / (n * k)).max(1));
+        let bits = if int8 { WeightBits::Int8 } else { WeightBits::Int4 };
+        let spec = MatrixSpec::new(n, k, group, bits).unwrap();
+        let mut r = Rng(seed | 1);
+        let w = random_matrix(&mut r, spec, 0.1);
+        let mut x = r.vec(m * k, 3.0);
+        if specials {
+            for (j, v) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -0.0, 1e-40].into_iter().enumerate() {
+                let idx = (r.next_u64() as usize) % x.len();
+                x[idx] = v;
+                let _ = j;
+            }
+        }
+        let tiles = if full { 0..spec.tiles() } else { tile_range(&spec, ta, tb) };
+        let ldo = n + pad;
+        check_all("f32", m, ldo, |ks, out| ks.gemm_f32(&w.as_ref(), tiles.clone(), &x, m, out))?;
+    }
+}
+
+/// Extreme integer values: every weight at qmin or qmax, every activation at +-127, the largest
+/// group. Exercises the i16 saturation limits of vpmaddubsw and the offset corrections.
+#[test]
+fn extremes_are_exact() {
+    for bits in [WeightBits::Int4, WeightBits::Int8] {
+        for group in [32, 64, 128, 256] {
+            for pattern in 0..4 {
+                let (n, k, m) = (40, 2 * group, 11);
+                let spec = MatrixSpec::new(n, k, group, bits).unwrap();
+                let q: Vec<i8> = (0..n * k)
+                    .map(|i| {
+                        let hi = match pattern {
+                            0 => true,
+                            1 => false,
+                            2 => i % 2 == 0,
+                            _ => (i / k) % 2 == 0,
+                        };
+                        (if hi { bits.qmax() } else { bits.qmin() }) as i8
+                    })
+                    .collect();
+                let scales: Vec<f32> = (0..n * (k / group)).map(|i| 0.01 + i as f32 * 1e-4).collect();
+                let w = pack(&q, &scales, spec).unwrap();
+                let qv: Vec<i8> = (0..m * k)
+                    .map(|i| match (pattern + i / k) % 3 {
+                        0 => -127,
+                        1 => 127,
+                        _ => if i % 2 == 0 { 127 } else { -127 },
+                    })
+                    .collect();
+                let ng = k / group;
+                let gsum: Vec<i32> =
+                    (0..m * ng).map(|j| qv[j * group..(j + 1) * group].iter().map(|&v| v as i32).sum()).collect();
+                let scale: Vec<f32> = (0..m).map(|i| 0.5 + i as f32).collect();
+                let a = QuantActsRef { m, k, group, q: &qv, scale: &scale, gsum: &gsum };
+                let mut want = vec![0f32; m * n];
+                assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, OutPtr::new(&mut want, n)));
+                for ks in simd_kernels() {
+                    let mut got = vec![0f32; m * n];
+                    assert!(ks.gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, OutPtr::new(&mut got, n)));
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.to_bits(), e.to_bits(), "{} {bits:?} G={group} p={pattern} idx {i}", ks.kind.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Contract violations are rejected by every kernel set (nothing written).
+#[test]
+fn contract_violations_rejected() {
+    let spec = MatrixSpec::new(20, 64, 32, WeightBits::Int4).unwrap();
+    let mut r = Rng(7);
+    let w = random_matrix(&mut r, spec, 0.1);
+    let x = r.vec(3 * 64, 1.0);
+    let mut qa = QuantActs::default();
+    qa.quantize(&x, 3, 64, 32).unwrap();
+    for ks in Kernels::available() {
+        let mut small = vec![SENTINEL; 2 * 20];
+        assert!(!ks.gemm_q8(&w.as_ref(), 0..2, &qa.as_ref(), OutPtr::new(&mut small, 20)));
+        assert!(!ks.gemm_f32(&w.as_ref(), 0..2, &x, 3, OutPtr::new(&mut small, 20)));
+        let mut buf = vec![SENTINEL; 3 * 20];
+        assert!(!ks.gemm_q8(&w.as_ref(), 0..3, &qa.as_ref(), OutPtr::new(&mut buf, 20)));
+        assert!(buf.iter().all(|&v| v == SENTINEL));
+    }
+}
+
+/// The dispatcher picks the widest ISA the CPU has.
+#[test]
+fn best_is_widest_supported() {
+    if std::env::var("MOBILEMOE_KERNEL").is_ok() {
+        return; // overridden on purpose
+    }
+    let best = Kernels::best().kind;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vnni = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma");
+        if vnni {
+            assert_eq!(best, KernelKind::Avx512Vnni);
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            assert_eq!(best, KernelKind::Avx2);
+        }
+        assert!(KernelKind::Avx2.supported() == (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")));
+    }
+    let _ = best;
+}
+
+/// The libm-free rounding used by activation quantization equals round-half-even + clamp after
+/// the `as i8` conversion, for every float class (ties, large values, infinities, NaN, subnormals).
+#[test]
+fn round_clamp_matches_round_half_even() {
+    use mobilemoe_ops::act::round_clamp_127;
+    use mobilemoe_ops::quant::round_half_even;
+    let mut vals: Vec<f32> = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, 0.0, -0.0, 1e-40, -1e-40];
+    for i in -300i32..=300 {
+        vals.push(i as f32 * 0.5);
+        vals.push(i as f32 * 0.5 + f32::EPSILON);
+        vals.push(f32::from_bits((i as f32 * 0.5).to_bits().wrapping_sub(1)));
+        vals.push(f32::from_bits((i as f32 * 0.5).to_bits().wrapping_add(1)));
+    }
+    for e in 0..128 {
+        vals.push(2f32.powi(e));
+        vals.push(-(2f32.powi(e)) * 1.75);
+    }
+    let mut r = Rng(3);
+    for _ in 0..200_000 {
+        vals.push(f32::from_bits(r.next_u64() as u32));
+        vals.push(r.f() * 130.0);
+    }
+    for v in vals {
+        let want = round_half_even(v).clamp(-127.0, 127.0) as i8;
+        assert_eq!(round_clamp_127(v) as i8, want, "v = {v:e} ({:#x})", v.to_bits());
+    }
+}

@@ -1,0 +1,89 @@
+"""``export_pte``: torch.export -> to_edge_transform_and_lower (MobileMoE partitioner) -> .pte."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import ops as _ops  # noqa: F401
+
+
+def infer_dynamic_shapes(example_args: Sequence[Any], max_tokens: int = 256, min_tokens: int = 1):
+    """One shared ``tokens`` dimension for the token axis of every recognisable input.
+
+    - integer ``[1, S]`` (token ids) and float ``[B, S, ...]`` (rank >= 3): dim 1;
+    - float ``[T, D]``: dim 0;
+    - 1-D integer tensors whose length equals the token count S (> 1), e.g. per-token positions: dim 0;
+    - everything else (e.g. ``input_pos`` of shape [1], scalars, caches): static.
+    """
+    tokens = torch.export.Dim("tokens", min=min_tokens, max=max_tokens)
+    s_count = None
+    specs = []
+    for a in example_args:
+        spec = None
+        if isinstance(a, torch.Tensor):
+            if not a.is_floating_point() and a.dim() == 2 and a.shape[0] == 1:
+                spec, s_count = {1: tokens}, a.shape[1]
+            elif a.is_floating_point() and a.dim() >= 3:
+                spec, s_count = {1: tokens}, a.shape[1]
+            elif a.is_floating_point() and a.dim() == 2:
+                spec, s_count = {0: tokens}, a.shape[0]
+        specs.append(spec)
+    for i, a in enumerate(example_args):
+        if (specs[i] is None and isinstance(a, torch.Tensor) and not a.is_floating_point() and a.dim() == 1
+                and s_count is not None and s_count > 1 and a.shape[0] == s_count):
+            specs[i] = {0: tokens}
+    return tuple(specs)
+
+
+def export_pte(
+    model: torch.nn.Module,
+    example_args: Union[Tuple[Any, ...], Any],
+    path: Union[str, os.PathLike],
+    dynamic_tokens: bool = True,
+    delegate: bool = True,
+    *,
+    dynamic_shapes: Optional[Any] = None,
+    max_tokens: int = 256,
+    example_kwargs: Optional[Dict[str, Any]] = None,
+    strict: bool = False,
+) -> str:
+    """Export ``model`` to an ExecuTorch ``.pte`` at ``path`` and return the path.
+
+    ``dynamic_tokens`` marks the token dimension dynamic (``1..max_tokens``, see
+    :func:`infer_dynamic_shapes`); ``dynamic_shapes`` overrides it (torch.export format).
+    ``delegate=True`` lowers ``mobilemoe.*`` ops to ``MobileMoEBackend``; ``delegate=False`` keeps
+    them as ``mobilemoe::*.out`` kernels (registered by the plugin library at run time). All other
+    ops run on ExecuTorch's portable/optimized kernels.
+    """
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    if not isinstance(example_args, tuple):
+        example_args = (example_args,)
+    model = model.eval()
+    if dynamic_shapes is None and dynamic_tokens:
+        dynamic_shapes = infer_dynamic_shapes(example_args, max_tokens=max_tokens)
+        if all(s is None for s in dynamic_shapes):
+            dynamic_shapes = None
+    with torch.no_grad():
+        ep = torch.export.export(model, example_args, kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
+                                 strict=strict)
+    partitioners = []
+    if delegate:
+        from .backend import MobileMoEPartitioner
+
+        partitioners = [MobileMoEPartitioner()]
+    edge = to_edge_transform_and_lower(
+        ep,
+        partitioner=partitioners,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    et = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        et.write_to_file(f)
+    return str(path)

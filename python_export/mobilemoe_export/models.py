@@ -1,0 +1,477 @@
+"""Decoder-only MoE language models (MobileMoE-like) built for ExecuTorch export.
+
+Architecture (Llama-style, pre-norm):
+
+    h = embed(tokens)
+    for each layer:  h = h + Attn(RMSNorm(h));  h = h + FFN(RMSNorm(h))
+    logits = head(RMSNorm(h))
+
+- Attention: grouped-query attention (``n_heads`` query heads sharing ``n_kv_heads`` key/value
+  heads), rotary position embedding (half-split "rotate_half" convention, ``rope_theta``), and a
+  **static KV cache**: per layer two buffers ``k_cache``/``v_cache`` of shape
+  ``[1, n_kv_heads, max_seq_len, head_dim]``, updated in-graph with ``index_copy_`` at ``input_pos``.
+  Attention always runs over the whole cache with a mask ``key_pos <= query_pos`` built from
+  ``input_pos`` (no data-dependent shapes, nothing like ``.item()``), so it exports with a dynamic
+  token dimension and the caches become mutable buffers of the ``.pte`` (memory-planned, kept
+  between ``forward`` calls of one loaded method).
+- FFN: :class:`mobilemoe_export.moe_block.MoEFeedForward` (fine-grained routed SwiGLU experts +
+  one shared expert), or a dense SwiGLU :class:`FeedForward` for the dense baseline.
+
+Forward contract (the same for the eager model and the exported ``.pte``)::
+
+    forward(tokens: int64 [1, S], input_pos: int64 [S]) -> logits: float32 [1, V]
+
+``input_pos`` holds the absolute positions of the ``S`` tokens (``start .. start+S``), each in
+``0 .. max_seq_len``. Only the **last token's** logits are returned (``[1, V]``): prefill does not
+pay for ``S x V`` LM-head work. Build with ``all_logits=True`` to get ``[1, S, V]`` instead (for
+evaluation). A runner should take the last ``V`` floats of the output, which is right for both.
+The caller (``generate.py``, the Rust generator) checks ``start + S <= max_seq_len``: the graph
+cannot raise, an out-of-range position fails inside ``index_copy`` with a less helpful message.
+
+Presets: ``tiny`` (tests and demo: 2 layers, D=128, vocab = the shipped tokenizer's 1024), and
+``S``/``M``/``L`` whose parameter counts approximate MobileMoE's 0.3B/1.3B, 0.5B/2.8B and
+0.9B/5.3B (active/total). :func:`count_params` computes the counts from the config alone; never
+instantiate S/M/L in tests (use ``device="meta"``). :func:`dense_baseline` gives the dense model
+with the same dimensions and attention whose FFN holds the same number of weights (so the same
+INT4 weight bytes) as the MoE FFN — by default matching the *total* expert weights; pass
+``match="active"`` to match the weights read per token instead.
+
+Parameter counting convention: embeddings and the LM head count in both totals (the tied matrix
+once); the router, norms, shared expert and attention count as active; of the routed experts, only
+``top_k`` of ``num_experts`` count as active. The ``expert_bias`` buffer is not a parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .moe_block import MoEFeedForward
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_TOKENIZER = ASSETS / "tokenizer.json"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    vocab_size: int = 1024
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: Optional[int] = None  # default dim // n_heads
+    max_seq_len: int = 256
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    # FFN: "moe" (routed experts + shared expert) or "dense" (SwiGLU with dense_hidden_dim)
+    ffn: str = "moe"
+    num_experts: int = 8
+    top_k: int = 2
+    expert_hidden_dim: int = 64
+    shared_hidden_dim: int = 128  # 0 = no shared expert
+    shared_gate: bool = False
+    score_func: str = "softmax"
+    renormalize: bool = True
+    route_scale: float = 1.0
+    use_expert_bias: bool = False
+    dense_hidden_dim: int = 0
+    # paper targets (for documentation / tests), in parameters
+    target_active: Optional[float] = None
+    target_total: Optional[float] = None
+    extra: Dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim={self.dim} not divisible by n_heads={self.n_heads}")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even (RoPE)")
+        if self.ffn not in ("moe", "dense"):
+            raise ValueError(f"ffn must be 'moe' or 'dense', got {self.ffn!r}")
+        if self.ffn == "dense" and self.dense_hidden_dim <= 0:
+            raise ValueError("ffn='dense' needs dense_hidden_dim > 0")
+        if self.max_seq_len <= 0:
+            raise ValueError("max_seq_len must be positive")
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+# Fine-grained experts (expert hidden = D/2), one shared expert (hidden = D), softmax top-k
+# routing, GQA with head_dim 64, 32k vocabulary, tied embeddings. Layer counts / expert counts
+# chosen so that count_params() lands within a few percent of the paper's active/total counts.
+PRESETS: Dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny", vocab_size=1024, dim=128, n_layers=2, n_heads=4, n_kv_heads=2,
+        max_seq_len=256, num_experts=8, top_k=2, expert_hidden_dim=64, shared_hidden_dim=128,
+        tie_embeddings=False,
+    ),
+    "S": ModelConfig(
+        name="S", vocab_size=32000, dim=1024, n_layers=22, n_heads=16, n_kv_heads=4,
+        max_seq_len=2048, num_experts=32, top_k=4, expert_hidden_dim=512, shared_hidden_dim=1024,
+        tie_embeddings=True, target_active=0.3e9, target_total=1.3e9,
+    ),
+    "M": ModelConfig(
+        name="M", vocab_size=32000, dim=1280, n_layers=19, n_heads=20, n_kv_heads=4,
+        max_seq_len=2048, num_experts=56, top_k=6, expert_hidden_dim=640, shared_hidden_dim=1280,
+        tie_embeddings=True, target_active=0.5e9, target_total=2.8e9,
+    ),
+    "L": ModelConfig(
+        name="L", vocab_size=32000, dim=1536, n_layers=25, n_heads=24, n_kv_heads=6,
+        max_seq_len=2048, num_experts=56, top_k=6, expert_hidden_dim=768, shared_hidden_dim=1536,
+        tie_embeddings=True, target_active=0.9e9, target_total=5.3e9,
+    ),
+}
+
+
+def get_config(preset: str, **overrides) -> ModelConfig:
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = dataclasses.replace(PRESETS[preset])
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def _round_up(x: float, m: int) -> int:
+    return int(math.ceil(x / m) * m)
+
+
+def dense_baseline(cfg: ModelConfig, match: str = "total", multiple: int = 256) -> ModelConfig:
+    """Dense counterpart of an MoE config: same D, layers, attention, vocab; dense SwiGLU FFN whose
+    weight count (hence INT4 weight bytes, scales included, at any group size) equals the MoE FFN's
+    routed experts + shared expert: all of them (``match="total"``) or those read per token
+    (``match="active"``). The hidden size is rounded to a multiple of ``multiple``."""
+    if cfg.ffn != "moe":
+        raise ValueError("dense_baseline needs an MoE config")
+    n_exp = cfg.num_experts if match == "total" else cfg.top_k if match == "active" else None
+    if n_exp is None:
+        raise ValueError("match must be 'total' or 'active'")
+    hidden = n_exp * cfg.expert_hidden_dim + cfg.shared_hidden_dim
+    return cfg.replace(
+        name=f"{cfg.name}-dense-{match}", ffn="dense", dense_hidden_dim=_round_up(hidden, multiple),
+        target_active=None, target_total=None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter counting (from the config alone)
+# --------------------------------------------------------------------------------------------
+def count_params(cfg: ModelConfig) -> Dict[str, int]:
+    """Parameter counts computed from the config: ``total``, ``active`` (per token), and parts.
+
+    ``quantizable_total``/``quantizable_active``: weights of the FFN matrices (routed experts,
+    shared expert, dense FFN) that ``quantize_moe`` stores as INT4/INT8."""
+    D, V, L = cfg.dim, cfg.vocab_size, cfg.n_layers
+    hd = cfg.head_dim
+    attn = D * cfg.n_heads * hd * 2 + D * cfg.n_kv_heads * hd * 2
+    norms = 2 * D
+    if cfg.ffn == "moe":
+        router = D * cfg.num_experts
+        per_expert = 3 * D * cfg.expert_hidden_dim
+        shared = 3 * D * cfg.shared_hidden_dim if cfg.shared_hidden_dim else 0
+        gate = D if (cfg.shared_gate and cfg.shared_hidden_dim) else 0
+        ffn_total = router + cfg.num_experts * per_expert + shared + gate
+        ffn_active = router + cfg.top_k * per_expert + shared + gate
+        q_total = cfg.num_experts * per_expert + shared
+        q_active = cfg.top_k * per_expert + shared
+    else:
+        ffn_total = ffn_active = q_total = q_active = 3 * D * cfg.dense_hidden_dim
+    embed = V * D
+    head = 0 if cfg.tie_embeddings else V * D
+    layer_total = attn + norms + ffn_total
+    layer_active = attn + norms + ffn_active
+    total = embed + head + L * layer_total + D
+    active = embed + head + L * layer_active + D
+    return {
+        "total": total,
+        "active": active,
+        "embedding": embed + head,
+        "attention": L * attn,
+        "ffn_total": L * ffn_total,
+        "ffn_active": L * ffn_active,
+        "quantizable_total": L * q_total,
+        "quantizable_active": L * q_active,
+    }
+
+
+def int4_weight_bytes(cfg: ModelConfig, group_size: int = 32, weight_bits: int = 4) -> int:
+    """Bytes of the quantized FFN weights in the T16K4 layout (data + fp32 scales, rows padded to
+    16), per docs/DESIGN.md section 2."""
+
+    def mat(n: int, k: int) -> int:
+        np_ = _round_up(n, 16)
+        return np_ * k * weight_bits // 8 + np_ * (k // group_size) * 4
+
+    D = cfg.dim
+    if cfg.ffn == "moe":
+        F_ = cfg.expert_hidden_dim
+        per_layer = cfg.num_experts * (mat(2 * F_, D) + mat(D, F_))
+        if cfg.shared_hidden_dim:
+            per_layer += mat(2 * cfg.shared_hidden_dim, D) + mat(D, cfg.shared_hidden_dim)
+    else:
+        Fd = cfg.dense_hidden_dim
+        per_layer = mat(2 * Fd, D) + mat(D, Fd)
+    return cfg.n_layers * per_layer
+
+
+def count_module_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float):
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv)
+    return ang.cos().to(torch.float32), ang.sin().to(torch.float32)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [1, S, H, hd]; cos/sin: [S, hd/2] (rotate_half convention)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c = cos[None, :, None, :]
+    s = sin[None, :, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads
+        self.head_dim = cfg.head_dim
+        self.n_rep = cfg.n_heads // cfg.n_kv_heads
+        self.max_seq_len = cfg.max_seq_len
+        D = cfg.dim
+        self.wq = nn.Linear(D, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(D, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(D, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, D, bias=False)
+        shape = (1, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+    def forward(self, x, input_pos, cos, sin, mask):
+        _, S, _ = x.shape
+        q = self.wq(x).view(1, S, self.n_heads, self.head_dim)
+        k = self.wk(x).view(1, S, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(1, S, self.n_kv_heads, self.head_dim)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        # static KV cache update at input_pos (a mutable buffer after export)
+        self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
+        self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
+        # GQA without repeating K/V: q [1, Hkv, rep*S, hd] against the cache [1, Hkv, T, hd]
+        q = q.view(1, S, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
+        q = q.reshape(1, self.n_kv_heads, self.n_rep * S, self.head_dim)
+        scores = torch.matmul(q, self.k_cache.transpose(2, 3)) * self.scale  # [1, Hkv, rep*S, T]
+        scores = scores.view(1, self.n_kv_heads, self.n_rep, S, self.max_seq_len) + mask
+        p = torch.softmax(scores, dim=-1).view(1, self.n_kv_heads, self.n_rep * S, self.max_seq_len)
+        o = torch.matmul(p, self.v_cache)  # [1, Hkv, rep*S, hd]
+        o = o.view(1, self.n_kv_heads, self.n_rep, S, self.head_dim).permute(0, 3, 1, 2, 4)
+        return self.wo(o.reshape(1, S, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """Dense SwiGLU FFN (the dense baseline): ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if cfg.ffn == "moe":
+            self.feed_forward = MoEFeedForward(
+                dim=cfg.dim,
+                hidden_dim=cfg.expert_hidden_dim,
+                num_experts=cfg.num_experts,
+                top_k=cfg.top_k,
+                score_func=cfg.score_func,
+                renormalize=cfg.renormalize,
+                route_scale=cfg.route_scale,
+                use_expert_bias=cfg.use_expert_bias,
+                shared_hidden_dim=cfg.shared_hidden_dim or None,
+                shared_gate=cfg.shared_gate,
+            )
+        else:
+            self.feed_forward = FeedForward(cfg.dim, cfg.dense_hidden_dim)
+
+    def forward(self, x, input_pos, cos, sin, mask):
+        h = x + self.attention(self.attention_norm(x), input_pos, cos, sin, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Decoder LM; see the module docstring for the forward contract."""
+
+    def __init__(self, cfg: ModelConfig, all_logits: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.all_logits = all_logits
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("cache_positions", torch.arange(cfg.max_seq_len), persistent=False)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cfg.max_seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def reset_cache(self) -> None:
+        """Zero every layer's KV cache (eager use; a loaded .pte is reset by reloading it)."""
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.attention.k_cache.zero_()
+                layer.attention.v_cache.zero_()
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)  # [1, S, D]
+        cos = self.rope_cos[input_pos]  # [S, hd/2]
+        sin = self.rope_sin[input_pos]
+        # [S, T]: query s sees cache slot t iff t <= input_pos[s]
+        allowed = self.cache_positions.unsqueeze(0) <= input_pos.unsqueeze(1)
+        mask = torch.where(allowed, torch.zeros_like(cos[:1, :1]), torch.full_like(cos[:1, :1], float("-inf")))
+        for layer in self.layers:
+            h = layer(h, input_pos, cos, sin, mask)
+        if not self.all_logits:
+            h = h[:, -1, :]  # [1, D]
+        return self.output(self.norm(h))
+
+    def example_inputs(self, seq_len: int = 4):
+        seq_len = min(seq_len, self.cfg.max_seq_len)
+        return (torch.zeros(1, seq_len, dtype=torch.long), torch.arange(seq_len, dtype=torch.long))
+
+    def dynamic_shapes(self):
+        """dynamic_shapes for torch.export: token dimension in 1..max_seq_len."""
+        seq = torch.export.Dim("seq_len", min=1, max=self.cfg.max_seq_len)
+        return ({1: seq}, {0: seq})
+
+
+def init_weights(model: Transformer, seed: int = 0) -> Transformer:
+    """Seeded random weights, scaled so that a random model produces well separated logits (greedy
+    decoding is then stable across numerically slightly different backends)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.device.type == "meta":
+                continue
+            if name.endswith("norm.weight") or ".attention_norm." in name or ".ffn_norm." in name:
+                p.fill_(1.0)
+            elif name == "tok_embeddings.weight":
+                p.normal_(0.0, 1.0, generator=g)
+            elif name == "output.weight":
+                p.normal_(0.0, 2.0 / math.sqrt(cfg.dim), generator=g)
+            else:
+                fan_in = p.shape[-1]
+                bound = 1.0 / math.sqrt(fan_in)
+                p.uniform_(-bound, bound, generator=g)
+        if cfg.tie_embeddings and model.output.weight.device.type != "meta":
+            # tied: keep the embedding at std 1 and scale nothing else (logits std ~ sqrt(D))
+            pass
+    return model
+
+
+def build_model(cfg: ModelConfig, seed: int = 0, device: str = "cpu", all_logits: bool = False) -> Transformer:
+    """Build the model. ``device="meta"`` allocates nothing (parameter counting, structure only)."""
+    if device == "meta":
+        with torch.device("meta"):
+            return Transformer(cfg, all_logits=all_logits)
+    torch.manual_seed(seed)
+    model = Transformer(cfg, all_logits=all_logits)
+    init_weights(model, seed)
+    # inference only; also torch.export of the in-place cache update needs params without grad
+    return model.eval().requires_grad_(False)
+
+
+def build_preset(preset: str, seed: int = 0, **overrides) -> Transformer:
+    return build_model(get_config(preset, **overrides), seed=seed)
+
+
+def save_checkpoint(model: Transformer, path) -> None:
+    """Save ``{"config": dict, "state_dict": ...}`` (loadable with ``--checkpoint``)."""
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, path)
+
+
+def load_checkpoint(path, max_seq_len: Optional[int] = None) -> Transformer:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = ModelConfig.from_dict(ck["config"])
+    if max_seq_len is not None:
+        cfg = cfg.replace(max_seq_len=max_seq_len)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device="cpu")
+    # buffers that are not in the state dict (caches, RoPE tables) are rebuilt
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    model.rope_cos.copy_(cos)
+    model.rope_sin.copy_(sin)
+    model.cache_positions.copy_(torch.arange(cfg.max_seq_len))
+    model.reset_cache()
+    missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    missing = [m for m in missing if not m.endswith(("k_cache", "v_cache"))]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path}: missing {missing}, unexpected {unexpected}")
+    if cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval().requires_grad_(False)
+
+
+def config_json(cfg: ModelConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=1)

@@ -1,0 +1,159 @@
+"""The project's own MoE feed-forward block (fp32 eager), recognised by `quantize_moe`.
+
+Structure (the contract with `mobilemoe_export.models` and `transforms.py`):
+
+- ``router``: ``nn.Linear(D, E, bias=False)``
+- ``experts_w1``, ``experts_w3``: ``nn.Parameter [E, F, D]`` (gate and up projections)
+- ``experts_w2``: ``nn.Parameter [E, D, F]`` (down projection)
+- ``expert_bias``: buffer ``[E]`` (selection-only bias, sigmoid routing) or ``None``
+- ``shared_expert``: :class:`SharedExpert` (``w1``, ``w3``: ``Linear(D, Fs)``, ``w2``: ``Linear(Fs, D)``) or ``None``
+- ``shared_gate``: ``nn.Linear(D, 1, bias=False)`` or ``None`` (``sigmoid(x . g)`` scales the shared expert)
+- ``top_k``, ``score_func`` (``'softmax'`` | ``'softmax_all'`` | ``'sigmoid'``), ``renormalize``, ``route_scale``
+
+Routing follows docs/DESIGN.md section 4:
+
+- ``softmax``: top-k over the logits, softmax over the k selected.
+- ``softmax_all``: softmax over all E, top-k, divided by the sum of the k if ``renormalize``.
+- ``sigmoid``: ``s = sigmoid(logits)``; selection on ``s + expert_bias``; weights are the unbiased ``s``
+  of the selected, divided by their sum if ``renormalize``.
+- every score function: weights ``* route_scale``.
+
+``y = sum_k w_k * W2_e (silu(W1_e x) * W3_e x) + [sigmoid(x . g)] * Shared(x)``; input ``[..., D]``,
+output the same shape. The forward is export friendly (no data-dependent control flow): it
+evaluates every expert densely and weights the results with a ``[T, E]`` combine matrix, which is
+exact and fine for fp32 reference use; the quantized path (``quantize_moe``) replaces it with the
+fused ``mobilemoe::moe_ffn`` op.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCORE_FUNCS = ("softmax", "softmax_all", "sigmoid")
+
+
+class SharedExpert(nn.Module):
+    """Dense SwiGLU FFN: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def _nan_to_neg_inf(s: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isnan(s), torch.full_like(s, -math.inf), s)
+
+
+def route(
+    logits: torch.Tensor,
+    top_k: int,
+    score_func: str,
+    renormalize: bool,
+    route_scale: float,
+    expert_bias: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Routing of docs/DESIGN.md section 4: ``logits [T, E]`` -> ``(weights [T, k], ids [T, k])``."""
+    if score_func == "softmax":
+        _, ids = torch.topk(_nan_to_neg_inf(logits), top_k, dim=-1)
+        weights = torch.softmax(logits.gather(-1, ids), dim=-1)
+    elif score_func == "softmax_all":
+        probs = torch.softmax(logits, dim=-1)
+        _, ids = torch.topk(_nan_to_neg_inf(probs), top_k, dim=-1)
+        weights = probs.gather(-1, ids)
+        if renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    elif score_func == "sigmoid":
+        s = torch.sigmoid(logits)
+        sel = s + expert_bias if expert_bias is not None else s
+        _, ids = torch.topk(_nan_to_neg_inf(sel), top_k, dim=-1)
+        weights = s.gather(-1, ids)
+        if renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    else:
+        raise ValueError(f"unknown score_func {score_func!r}; expected one of {SCORE_FUNCS}")
+    if route_scale != 1.0:
+        weights = weights * route_scale
+    return weights, ids
+
+
+class MoEFeedForward(nn.Module):
+    """Routed SwiGLU experts + optional (gated) shared expert. See the module docstring."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        top_k: int,
+        score_func: str = "softmax",
+        renormalize: bool = True,
+        route_scale: float = 1.0,
+        use_expert_bias: bool = False,
+        shared_hidden_dim: Optional[int] = None,
+        shared_gate: bool = False,
+    ) -> None:
+        super().__init__()
+        if score_func not in SCORE_FUNCS:
+            raise ValueError(f"unknown score_func {score_func!r}; expected one of {SCORE_FUNCS}")
+        if not 0 < top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be in 1..num_experts={num_experts}")
+        if shared_gate and not shared_hidden_dim:
+            raise ValueError("shared_gate=True needs a shared expert (shared_hidden_dim)")
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.score_func = score_func
+        self.renormalize = bool(renormalize)
+        self.route_scale = float(route_scale)
+        self.router = nn.Linear(dim, num_experts, bias=False)
+        self.experts_w1 = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
+        self.experts_w3 = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
+        self.experts_w2 = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
+        self.expert_bias: Optional[torch.Tensor]
+        self.register_buffer("expert_bias", torch.zeros(num_experts) if use_expert_bias else None)
+        self.shared_expert = SharedExpert(dim, shared_hidden_dim) if shared_hidden_dim else None
+        self.shared_gate = nn.Linear(dim, 1, bias=False) if shared_gate else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same scale as nn.Linear's default init (uniform +-1/sqrt(fan_in)).
+        with torch.no_grad():
+            b1 = 1.0 / math.sqrt(self.dim)
+            b2 = 1.0 / math.sqrt(self.hidden_dim)
+            self.experts_w1.uniform_(-b1, b1)
+            self.experts_w3.uniform_(-b1, b1)
+            self.experts_w2.uniform_(-b2, b2)
+
+    def route(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = self.router(x2d)
+        return route(logits, self.top_k, self.score_func, self.renormalize, self.route_scale, self.expert_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2d = x.reshape(-1, self.dim)
+        weights, ids = self.route(x2d)
+        # [T, E] combine weights (zero for unselected experts).
+        combine = torch.zeros(x2d.shape[0], self.num_experts, dtype=x2d.dtype, device=x2d.device)
+        combine = combine.scatter_add(1, ids, weights.to(x2d.dtype))
+        h1 = torch.einsum("td,efd->tef", x2d, self.experts_w1)
+        h3 = torch.einsum("td,efd->tef", x2d, self.experts_w3)
+        act = F.silu(h1) * h3
+        y_e = torch.einsum("tef,edf->ted", act, self.experts_w2)
+        out = torch.einsum("ted,te->td", y_e, combine)
+        if self.shared_expert is not None:
+            sh = self.shared_expert(x2d)
+            if self.shared_gate is not None:
+                sh = torch.sigmoid(self.shared_gate(x2d)) * sh
+            out = out + sh
+        return out.reshape(shape)

@@ -1,0 +1,635 @@
+//! Harnesses for the public entry points of `mobilemoe-ops`.
+//!
+//! Each harness derives its inputs with `arbitrary`, predicts whether the call is valid
+//! (attributes in range, every buffer length matching its claimed shape) and asserts:
+//! - the call returns `Ok` exactly when the input is valid, a typed `Err` otherwise (never panics);
+//! - on `Ok`, every available kernel set (scalar, AVX2, AVX-512 VNNI, ...) and both a 1-thread and
+//!   a 2-thread pool give the same bits (docs/DESIGN.md section 3), and a reused (grow-only) scratch
+//!   gives the same bits as a fresh one;
+//! - structural output properties (expert ids in range and distinct, untouched output columns).
+
+use crate::gen::*;
+use arbitrary::{Arbitrary, Unstructured};
+use mobilemoe_ops::act::QuantActs;
+use mobilemoe_ops::kernels::OutPtr;
+use mobilemoe_ops::quant::{self, MatrixSpec, PackedRef, WeightBits};
+use mobilemoe_ops::routing::{self, RouterConfig, ScoreFunc};
+use mobilemoe_ops::{linear, moe_ffn, KernelKind, Kernels, LinearScratch, MoeScratch, MoeSpec, MoeWeights, OpsError, SharedExpert, ThreadPool};
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+fn parse<'a, T: Arbitrary<'a>>(data: &'a [u8]) -> Option<T> {
+    T::arbitrary_take_rest(Unstructured::new(data)).ok()
+}
+
+/// A 1-thread and a 2-thread pool shared by all iterations.
+pub fn pool(two: bool) -> &'static ThreadPool {
+    static P1: OnceLock<ThreadPool> = OnceLock::new();
+    static P2: OnceLock<ThreadPool> = OnceLock::new();
+    if two {
+        P2.get_or_init(|| ThreadPool::new(2))
+    } else {
+        P1.get_or_init(|| ThreadPool::new(1))
+    }
+}
+
+fn scalar() -> Kernels {
+    Kernels::get(KernelKind::Scalar).unwrap()
+}
+
+/// What `MatrixSpec::new` accepts (docs/DESIGN.md section 1-2).
+pub fn spec_valid(n: usize, k: usize, g: usize) -> bool {
+    matches!(g, 32 | 64 | 128 | 256) && n > 0 && k > 0 && k % g == 0 && mul(&[n.div_ceil(16), 16, k]).is_some()
+}
+
+fn check_spec_sizes(spec: &MatrixSpec) {
+    let (n, k, g) = (spec.n, spec.k, spec.group);
+    let padded = spec.padded_rows();
+    assert_eq!(padded % 16, 0);
+    assert!(padded >= n && padded - n < 16);
+    assert_eq!(spec.tiles() * 16, padded);
+    assert_eq!(spec.groups(), k / g);
+    assert_eq!(spec.chunks_per_group(), g / 4);
+    let elems = padded.checked_mul(k).expect("MatrixSpec::new guarantees padded*k fits");
+    let data = match spec.bits {
+        WeightBits::Int4 => elems / 2,
+        WeightBits::Int8 => elems,
+    };
+    assert_eq!(spec.data_bytes(), data);
+    assert_eq!(spec.tile_bytes() * spec.tiles(), data);
+    assert_eq!(spec.scale_count(), padded * (k / g));
+    // Derived totals must not overflow (or panic) for any spec `new` accepted.
+    let _ = spec.total_bytes();
+}
+
+// ------------------------------------------------------------------------------------------------
+// MatrixSpec::new / PackedRef::new / quantize / pack / unpack
+
+#[derive(Arbitrary, Debug)]
+pub struct MatrixSpecInput {
+    n: Dim,
+    k: Dim,
+    group: GroupSel,
+    bits: BitsSel,
+    data_delta: Delta,
+    scales_delta: Delta,
+    w: FloatFill,
+    bytes: ByteFill,
+    scales: FloatFill,
+    bad_q: Option<(u16, i8)>,
+}
+
+pub fn ops_matrix_spec(data: &[u8]) {
+    let Some(inp) = parse::<MatrixSpecInput>(data) else { return };
+    let raw_bits = inp.bits.get();
+    let bits = match WeightBits::from_bits(raw_bits) {
+        Ok(b) => {
+            assert!(raw_bits == 4 || raw_bits == 8);
+            assert_eq!(b.bits(), raw_bits);
+            b
+        }
+        Err(e) => {
+            assert!(matches!(e, OpsError::BadWeightBits { .. }), "{e:?}");
+            return;
+        }
+    };
+    let g = inp.group.get();
+    let n = inp.n.get(|s| s as usize % 72);
+    let k = inp.k.get(|s| if s % 16 == 15 { s as usize } else { g.max(1) * (s as usize % 5) });
+    let res = MatrixSpec::new(n, k, g, bits);
+    assert_eq!(res.is_ok(), spec_valid(n, k, g), "MatrixSpec::new({n}, {k}, {g}) = {res:?}");
+    let Ok(spec) = res else { return };
+    check_spec_sizes(&spec);
+
+    let (dl, dok) = buf_len(Some(spec.data_bytes()), inp.data_delta.get());
+    let (sl, sok) = buf_len(Some(spec.scale_count()), inp.scales_delta.get());
+    let d = inp.bytes.make(dl);
+    let s = inp.scales.make_scales(sl);
+    let r = PackedRef::new(spec, &d, &s);
+    assert_eq!(r.is_ok(), dok && sok, "PackedRef::new lens {dl}/{} {sl}/{}", spec.data_bytes(), spec.scale_count());
+    let Ok(pr) = r else { return };
+    if n * k > 1 << 16 {
+        return;
+    }
+    let deq = pr.dequantize();
+    assert_eq!(deq.len(), n * k);
+    let (q, sc) = quant::unpack(&pr);
+    assert!(q.iter().all(|&v| (v as i32) >= bits.qmin() && (v as i32) <= bits.qmax()));
+    // pack(unpack(x)) round-trips on the real rows.
+    let re = quant::pack(&q, &sc, spec).expect("unpacked values are packable");
+    let (q2, s2) = quant::unpack(&re.as_ref());
+    assert_eq!(q, q2);
+    assert_eq!(same_bits(&sc, &s2), None);
+
+    // Quantize fp32 weights (with NaN/inf): scales >= EPSILON (never NaN), q in range, round trip.
+    let w = inp.w.make(n * k);
+    let (qq, ss) = quant::quantize_rows(&w, spec).expect("sizes match");
+    assert!(ss.iter().all(|&v| v >= f32::EPSILON), "scale below EPSILON or NaN");
+    let pm = quant::PackedMatrix::quantize(&w, spec).expect("quantize");
+    let (q3, s3) = quant::unpack(&pm.as_ref());
+    assert_eq!(q3, qq);
+    assert_eq!(same_bits(&s3, &ss), None);
+    // Out-of-range integer weights are rejected by pack.
+    if let Some((i, v)) = inp.bad_q {
+        let mut q4 = qq.clone();
+        q4[i as usize % (n * k)] = v;
+        let out_of_range = (v as i32) < bits.qmin() || (v as i32) > bits.qmax();
+        assert_eq!(quant::pack(&q4, &ss, spec).is_err(), out_of_range);
+    }
+    // Wrong-length inputs to quantize/pack: typed errors.
+    assert!(quant::quantize_rows(&w[..w.len() - 1], spec).is_err());
+    assert!(quant::pack(&qq[1..], &ss, spec).is_err());
+    assert!(quant::pack(&qq, &ss[1..], spec).is_err());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Routing: router GEMM, score functions, NaN-safe top-k
+
+#[derive(Arbitrary, Debug)]
+pub struct RoutingInput {
+    experts: Dim,
+    top_k: Dim,
+    tokens: Dim,
+    d: u8,
+    score: u8,
+    renormalize: bool,
+    route_scale: Option<Special>,
+    x: FloatFill,
+    w: FloatFill,
+    bias: Option<FloatFill>,
+    deltas: [Delta; 7],
+    direct: FloatFill,
+    direct_n: u8,
+    direct_k: u8,
+}
+
+const SCORES: [ScoreFunc; 3] = [ScoreFunc::Softmax, ScoreFunc::SoftmaxAll, ScoreFunc::Sigmoid];
+
+/// Top-k by the documented order: descending, NaN below everything, lowest index wins ties.
+pub fn naive_top_k(scores: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (x, y) = (scores[a], scores[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.cmp(&b),
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            _ => y.partial_cmp(&x).unwrap().then(a.cmp(&b)),
+        }
+    });
+    idx.truncate(k);
+    idx.into_iter().map(|i| i as u32).collect()
+}
+
+fn selection_scores(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    match cfg.score_func {
+        ScoreFunc::Softmax => logits.to_vec(),
+        ScoreFunc::SoftmaxAll => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut v: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+            let sum: f32 = v.iter().fold(0f32, |a, &b| a + b);
+            v.iter_mut().for_each(|s| *s /= sum);
+            v
+        }
+        ScoreFunc::Sigmoid => logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let s = 1.0 / (1.0 + (-l).exp());
+                match bias {
+                    Some(b) => s + b[i],
+                    None => s,
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn ops_routing(data: &[u8]) {
+    let Some(inp) = parse::<RoutingInput>(data) else { return };
+    // Direct top_k on arbitrary scores (ids.len() may exceed scores.len()).
+    {
+        let scores = inp.direct.make(inp.direct_n as usize % 40);
+        let mut ids = vec![u32::MAX; inp.direct_k as usize % 12];
+        routing::top_k(&scores, &mut ids);
+        let kk = ids.len().min(scores.len());
+        assert_eq!(ids[..kk], naive_top_k(&scores, kk)[..], "top_k on {scores:?}");
+        assert!(ids[kk..].iter().all(|&v| v == u32::MAX));
+    }
+    for f in SCORES {
+        assert_eq!(ScoreFunc::parse(f.name()).unwrap(), f);
+    }
+    assert!(ScoreFunc::parse("Softmax ").is_err());
+
+    let e = inp.experts.get(|s| s as usize % 40);
+    let k = inp.top_k.get(|s| s as usize % 12);
+    let t = inp.tokens.get(|s| s as usize % 20);
+    let d = 1 + inp.d as usize % 48;
+    let route_scale = inp.route_scale.map(|s| s.value()).unwrap_or(1.0);
+    let cfg = RouterConfig {
+        num_experts: e,
+        top_k: k,
+        score_func: SCORES[inp.score as usize % 3],
+        renormalize: inp.renormalize,
+        route_scale,
+    };
+    let cfg_ok = e > 0 && k >= 1 && k <= e && route_scale.is_finite();
+    assert_eq!(cfg.validate().is_ok(), cfg_ok, "{cfg:?}");
+
+    let dl = inp.deltas;
+    let (xl, xok) = buf_len(mul(&[t, d]), dl[0].get());
+    let (wl, wok) = buf_len(mul(&[e, d]), dl[1].get());
+    let (bl, bok) = buf_len(Some(e), dl[2].get());
+    let (ll, lok) = buf_len(mul(&[t, e]), dl[3].get());
+    // The scratch may be longer than E.
+    let (sl, _) = buf_len(Some(e), dl[4].get());
+    let sok = e <= CAP_ELEMS && sl >= e;
+    let (il, iok) = buf_len(mul(&[t, k]), dl[5].get());
+    let (ql, qok) = buf_len(mul(&[t, k]), dl[6].get());
+    let x = inp.x.make(xl);
+    let w = inp.w.make(wl);
+    let bias = inp.bias.as_ref().map(|b| b.make(bl));
+    let mut logits = vec![0f32; ll];
+    let mut scratch = vec![0f32; sl];
+    let mut ids = vec![u32::MAX; il];
+    let mut wts = vec![0f32; ql];
+    let expect_ok = cfg_ok && xok && wok && (bias.is_none() || bok) && lok && sok && iok && qok;
+    let r = routing::route(&cfg, &x, t, d, &w, bias.as_deref(), &mut logits, &mut scratch, &mut ids, &mut wts);
+    assert_eq!(r.is_ok(), expect_ok, "route: {r:?}");
+    if r.is_err() {
+        return;
+    }
+    for i in 0..t {
+        let row = &ids[i * k..(i + 1) * k];
+        let lrow = &logits[i * e..(i + 1) * e];
+        assert!(row.iter().all(|&id| (id as usize) < e), "expert id out of range: {row:?}");
+        let sel = selection_scores(&cfg, lrow, bias.as_deref());
+        assert_eq!(row, &naive_top_k(&sel, k)[..], "selection differs from the documented order");
+        let wrow = &wts[i * k..(i + 1) * k];
+        if cfg.score_func == ScoreFunc::Softmax && lrow.iter().all(|v| v.is_finite()) && route_scale == 1.0 {
+            assert!(wrow.iter().all(|&v| (0.0..=1.0).contains(&v)), "softmax weights {wrow:?}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kernels::gemm_q8 / gemm_f32 directly (contract checks, cross-ISA bit equality, untouched columns)
+
+#[derive(Arbitrary, Debug)]
+pub struct KernelsInput {
+    n: u8,
+    k_units: u8,
+    group: u8,
+    int8: bool,
+    m: u8,
+    tile0: u8,
+    tile1: u8,
+    exact: bool,
+    ldo_extra: u8,
+    out_delta: Delta,
+    corrupt: u8,
+    raw_q: Option<ByteFill>,
+    w: ByteFill,
+    scales: FloatFill,
+    x: FloatFill,
+}
+
+const SENTINEL: u32 = 0x7FA1_2345; // a signalling-NaN payload no kernel produces
+
+pub fn ops_kernels(data: &[u8]) {
+    let Some(inp) = parse::<KernelsInput>(data) else { return };
+    let g = [32, 64, 128, 256][inp.group as usize % 4];
+    let k = g * (1 + inp.k_units as usize % 4);
+    let n = 1 + inp.n as usize % 64;
+    let bits = if inp.int8 { WeightBits::Int8 } else { WeightBits::Int4 };
+    let spec = MatrixSpec::new(n, k, g, bits).unwrap();
+    let wd = inp.w.make(spec.data_bytes());
+    let ws = inp.scales.make_scales(spec.scale_count());
+    let w = PackedRef::new(spec, &wd, &ws).unwrap();
+    let m = inp.m as usize % 9;
+    let tiles = spec.tiles();
+    let (t0, t1) = (inp.tile0 as usize % (tiles + 2), inp.tile1 as usize % (tiles + 2));
+    let ldo = if inp.ldo_extra == 255 { n - 1 } else { n + inp.ldo_extra as usize % 5 };
+    let need = if m == 0 { 0 } else { (m - 1) * ldo + n };
+    let out_len = (need as isize + inp.out_delta.get()).max(0) as usize;
+    let x = inp.x.make(m * k);
+
+    let mut qa = QuantActs::default();
+    qa.quantize(&x, m, k, g).unwrap();
+    if let Some(raw) = &inp.raw_q {
+        // Arbitrary int8 activations; in contract ([-127, 127]) unless the seed is odd.
+        let bytes = raw.make(m * k);
+        for (q, b) in qa.q.iter_mut().zip(bytes) {
+            *q = if raw.seed & 1 == 1 { b as i8 } else { (b as i8).max(-127) };
+        }
+        let ng = k / g;
+        for i in 0..m {
+            for gg in 0..ng {
+                qa.gsum[i * ng + gg] = qa.q[i * k + gg * g..i * k + (gg + 1) * g].iter().map(|&v| v as i32).sum();
+            }
+        }
+    }
+    let in_contract = inp.raw_q.as_ref().is_none_or(|r| r.seed & 1 == 0);
+    let full = qa.as_ref();
+    let mut a = full;
+    let mut xs: &[f32] = &x;
+    let corrupt = inp.corrupt % 16;
+    match corrupt {
+        8 => a.group = g * 2,
+        9 if m > 0 => a.q = &full.q[1..],
+        10 if m > 0 => a.gsum = &full.gsum[1..],
+        11 if m > 0 => a.scale = &full.scale[1..],
+        12 => a.m = m + 1,
+        13 => a.k = k + g,
+        14 if m > 0 => xs = &x[1..],
+        _ => {}
+    }
+    let acts_ok = a.group == g && a.k == k && a.q.len() == a.m * a.k && a.scale.len() == a.m && a.gsum.len() == a.m * (a.k / a.group);
+    let geom_ok = |mm: usize| {
+        t0 <= t1 && t1 <= tiles && ldo >= n && (mm == 0 || ((mm - 1) * ldo + n) <= out_len)
+    };
+    let expect_ok = if inp.exact { geom_ok(m) && xs.len() == m * k } else { geom_ok(a.m) && acts_ok };
+
+    let mut reference: Option<Vec<f32>> = None;
+    for ks in Kernels::available() {
+        let mut out = vec![f32::from_bits(SENTINEL); out_len];
+        let op = OutPtr::new(&mut out, ldo);
+        let ok = if inp.exact { ks.gemm_f32(&w, t0..t1, xs, m, op) } else { ks.gemm_q8(&w, t0..t1, &a, op) };
+        assert_eq!(ok, expect_ok, "{:?}: contract check disagrees", ks.kind);
+        if !ok {
+            assert!(out.iter().all(|v| v.to_bits() == SENTINEL), "{:?} wrote after refusing", ks.kind);
+            continue;
+        }
+        // Columns outside the tile range, and row padding, are untouched.
+        let (c0, c1) = (t0 * 16, (t1 * 16).min(n));
+        for (idx, v) in out.iter().enumerate() {
+            let (i, c) = (idx / ldo, idx % ldo);
+            let written = i < m && c >= c0 && c < c1;
+            assert_eq!(v.to_bits() != SENTINEL, written, "{:?}: element ({i}, {c}) written={}", ks.kind, !written);
+        }
+        if !in_contract {
+            continue;
+        }
+        match &reference {
+            None => reference = Some(out),
+            Some(r) => {
+                if let Some(p) = same_bits(r, &out) {
+                    panic!("{:?} differs from scalar at {p}: {} vs {}", ks.kind, r[p], out[p]);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// linear()
+
+#[derive(Arbitrary, Debug)]
+pub struct LinearInput {
+    n: Dim,
+    k: Dim,
+    group: GroupSel,
+    bits: BitsSel,
+    m: Dim,
+    exact: bool,
+    unchecked_spec: u8,
+    bias: Option<FloatFill>,
+    deltas: [Delta; 5],
+    w: ByteFill,
+    scales: FloatFill,
+    x: FloatFill,
+    two_threads: bool,
+}
+
+pub fn ops_linear(data: &[u8]) {
+    let Some(inp) = parse::<LinearInput>(data) else { return };
+    let g = inp.group.get();
+    let Ok(bits) = WeightBits::from_bits(inp.bits.get()) else { return };
+    let n = inp.n.get(|s| s as usize % 100);
+    let k = inp.k.get(|s| g.max(1) * (1 + s as usize % 6));
+    let m = inp.m.get(|s| s as usize % 72);
+    let valid = spec_valid(n, k, g);
+    // MatrixSpec and PackedRef have public fields: a caller can build an unchecked spec, so
+    // 1 input in 8 bypasses `new` (the op must still not panic).
+    let spec = if inp.unchecked_spec % 8 == 7 {
+        MatrixSpec { n, k, group: g, bits }
+    } else {
+        match MatrixSpec::new(n, k, g, bits) {
+            Ok(s) => s,
+            Err(_) => return,
+        }
+    };
+    let (db, sc) = if valid { (Some(spec.data_bytes()), Some(spec.scale_count())) } else { (None, None) };
+    let dl = inp.deltas;
+    let (wl, wok) = buf_len(db, dl[0].get());
+    let (sl, sok) = buf_len(sc, dl[1].get());
+    let (xl, xok) = buf_len(mul(&[m, k]), dl[2].get());
+    let (ol, ook) = buf_len(mul(&[m, n]), dl[3].get());
+    let (bl, bok) = buf_len(Some(n), dl[4].get());
+    let wd = inp.w.make(wl);
+    let ws = inp.scales.make_scales(sl);
+    let x = inp.x.make(xl);
+    let bias = inp.bias.as_ref().map(|b| b.make(bl));
+    let w = PackedRef { spec, data: &wd, scales: &ws };
+    let expect_ok = valid && wok && sok && xok && ook && (bias.is_none() || bok);
+    let mut out = vec![0f32; ol];
+    let r = linear(&w, bias.as_deref(), &x, m, &mut out, inp.exact, &mut LinearScratch::default(), pool(inp.two_threads), &Kernels::best());
+    assert_eq!(r.is_ok(), expect_ok, "linear: {r:?}");
+    if r.is_err() {
+        return;
+    }
+    let mut out2 = vec![0f32; ol];
+    linear(&w, bias.as_deref(), &x, m, &mut out2, inp.exact, &mut LinearScratch::default(), pool(!inp.two_threads), &scalar())
+        .expect("same call with scalar kernels");
+    if let Some(p) = same_bits(&out, &out2) {
+        panic!("linear: best kernels vs scalar differ at {p}: {} vs {}", out[p], out2[p]);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// moe_ffn()
+
+#[derive(Arbitrary, Debug)]
+pub struct MoeInput {
+    dim: Dim,
+    hidden: Dim,
+    group: GroupSel,
+    bits: BitsSel,
+    experts: Dim,
+    top_k: Dim,
+    tokens: Dim,
+    score: u8,
+    renormalize: bool,
+    route_scale: Option<Special>,
+    exact: bool,
+    shared_sel: u8,
+    bias: Option<FloatFill>,
+    shared_gate: Option<FloatFill>,
+    x: FloatFill,
+    router: FloatFill,
+    w13: ByteFill,
+    w13s: FloatFill,
+    w2: ByteFill,
+    w2s: FloatFill,
+    sh13: ByteFill,
+    sh2: FloatFill,
+    deltas: [Delta; 13],
+    two_threads: bool,
+}
+
+struct MoeBufs {
+    x: Vec<f32>,
+    router: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    w13: Vec<u8>,
+    w13s: Vec<f32>,
+    w2: Vec<u8>,
+    w2s: Vec<f32>,
+    sh: Option<(MatrixSpec, Vec<u8>, Vec<f32>, MatrixSpec, Vec<u8>, Vec<f32>, Option<Vec<f32>>)>,
+    out_len: usize,
+}
+
+thread_local! {
+    static REUSED: RefCell<MoeScratch> = RefCell::new(MoeScratch::default());
+}
+
+pub fn ops_moe_ffn(data: &[u8]) {
+    let Some(inp) = parse::<MoeInput>(data) else { return };
+    let g = inp.group.get();
+    let Ok(bits) = WeightBits::from_bits(inp.bits.get()) else { return };
+    let mult = |s: u8| g.max(1) * (1 + s as usize % if g >= 128 { 2 } else { 3 });
+    let d = inp.dim.get(mult);
+    let f = inp.hidden.get(mult);
+    let e = inp.experts.get(|s| s as usize % 9);
+    let k = inp.top_k.get(|s| s as usize % 5);
+    let t = inp.tokens.get(|s| s as usize % 40);
+    // shared expert: none, consistent, or inconsistent (weights without shared_hidden and vice versa)
+    let (fs, with_shared) = match inp.shared_sel % 8 {
+        0..=3 => (0, false),
+        4..=5 => (mult(inp.shared_sel / 8), true),
+        6 => (0, true),
+        _ => (mult(inp.shared_sel / 8), false),
+    };
+    let route_scale = inp.route_scale.map(|s| s.value()).unwrap_or(1.0);
+    let spec = MoeSpec {
+        dim: d,
+        hidden: f,
+        shared_hidden: fs,
+        group: g,
+        bits,
+        router: RouterConfig {
+            num_experts: e,
+            top_k: k,
+            score_func: SCORES[inp.score as usize % 3],
+            renormalize: inp.renormalize,
+            route_scale,
+        },
+        exact: inp.exact,
+    };
+    let router_ok = e > 0 && k >= 1 && k <= e && route_scale.is_finite();
+    let f2 = f.checked_mul(2);
+    let fs2 = fs.checked_mul(2);
+    let s13_ok = f2.is_some_and(|f2| spec_valid(f2, d, g));
+    let s2_ok = spec_valid(d, f, g);
+    let sh_ok = fs == 0 || (fs2.is_some_and(|v| spec_valid(v, d, g)) && spec_valid(d, fs, g));
+    let spec_ok = router_ok && s13_ok && s2_ok && sh_ok;
+    assert_eq!(spec.validate().is_ok(), spec_ok, "MoeSpec::validate {spec:?}");
+
+    let sizes = |valid: bool, n: Option<usize>, kk: usize| -> (Option<usize>, Option<usize>) {
+        match (valid, n) {
+            (true, Some(n)) => {
+                let s = MatrixSpec::new(n, kk, g, bits).unwrap();
+                (Some(s.data_bytes()), Some(s.scale_count()))
+            }
+            _ => (None, None),
+        }
+    };
+    let (d13, c13) = sizes(s13_ok, f2, d);
+    let (d2, c2) = sizes(s2_ok, Some(d), f);
+    let dl = inp.deltas;
+    let mut all_ok = true;
+    let mut len = |exp: Option<usize>, i: usize| {
+        let (l, ok) = buf_len(exp, dl[i].get());
+        all_ok &= ok;
+        l
+    };
+    let xl = len(mul(&[t, d]), 0);
+    let rl = len(mul(&[e, d]), 1);
+    let w13l = len(d13.and_then(|b| mul(&[e, b])), 2);
+    let w13sl = len(c13.and_then(|b| mul(&[e, b])), 3);
+    let w2l = len(d2.and_then(|b| mul(&[e, b])), 4);
+    let w2sl = len(c2.and_then(|b| mul(&[e, b])), 5);
+    let ol = len(mul(&[t, d]), 6);
+    let mut opt_ok = true;
+    let mut opt_len = |exp: Option<usize>, i: usize| {
+        let (l, ok) = buf_len(exp, dl[i].get());
+        opt_ok &= ok;
+        l
+    };
+    let bl = inp.bias.as_ref().map(|_| opt_len(Some(e), 7));
+    let mut sh = None;
+    if with_shared {
+        // Shared weights for the shapes implied by `fs` (or a small made-up shape when fs == 0).
+        let fsx = if fs == 0 { 16 } else { fs };
+        let (a, b) = (MatrixSpec::new(2 * fsx.min(1 << 20), d.max(1), g, bits), MatrixSpec::new(d.max(1), fsx, g, bits));
+        if let (Ok(sa), Ok(sb)) = (a, b) {
+            if sa.data_bytes() <= CAP_ELEMS && sb.data_bytes() <= CAP_ELEMS {
+                let l13 = opt_len(Some(sa.data_bytes()), 8);
+                let l13s = opt_len(Some(sa.scale_count()), 9);
+                let l2 = opt_len(Some(sb.data_bytes()), 10);
+                let l2s = opt_len(Some(sb.scale_count()), 11);
+                let gate = inp.shared_gate.as_ref().map(|gf| gf.make(opt_len(Some(d), 12)));
+                sh = Some((sa, inp.sh13.make(l13), inp.sh2.make_scales(l13s), sb, inp.sh13.make(l2), inp.sh2.make_scales(l2s), gate));
+            }
+        }
+    }
+    let shared_consistent = match (&sh, fs) {
+        (None, 0) => !with_shared,
+        (Some(_), fs) => fs > 0,
+        (None, _) => false,
+    };
+    let b = MoeBufs {
+        x: inp.x.make(xl),
+        router: inp.router.make(rl),
+        bias: inp.bias.as_ref().map(|bf| bf.make(bl.unwrap())),
+        w13: inp.w13.make(w13l),
+        w13s: inp.w13s.make_scales(w13sl),
+        w2: inp.w2.make(w2l),
+        w2s: inp.w2s.make_scales(w2sl),
+        sh,
+        out_len: ol,
+    };
+    let shared = b.sh.as_ref().map(|(sa, d13, s13, sb, d2, s2, gate)| SharedExpert {
+        w13: PackedRef { spec: *sa, data: d13, scales: s13 },
+        w2: PackedRef { spec: *sb, data: d2, scales: s2 },
+        gate: gate.as_deref(),
+    });
+    let w = MoeWeights {
+        router_w: &b.router,
+        expert_bias: b.bias.as_deref(),
+        w13: &b.w13,
+        w13_scales: &b.w13s,
+        w2: &b.w2,
+        w2_scales: &b.w2s,
+        shared,
+    };
+    let expect_ok = spec_ok && all_ok && opt_ok && shared_consistent;
+    let mut out = vec![0f32; b.out_len];
+    let r = moe_ffn(&spec, &w, &b.x, t, &mut out, &mut MoeScratch::default(), pool(inp.two_threads), &Kernels::best());
+    assert_eq!(r.is_ok(), expect_ok, "moe_ffn: {r:?} (spec_ok {spec_ok}, lens {all_ok} {opt_ok}, shared {shared_consistent})");
+    if r.is_err() {
+        return;
+    }
+    // Same call: scalar kernels, the other pool, fresh scratch -> same bits.
+    let mut out2 = vec![0f32; b.out_len];
+    moe_ffn(&spec, &w, &b.x, t, &mut out2, &mut MoeScratch::default(), pool(!inp.two_threads), &scalar()).expect("scalar run");
+    if let Some(p) = same_bits(&out, &out2) {
+        panic!("moe_ffn: best kernels vs scalar differ at {p}: {} vs {}", out[p], out2[p]);
+    }
+    // Same call on a scratch reused across fuzz iterations (grow-only buffers with stale contents).
+    let mut out3 = vec![0f32; b.out_len];
+    REUSED.with(|s| moe_ffn(&spec, &w, &b.x, t, &mut out3, &mut s.borrow_mut(), pool(true), &Kernels::best())).expect("reused scratch run");
+    if let Some(p) = same_bits(&out, &out3) {
+        panic!("moe_ffn: reused scratch differs at {p}: {} vs {}", out[p], out3[p]);
+    }
+}
