@@ -12,14 +12,12 @@
 #   4. A plain JVM loads the host .so through the app's own MobileMoE class and runs a real .pte
 #      (python_export --preset tiny); greedy tokens must equal `mobilemoe generate`'s.
 #
-# Env: CARGO_TARGET_DIR (default /work/tgt/android if /work/tgt exists, else target/android),
+# Env: CARGO_TARGET_DIR (default: the workspace's target/, shared with `make build`),
 #      ANDROID_TEST_WORK (scratch dir, default $CARGO_TARGET_DIR/android-test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 APP="$ROOT/android_app"
-if [[ -z "${CARGO_TARGET_DIR:-}" ]]; then
-  if [[ -d /work/tgt ]]; then export CARGO_TARGET_DIR=/work/tgt/android; else export CARGO_TARGET_DIR="$ROOT/target/android"; fi
-fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 W="${ANDROID_TEST_WORK:-$CARGO_TARGET_DIR/android-test}"
 PY="$ROOT/.venv/bin/python"
 FRAMEWORK_RES=/usr/share/android-framework-res/framework-res.apk
@@ -89,11 +87,12 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. JNI crate + symbol names
-step "cargo build --release (android_app/native, host) + JNI symbol names vs javac -h"
-if (cd "$APP/native" && cargo build --release --quiet); then
-  ok "cargo build android_app/native (host)"
+step "cargo build --release -p mobilemoe-jni (host) + JNI symbol names vs javac -h"
+# mobilemoe-backend too: its `mobilemoe` binary is the reference runner of step 4.
+if (cd "$ROOT" && cargo build --release --quiet -p mobilemoe-jni -p mobilemoe-backend); then
+  ok "cargo build mobilemoe-jni (host)"
 else
-  bad "cargo build android_app/native"
+  bad "cargo build mobilemoe-jni"
 fi
 SO="$CARGO_TARGET_DIR/release/libmobilemoe_jni.so"
 javac -h "$W/hdr" -d "$W/hdr" "$APP/app/src/main/java/org/mobilemoe/MobileMoE.java" "$APP/app/src/main/java/org/mobilemoe/TokenCallback.java"
@@ -110,32 +109,49 @@ step "host JVM: HostTest through MobileMoE.java + libmobilemoe_jni.so on a real 
 javac --release 17 -Xlint:all -Werror -d "$W/host-classes" \
   "$APP/app/src/main/java/org/mobilemoe/MobileMoE.java" "$APP/app/src/main/java/org/mobilemoe/TokenCallback.java" \
   $(find "$APP/hosttest/src" -name '*.java')
-MODEL="$CARGO_TARGET_DIR/android-test-model/tiny.pte"
+# Cached per exporter version: keyed on the exporter's and the schema's sources.
+export_key=$(cat $(find "$ROOT/python_export/mobilemoe_export" "$ROOT/schema" -type f \( -name '*.py' -o -name '*.fbs' -o -name '*.txt' \) | sort) | sha1sum | cut -c1-12)
+MODEL="$CARGO_TARGET_DIR/android-test-model/tiny-$export_key.pte"
 TOKENIZER="$ROOT/python_export/mobilemoe_export/assets/tokenizer.json"
-RUNNER="$ROOT/target/release/mobilemoe"
+RUNNER="$CARGO_TARGET_DIR/release/mobilemoe"
 mkdir -p "$(dirname "$MODEL")"
 if [[ ! -s $MODEL ]]; then
-  (cd "$ROOT" && "$PY" -m mobilemoe_export --preset tiny --out "$MODEL.tmp") && mv "$MODEL.tmp" "$MODEL"
+  (cd "$ROOT" && PYTHONPATH="$ROOT/python_export${PYTHONPATH:+:$PYTHONPATH}" \
+     "$PY" -m mobilemoe_export --preset tiny --out "$MODEL.tmp" > "$W/export.log" 2>&1) || {
+    cat "$W/export.log"; echo "export of the tiny model failed"; exit 1; }
+  mv "$MODEL.tmp" "$MODEL"
 fi
-if [[ ! -x $RUNNER ]]; then
-  (cd "$ROOT" && cargo build --release --quiet -p mobilemoe-backend --bin mobilemoe)
-fi
-# The reference: the Rust runner's greedy ids for the same prompt.
-"$RUNNER" generate --model "$MODEL" --tokenizer "$TOKENIZER" --prompt "$PROMPT" \
-  --max-new-tokens "$MAX_NEW" --temperature 0 --print-ids > "$W/runner.out" 2> "$W/runner.err" || {
-  cat "$W/runner.err"; bad "mobilemoe generate (reference)"; }
-sed -n 's/^ids: *//p' "$W/runner.out" | head -1 > "$W/runner.ids"
-if [[ -s "$W/runner.ids" ]]; then
-  ok "mobilemoe generate: $(wc -w < "$W/runner.ids") reference ids"
+# The reference: `mobilemoe generate` (greedy) on the same model, prompt and token budget. It
+# prints prompt + generated text + "\n" on stdout and "generated tokens: N" on stderr.
+if "$RUNNER" generate "$MODEL" --tokenizer "$TOKENIZER" --prompt "$PROMPT" \
+     --max-new-tokens "$MAX_NEW" --temperature 0 > "$W/runner.out" 2> "$W/runner.err"; then
+  ok "mobilemoe generate (reference)"
 else
-  bad "mobilemoe generate printed no 'ids:' line"; cat "$W/runner.out"
+  cat "$W/runner.err"; bad "mobilemoe generate (reference)"
 fi
+# Strip the echoed prompt and the final newline, byte-exactly.
+"$PY" - "$W/runner.out" "$PROMPT" "$W/runner.text" <<'PYEOF'
+import sys
+out, prompt, dst = open(sys.argv[1], "rb").read(), sys.argv[2].encode(), sys.argv[3]
+assert out.startswith(prompt), "runner output does not start with the prompt"
+body = out[len(prompt):]
+body = body[:-1] if body.endswith(b"\n") else body
+open(dst, "wb").write(body)
+PYEOF
+count=$(sed -n 's/.*generated tokens: \([0-9]*\).*/\1/p' "$W/runner.err" | head -1)
+[[ -n "$count" ]] && ok "reference: $count greedy tokens" || { bad "no 'generated tokens:' in the runner's stderr"; count=-1; }
 if java -Xcheck:jni -Dmobilemoe.jni.library="$SO" -cp "$W/host-classes" org.mobilemoe.hosttest.HostTest \
      --model "$MODEL" --tokenizer "$TOKENIZER" --prompt "$PROMPT" --max-new-tokens "$MAX_NEW" \
-     --expect-ids-file "$W/runner.ids" > "$W/hosttest.out" 2>&1; then
+     --expect-text-file "$W/runner.text" --expect-count "$count" > "$W/hosttest.out" 2>&1; then
   ok "HostTest ($(tail -1 "$W/hosttest.out"))"
 else
   bad "HostTest"
+fi
+# -Xcheck:jni reports misuse (unchecked exceptions, local-reference overflow) as warnings.
+if grep -q 'WARNING in native method\|exceeds capacity' "$W/hosttest.out"; then
+  bad "-Xcheck:jni warnings"; grep 'WARNING' "$W/hosttest.out" | head -5
+else
+  ok "no -Xcheck:jni warnings"
 fi
 sed 's/^/    /' "$W/hosttest.out"
 

@@ -31,7 +31,7 @@ fn main() {
 
 fn host() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let repo = manifest.join("../..");
+    let repo = manifest.join("../..").canonicalize().unwrap_or_else(|_| manifest.join("../.."));
     let mut candidates: Vec<PathBuf> = env::var_os("EXECUTORCH_DIR").map(PathBuf::from).into_iter().collect();
     if let Ok(rd) = std::fs::read_dir(repo.join(".venv/lib")) {
         for e in rd.flatten() {

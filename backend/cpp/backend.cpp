@@ -174,8 +174,13 @@ using mobilemoe_gen::ArgKind;
 
 bool check_args(const char* op, const ArgKind* kinds, const char* const* names, size_t n,
                 Span<EValue*> stack) {
-  if (stack.size() != n) {
-    ET_LOG(Error, "%s: expected %zu arguments (schema/ops.txt + out), got %zu", op, n, (size_t)stack.size());
+  // The runtime passes the schema arguments, `out`, and the returned value (an alias of `out`).
+  if (stack.size() != n && stack.size() != n + 1) {
+    ET_LOG(Error, "%s: expected %zu arguments (schema/ops.txt + out [+ return]), got %zu", op, n, (size_t)stack.size());
+    return false;
+  }
+  if (stack.size() == n + 1 && (stack[n] == nullptr || !stack[n]->isTensor())) {
+    ET_LOG(Error, "%s: the returned value (argument %zu) is not a tensor", op, n);
     return false;
   }
   for (size_t i = 0; i < n; ++i) {

@@ -20,6 +20,8 @@ pub mod delegate;
 pub mod profiling;
 pub mod pte;
 pub mod runtime;
+pub mod tokenizer;
+pub mod generate;
 
 pub use capi::{MobileMoeFfnArgs, MobileMoeLinearArgs};
 

@@ -334,15 +334,22 @@ pub fn moe_ffn(
     }
     {
         let _g = debug_span!("act").entered();
-        swiglu_rows(&s.h[..tk * 2 * f], f, &mut s.act[..tk * f]);
+        // Row-parallel over the pool (inline when small, e.g. decode).
+        let qh = if spec.exact {
+            None
+        } else {
+            s.qh.reset(tk, f, spec.group);
+            Some(&mut s.qh)
+        };
+        swiglu_quantize(pool, &s.h[..tk * 2 * f], f, &mut s.act[..tk * f], qh)?;
         if shared.is_some() {
-            swiglu_rows(&s.sh_h[..t * 2 * fs], fs, &mut s.sh_act[..t * fs]);
-        }
-        if !spec.exact {
-            s.qh.quantize(&s.act[..tk * f], tk, f, spec.group)?;
-            if shared.is_some() {
-                s.qsh.quantize(&s.sh_act[..t * fs], t, fs, spec.group)?;
-            }
+            let qsh = if spec.exact {
+                None
+            } else {
+                s.qsh.reset(t, fs, spec.group);
+                Some(&mut s.qsh)
+            };
+            swiglu_quantize(pool, &s.sh_h[..t * 2 * fs], fs, &mut s.sh_act[..t * fs], qsh)?;
         }
     }
 
@@ -487,6 +494,57 @@ fn run_gemms<'w>(
         return Err(OpsError::Invalid("internal: kernel contract check failed".into()));
     }
     Ok(())
+}
+
+/// A raw pointer shared by pool items that write disjoint ranges.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: only used to write disjoint element ranges from different threads (see its users).
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    /// A method (not field access) so closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `act = swiglu_rows(h)` and, if `qa` is given (already `reset` to `rows x f`), its per-row Q8
+/// quantization: the same per-row functions as the serial code (bit-identical), split over the
+/// pool in row blocks of at least ~16k elements.
+fn swiglu_quantize(pool: &ThreadPool, h: &[f32], f: usize, act: &mut [f32], qa: Option<&mut QuantActs>) -> Result<()> {
+    let rows = act.len() / f;
+    debug_assert_eq!(h.len(), rows * 2 * f);
+    let blk = rows.div_ceil(pool.threads() * 4).max((16384 / f).max(1));
+    let items = rows.div_ceil(blk.max(1));
+    let group = qa.as_ref().map_or(f, |q| q.group);
+    let ng = f / group;
+    if let Some(q) = &qa {
+        assert!(q.k == f && q.q.len() >= rows * f && q.scale.len() >= rows && q.gsum.len() >= rows * ng);
+    }
+    let act_p = SyncPtr(act.as_mut_ptr());
+    let q_p = qa.map(|q| (SyncPtr(q.q.as_mut_ptr()), SyncPtr(q.scale.as_mut_ptr()), SyncPtr(q.gsum.as_mut_ptr())));
+    pool.run(items, &|it| {
+        let (r0, r1) = (it * blk, ((it + 1) * blk).min(rows));
+        // SAFETY: item `it` alone touches rows r0..r1 (disjoint across items) of `act` (rows*f),
+        // and of the quantized buffers (checked above: rows*f, rows, rows*ng); all outlive `run`.
+        let a = unsafe { std::slice::from_raw_parts_mut(act_p.get().add(r0 * f), (r1 - r0) * f) };
+        swiglu_rows(&h[r0 * 2 * f..r1 * 2 * f], f, a);
+        if let Some((qp, sp, gp)) = q_p {
+            for r in r0..r1 {
+                // SAFETY: as above, row r belongs to this item only.
+                let (q, sc, gs) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.get().add(r * f), f),
+                        &mut *sp.get().add(r),
+                        std::slice::from_raw_parts_mut(gp.get().add(r * ng), ng),
+                    )
+                };
+                crate::act::quantize_row(&a[(r - r0) * f..(r - r0 + 1) * f], group, q, sc, gs);
+            }
+        }
+    })
+    .map_err(|_| OpsError::Invalid("a SwiGLU thread panicked".into()))
 }
 
 /// `act[p, j] = silu(h[p, j]) * h[p, F + j]` for rows of width 2F.

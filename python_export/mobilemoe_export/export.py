@@ -47,14 +47,15 @@ def export_pte(
     delegate: bool = True,
     *,
     dynamic_shapes: Optional[Any] = None,
-    max_tokens: int = 256,
+    max_tokens: Optional[int] = None,
     example_kwargs: Optional[Dict[str, Any]] = None,
     strict: bool = False,
 ) -> str:
     """Export ``model`` to an ExecuTorch ``.pte`` at ``path`` and return the path.
 
     ``dynamic_tokens`` marks the token dimension dynamic (``1..max_tokens``, see
-    :func:`infer_dynamic_shapes`); ``dynamic_shapes`` overrides it (torch.export format).
+    :func:`infer_dynamic_shapes`; ``max_tokens`` defaults to ``model.max_seq_len`` if present, else 256);
+    ``dynamic_shapes`` overrides it (torch.export format). Use an example with at least 2 tokens.
     ``delegate=True`` lowers ``mobilemoe.*`` ops to ``MobileMoEBackend``; ``delegate=False`` keeps
     them as ``mobilemoe::*.out`` kernels (registered by the plugin library at run time). All other
     ops run on ExecuTorch's portable/optimized kernels.
@@ -64,6 +65,8 @@ def export_pte(
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
     model = model.eval()
+    if max_tokens is None:
+        max_tokens = int(getattr(model, "max_seq_len", None) or getattr(getattr(model, "cfg", None), "max_seq_len", None) or 256)
     if dynamic_shapes is None and dynamic_tokens:
         dynamic_shapes = infer_dynamic_shapes(example_args, max_tokens=max_tokens)
         if all(s is None for s in dynamic_shapes):

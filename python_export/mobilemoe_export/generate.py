@@ -77,11 +77,16 @@ def sample(logits, temperature: float = 0.0, top_p: float = 1.0, rng: Optional[R
     if temperature <= 0.0 or rng is None:
         return int(np.argmax(l))  # first maximum
     l = np.where(np.isnan(l), -np.inf, l)
-    m = l.max()
-    p = np.exp((l - m) / temperature)
+    m = float(l.max())
+    if not math.isfinite(m):
+        return int(np.argmax(l))
+    # math.exp and sequential sums: the same f64 operations as the Rust generator
+    p = np.array([math.exp((float(v) - m) / temperature) for v in l], dtype=np.float64)
     order = np.lexsort((np.arange(len(p)), -p))  # p descending, index ascending
     ps = p[order]
-    total = float(ps.sum())
+    total = 0.0
+    for v in ps:
+        total += float(v)
     if top_p < 1.0:
         target = top_p * total
         acc, n = 0.0, 0

@@ -429,6 +429,12 @@ def _qat_linear_config(m: nn.Module):
     return gs, bits
 
 
+def _is_torchao_8da4w_linear(m: nn.Module) -> bool:
+    """torchao's converted 8da4w linear (``Int8DynActInt4WeightQATQuantizer.convert``): int8 q + fp32 scales."""
+    return (type(m).__name__ == "Int8DynActInt4WeightLinear" and isinstance(getattr(m, "weight", None), torch.Tensor)
+            and m.weight.dtype == torch.int8 and hasattr(m, "scales") and hasattr(m, "groupsize"))
+
+
 def quantize_moe(
     model: nn.Module,
     group_size: int = 32,
@@ -489,9 +495,15 @@ def quantize_moe(
         lin_plan = []
         for full, child in list(model.named_modules()):
             for cname, lin in list(child.named_children()):
+                lname = f"{full}.{cname}" if full else cname
+                if _is_torchao_8da4w_linear(lin):
+                    try:
+                        lin_plan.append((child, cname, lname, lin, int(lin.groupsize), 4))
+                    except Exception as e:  # pragma: no cover
+                        skipped.append(f"{lname} ({e})")
+                    continue
                 if not isinstance(lin, nn.Linear):
                     continue
-                lname = f"{full}.{cname}" if full else cname
                 gs, bits = group_size, weight_bits
                 cfg = _qat_linear_config(lin)
                 if cfg is not None:
@@ -509,9 +521,17 @@ def quantize_moe(
             warnings.warn("quantize_moe: left these nn.Linear in fp32 (in_features not divisible by the group "
                           "size): " + ", ".join(skipped))
         for parent, cname, lname, lin, gs, bits in lin_plan:
-            setattr(parent, cname, MobileMoELinear(lin.weight, lin.bias, gs, bits, exact=exact, name=lname))
+            if _is_torchao_8da4w_linear(lin):
+                if lin.zeros is not None and bool((lin.zeros != 0).any()):
+                    raise UnsupportedModuleError(f"{lname}: asymmetric (non-zero zero points) weights are not supported")
+                new = MobileMoELinear(lin.weight, lin.bias, gs, 4, exact=exact, name=lname,
+                                      qweight=(lin.weight.detach().cpu(), _f32(lin.scales)))
+            else:
+                new = MobileMoELinear(lin.weight, lin.bias, gs, bits, exact=exact, name=lname)
+            setattr(parent, cname, new)
             n_lin += 1
-    if not plan and n_lin == 0:
+    already = any(isinstance(m, (MobileMoEFFN, MobileMoELinear)) for m in model.modules())
+    if not plan and n_lin == 0 and not already:
         raise UnsupportedModuleError(
             f"quantize_moe found no recognised MoE block in {type(model).__name__} (and dense_linears="
             f"{dense_linears}); supported: mobilemoe_export.MoEFeedForward, ExecuTorch MOEFeedForward / "

@@ -33,8 +33,7 @@ def test_matches_torchao_group_qparams(bits, group):
 def test_matches_torchao_qat_fake_quant_bit_for_bit():
     from torchao.quantization.qat import Int8DynActInt4WeightQATQuantizer
 
-    model = torch.nn.Sequential(torch.nn.Linear(128, 48, bias=False), torch.nn.Linear(64, 40, bias=False))
-    model[1] = torch.nn.Linear(48, 40, bias=False)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 48, bias=False), torch.nn.Linear(48, 40, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(_weights(48, 128))
     Int8DynActInt4WeightQATQuantizer(groupsize=32).prepare(model)
@@ -116,3 +115,27 @@ def test_quant_errors():
         quant.quantize_per_group(torch.randn(4, 32), 32, 3)
     with pytest.raises(ValueError, match="group_size"):
         quant.quantize_per_group(torch.randn(4, 48), 48)
+
+
+def test_qat_converted_linears_map_bit_for_bit():
+    """QAT prepare -> (train) -> convert -> quantize_moe(dense_linears=True): same integers and scales
+    as the fake quantizer used during training."""
+    import copy
+
+    import mobilemoe_export as mm
+    from mobilemoe_export.transforms import MobileMoELinear
+    from torchao.quantization.qat import Int8DynActInt4WeightQATQuantizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 32, bias=False))
+    qat = Int8DynActInt4WeightQATQuantizer(groupsize=32)
+    qat.prepare(model)
+    fq = [m.weight_fake_quantizer(m.weight).detach() for m in model]
+    prepared = copy.deepcopy(model)
+    qat.convert(model)
+    mm.quantize_moe(model, dense_linears=True)
+    mm.quantize_moe(prepared, dense_linears=True)  # from the QAT (fake-quantized) linears directly
+    for mod in (model, prepared):
+        for lin, w_hat in zip(mod, fq):
+            assert isinstance(lin, MobileMoELinear)
+            q, s = quant.unpack(lin.weight, lin.scales, lin.out_features, lin.in_features, 32, 4)
+            assert torch.equal(quant.dequantize(torch.from_numpy(q), torch.from_numpy(s), 32), w_hat)

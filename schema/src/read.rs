@@ -245,8 +245,12 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
             return invalid(format!("tensor {i}: unknown dtype {}", dtype.0));
         };
         let shape: Vec<i64> = t.shape().map(|s| s.iter().collect()).unwrap_or_default();
-        if let Some(d) = shape.iter().find(|&&d| d < 0) {
-            return invalid(format!("tensor {i}: negative dimension {d} in shape {shape:?}"));
+        // -1 marks a varying leading dimension of a dynamic_leading activation; otherwise >= 0.
+        for (k, &d) in shape.iter().enumerate() {
+            let varying_ok = d == -1 && t.dynamic_leading() && t.segment() == -1 && k + 1 < shape.len();
+            if d < 0 && !varying_ok {
+                return invalid(format!("tensor {i}: invalid dimension {d} in shape {shape:?}"));
+            }
         }
         let data = match t.segment() {
             -1 => None,

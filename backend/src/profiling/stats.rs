@@ -177,7 +177,7 @@ impl Stats {
             let _ = writeln!(o, "Spans (all threads): count, total, mean");
             let _ = writeln!(o, "{:<24} {:>8} {:>11} {:>11}", "span", "count", "total ms", "mean us");
             let mut v: Vec<_> = self.spans.iter().collect();
-            v.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns));
+            v.sort_by_key(|b| std::cmp::Reverse(b.1.total_ns));
             for (n, t) in v {
                 let _ = writeln!(
                     o,
@@ -194,8 +194,8 @@ impl Stats {
             let _ = writeln!(o, "Expert load per layer (tokens routed to each expert, summed over calls)");
             let _ = writeln!(
                 o,
-                "{:>6} {:>6} {:>8} {:>6} {:>6} {:>6} {:>8} {:>8}  {}",
-                "layer", "calls", "tokens", "used", "min", "max", "mean", "max/mean", "busiest experts (id:tokens)"
+                "{:>6} {:>6} {:>8} {:>6} {:>6} {:>6} {:>8} {:>8}  busiest experts (id:tokens)",
+                "layer", "calls", "tokens", "used", "min", "max", "mean", "max/mean"
             );
             for (l, r) in &self.routing {
                 let n = r.tokens_per_expert.len().max(1);

@@ -151,6 +151,7 @@ unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
         }
         let gbase = tile.add(gi * g.cpg * 32);
         let kbase = gi * g.group;
+        _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         // Blocks of 8 chunks: i16 pair sums stay <= 8*3810 = 30480.
         let mut c0 = 0;
         while c0 < g.cpg {
@@ -159,6 +160,10 @@ unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
             for c in c0..c0 + 8 {
                 // cpg is a multiple of 8 (G >= 32); chunk offset < data_bytes.
                 let raw = _mm256_loadu_si256(gbase.add(c * 32) as *const __m256i);
+                if c % 2 == 0 {
+                    // Next tile, same position (may be past the buffer: a prefetch never faults).
+                    _mm_prefetch::<_MM_HINT_T0>(gbase.wrapping_add(c * 32 + g.tile_bytes) as *const i8);
+                }
                 let lo = _mm256_and_si256(raw, m0f);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m0f);
                 let kk = kbase + c * 4;
@@ -204,8 +209,10 @@ unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
         let mut i32_hi = [_mm256_setzero_si256(); B];
         let gbase = tile.add(gi * g.cpg * 64);
         let kbase = gi * g.group;
+        _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         for c in 0..g.cpg {
             let cp = gbase.add(c * 64);
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g.tile_bytes) as *const i8);
             let w_lo = _mm256_loadu_si256(cp as *const __m256i);
             let w_hi = _mm256_loadu_si256(cp.add(32) as *const __m256i);
             let (u_lo, u_hi) = (_mm256_abs_epi8(w_lo), _mm256_abs_epi8(w_hi));

@@ -163,9 +163,16 @@ unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &Quant
         }
         let gbase = tile.add(gi * g.cpg * g.chunk_bytes);
         let kbase = gi * g.group;
+        // Software prefetch of the next tile's scales (its data is prefetched per chunk below):
+        // weights stream from L3/DRAM once per call. `wrapping_add`: the address may lie past
+        // the buffer (last tile); a prefetch never faults.
+        _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         for c in 0..g.cpg {
             // Chunk (t, gi, c): offset < data_bytes since t < tiles, gi < ng, c < cpg.
             let cp = gbase.add(c * g.chunk_bytes);
+            if INT8 || c % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g.tile_bytes) as *const i8);
+            }
             let wv = if INT8 {
                 _mm512_xor_si512(_mm512_loadu_si512(cp as *const _), flip)
             } else {

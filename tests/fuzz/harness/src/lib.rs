@@ -3,9 +3,23 @@
 //! wrong accept/reject decision, or results that differ between kernels/threads/scratch states).
 //! `TARGETS` maps target names to harnesses for the corpus/regression replayer (`cargo test`).
 
+pub mod blob;
 pub mod gen;
 pub mod ops;
 
+// backend/src/pte.rs (the `inspect` reader of .pte files) and backend/src/delegate.rs (blob ->
+// executable program) are pure Rust; they are compiled here as modules, unchanged, so the fuzzers
+// need neither the C++ half of the backend crate nor the executorch wheel.
+#[allow(warnings, clippy::all)]
+#[rustfmt::skip]
+#[path = "../../../../backend/src/generated/program_generated.rs"]
+mod program_generated;
+#[path = "../../../../backend/src/pte.rs"]
+pub mod pte;
+#[path = "../../../../backend/src/delegate.rs"]
+pub mod delegate;
+
+pub use blob::{blob_parse, blob_structured, pte_inspect};
 pub use ops::{ops_kernels, ops_linear, ops_matrix_spec, ops_moe_ffn, ops_routing};
 
 /// (target name, harness) for every fuzz target.
@@ -15,4 +29,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("ops_kernels", ops_kernels),
     ("ops_linear", ops_linear),
     ("ops_moe_ffn", ops_moe_ffn),
+    ("blob_parse", blob_parse),
+    ("blob_structured", blob_structured),
+    ("pte_inspect", pte_inspect),
 ];

@@ -405,9 +405,11 @@ pub fn ops_linear(data: &[u8]) {
     let Some(inp) = parse::<LinearInput>(data) else { return };
     let g = inp.group.get();
     let Ok(bits) = WeightBits::from_bits(inp.bits.get()) else { return };
-    let n = inp.n.get(|s| s as usize % 100);
-    let k = inp.k.get(|s| g.max(1) * (1 + s as usize % 6));
-    let m = inp.m.get(|s| s as usize % 72);
+    // Mostly small (fast iterations); sometimes up to 71 rows (the prefill row-block split) and
+    // 100 output rows.
+    let n = inp.n.get(|s| if s >= 224 { s as usize % 100 } else { s as usize % 40 });
+    let k = inp.k.get(|s| g.max(1) * (1 + s as usize % if g >= 128 { 2 } else { 4 }));
+    let m = inp.m.get(|s| if s >= 232 { s as usize % 72 } else { s as usize % 9 });
     let valid = spec_valid(n, k, g);
     // MatrixSpec and PackedRef have public fields: a caller can build an unchecked spec, so
     // 1 input in 8 bypasses `new` (the op must still not panic).
@@ -497,12 +499,12 @@ pub fn ops_moe_ffn(data: &[u8]) {
     let Some(inp) = parse::<MoeInput>(data) else { return };
     let g = inp.group.get();
     let Ok(bits) = WeightBits::from_bits(inp.bits.get()) else { return };
-    let mult = |s: u8| g.max(1) * (1 + s as usize % if g >= 128 { 2 } else { 3 });
+    let mult = |s: u8| g.max(1) * (1 + s as usize % if g >= 64 { 2 } else { 3 });
     let d = inp.dim.get(mult);
     let f = inp.hidden.get(mult);
     let e = inp.experts.get(|s| s as usize % 9);
     let k = inp.top_k.get(|s| s as usize % 5);
-    let t = inp.tokens.get(|s| s as usize % 40);
+    let t = inp.tokens.get(|s| if s >= 224 { s as usize % 40 } else { s as usize % 10 });
     // shared expert: none, consistent, or inconsistent (weights without shared_hidden and vice versa)
     let (fs, with_shared) = match inp.shared_sel % 8 {
         0..=3 => (0, false),

@@ -1,0 +1,142 @@
+//! `trace_overhead`: decode-layer latency (one token through a MobileMoE-S-like MoE layer) with
+//! (a) no tracing subscriber, (b) a subscriber installed whose filter disables the ops' debug
+//! spans, (c) the Perfetto recorder installed but paused, (d) recording.
+//!
+//! Each mode runs in its own process (tracing's global subscriber can be set once per process),
+//! modes interleaved over several rounds; the spread of mode (a) across rounds is the measurement
+//! noise. Usage: `trace_overhead [--rounds N] [--iters N]` (parent), or `--mode M` (one child).
+//! Env: MOBILEMOE_THREADS.
+
+use mobilemoe_executorch::profiling::PerfettoRecorder;
+use mobilemoe_ops::*;
+use std::time::Instant;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
+
+const MODES: [&str; 4] = ["none", "filtered", "paused", "recording"];
+
+fn rng(s: &mut u64) -> f32 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+fn child(mode: &str, iters: usize) {
+    let mut rec = None;
+    match mode {
+        "none" => {}
+        "filtered" => {
+            let (_r, layer) = PerfettoRecorder::new(1 << 16);
+            let sub = tracing_subscriber::registry().with(layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+            tracing::subscriber::set_global_default(sub).unwrap();
+        }
+        "paused" | "recording" => {
+            let r = PerfettoRecorder::install().unwrap();
+            r.set_enabled(mode == "recording");
+            rec = Some(r);
+        }
+        _ => panic!("unknown mode {mode}"),
+    }
+    let spec = MoeSpec {
+        dim: 1024,
+        hidden: 512,
+        shared_hidden: 1024,
+        group: 32,
+        bits: WeightBits::Int4,
+        router: RouterConfig { num_experts: 32, top_k: 4, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
+        exact: false,
+    };
+    let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
+    let mut s = 0x1234_5678_9abc_def1u64;
+    let mut gen = |n: usize, sc: f32| -> Vec<f32> { (0..n).map(|_| rng(&mut s) * sc).collect() };
+    // One expert quantized, replicated: same bytes streamed per expert as distinct weights.
+    let a = PackedMatrix::quantize(&gen(2 * f * d, 0.05), spec.w13_spec().unwrap()).unwrap();
+    let b = PackedMatrix::quantize(&gen(d * f, 0.05), spec.w2_spec().unwrap()).unwrap();
+    let (w13, w13s) = (a.data.repeat(e), a.scales.repeat(e));
+    let (w2, w2s) = (b.data.repeat(e), b.scales.repeat(e));
+    let sh13 = PackedMatrix::quantize(&gen(2 * fs * d, 0.05), spec.shared_w13_spec().unwrap()).unwrap();
+    let sh2 = PackedMatrix::quantize(&gen(d * fs, 0.05), spec.shared_w2_spec().unwrap()).unwrap();
+    let router = gen(e * d, 0.1);
+    let w = MoeWeights {
+        router_w: &router,
+        expert_bias: None,
+        w13: &w13,
+        w13_scales: &w13s,
+        w2: &w2,
+        w2_scales: &w2s,
+        shared: Some(SharedExpert { w13: sh13.as_ref(), w2: sh2.as_ref(), gate: None }),
+    };
+    let pool = ThreadPool::global();
+    let ks = Kernels::best();
+    let mut scratch = MoeScratch::default();
+    let xs: Vec<Vec<f32>> = (0..16).map(|_| gen(d, 1.0)).collect();
+    let mut out = vec![0f32; d];
+    for x in &xs {
+        moe_ffn(&spec, &w, x, 1, &mut out, &mut scratch, &pool, &ks).unwrap();
+    }
+    let mut t = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let t0 = Instant::now();
+        moe_ffn(&spec, &w, &xs[i % xs.len()], 1, &mut out, &mut scratch, &pool, &ks).unwrap();
+        t.push(t0.elapsed().as_nanos() as f64 / 1e3);
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let events = rec.map(|r| r.stop().threads.iter().map(|t| t.events.len()).sum::<usize>()).unwrap_or(0);
+    println!(
+        "median_us={:.3} p10_us={:.3} p90_us={:.3} mean_us={:.3} events={events}",
+        t[iters / 2],
+        t[iters / 10],
+        t[iters * 9 / 10],
+        t.iter().sum::<f64>() / iters as f64
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("trace_overhead [--rounds N (5)] [--iters N (3000)] | --mode none|filtered|paused|recording");
+        return;
+    }
+    let iters: usize = get("--iters").and_then(|v| v.parse().ok()).unwrap_or(3000);
+    if let Some(m) = get("--mode") {
+        child(&m, iters);
+        return;
+    }
+    let rounds: usize = get("--rounds").and_then(|v| v.parse().ok()).unwrap_or(5);
+    let exe = std::env::current_exe().unwrap();
+    let mut med: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
+    println!("decode layer (1 token, D=1024 F=512 E=32 top-4 + shared F=1024, INT4 g32), {iters} calls per run");
+    for r in 0..rounds {
+        for mi in 0..MODES.len() {
+            // Rotate the order per round so drift does not favour one mode.
+            let m = MODES[(mi + r) % MODES.len()];
+            let o = std::process::Command::new(&exe).args(["--mode", m, "--iters", &iters.to_string()]).output().unwrap();
+            let s = String::from_utf8_lossy(&o.stdout);
+            let v: f64 = s
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("median_us="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("child {m} failed: {s} {}", String::from_utf8_lossy(&o.stderr)));
+            println!("round {r} {m:>9}: {}", s.trim());
+            med[MODES.iter().position(|x| *x == m).unwrap()].push(v);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let base = median(&med[0]);
+    let noise = med[0].iter().cloned().fold(f64::MIN, f64::max) - med[0].iter().cloned().fold(f64::MAX, f64::min);
+    println!("\n| mode | median of run medians (us) | min..max over runs (us) | vs none |");
+    println!("|---|---:|---:|---:|");
+    for (i, m) in MODES.iter().enumerate() {
+        let lo = med[i].iter().cloned().fold(f64::MAX, f64::min);
+        let hi = med[i].iter().cloned().fold(f64::MIN, f64::max);
+        let v = median(&med[i]);
+        println!("| {m} | {v:.1} | {lo:.1}..{hi:.1} | {:+.2}% |", (v / base - 1.0) * 100.0);
+    }
+    println!("\nnoise (spread of 'none' run medians): {noise:.1} us ({:.2}%)", noise / base * 100.0);
+}

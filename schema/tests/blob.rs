@@ -1,0 +1,176 @@
+//! The reader accepts what the writer builds and rejects every corruption with an error
+//! (never a panic).
+
+mod common;
+use common::*;
+use mobilemoe_schema::write::{RawGraph, RawOp};
+use mobilemoe_schema::{fb, parse, read::NodeOp, BlobError};
+
+fn raw() -> RawGraph {
+    builder(&layer(7)).into_raw()
+}
+
+fn err_of(bytes: &[u8]) -> String {
+    match parse(bytes) {
+        Ok(_) => panic!("corrupted blob was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn with(f: impl FnOnce(&mut RawGraph)) -> String {
+    let mut g = raw();
+    f(&mut g);
+    err_of(&g.to_bytes())
+}
+
+fn moe(g: &mut RawGraph) -> &mut fb::MoeFfnArgs {
+    match &mut g.nodes[0].op {
+        RawOp::MoeFfn(a) => a,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn valid_blob_round_trips() {
+    let l = layer(7);
+    let bytes = builder(&l).finish();
+    let g = parse(&bytes).unwrap();
+    assert_eq!(g.nodes.len(), 2);
+    assert_eq!(g.header.version, 1);
+    assert_eq!(g.header.data_offset % 64, 0);
+    match &g.nodes[0].op {
+        NodeOp::MoeFfn(m) => {
+            assert_eq!(m.spec, l.spec);
+            assert_eq!(g.constant(&bytes, m.w13).unwrap(), &l.w13[..]);
+            assert!(m.shared.unwrap().gate.is_some());
+        }
+        _ => panic!(),
+    }
+    for s in &g.segments {
+        assert_eq!((s.start - g.header.data_offset as usize) % 64, 0);
+    }
+    assert_eq!(g.tensors[g.inputs[0]].shape, vec![1, -1, 64]);
+}
+
+#[test]
+fn bad_magic() {
+    let mut b = raw().to_bytes();
+    b[0] = b'X';
+    assert!(matches!(parse(&b), Err(BlobError::BadMagic(_))));
+}
+
+#[test]
+fn wrong_version() {
+    let mut b = raw().to_bytes();
+    b[4] = 2;
+    assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: 2 });
+    // Header says 1 but the graph says 3.
+    let mut g = raw();
+    g.version = 3;
+    let mut b = g.to_bytes();
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: 3 });
+}
+
+#[test]
+fn truncated_at_every_length() {
+    let b = raw().to_bytes();
+    for n in 0..b.len() {
+        assert!(parse(&b[..n]).is_err(), "truncated to {n} bytes was accepted");
+    }
+}
+
+#[test]
+fn header_offsets_out_of_range() {
+    let b = raw().to_bytes();
+    let set = |at: usize, v: u64| {
+        let mut c = b.clone();
+        c[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        c
+    };
+    assert!(err_of(&set(8, 40)).contains("flatbuffer offset"));
+    assert!(err_of(&set(16, u64::MAX)).contains("flatbuffer size"));
+    assert!(err_of(&set(16, b.len() as u64)).contains("flatbuffer size"));
+    assert!(err_of(&set(24, 96 + 1)).contains("data offset"));
+    assert!(err_of(&set(24, 1 << 40)).contains("data offset"));
+    assert!(err_of(&set(24, 0)).contains("data offset"));
+}
+
+#[test]
+fn segments_out_of_range_or_misaligned() {
+    assert!(with(|g| g.segments[0].0 += 64 * 1000).contains("outside the data area"));
+    assert!(with(|g| g.segments[0].1 = u64::MAX).contains("outside the data area"));
+    assert!(with(|g| g.segments[0].0 = u64::MAX - 63).contains("outside the data area"));
+    assert!(with(|g| g.segments[1].0 += 4).contains("not a multiple of 64"));
+}
+
+#[test]
+fn shapes_inconsistent_with_sizes() {
+    // router weight tensor is id 1: [E, D] F32.
+    assert!(with(|g| g.tensors[1].shape = vec![4, 65]).contains("does not match its segment"));
+    assert!(with(|g| g.tensors[1].dtype = fb::DType::I64).contains("does not match its segment"));
+    assert!(with(|g| g.tensors[1].shape = vec![4, -64]).contains("invalid dimension"));
+    // Reshape consistently with the bytes but not with the op: [D, E] instead of [E, D].
+    assert!(with(|g| g.tensors[1].shape = vec![64, 4]).contains("expected [4, 64]"));
+    // w13 bytes inconsistent with hidden_dim (MatrixSpec::data_bytes).
+    assert!(with(|g| moe(g).hidden_dim = 64).contains("w13"));
+    // Output last dim wrong.
+    assert!(with(|g| {
+        let out = moe(g).out as usize;
+        g.tensors[out].shape = vec![1, -1, 63];
+    })
+    .contains("last dimension must be 64"));
+    // A huge shape must not overflow.
+    assert!(with(|g| g.tensors[1].shape = vec![i64::MAX, i64::MAX]).contains("does not match"));
+}
+
+#[test]
+fn tensor_ids_out_of_range() {
+    assert!(with(|g| moe(g).w13 = 1000).contains("out of range"));
+    assert!(with(|g| moe(g).x = -5).contains("out of range"));
+    assert!(with(|g| moe(g).expert_bias = -2).contains("out of range"));
+    assert!(with(|g| g.inputs[0] = 99).contains("out of range"));
+    assert!(with(|g| g.outputs[0] = i32::MAX).contains("out of range"));
+    assert!(with(|g| g.tensors[1].segment = 500).contains("segment index"));
+    assert!(with(|g| g.tensors[1].segment = -7).contains("segment index"));
+}
+
+#[test]
+fn bad_attributes_and_graph_structure() {
+    assert!(with(|g| moe(g).group_size = 48).contains("group"));
+    assert!(with(|g| moe(g).weight_bits = 3).contains("bits"));
+    assert!(with(|g| moe(g).top_k = 9).contains("top_k"));
+    assert!(with(|g| moe(g).num_experts = 0).contains("num_experts"));
+    assert!(with(|g| moe(g).route_scale = f32::NAN).contains("route_scale"));
+    assert!(with(|g| moe(g).score_func = fb::ScoreFunc(9)).contains("score_func"));
+    assert!(with(|g| moe(g).shared_w2 = -1).contains("shared expert"));
+    assert!(with(|g| g.nodes[0].op = RawOp::Unknown(7)).contains("unknown op type"));
+    assert!(with(|g| g.nodes.swap(0, 1)).contains("before anything writes it"));
+    assert!(with(|g| g.outputs.clear()).contains("no outputs"));
+    assert!(with(|g| g.tensors[0].segment = 0).contains("tensor 0"));
+    // A node writing the graph input.
+    assert!(with(|g| moe(g).out = 0).contains("graph input"));
+    // Weight given as an activation.
+    assert!(with(|g| moe(g).w2 = 0).contains("must be a constant"));
+    assert!(with(|g| g.tensors[1].dtype = fb::DType(42)).contains("unknown dtype"));
+}
+
+#[test]
+fn flatbuffer_garbage_and_random_flips_never_panic() {
+    let b = raw().to_bytes();
+    let fb_end = 32 + u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
+    let mut r = Rng(12345);
+    for i in 0..3000 {
+        let mut c = b.clone();
+        let flips = 1 + (i % 4);
+        for _ in 0..flips {
+            let at = ((r.f() + 1.0) / 2.0 * fb_end as f32) as usize % fb_end;
+            c[at] ^= 1 << (((r.f() + 1.0) * 4.0) as u32 % 8);
+        }
+        let _ = parse(&c); // must return, Ok or Err
+    }
+    // Missing file identifier.
+    let mut c = b.clone();
+    c[36..40].copy_from_slice(b"XXXX");
+    assert!(err_of(&c).contains("file identifier"));
+}

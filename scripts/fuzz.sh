@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Fuzz the MobileMoE entry points with cargo-fuzz/libFuzzer (+ AddressSanitizer, debug assertions).
+#
+#   scripts/fuzz.sh [target ...]          each target FUZZ_SECONDS (default 60) s; new inputs kept in
+#                                         $FUZZ_WORK/corpus/<target>, crashes in $FUZZ_WORK/artifacts/<target>
+#   scripts/fuzz.sh --smoke [target ...]  CI mode: each target SMOKE_SECONDS (default 5) s starting from the
+#                                         checked-in seed corpus tests/fuzz/corpus/<target> (not modified)
+#   scripts/fuzz.sh --replay              replay tests/fuzz/{corpus,regressions}/* without libFuzzer (cargo test)
+#   scripts/fuzz.sh --list                list targets
+#
+# Targets (tests/fuzz/fuzz_targets/, harnesses in tests/fuzz/harness/src/): ops_matrix_spec, ops_routing,
+# ops_kernels, ops_linear, ops_moe_ffn, blob_parse, blob_structured, pte_inspect.
+# Works on stable Rust: cargo-fuzz needs nightly flags (-Zsanitizer, -Cpasses=sancov), enabled here with
+# RUSTC_BOOTSTRAP=1. A crash exits non-zero and prints the command that reproduces it; keep the input as a
+# regression test by copying it to tests/fuzz/regressions/<target>/<name> (replayed by --replay / cargo test).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FUZZ_DIR="$ROOT/tests/fuzz"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/fuzz}"
+export RUSTC_BOOTSTRAP=1
+FUZZ_WORK="${FUZZ_WORK:-$CARGO_TARGET_DIR/work}"
+ALL_TARGETS=(ops_matrix_spec ops_routing ops_kernels ops_linear ops_moe_ffn blob_parse blob_structured pte_inspect)
+TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
+
+mode=run
+targets=()
+for a in "$@"; do
+  case "$a" in
+    --smoke) mode=smoke ;;
+    --replay) mode=replay ;;
+    --list) printf '%s\n' "${ALL_TARGETS[@]}"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -*) echo "unknown option $a" >&2; exit 2 ;;
+    *) targets+=("$a") ;;
+  esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=("${ALL_TARGETS[@]}")
+
+if [ "$mode" = replay ]; then
+  cd "$FUZZ_DIR"
+  exec cargo test -p mobilemoe-fuzz-harness --release -- --nocapture
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "[fuzz] installing cargo-fuzz (cargo install cargo-fuzz)"
+  cargo install cargo-fuzz --locked
+fi
+
+echo "[fuzz] building ${#targets[@]} target(s) (ASan + debug assertions) into $CARGO_TARGET_DIR"
+for t in "${targets[@]}"; do
+  cargo fuzz build --fuzz-dir "$FUZZ_DIR" "$t"
+done
+BIN="$CARGO_TARGET_DIR/$TRIPLE/release"
+
+secs=${FUZZ_SECONDS:-60}
+[ "$mode" = smoke ] && secs=${SMOKE_SECONDS:-5}
+failed=()
+printf '%-16s %10s %8s %10s %s\n' target execs exec/s corpus result
+for t in "${targets[@]}"; do
+  seeds="$FUZZ_DIR/corpus/$t"
+  mkdir -p "$seeds"
+  if [ "$mode" = smoke ]; then
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+  else
+    work="$FUZZ_WORK/corpus/$t"
+  fi
+  art="$FUZZ_WORK/artifacts/$t/"
+  mkdir -p "$work" "$art"
+  log="$FUZZ_WORK/$t.log"
+  set +e
+  "$BIN/$t" "$work" "$seeds" -max_total_time="$secs" -artifact_prefix="$art" -print_final_stats=1 \
+    -rss_limit_mb=4096 -timeout=60 -max_len=65536 >"$log" 2>&1
+  rc=$?
+  set -e
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  ncorp=$(ls "$work" | wc -l)
+  if [ $rc -eq 0 ]; then res=ok; else res="CRASH (rc $rc, log $log)"; failed+=("$t"); fi
+  printf '%-16s %10s %8s %10s %s\n' "$t" "${execs:-?}" "${rate:-?}" "$ncorp" "$res"
+  if [ $rc -ne 0 ]; then
+    grep -E "panicked at|ERROR: AddressSanitizer|SUMMARY" -A2 "$log" | head -12 || true
+    crash=$(ls -t "$art" 2>/dev/null | head -1)
+    [ -n "$crash" ] && echo "  reproduce: $BIN/$t $art$crash   (then: cp it to tests/fuzz/regressions/$t/)"
+  fi
+  [ "$mode" = smoke ] && rm -rf "$work"
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "[fuzz] crashes in: ${failed[*]}" >&2
+  exit 1
+fi
+echo "[fuzz] no crashes"

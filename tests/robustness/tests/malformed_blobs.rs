@@ -1,0 +1,54 @@
+//! Every malformed blob in tests/robustness/malformed/ is rejected with a clear error, by the schema
+//! reader and by delegate init; the valid base parses and runs.
+
+use mobilemoe_fuzz_harness::delegate::Delegate;
+use mobilemoe_robustness::{base, cases};
+use std::path::Path;
+
+fn dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("malformed")
+}
+
+#[test]
+fn base_is_valid_and_runs() {
+    let b = base().to_bytes();
+    let g = mobilemoe_schema::parse(&b).expect("base blob");
+    let d = Delegate::from_vec(b.clone()).unwrap();
+    mobilemoe_fuzz_harness::blob::run_delegate(&d, &g, 1);
+}
+
+#[test]
+fn checked_in_corpus_matches_generator() {
+    let regen = std::env::var_os("REGEN_MALFORMED").is_some();
+    let mut expected = String::new();
+    for (name, bytes, msg) in cases() {
+        let p = dir().join(format!("{name}.mmoe"));
+        if regen {
+            std::fs::write(&p, &bytes).unwrap();
+        }
+        let on_disk = std::fs::read(&p).unwrap_or_else(|_| panic!("{} missing: run with REGEN_MALFORMED=1", p.display()));
+        assert_eq!(on_disk, bytes, "{name}: checked-in file differs from the generator (REGEN_MALFORMED=1 to rewrite)");
+        expected.push_str(&format!("{name}.mmoe\t{msg}\n"));
+    }
+    if regen {
+        std::fs::write(dir().join("EXPECTED.tsv"), &expected).unwrap();
+    }
+}
+
+#[test]
+fn every_malformed_blob_is_rejected_with_a_clear_error() {
+    let table = std::fs::read_to_string(dir().join("EXPECTED.tsv")).expect("EXPECTED.tsv (REGEN_MALFORMED=1)");
+    let mut n = 0;
+    for line in table.lines() {
+        let (file, msg) = line.split_once('\t').unwrap();
+        let bytes = std::fs::read(dir().join(file)).unwrap();
+        let err = mobilemoe_schema::parse(&bytes).err().unwrap_or_else(|| panic!("{file}: accepted"));
+        let text = err.to_string();
+        assert!(text.contains(msg), "{file}: error {text:?} does not mention {msg:?}");
+        let derr = Delegate::from_vec(bytes).err().unwrap_or_else(|| panic!("{file}: delegate init accepted it"));
+        assert!(derr.contains(msg), "{file}: delegate error {derr:?}");
+        println!("{file:45} -> {text}");
+        n += 1;
+    }
+    assert!(n >= 40, "only {n} cases");
+}
