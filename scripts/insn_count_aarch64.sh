@@ -52,7 +52,7 @@ fi
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/aarch64}"
-cargo build --release -p mobilemoe-ops --target aarch64-unknown-linux-gnu --bin insn_bench >&2
+[ -n "${INSN_SKIP_BUILD:-}" ] || cargo build --release -p mobilemoe-ops --target aarch64-unknown-linux-gnu --bin insn_bench >&2
 BENCH="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/insn_bench"
 
 KERNELS=(scalar neon neon-dotprod neon-i8mm)

@@ -12,6 +12,7 @@
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/core/error.h>
 #include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/event_tracer_hooks_delegate.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_runtime_context.h>
@@ -80,7 +81,7 @@ class MobileMoEBackend final : public BackendInterface {
     }
   }
 
-  Error execute(BackendExecutionContext& /*context*/, DelegateHandle* handle,
+  Error execute(BackendExecutionContext& context, DelegateHandle* handle,
                 Span<EValue*> args) const override {
     try {
       if (handle == nullptr) {
@@ -142,6 +143,29 @@ class MobileMoEBackend final : public BackendInterface {
         }
         out_ptrs[j] = reinterpret_cast<size_t>(t.mutable_data_ptr<float>());
         out_numels[j] = (size_t)t.numel();
+      }
+      // Profiling (docs/profiling.md): with an EventTracer (ETDump), log every span of the Rust
+      // side (layer, moe_ffn, route, ..., scatter) as a delegate profiling event.
+      executorch::runtime::EventTracer* tracer = context.event_tracer();
+      if (tracer != nullptr) {
+        const et_timestamp_t t0 = et_pal_current_ticks();
+        rust::Vec<PhaseRecord> ev = delegate_execute_profiled(
+            d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
+            rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
+            rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
+            rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
+            rust::Slice<const size_t>(out_numels.data(), out_numels.size()));
+        const et_tick_ratio_t r = et_pal_ticks_to_ns_multiplier();  // ns per tick = num / den
+        const auto to_ticks = [&](uint64_t ns) -> et_timestamp_t {
+          return t0 + (et_timestamp_t)(r.numerator == 0 ? ns : ns * r.denominator / r.numerator);
+        };
+        for (const PhaseRecord& e : ev) {
+          const std::string name(e.name.data(), e.name.size());
+          // A name and delegate_debug_id = -1 (ETDumpGen requires exactly one of the two).
+          executorch::runtime::event_tracer_log_profiling_delegate(
+              tracer, name.c_str(), /*delegate_debug_id=*/-1, to_ticks(e.start_ns), to_ticks(e.end_ns));
+        }
+        return Error::Ok;
       }
       delegate_execute(d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
                        rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),

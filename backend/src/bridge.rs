@@ -38,6 +38,15 @@ pub mod ffi {
         scalar_i64: i64,
     }
 
+    /// A span (MoE phase, layer) of one delegate execution, for ExecuTorch's EventTracer
+    /// (profiling, src/profiling/phases.rs); times in ns since the execution started.
+    struct PhaseRecord {
+        name: String,
+        layer: i64,
+        start_ns: u64,
+        end_ns: u64,
+    }
+
     extern "Rust" {
         type Delegate;
         unsafe fn delegate_init(data: *const u8, len: usize) -> Result<Box<Delegate>>;
@@ -52,6 +61,15 @@ pub mod ffi {
             out_ptrs: &[usize],
             out_numels: &[usize],
         ) -> Result<()>;
+        /// `delegate_execute` that also returns its spans (only called with an EventTracer).
+        unsafe fn delegate_execute_profiled(
+            d: &Delegate,
+            in_ptrs: &[usize],
+            in_dims: &[i64],
+            in_ranks: &[u32],
+            out_ptrs: &[usize],
+            out_numels: &[usize],
+        ) -> Result<Vec<PhaseRecord>>;
     }
 
     unsafe extern "C++" {
@@ -173,4 +191,31 @@ unsafe fn delegate_execute(
         }
         d.execute(&inputs, &mut outputs)
     })
+}
+
+/// # Safety
+/// As [`delegate_execute`].
+unsafe fn delegate_execute_profiled(
+    d: &Delegate,
+    in_ptrs: &[usize],
+    in_dims: &[i64],
+    in_ranks: &[u32],
+    out_ptrs: &[usize],
+    out_numels: &[usize],
+) -> Result<Vec<ffi::PhaseRecord>, String> {
+    let t0 = crate::profiling::now_ns();
+    // SAFETY: caller contract (same as delegate_execute).
+    let (r, events) = crate::profiling::phases::capture(|| unsafe {
+        delegate_execute(d, in_ptrs, in_dims, in_ranks, out_ptrs, out_numels)
+    });
+    r?;
+    Ok(events
+        .into_iter()
+        .map(|e| ffi::PhaseRecord {
+            name: e.name.to_string(),
+            layer: e.layer,
+            start_ns: e.start_ns.saturating_sub(t0),
+            end_ns: e.end_ns.saturating_sub(t0),
+        })
+        .collect())
 }

@@ -205,6 +205,12 @@ impl Delegate {
             }
         }
         let pool = ThreadPool::global();
+        // profiling (src/profiling): layer numbers for the `layer` span and routing statistics.
+        let layer0 = crate::profiling::layer_base(
+            self as *const Self as usize,
+            g.nodes.iter().filter(|n| matches!(n.op, NodeOp::MoeFfn(_))).count(),
+        );
+        let mut moe_i = 0i64;
         for n in &g.nodes {
             let (xp, xl) = loc[n.op.x()].ok_or_else(|| format!("node {}: input has no buffer", n.name))?;
             let (op, ol) = loc[n.op.out()].ok_or_else(|| format!("node {}: output has no buffer", n.name))?;
@@ -236,7 +242,12 @@ impl Delegate {
                         shared,
                     };
                     let t = x.len() / m.spec.dim;
-                    moe_ffn(&m.spec, &w, x, t, out, &mut st.moe, &pool, &self.kernels)
+                    let layer = layer0 + moe_i;
+                    moe_i += 1;
+                    let _span = tracing::debug_span!("layer", layer).entered();
+                    let r = moe_ffn(&m.spec, &w, x, t, out, &mut st.moe, &pool, &self.kernels);
+                    crate::profiling::record_routing(layer, &st.moe.last_counts);
+                    r
                 }
                 NodeOp::Int4Linear(l) => {
                     let w = PackedRef::new(l.spec, self.u8c(l.weight), self.f32c(l.scales)).map_err(|e| e.to_string())?;

@@ -183,6 +183,7 @@ impl Method<'_> {
     }
     /// Runs the method; returns the number of outputs.
     pub fn execute(&mut self) -> Result<usize> {
+        let _span = tracing::debug_span!("execute").entered(); // profiling: one slice per program run
         ffi::runner_execute(self.prog.runner.pin_mut(), &self.name).map_err(rt)
     }
     /// Copies output `idx` of the last `execute`.

@@ -548,16 +548,90 @@ fn swiglu_quantize(pool: &ThreadPool, h: &[f32], f: usize, act: &mut [f32], qa: 
 }
 
 /// `act[p, j] = silu(h[p, j]) * h[p, F + j]` for rows of width 2F.
+/// Vectorised (AVX-512 / AVX2+FMA builds of the same code) where the CPU allows: `silu` uses only
+/// correctly rounded IEEE operations (explicit fma), so every build gives the same bits.
 pub fn swiglu_rows(h: &[f32], f: usize, act: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the enabled features (checked above).
+            unsafe { swiglu_rows_avx512(h, f, act) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            unsafe { swiglu_rows_avx2(h, f, act) };
+            return;
+        }
+    }
+    swiglu_rows_generic(h, f, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn swiglu_rows_avx512(h: &[f32], f: usize, act: &mut [f32]) {
+    swiglu_rows_generic(h, f, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_rows_avx2(h: &[f32], f: usize, act: &mut [f32]) {
+    swiglu_rows_generic(h, f, act)
+}
+
+#[inline(always)]
+fn swiglu_rows_generic(h: &[f32], f: usize, act: &mut [f32]) {
     for (hr, ar) in h.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
         let (gate, up) = hr.split_at(f);
-        for j in 0..f {
-            ar[j] = silu(gate[j]) * up[j];
+        for ((a, &g), &u) in ar.iter_mut().zip(gate).zip(up) {
+            *a = silu(g) * u;
         }
     }
 }
 
-#[inline]
+/// `x * sigmoid(x) = x / (1 + exp(-x))`, with the deterministic `exp_f32` below.
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp_f32(-x))
+}
+
+/// `e^x` in f32, branch-free (vectorises), identical bits on every platform and build: only
+/// IEEE add/mul/fma (explicit `mul_add`, never contracted implicitly), compares and exponent bit
+/// arithmetic. Cephes `expf` reduction and polynomial (max error about 1 ulp on the normal range).
+/// `x > ln(f32::MAX)` gives +inf, `x < ln(f32::MIN_POSITIVE)` gives 0 (no subnormal results),
+/// NaN gives NaN. (libm `expf` is not used because its bits differ between libms/ISAs and a
+/// libm call per element cannot vectorise.)
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const HI: f32 = 88.722_83; // ln(f32::MAX)
+    const LO: f32 = -87.336_54; // ln(f32::MIN_POSITIVE)
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to nearest even
+    const C1: f32 = 0.693_359_4; // 0.693359375, exact in few bits
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(LO, HI);
+    let n = (xc * LOG2E + MAGIC) - MAGIC; // integral, in [-126, 128]
+    let r = n.mul_add(-C1, xc);
+    let r = n.mul_add(-C2, r);
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let p = p.mul_add(r * r, r) + 1.0;
+    // 2^n as two normal powers of two (n in [-126, 128]): exact scaling, one final rounding.
+    let ni = n as i32;
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
+    let y = (p * s1) * s2;
+    if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else {
+        y // NaN propagates through clamp and the arithmetic
+    }
 }

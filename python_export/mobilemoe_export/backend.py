@@ -332,7 +332,13 @@ if __name__ == "__main__":  # pragma: no cover
     if "--regen" in sys.argv:
         import shutil
 
+        # refresh the packaged schema copies from the repository (if running from a checkout)
+        repo_schema = Path(__file__).resolve().parents[2] / "schema"
+        for name in ("ops.txt", "mobilemoe.fbs"):
+            if (repo_schema / name).is_file():
+                shutil.copyfile(repo_schema / name, Path(__file__).resolve().parent / "schema" / name)
         shutil.rmtree(_FBS_DIR, ignore_errors=True)
         _FBS_DIR.mkdir()
         generate_fbs(_FBS_DIR)
+        (_FBS_DIR / "__init__.py").touch()
         print(f"regenerated {_FBS_DIR}")

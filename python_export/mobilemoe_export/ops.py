@@ -147,6 +147,8 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
     _check_moe_args(x, router_weight, num_experts, top_k, hidden_dim, group_size, weight_bits, score_func)
     if expert_bias is not None and expert_bias.numel() == 0:
         expert_bias = None
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=torch.float32)
     if _use_reference():
         return reference.moe_ffn(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales,
                                  shared_w13, shared_w13_scales, shared_w2, shared_w2_scales,
@@ -189,6 +191,8 @@ def int4_linear_impl(x, weight, scales, bias, out_features, group_size, weight_b
     k = x.shape[-1]
     if k % group_size:
         raise ValueError(f"mobilemoe::int4_linear: in_features K={k} is not divisible by group_size={group_size}")
+    if x.numel() == 0:
+        return torch.empty(list(x.shape[:-1]) + [out_features], dtype=torch.float32)
     if _use_reference():
         return reference.int4_linear(x, weight, scales, bias, out_features, group_size, weight_bits, exact)
     lib = _lib.get_lib()

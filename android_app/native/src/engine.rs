@@ -43,10 +43,17 @@ pub fn version() -> String {
 impl Engine {
     /// Loads the tokenizer and the program (registering the MobileMoE backend and kernels first:
     /// `Program::load` does it; on Android there is no load-time constructor).
-    /// `threads == 0` keeps the kernel thread pool's default size.
+    /// `threads == 0`: `MOBILEMOE_THREADS` if set, else the performance cores (see
+    /// [`performance_cores`]), else the kernel thread pool's default (all CPUs).
     pub fn load(model: &str, tokenizer: &str, threads: usize) -> Result<Engine, String> {
         let tokenizer = Tokenizer::from_file(tokenizer).map_err(|e| format!("tokenizer {tokenizer}: {}", e.0))?;
-        if threads > 0 && mobilemoe_executorch::capi::mobilemoe_set_num_threads(threads.min(i32::MAX as usize) as i32) != 0 {
+        let threads = match threads {
+            0 if std::env::var_os("MOBILEMOE_THREADS").is_none() => performance_cores().unwrap_or(0),
+            n => n,
+        };
+        if threads > 0
+            && mobilemoe_executorch::capi::mobilemoe_set_num_threads(threads.min(i32::MAX as usize) as i32) != 0
+        {
             return Err(format!("cannot use {threads} threads"));
         }
         let model = PteModel::load(model).map_err(|e| if e.contains(model) { e } else { format!("{model}: {e}") })?;
@@ -68,7 +75,11 @@ impl Engine {
         let ids = self.tokenizer.encode(prompt);
         let cfg = GenerateConfig {
             max_new_tokens: params.max_new_tokens,
-            sampling: SamplingConfig { temperature: params.temperature as f64, top_p: 1.0, seed: params.seed },
+            sampling: SamplingConfig {
+                temperature: params.temperature as f64,
+                top_p: 1.0,
+                seed: params.seed,
+            },
             eos_id: self.tokenizer.eos_id(),
         };
         let tokenizer = &self.tokenizer;
@@ -87,5 +98,43 @@ impl Engine {
             decode_seconds: s.decode_s,
             decode_steps: s.generated_tokens.saturating_sub(1),
         })
+    }
+}
+
+/// On a big.LITTLE phone, the CPUs whose maximum frequency is at least 80 % of the fastest one's
+/// (prime + big cores): the kernels split work evenly, so a little core would hold everyone up.
+/// `None` when cpufreq is not readable (e.g. in a VM) or every core is alike.
+pub fn performance_cores() -> Option<usize> {
+    let n = std::thread::available_parallelism().ok()?.get();
+    let freqs = (0..n)
+        .map(|cpu| {
+            let p = format!("/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq");
+            std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok()
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    big_cores(&freqs)
+}
+
+fn big_cores(max_freqs: &[u64]) -> Option<usize> {
+    let fastest = *max_freqs.iter().max()?;
+    let big = max_freqs.iter().filter(|&&f| f * 5 >= fastest * 4).count();
+    (big < max_freqs.len()).then_some(big)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn big_cores() {
+        // Snapdragon 8 Gen 2: 1 x 3.19 GHz, 4 x 2.8 GHz, 3 x 2.0 GHz.
+        let sd8g2 = [2016000, 2016000, 2016000, 2803200, 2803200, 2803200, 2803200, 3187200];
+        assert_eq!(super::big_cores(&sd8g2), Some(5));
+        // 2 big + 6 little.
+        assert_eq!(
+            super::big_cores(&[1800000, 1800000, 1800000, 1800000, 1800000, 1800000, 2400000, 2400000]),
+            Some(2)
+        );
+        // Homogeneous: keep the pool's default.
+        assert_eq!(super::big_cores(&[3000000; 4]), None);
+        assert_eq!(super::big_cores(&[]), None);
     }
 }

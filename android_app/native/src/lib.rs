@@ -54,7 +54,9 @@ fn java_string(env: &mut JNIEnv, s: &JString) -> Result<String, String> {
     if s.is_null() {
         return Err("null string".into());
     }
-    env.get_string(s).map(Into::into).map_err(|e| format!("invalid Java string: {e}"))
+    env.get_string(s)
+        .map(Into::into)
+        .map_err(|e| format!("invalid Java string: {e}"))
 }
 
 /// # Safety
@@ -69,9 +71,11 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeVersion<'local>(
     mut env: JNIEnv<'local>,
     _class: JClass<'local>,
 ) -> jstring {
-    guarded(&mut env, std::ptr::null_mut(), |env| match env.new_string(engine::version()) {
-        Ok(s) => s.into_raw(),
-        Err(_) => std::ptr::null_mut(),
+    guarded(&mut env, std::ptr::null_mut(), |env| {
+        match env.new_string(engine::version()) {
+            Ok(s) => s.into_raw(),
+            Err(_) => std::ptr::null_mut(),
+        }
     })
 }
 
@@ -213,13 +217,17 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeGenerate<'local>(
             seed: seed as u64,
         };
         let mut java_failed = false;
-        let result = engine.generate(&prompt, &params, &mut |id, piece| match call_on_token(env, &callback, id, piece) {
-            Ok(keep_going) => keep_going,
-            Err(()) => {
-                java_failed = true;
-                false
-            }
-        });
+        let result = engine.generate(
+            &prompt,
+            &params,
+            &mut |id, piece| match call_on_token(env, &callback, id, piece) {
+                Ok(keep_going) => keep_going,
+                Err(()) => {
+                    java_failed = true;
+                    false
+                }
+            },
+        );
         if java_failed {
             return std::ptr::null_mut(); // the callback's exception is pending
         }

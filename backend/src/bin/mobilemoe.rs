@@ -56,6 +56,8 @@ struct GenerateArgs {
     /// Kernel threads (default: MOBILEMOE_THREADS or all CPUs).
     #[arg(long)]
     threads: Option<i32>,
+    #[command(flatten)]
+    profile: mobilemoe_executorch::profiling::ProfileArgs,
 }
 
 #[derive(Args)]
@@ -87,6 +89,8 @@ struct RunArgs {
     /// Values printed per output.
     #[arg(long, default_value_t = 8)]
     show: usize,
+    #[command(flatten)]
+    profile: mobilemoe_executorch::profiling::ProfileArgs,
 }
 
 #[derive(Args)]
@@ -102,16 +106,33 @@ struct BenchArgs {
     /// Untimed warm-up runs per token count.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    #[command(flatten)]
+    profile: mobilemoe_executorch::profiling::ProfileArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // --trace / --stats / --stats-json (src/profiling/cli.rs)
+    let profile = match &cli.cmd {
+        Cmd::Run(a) => a.profile.clone(),
+        Cmd::Bench(a) => a.profile.clone(),
+        Cmd::Generate(a) => a.profile.clone(),
+        Cmd::Inspect { .. } => Default::default(),
+    };
+    let session = match profile.start() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let r = match cli.cmd {
         Cmd::Inspect { model } => inspect(&model),
         Cmd::Run(a) => run(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Generate(a) => generate(a),
     };
+    let r = r.and_then(|()| session.finish());
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -82,9 +82,19 @@ fn child(mode: &str, iters: usize) {
         t.push(t0.elapsed().as_nanos() as f64 / 1e3);
     }
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // Cost of one span (create + enter + exit + close) in this mode: best of 200 batches of 1000.
+    let mut span_ns = f64::MAX;
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        for i in 0..1000u64 {
+            let _g = tracing::debug_span!("probe", i).entered();
+            std::hint::black_box(&_g);
+        }
+        span_ns = span_ns.min(t0.elapsed().as_nanos() as f64 / 1000.0);
+    }
     let events = rec.map(|r| r.stop().threads.iter().map(|t| t.events.len()).sum::<usize>()).unwrap_or(0);
     println!(
-        "median_us={:.3} p10_us={:.3} p90_us={:.3} mean_us={:.3} events={events}",
+        "median_us={:.3} p10_us={:.3} p90_us={:.3} mean_us={:.3} span_ns={span_ns:.1} events={events}",
         t[iters / 2],
         t[iters / 10],
         t[iters * 9 / 10],
@@ -107,6 +117,8 @@ fn main() {
     let rounds: usize = get("--rounds").and_then(|v| v.parse().ok()).unwrap_or(5);
     let exe = std::env::current_exe().unwrap();
     let mut med: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
+    let mut p10: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
+    let mut span: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
     println!("decode layer (1 token, D=1024 F=512 E=32 top-4 + shared F=1024, INT4 g32), {iters} calls per run");
     for r in 0..rounds {
         for mi in 0..MODES.len() {
@@ -114,13 +126,17 @@ fn main() {
             let m = MODES[(mi + r) % MODES.len()];
             let o = std::process::Command::new(&exe).args(["--mode", m, "--iters", &iters.to_string()]).output().unwrap();
             let s = String::from_utf8_lossy(&o.stdout);
-            let v: f64 = s
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("median_us="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("child {m} failed: {s} {}", String::from_utf8_lossy(&o.stderr)));
+            let field = |k: &str| -> f64 {
+                s.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("child {m} failed: {s} {}", String::from_utf8_lossy(&o.stderr)))
+            };
             println!("round {r} {m:>9}: {}", s.trim());
-            med[MODES.iter().position(|x| *x == m).unwrap()].push(v);
+            let i = MODES.iter().position(|x| *x == m).unwrap();
+            med[i].push(field("median_us="));
+            p10[i].push(field("p10_us="));
+            span[i].push(field("span_ns="));
         }
     }
     let median = |v: &[f64]| {
@@ -129,14 +145,24 @@ fn main() {
         v[v.len() / 2]
     };
     let base = median(&med[0]);
-    let noise = med[0].iter().cloned().fold(f64::MIN, f64::max) - med[0].iter().cloned().fold(f64::MAX, f64::min);
-    println!("\n| mode | median of run medians (us) | min..max over runs (us) | vs none |");
-    println!("|---|---:|---:|---:|");
+    let base10 = median(&p10[0]);
+    let spread = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min);
+    println!("\n| mode | layer median (us) | vs none | layer p10 (us) | vs none | one span (ns) | 9 spans / layer p10 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, m) in MODES.iter().enumerate() {
-        let lo = med[i].iter().cloned().fold(f64::MAX, f64::min);
-        let hi = med[i].iter().cloned().fold(f64::MIN, f64::max);
-        let v = median(&med[i]);
-        println!("| {m} | {v:.1} | {lo:.1}..{hi:.1} | {:+.2}% |", (v / base - 1.0) * 100.0);
+        let (v, v10, sp) = (median(&med[i]), median(&p10[i]), median(&span[i]));
+        println!(
+            "| {m} | {v:.1} | {:+.1}% | {v10:.1} | {:+.1}% | {sp:.1} | {:.4}% |",
+            (v / base - 1.0) * 100.0,
+            (v10 / base10 - 1.0) * 100.0,
+            9.0 * sp / 1e3 / base10 * 100.0
+        );
     }
-    println!("\nnoise (spread of 'none' run medians): {noise:.1} us ({:.2}%)", noise / base * 100.0);
+    println!(
+        "\nnoise: spread of the 'none' runs: median {:.1} us ({:.1}%), p10 {:.1} us ({:.1}%)",
+        spread(&med[0]),
+        spread(&med[0]) / base * 100.0,
+        spread(&p10[0]),
+        spread(&p10[0]) / base10 * 100.0
+    );
 }

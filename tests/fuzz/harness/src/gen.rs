@@ -9,7 +9,7 @@
 use arbitrary::Arbitrary;
 
 /// Largest buffer (elements) a harness allocates.
-pub const CAP_ELEMS: usize = 1 << 20;
+pub const CAP_ELEMS: usize = 1 << 16;
 
 /// splitmix64.
 pub struct Rng(pub u64);
