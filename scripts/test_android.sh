@@ -104,6 +104,27 @@ else
   bad "JNI symbols differ: javac -h: [$(echo $want)] .so: [$(echo $have)]"
 fi
 
+# native/build.rs's Android branch, run on a fake ExecuTorch prefix (no NDK here to link with):
+# kernel-registration archive whole, the rest grouped, liblog + libc++_shared, and
+# libc++_shared.so copied next to our library the way cargo-ndk expects.
+bs=$(ls -t "$CARGO_TARGET_DIR"/release/build/mobilemoe-jni-*/build-script-build 2>/dev/null | head -1)
+fake="$W/fake-android"
+mkdir -p "$fake/prefix/lib" "$fake/sysroot" "$fake/jniLibs"
+for l in executorch executorch_core optimized_native_cpu_ops_lib optimized_kernels portable_kernels extension_module_static; do
+  : > "$fake/prefix/lib/lib$l.a"
+done
+echo fake > "$fake/sysroot/libc++_shared.so"
+if [[ -n "$bs" ]] && CARGO_MANIFEST_DIR="$APP/native" CARGO_CFG_TARGET_OS=android EXECUTORCH_ANDROID_PREFIX="$fake/prefix" \
+     CARGO_NDK_OUTPUT_PATH="$fake/jniLibs" CARGO_NDK_SYSROOT_LIBS_PATH="$fake/sysroot" "$bs" > "$fake/out.txt" &&
+   grep -qx 'cargo:rustc-link-arg=-Wl,--whole-archive,-loptimized_native_cpu_ops_lib,--no-whole-archive' "$fake/out.txt" &&
+   grep -qx 'cargo:rustc-link-arg=-lexecutorch_core' "$fake/out.txt" &&
+   grep -qx 'cargo:rustc-link-lib=c++_shared' "$fake/out.txt" && grep -qx 'cargo:rustc-link-lib=log' "$fake/out.txt" &&
+   [[ -f "$fake/jniLibs/arm64-v8a/libc++_shared.so" ]]; then
+  ok "native/build.rs android branch (fake prefix): link lines + libc++_shared.so copy"
+else
+  bad "native/build.rs android branch"; cat "$fake/out.txt" 2>/dev/null || true
+fi
+
 # ---------------------------------------------------------------- 4. host JVM end to end
 step "host JVM: HostTest through MobileMoE.java + libmobilemoe_jni.so on a real .pte"
 javac --release 17 -Xlint:all -Werror -d "$W/host-classes" \

@@ -77,15 +77,63 @@ impl QuantActs {
     }
 }
 
-/// Quantize one row. Non-finite inputs: NaN maps to 0, +-inf saturates (scale from finite values);
+/// Quantize one row (vectorised build where the CPU allows; same bits: only division, rounding
+/// by `round_clamp_127` and integer ops). Non-finite inputs: NaN maps to 0, +-inf saturates (scale from finite values);
 /// the row's fp32 result is then finite, which keeps one bad token from poisoning the batch.
 pub fn quantize_row(x: &[f32], group: usize, q: &mut [i8], scale: &mut f32, gsum: &mut [i32]) {
-    let max_abs = x.iter().fold(0f32, |m, &v| if v.is_finite() && v.abs() > m { v.abs() } else { m });
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has the enabled features (checked above).
+            unsafe { quantize_row_avx512(x, group, q, scale, gsum) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            unsafe { quantize_row_avx2(x, group, q, scale, gsum) };
+            return;
+        }
+    }
+    quantize_row_generic(x, group, q, scale, gsum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn quantize_row_avx512(x: &[f32], group: usize, q: &mut [i8], scale: &mut f32, gsum: &mut [i32]) {
+    quantize_row_generic(x, group, q, scale, gsum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(x: &[f32], group: usize, q: &mut [i8], scale: &mut f32, gsum: &mut [i32]) {
+    quantize_row_generic(x, group, q, scale, gsum)
+}
+
+#[inline(always)]
+fn quantize_row_generic(x: &[f32], group: usize, q: &mut [i8], scale: &mut f32, gsum: &mut [i32]) {
+    // max |v| over finite v: 16 lane-wise maxima, then their maximum (max is exact and
+    // order-independent without NaN, so this equals the sequential fold).
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            let a = c[l].abs();
+            lanes[l] = if c[l].is_finite() && a > lanes[l] { a } else { lanes[l] };
+        }
+    }
+    let max_abs = rest
+        .iter()
+        .chain(lanes.iter())
+        .fold(0f32, |m, &v| if v.is_finite() && v.abs() > m { v.abs() } else { m });
     let s = (max_abs / 127.0).max(f32::MIN_POSITIVE);
     *scale = s;
     for (qi, &v) in q.iter_mut().zip(x) {
-        // `as i8` of NaN is 0; clamp saturates infinities.
-        *qi = round_clamp_127(v / s) as i8;
+        // Same as `round_clamp_127(v / s) as i8` (NaN -> 0, infinities saturate), with the
+        // float -> int conversion done by the magic-number bits so that it vectorises.
+        let r = round_clamp_127(v / s);
+        let i = ((r + 12_582_912.0).to_bits() as i32).wrapping_sub(0x4B40_0000);
+        *qi = if r.is_nan() { 0 } else { i as i8 };
     }
     for (g, out) in gsum.iter_mut().enumerate() {
         *out = q[g * group..(g + 1) * group].iter().map(|&v| v as i32).sum();

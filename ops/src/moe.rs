@@ -610,7 +610,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4; // 0.693359375, exact in few bits
     const C2: f32 = -2.121_944_4e-4;
     let xc = x.clamp(LO, HI);
-    let n = (xc * LOG2E + MAGIC) - MAGIC; // integral, in [-126, 128]
+    let tn = xc * LOG2E + MAGIC;
+    let n = tn - MAGIC; // integral, in [-126, 128]
     let r = n.mul_add(-C1, xc);
     let r = n.mul_add(-C2, r);
     let mut p = 1.987_569_1e-4f32;
@@ -621,11 +622,13 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p.mul_add(r, 5.000_000_1e-1);
     let p = p.mul_add(r * r, r) + 1.0;
     // 2^n as two normal powers of two (n in [-126, 128]): exact scaling, one final rounding.
-    let ni = n as i32;
+    // n from the low mantissa bits of tn (tn = 1.5*2^23 + n exactly): integer ops only, so this
+    // vectorises (a saturating `n as i32` would not). For NaN the value is garbage but y is NaN.
+    let ni = (tn.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let n1 = ni >> 1;
     let n2 = ni - n1;
-    let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
-    let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
+    let s1 = f32::from_bits((n1.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((n2.wrapping_add(127) as u32) << 23);
     let y = (p * s1) * s2;
     if x > HI {
         f32::INFINITY

@@ -66,7 +66,9 @@ public final class MobileMoE implements Closeable {
      *
      * @param modelPath     path of the {@code .pte} file (memory-mapped, not copied)
      * @param tokenizerPath path of the Hugging Face {@code tokenizer.json}
-     * @param numThreads    worker threads of the MoE kernels; 0 = one per big core (default)
+     * @param numThreads    worker threads of the MoE kernels (process-wide); 0 = default: the
+     *                      performance cores (CPUs whose max frequency is at least 80% of the
+     *                      fastest's), or all CPUs when they are alike
      * @throws IllegalArgumentException when a file cannot be read or is not a valid program or
      *                                  tokenizer (the message says which and why)
      */
