@@ -176,10 +176,12 @@ pub fn quantize_rows(w: &[f32], spec: MatrixSpec) -> Result<(Vec<i8>, Vec<f32>)>
             let base = n * spec.k + g * spec.group;
             let block = &w[base..base + spec.group];
             let max_abs = block.iter().fold(0f32, |m, &v| if v.abs() > m { v.abs() } else { m });
-            let scale = (max_abs / half_range).max(f32::EPSILON);
+            // torchao: scale clamped at the smallest normal f32; q = round(w * (1 / scale)).
+            let scale = (max_abs / half_range).max(f32::MIN_POSITIVE);
             scales[n * ng + g] = scale;
+            let inv = 1.0 / scale;
             for (i, &v) in block.iter().enumerate() {
-                let r = round_half_even(v / scale);
+                let r = round_half_even(v * inv);
                 // NaN weights quantize to 0 (clamp of NaN is NaN; `as` maps NaN to 0).
                 q[base + i] = r.clamp(qmin, qmax) as i8;
             }
