@@ -86,7 +86,9 @@ ratio() { awk -v s="$1" -v n="$2" 'BEGIN{ printf "%.1fx", s/n }'; }
 echo "Executed aarch64 instructions per GEMM call (one expert, Q8 path, INT4 weights, group 32, one"
 echo "thread), counted by a QEMU TCG plugin under \`qemu-aarch64 -cpu max\`; ratio = scalar / kernel."
 echo "Instruction counts are a proxy, not time: they ignore latency, issue width, memory bandwidth"
-echo "(decode is memory-bound on phones) and the higher cost per instruction of sdot/smmla on some cores."
+echo "(decode is memory-bound on phones) and the higher cost per instruction of sdot/smmla on some cores.
+The scalar column is the unoptimized reference (per-element layout addressing), so ratios vs scalar
+overstate SIMD gains; compare the three NEON columns with each other."
 echo
 echo "| GEMM | scalar | neon | neon-dotprod (sdot) | neon-i8mm (smmla) |"
 echo "|---|---|---|---|---|"

@@ -49,7 +49,7 @@ def main(argv):
         ax.set_xlabel("% of moe_ffn time")
         ax.set_ylabel("layer")
         ax.invert_yaxis()
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=4)
         ax.set_title("MoE FFN time per phase")
     else:
         ax.text(0.5, 0.5, "no phase timings (run with --trace/--stats)", ha="center")
@@ -62,6 +62,7 @@ def main(argv):
         im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_yticks(range(len(routing)), [str(r["layer"]) for r in routing])
         ax.set_xlabel("expert")
+        ax.set_xticks(range(0, n, max(1, n // 16)))
         ax.set_ylabel("layer")
         ax.set_title("tokens routed per expert")
         fig.colorbar(im, ax=ax, label="tokens")

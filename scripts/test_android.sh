@@ -136,6 +136,7 @@ MODEL="$CARGO_TARGET_DIR/android-test-model/tiny-$export_key.pte"
 TOKENIZER="$ROOT/python_export/mobilemoe_export/assets/tokenizer.json"
 RUNNER="$CARGO_TARGET_DIR/release/mobilemoe"
 mkdir -p "$(dirname "$MODEL")"
+find "$(dirname "$MODEL")" -maxdepth 1 -name 'tiny-*' ! -name "tiny-$export_key.*" -delete  # stale exports
 if [[ ! -s $MODEL ]]; then
   (cd "$ROOT" && PYTHONPATH="$ROOT/python_export${PYTHONPATH:+:$PYTHONPATH}" \
      "$PY" -m mobilemoe_export --preset tiny --out "$MODEL.tmp" > "$W/export.log" 2>&1) || {

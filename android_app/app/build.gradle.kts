@@ -71,8 +71,10 @@ val cargoNdkBuild = tasks.register<Exec>("cargoNdkBuild") {
     description = "Builds libmobilemoe_jni.so with cargo-ndk"
     val outDir = layout.buildDirectory.dir("rustJniLibs").get().asFile
     workingDir = rootProject.file("native")
-    val ndkDir = android.ndkDirectory
-    environment("ANDROID_NDK_HOME", setting("android.ndkHome", "ANDROID_NDK_HOME") ?: ndkDir.absolutePath)
+    // The NDK: ANDROID_NDK_HOME / android.ndkHome, else the SDK's ndk/<ndkVersion>.
+    val ndkHome = setting("android.ndkHome", "ANDROID_NDK_HOME")
+        ?: runCatching { android.ndkDirectory.absolutePath }.getOrNull()
+    ndkHome?.let { environment("ANDROID_NDK_HOME", it) }
     setting("executorch.androidPrefix", "EXECUTORCH_ANDROID_PREFIX")?.let {
         environment("EXECUTORCH_ANDROID_PREFIX", it)
     }

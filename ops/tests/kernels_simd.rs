@@ -307,3 +307,37 @@ fn exp_and_swiglu() {
         }
     }
 }
+
+/// The vectorised activation quantizer equals the straightforward definition (docs/DESIGN.md
+/// section 3), non-finite inputs included.
+#[test]
+fn quantize_row_matches_definition() {
+    use mobilemoe_ops::act::quantize_row;
+    use mobilemoe_ops::quant::round_half_even;
+    let mut r = Rng(77);
+    for case in 0..400 {
+        let group = [32, 64, 128, 256][case % 4];
+        let k = group * (1 + case % 5);
+        let scale = [1e-30f32, 1e-3, 1.0, 1e3, 1e30][case % 5];
+        let mut x: Vec<f32> = (0..k).map(|_| r.f() * scale).collect();
+        if case % 3 == 0 {
+            for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-45] {
+                let i = (r.next_u64() as usize) % k;
+                x[i] = v;
+            }
+        }
+        if case % 7 == 0 {
+            x.iter_mut().for_each(|v| *v = 0.0);
+        }
+        let max_abs = x.iter().fold(0f32, |m, &v| if v.is_finite() && v.abs() > m { v.abs() } else { m });
+        let s = (max_abs / 127.0).max(f32::MIN_POSITIVE);
+        let want: Vec<i8> = x.iter().map(|&v| round_half_even(v / s).clamp(-127.0, 127.0) as i8).collect();
+        let (mut q, mut sc, mut gs) = (vec![0i8; k], 0f32, vec![0i32; k / group]);
+        quantize_row(&x, group, &mut q, &mut sc, &mut gs);
+        assert_eq!(sc.to_bits(), s.to_bits(), "case {case}");
+        assert_eq!(q, want, "case {case}");
+        for (g, &v) in gs.iter().enumerate() {
+            assert_eq!(v, want[g * group..(g + 1) * group].iter().map(|&v| v as i32).sum::<i32>());
+        }
+    }
+}

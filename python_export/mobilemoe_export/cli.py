@@ -49,11 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --preset: the dense baseline instead (FFN weights = MoE total or active)")
     ap.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128, 256])
     ap.add_argument("--weight-bits", type=int, default=4, choices=[4, 8])
-    ap.add_argument("--quantize-linears", action="store_true",
-                    help="also quantize every other nn.Linear (attention, LM head) with int4_linear")
+    ap.add_argument("--fp32-linears", action="store_true",
+                    help="quantize only the FFNs; keep the other nn.Linear (attention, LM head) in fp32. "
+                         "Default: those use int4_linear too, because ExecuTorch's stock fp32 linear "
+                         "(permute_copy + portable mm) is very slow for anything beyond the tiny preset")
     ap.add_argument("--exact", action="store_true", help="fp32-activation kernels instead of the Q8 fast path")
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="KV cache length = largest token count (default: the preset's; tiny 256)")
+    ap.add_argument("--n-layers", type=int, default=None,
+                    help="with --preset: override the layer count (e.g. a 2-layer S for quick benchmarks)")
     ap.add_argument("--out", type=Path, required=False, help="output .pte path (a .json sidecar is written next to it)")
     ap.add_argument("--no-delegate", action="store_true",
                     help="keep mobilemoe ops as custom-op kernels instead of lowering to MobileMoEBackend")
@@ -92,11 +96,15 @@ def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any,
         raise SystemExit("error: give exactly one of --preset, --module-file [--checkpoint], --checkpoint")
     if args.dense_baseline and not args.preset:
         raise SystemExit("error: --dense-baseline needs --preset")
+    if args.n_layers is not None and not args.preset:
+        raise SystemExit("error: --n-layers needs --preset")
     cfg = None
     if args.preset:
         cfg = models.get_config(args.preset)
         if args.max_seq_len:
             cfg = cfg.replace(max_seq_len=args.max_seq_len)
+        if args.n_layers:
+            cfg = cfg.replace(n_layers=args.n_layers)
         if args.dense_baseline:
             cfg = models.dense_baseline(cfg, match=args.dense_baseline, multiple=max(64, args.group_size))
         model = models.build_model(cfg, seed=args.seed)
@@ -131,7 +139,7 @@ def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any,
 def quantize(model: nn.Module, cfg: Optional[models.ModelConfig], args) -> nn.Module:
     from .transforms import MobileMoELinear, quantize_moe
 
-    if cfg is not None and cfg.ffn == "dense" and not args.quantize_linears:
+    if cfg is not None and cfg.ffn == "dense" and args.fp32_linears:
         # dense baseline: quantize exactly the FFN matrices (what the MoE model quantizes)
         for i, layer in enumerate(model.layers):
             ff = layer.feed_forward
@@ -141,7 +149,7 @@ def quantize(model: nn.Module, cfg: Optional[models.ModelConfig], args) -> nn.Mo
                                                exact=args.exact, name=f"layers.{i}.feed_forward.{n}"))
         return model
     return quantize_moe(model, group_size=args.group_size, weight_bits=args.weight_bits,
-                        dense_linears=args.quantize_linears, exact=args.exact)
+                        dense_linears=not args.fp32_linears, exact=args.exact)
 
 
 def quantized_weight_bytes(model: nn.Module) -> int:
@@ -224,6 +232,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         name = args.preset or (args.module_file or args.checkpoint).stem
+        if args.n_layers:
+            name += f"_{args.n_layers}l"
         if args.dense_baseline:
             name += f"_dense_{args.dense_baseline}"
         args.out = Path(f"{name}.pte")
@@ -278,6 +288,7 @@ def main(argv=None) -> int:
         "params_total": counts["total"],
         "params_active_per_token": counts["active"],
         "quantized_weight_bytes": qbytes,
+        "quantized_linears": not args.fp32_linears,
         "weight_bits": args.weight_bits,
         "group_size": args.group_size,
         "pte_bytes": size,
@@ -305,7 +316,8 @@ def main(argv=None) -> int:
         print(f"  dense FFN              F={cfg.dense_hidden_dim}")
     print(f"  params (total)         {_fmt_count(counts['total'])}")
     print(f"  params active / token  {_fmt_count(counts['active'])}")
-    print(f"  INT{args.weight_bits} weight bytes      {_fmt_bytes(qbytes)} (group {args.group_size}, fp32 scales)")
+    print(f"  INT{args.weight_bits} weight bytes      {_fmt_bytes(qbytes)} (group {args.group_size}, fp32 scales; "
+          f"{'FFNs only' if args.fp32_linears else 'FFNs + attention + LM head'})")
     print(f"  .pte size              {_fmt_bytes(size)}")
     if args.no_delegate:
         print(f"  custom-op calls        {ps['custom_op_calls']} (not delegated)")

@@ -13,7 +13,10 @@ Architecture (Llama-style, pre-norm):
   Attention always runs over the whole cache with a mask ``key_pos <= query_pos`` built from
   ``input_pos`` (no data-dependent shapes, nothing like ``.item()``), so it exports with a dynamic
   token dimension and the caches become mutable buffers of the ``.pte`` (memory-planned, kept
-  between ``forward`` calls of one loaded method).
+  between ``forward`` calls of one loaded method). ExecuTorch does not serialize the initial
+  value of a mutated buffer; masked scores are replaced (``torch.where``), so stale key slots
+  never matter, and the runtimes used here (``extension::Module``, the Python pybindings) hand out
+  zeroed planned memory, so unwritten value slots are 0 (times a zero attention weight).
 - FFN: :class:`mobilemoe_export.moe_block.MoEFeedForward` (fine-grained routed SwiGLU experts +
   one shared expert), or a dense SwiGLU :class:`FeedForward` for the dense baseline.
 
@@ -286,6 +289,7 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.register_buffer("neg_inf", torch.tensor(float("-inf")), persistent=False)
 
     def forward(self, x, input_pos, cos, sin, mask):
         _, S, _ = x.shape
@@ -301,7 +305,8 @@ class Attention(nn.Module):
         q = q.view(1, S, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         q = q.reshape(1, self.n_kv_heads, self.n_rep * S, self.head_dim)
         scores = torch.matmul(q, self.k_cache.transpose(2, 3)) * self.scale  # [1, Hkv, rep*S, T]
-        scores = scores.view(1, self.n_kv_heads, self.n_rep, S, self.max_seq_len) + mask
+        # where (not + -inf): robust to whatever sits in not-yet-written cache slots
+        scores = torch.where(mask, scores.view(1, self.n_kv_heads, self.n_rep, S, self.max_seq_len), self.neg_inf)
         p = torch.softmax(scores, dim=-1).view(1, self.n_kv_heads, self.n_rep * S, self.max_seq_len)
         o = torch.matmul(p, self.v_cache)  # [1, Hkv, rep*S, hd]
         o = o.view(1, self.n_kv_heads, self.n_rep, S, self.head_dim).permute(0, 3, 1, 2, 4)
@@ -385,9 +390,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)  # [1, S, D]
         cos = self.rope_cos[input_pos]  # [S, hd/2]
         sin = self.rope_sin[input_pos]
-        # [S, T]: query s sees cache slot t iff t <= input_pos[s]
-        allowed = self.cache_positions.unsqueeze(0) <= input_pos.unsqueeze(1)
-        mask = torch.where(allowed, torch.zeros_like(cos[:1, :1]), torch.full_like(cos[:1, :1], float("-inf")))
+        # [S, T] bool: query s sees cache slot t iff t <= input_pos[s]
+        mask = self.cache_positions.unsqueeze(0) <= input_pos.unsqueeze(1)
         for layer in self.layers:
             h = layer(h, input_pos, cos, sin, mask)
         if not self.all_logits:
@@ -406,7 +410,9 @@ class Transformer(nn.Module):
 
 def init_weights(model: Transformer, seed: int = 0) -> Transformer:
     """Seeded random weights, scaled so that a random model produces well separated logits (greedy
-    decoding is then stable across numerically slightly different backends)."""
+    decoding is then stable across numerically slightly different backends): embeddings N(0, 1),
+    untied LM head N(0, 2/sqrt(D)) (logits std ~2; a tied head gives std ~sqrt(D)), norms 1,
+    every other matrix U(+-1/sqrt(fan_in))."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.cfg
     with torch.no_grad():
@@ -423,9 +429,6 @@ def init_weights(model: Transformer, seed: int = 0) -> Transformer:
                 fan_in = p.shape[-1]
                 bound = 1.0 / math.sqrt(fan_in)
                 p.uniform_(-bound, bound, generator=g)
-        if cfg.tie_embeddings and model.output.weight.device.type != "meta":
-            # tied: keep the embedding at std 1 and scale nothing else (logits std ~ sqrt(D))
-            pass
     return model
 
 
@@ -463,6 +466,8 @@ def load_checkpoint(path, max_seq_len: Optional[int] = None) -> Transformer:
     model.rope_cos.copy_(cos)
     model.rope_sin.copy_(sin)
     model.cache_positions.copy_(torch.arange(cfg.max_seq_len))
+    for layer in model.layers:
+        layer.attention.neg_inf.fill_(float("-inf"))
     model.reset_cache()
     missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
     missing = [m for m in missing if not m.endswith(("k_cache", "v_cache"))]

@@ -81,6 +81,7 @@ def _check_parity(qmodel, pte_path, tok):
 def test_cli_summary_delegated(pte_delegated):
     s = json.loads((pte_delegated.parent / "tiny.pte.json").read_text())
     assert s["delegated"] and s["delegate_calls"] >= 2 and "MobileMoEBackend" in s["backends"]
+    assert s["quantized_linears"]
     assert s["params_total"] > s["params_active_per_token"] > 0
     assert s["quantized_weight_bytes"] > 0 and s["pte_bytes"] > s["quantized_weight_bytes"]
     assert (s["max_seq_len"], s["vocab_size"]) == (MAXLEN, 1024)
@@ -94,7 +95,8 @@ def test_greedy_parity_eager_vs_pte_delegated(qmodel, pte_delegated, tok):
 @needs_lib
 def test_greedy_parity_eager_vs_pte_custom_op(qmodel, pte_custom_op, tok):
     s = json.loads((pte_custom_op.parent / "tiny.pte.json").read_text())
-    assert not s["delegated"] and s["delegate_calls"] == 0 and s["custom_op_calls"] == 2
+    # 2 moe_ffn + per layer 4 attention projections + the LM head
+    assert not s["delegated"] and s["delegate_calls"] == 0 and s["custom_op_calls"] == 2 + 2 * 4 + 1
     _check_parity(qmodel, pte_custom_op, tok)
 
 
@@ -112,7 +114,7 @@ def _incremental_vs_full(forward, reset, toks, prefill):
 
 
 def test_kv_cache_eager_quantized_equals_full_recompute(qmodel):
-    toks = torch.randint(0, 1024, (1, 16), generator=torch.Generator().manual_seed(1))
+    toks = torch.randint(0, 1024, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         inc, full = _incremental_vs_full(qmodel, qmodel.reset_cache, toks, prefill=6)
     for a, b in zip(inc, full):
@@ -212,12 +214,20 @@ def test_cli_help_and_errors(capsys):
 def test_cli_dense_baseline_quantizes_only_ffn():
     from mobilemoe_export.transforms import MobileMoELinear
 
-    args = cli.build_parser().parse_args(["--preset", "tiny", "--dense-baseline", "total", "--max-seq-len", "16"])
+    args = cli.build_parser().parse_args(["--preset", "tiny", "--dense-baseline", "total", "--max-seq-len", "16",
+                                          "--fp32-linears"])
     model, cfg, ex, ds = cli.build_from_args(args)
     assert cfg.ffn == "dense" and cfg.dense_hidden_dim == 640
     cli.quantize(model, cfg, args)
     assert isinstance(model.layers[0].feed_forward.w1, MobileMoELinear)
     assert isinstance(model.layers[0].attention.wq, torch.nn.Linear)
+    with torch.no_grad():
+        assert model(*ex).shape == (1, 1024)
+    # default: every linear (attention, LM head) quantized too
+    args = cli.build_parser().parse_args(["--preset", "tiny", "--dense-baseline", "total", "--max-seq-len", "16"])
+    model, cfg, ex, ds = cli.build_from_args(args)
+    cli.quantize(model, cfg, args)
+    assert isinstance(model.layers[0].attention.wq, MobileMoELinear) and isinstance(model.output, MobileMoELinear)
     with torch.no_grad():
         assert model(*ex).shape == (1, 1024)
 

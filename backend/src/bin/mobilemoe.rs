@@ -35,9 +35,10 @@ enum Cmd {
 struct GenerateArgs {
     /// The program file (exported by `python -m mobilemoe_export`).
     model: PathBuf,
-    /// HF tokenizer.json (ByteLevel BPE).
-    #[arg(long, default_value = "python_export/mobilemoe_export/assets/tokenizer.json")]
-    tokenizer: PathBuf,
+    /// HF tokenizer.json (ByteLevel BPE) [default: the repository's
+    /// python_export/mobilemoe_export/assets/tokenizer.json].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// The prompt text.
     #[arg(long)]
     prompt: String,
@@ -398,7 +399,15 @@ fn generate(a: GenerateArgs) -> Res<()> {
     if a.max_new_tokens == 0 {
         return Err("--max-new-tokens must be >= 1".into());
     }
-    let tok = Tokenizer::from_file(&a.tokenizer).map_err(|e| e.to_string())?;
+    let tok_path = a.tokenizer.clone().unwrap_or_else(|| {
+        let rel = PathBuf::from("python_export/mobilemoe_export/assets/tokenizer.json");
+        if rel.exists() {
+            rel
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+        }
+    });
+    let tok = Tokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
     let mut model = PteModel::load(&a.model)?;
     if tok.vocab_size() > model.vocab_size() {
         eprintln!("warning: tokenizer vocabulary ({}) is larger than the model's ({})", tok.vocab_size(), model.vocab_size());

@@ -4,6 +4,8 @@
 //! `TARGETS` maps target names to harnesses for the corpus/regression replayer (`cargo test`).
 
 pub mod blob;
+#[cfg(feature = "backend")]
+pub mod capi;
 pub mod gen;
 pub mod ops;
 
@@ -14,6 +16,14 @@ pub mod ops;
 pub use mobilemoe_executorch::{delegate, pte};
 
 pub use blob::{blob_parse, blob_structured, pte_inspect};
+/// The C ABI harness (a no-op without the backend feature).
+pub fn capi(data: &[u8]) {
+    #[cfg(feature = "backend")]
+    capi::capi(data);
+    #[cfg(not(feature = "backend"))]
+    let _ = data;
+}
+
 pub use ops::{ops_kernels, ops_linear, ops_matrix_spec, ops_moe_ffn, ops_routing};
 
 /// (target name, harness) for every fuzz target.
@@ -26,4 +36,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("blob_parse", blob_parse),
     ("blob_structured", blob_structured),
     ("pte_inspect", pte_inspect),
+    ("capi", capi),
 ];
