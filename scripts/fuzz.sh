@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --list                list targets
 #
 # Targets (tests/fuzz/fuzz_targets/, harnesses in tests/fuzz/harness/src/): ops_matrix_spec, ops_routing,
-# ops_kernels, ops_linear, ops_moe_ffn, blob_parse, blob_structured, pte_inspect.
+# ops_kernels, ops_linear, ops_moe_ffn, blob_parse, blob_structured, pte_inspect, capi (the C ABI).
 # Works on stable Rust: cargo-fuzz needs nightly flags (-Zsanitizer, -Cpasses=sancov), enabled here with
 # RUSTC_BOOTSTRAP=1. A crash exits non-zero and prints the command that reproduces it; keep the input as a
 # regression test by copying it to tests/fuzz/regressions/<target>/<name> (replayed by --replay / cargo test).
@@ -19,7 +19,7 @@ FUZZ_DIR="$ROOT/tests/fuzz"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/fuzz}"
 export RUSTC_BOOTSTRAP=1
 FUZZ_WORK="${FUZZ_WORK:-$CARGO_TARGET_DIR/work}"
-ALL_TARGETS=(ops_matrix_spec ops_routing ops_kernels ops_linear ops_moe_ffn blob_parse blob_structured pte_inspect)
+ALL_TARGETS=(ops_matrix_spec ops_routing ops_kernels ops_linear ops_moe_ffn blob_parse blob_structured pte_inspect capi)
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 
 mode=run

@@ -1,6 +1,10 @@
 //! A small persistent thread pool for the kernels: no allocation per call, dynamic work stealing
 //! over an item counter, the calling thread works too. Workers spin briefly after a job (decode
 //! issues a job every few tens of microseconds) and then sleep on a condvar.
+//!
+//! Workers *join* a job; the caller never waits for a worker that has not joined. A worker that
+//! wakes late (descheduled, asleep) finds the job closed and skips it, so one slow thread cannot
+//! stall a decode step for a scheduler time slice.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -14,9 +18,10 @@ struct Shared {
     job: AtomicU64Pair,
     n_items: AtomicUsize,
     next: AtomicUsize,
-    /// Workers still inside the current job.
+    /// Workers that joined the current job and have not left it yet.
     active: AtomicUsize,
-    epoch: AtomicU64,
+    /// `epoch << 1 | open`: a new epoch per job; `open` while workers may still join.
+    state: AtomicU64,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     sleepers: AtomicUsize,
@@ -51,7 +56,7 @@ impl ThreadPool {
             n_items: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
-            epoch: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
@@ -87,9 +92,10 @@ impl ThreadPool {
             }
         };
         let s = &*self.shared;
-        // SAFETY (lifetime erasure): the pointer to `f` is published to the workers and every worker
-        // that picks it up decrements `active` only after its last use of it; we do not return (nor
-        // unwind: the body below cannot panic) before `active` is 0 again, so `f` outlives every use.
+        // SAFETY (lifetime erasure): the pointer to `f` is published to the workers; a worker uses
+        // it only after joining (incrementing `active` while the job is open) and leaves (decrements)
+        // after its last use. We close the job, then wait for `active == 0` before returning (the
+        // code in between cannot unwind: `drain` runs under catch_unwind), so `f` outlives every use.
         let raw: *const Job<'_> = f;
         let (data, vtable): (usize, usize) = unsafe { std::mem::transmute(raw) };
         s.job.0.store(data, Relaxed);
@@ -97,15 +103,23 @@ impl ThreadPool {
         s.n_items.store(n_items, Relaxed);
         s.next.store(0, Relaxed);
         s.panicked.store(false, Relaxed);
-        s.active.store(self.threads - 1, Relaxed);
-        s.epoch.fetch_add(1, SeqCst);
+        let epoch = (s.state.load(Relaxed) >> 1) + 1;
+        s.state.store(epoch << 1 | 1, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         let ok = catch_unwind(AssertUnwindSafe(|| drain(s, f))).is_ok();
-        while s.active.load(Acquire) != 0 {
-            std::hint::spin_loop();
+        // Close: workers that have not joined yet will skip this job.
+        s.state.store(epoch << 1, SeqCst);
+        let mut spins = 0u32;
+        while s.active.load(SeqCst) != 0 {
+            spins += 1;
+            if spins < 4096 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         drop(guard);
         if ok && !s.panicked.load(Relaxed) {
@@ -157,12 +171,13 @@ fn worker(s: Arc<Shared>) {
     loop {
         // Wait for a new epoch: spin first, then sleep.
         let mut spins = 0u32;
-        loop {
+        let state = loop {
             if s.shutdown.load(Relaxed) {
                 return;
             }
-            if s.epoch.load(Acquire) != seen {
-                break;
+            let st = s.state.load(Acquire);
+            if st >> 1 != seen {
+                break st;
             }
             if spins < SPIN_ITERS {
                 spins += 1;
@@ -171,22 +186,27 @@ fn worker(s: Arc<Shared>) {
             }
             let l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.sleepers.fetch_add(1, SeqCst);
-            if s.epoch.load(SeqCst) == seen && !s.shutdown.load(SeqCst) {
+            if s.state.load(SeqCst) >> 1 == seen && !s.shutdown.load(SeqCst) {
                 drop(s.wake.wait(l).unwrap_or_else(|e| e.into_inner()));
             } else {
                 drop(l);
             }
             s.sleepers.fetch_sub(1, SeqCst);
+        };
+        seen = state >> 1;
+        // Join, then check the job is still open: with SeqCst on both sides, either the caller
+        // sees our increment before it stops waiting, or we see the job closed and skip it.
+        s.active.fetch_add(1, SeqCst);
+        if s.state.load(SeqCst) == (seen << 1 | 1) {
+            let (data, vtable) = (s.job.0.load(Relaxed), s.job.1.load(Relaxed));
+            // SAFETY: published before the job was opened; valid until we leave (see `run`).
+            let f: &Job<'static> =
+                unsafe { &*std::mem::transmute::<(usize, usize), *const Job<'static>>((data, vtable)) };
+            if catch_unwind(AssertUnwindSafe(|| drain(&s, f))).is_err() {
+                s.panicked.store(true, Relaxed);
+            }
         }
-        seen = s.epoch.load(Acquire);
-        let (data, vtable) = (s.job.0.load(Relaxed), s.job.1.load(Relaxed));
-        // SAFETY: published before the epoch bump we observed with Acquire; valid until we
-        // decrement `active` (see `run`).
-        let f: &Job<'static> = unsafe { &*std::mem::transmute::<(usize, usize), *const Job<'static>>((data, vtable)) };
-        if catch_unwind(AssertUnwindSafe(|| drain(&s, f))).is_err() {
-            s.panicked.store(true, Relaxed);
-        }
-        s.active.fetch_sub(1, Release);
+        s.active.fetch_sub(1, SeqCst);
     }
 }
 

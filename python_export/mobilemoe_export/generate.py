@@ -313,6 +313,12 @@ def main(argv=None) -> int:
               f"({model.vocab_size})", file=sys.stderr)
     ids = tok.encode(args.prompt).ids
     eos = None if args.no_eos else tok.token_to_id(EOS_TOKEN)
+    if not ids or len(ids) > model.max_seq_len:
+        try:  # the generator's own message, before anything is printed
+            generate_tokens(model, ids, 1, model.max_seq_len)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     printer = StreamPrinter(tok)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()

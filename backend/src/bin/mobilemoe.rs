@@ -419,6 +419,15 @@ fn generate(a: GenerateArgs) -> Res<()> {
         sampling: SamplingConfig { temperature: a.temperature, top_p: a.top_p, seed: a.seed },
         eos_id: if a.no_eos { None } else { tok.eos_id() },
     };
+    if prompt.len() > max_seq_len || prompt.is_empty() {
+        // the same message as the generator's, before anything is printed
+        let e = if prompt.is_empty() {
+            mobilemoe_executorch::generate::GenerateError::EmptyPrompt
+        } else {
+            mobilemoe_executorch::generate::GenerateError::PromptTooLong { prompt_tokens: prompt.len(), max_seq_len }
+        };
+        return Err(e.to_string());
+    }
     let mut out = std::io::stdout();
     print!("{}", a.prompt);
     let _ = out.flush();
