@@ -4,7 +4,7 @@
 use crate::act::QuantActs;
 use crate::error::{check_len, mul_dims, OpsError, Result};
 use crate::kernels::{Kernels, OutPtr};
-use crate::quant::PackedRef;
+use crate::quant::{MatrixSpec, PackedRef};
 use crate::threadpool::ThreadPool;
 use tracing::debug_span;
 
@@ -27,7 +27,9 @@ pub fn linear(
     pool: &ThreadPool,
     kernels: &Kernels,
 ) -> Result<()> {
-    let spec = w.spec;
+    // `MatrixSpec` has public fields: re-validate so a hand-built spec (group 0, sizes that
+    // overflow) is a typed error here rather than a panic or a wrapped size check below.
+    let spec = MatrixSpec::new(w.spec.n, w.spec.k, w.spec.group, w.spec.bits)?;
     let _span = debug_span!("int4_linear", m, n = spec.n, k = spec.k).entered();
     check_len("packed weight data", spec.data_bytes(), w.data.len())?;
     check_len("packed weight scales", spec.scale_count(), w.scales.len())?;

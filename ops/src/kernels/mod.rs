@@ -60,7 +60,10 @@ impl OutPtr {
 /// Checks done once before calling any kernel (kernels may then index without bounds checks).
 pub fn check_call(w: &PackedRef<'_>, tiles: &Range<usize>, m: usize, k: usize, out: &OutPtr) -> bool {
     let spec = &w.spec;
-    tiles.start <= tiles.end
+    // Public fields: a hand-built spec must pass the same validation as `MatrixSpec::new` (non-zero
+    // group and dims, no overflow in the sizes below) before any size arithmetic.
+    crate::quant::MatrixSpec::new(spec.n, spec.k, spec.group, spec.bits).is_ok_and(|s| s == *spec)
+        && tiles.start <= tiles.end
         && tiles.end <= spec.tiles()
         && k == spec.k
         && w.data.len() == spec.data_bytes()

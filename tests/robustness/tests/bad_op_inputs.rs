@@ -130,3 +130,21 @@ fn shapes_disagreeing_with_buffers_are_typed_errors() {
     assert!(MatrixSpec::new(16, usize::MAX - 31, 32, WeightBits::Int8).is_err());
     assert!(MatrixSpec::new(0, 64, 32, WeightBits::Int4).is_err());
 }
+
+/// Regression (found while writing the ops_linear harness's unchecked-spec mode): `MatrixSpec` has
+/// public fields; a hand-built spec with group 0 or overflowing sizes made `linear` and
+/// `Kernels::gemm_*` panic (divide by zero / overflow) or compare wrapped sizes.
+#[test]
+fn hand_built_specs_are_rejected_not_panics() {
+    let pool = ThreadPool::new(1);
+    for ks in Kernels::available() {
+        for (n, k, g) in [(16usize, 64usize, 0usize), (16, 64, 48), (usize::MAX, 64, 32), (16, usize::MAX - 31, 32), ((1 << 60) + 16, 64, 32)] {
+            let spec = MatrixSpec { n, k, group: g, bits: WeightBits::Int4 };
+            let w = PackedRef { spec, data: &[0u8; 512], scales: &[0f32; 32] };
+            let mut out = vec![0f32; 16];
+            let r = linear(&w, None, &[0f32; 64], 1, &mut out, false, &mut LinearScratch::default(), &pool, &ks);
+            assert!(r.is_err(), "{n} {k} {g}");
+            assert!(!ks.gemm_f32(&w, 0..1, &[0f32; 64], 1, kernels::OutPtr::new(&mut out, 16)));
+        }
+    }
+}
