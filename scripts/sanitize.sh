@@ -44,7 +44,10 @@ run_asan() {
     cxx_asan
     cd "$ROOT"
     LEAK_CYCLES=20 cargo test --target "$TRIPLE" --release -p mobilemoe-ops -p mobilemoe-schema --lib --tests
-    cargo test --target "$TRIPLE" --release -p mobilemoe-backend --test delegate --test profiling_trace
+    # init_destroy_1000_times_without_growth checks RSS, which ASan's quarantine inflates by design
+    # (freed memory is held back to catch use-after-free); leaks are checked by lsan-cycles/valgrind.
+    cargo test --target "$TRIPLE" --release -p mobilemoe-backend --test delegate --test profiling_trace -- \
+      --skip init_destroy_1000_times_without_growth
     cd "$ROOT/tests/robustness"
     LEAK_CYCLES=20 cargo test --target "$TRIPLE" --release
     cd "$ROOT/tests/fuzz"

@@ -1,6 +1,6 @@
 //! MoE routing: router GEMM, score functions, NaN-safe top-k with lowest-index tie-break.
 
-use crate::error::{check_len, OpsError, Result};
+use crate::error::{check_len, mul_dims, OpsError, Result};
 
 /// Score function (wire names: `softmax`, `softmax_all`, `sigmoid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,14 +216,14 @@ pub fn route(
 ) -> Result<()> {
     cfg.validate()?;
     let (e, k) = (cfg.num_experts, cfg.top_k);
-    check_len("router input", t * d, x.len())?;
-    check_len("router weight", e * d, router_w.len())?;
+    check_len("router input", mul_dims("router input", &[t, d])?, x.len())?;
+    check_len("router weight", mul_dims("router weight", &[e, d])?, router_w.len())?;
     if let Some(b) = expert_bias {
         check_len("expert bias", e, b.len())?;
     }
-    check_len("router logits scratch", t * e, logits.len())?;
-    check_len("expert ids", t * k, ids.len())?;
-    check_len("expert weights", t * k, weights.len())?;
+    check_len("router logits scratch", mul_dims("router logits scratch", &[t, e])?, logits.len())?;
+    check_len("expert ids", mul_dims("expert ids", &[t, k])?, ids.len())?;
+    check_len("expert weights", mul_dims("expert weights", &[t, k])?, weights.len())?;
     if scratch.len() < e {
         return Err(OpsError::SizeMismatch { what: "router scratch", expected: e, got: scratch.len() });
     }

@@ -45,7 +45,11 @@ pub struct ThreadPool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobPanicked;
 
-const SPIN_ITERS: u32 = 20_000;
+/// Spin iterations (each a `pause`) before a worker sleeps; `MOBILEMOE_SPIN` overrides.
+fn spin_iters() -> u32 {
+    static V: OnceLock<u32> = OnceLock::new();
+    *V.get_or_init(|| std::env::var("MOBILEMOE_SPIN").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000))
+}
 
 impl ThreadPool {
     /// A pool running jobs on `threads` threads in total (the caller counts as one).
@@ -171,6 +175,7 @@ fn worker(s: Arc<Shared>) {
     loop {
         // Wait for a new epoch: spin first, then sleep.
         let mut spins = 0u32;
+        let max_spins = spin_iters();
         let state = loop {
             if s.shutdown.load(Relaxed) {
                 return;
@@ -179,7 +184,7 @@ fn worker(s: Arc<Shared>) {
             if st >> 1 != seen {
                 break st;
             }
-            if spins < SPIN_ITERS {
+            if spins < max_spins {
                 spins += 1;
                 std::hint::spin_loop();
                 continue;

@@ -94,22 +94,22 @@ pub fn capi(data: &[u8]) {
     let raw = |i: usize| inp.attr_raw & (1 << i) != 0 && inp.attr_raw >= 0xF0;
     let group = attr(a[0], raw(0), |v| [32, 64, 128, 256, 0, 48][(v % 6) as usize]);
     let gm = group.max(1);
-    let dim = attr(a[1], raw(1), |v| gm * (1 + v % 2));
-    let hidden = attr(a[2], raw(2), |v| gm * (1 + v % 2));
+    let dim = attr(a[1], raw(1), |v| gm.saturating_mul(1 + v % 2));
+    let hidden = attr(a[2], raw(2), |v| gm.saturating_mul(1 + v % 2));
     let experts = attr(a[3], raw(3), |v| v % 6);
     let top_k = attr(a[4], raw(4), |v| v % 4);
     let bits = attr(a[5], raw(5), |v| [4, 8, 4, 8, 0, 3][(v % 6) as usize]);
     let tokens = attr(a[6], raw(6), |v| v % 6);
     let shared = attr(a[7], false, |v| if v % 3 == 0 { gm } else { 0 });
     // Expected sizes (saturating; the C side must check, the harness only picks lengths near them).
-    let np = |n: i64| (n.max(0) + 15) / 16 * 16;
+    let np = |n: i64| n.max(0).saturating_add(15) / 16 * 16;
     let sz = |n: i64, k: i64| -> (i64, i64) {
         let e = np(n).saturating_mul(k.max(0));
         (if bits == 8 { e } else { e / 2 }, if gm > 0 { e / gm } else { 0 })
     };
     let (d13, s13) = sz(hidden.saturating_mul(2), dim);
     let (d2, s2) = sz(dim, hidden);
-    let (sd13, ss13) = sz(shared * 2, dim);
+    let (sd13, ss13) = sz(shared.saturating_mul(2), dim);
     let (sd2, ss2) = sz(dim, shared);
     let b = inp.bufs;
     let rc = match inp.which % 3 {

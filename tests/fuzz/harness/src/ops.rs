@@ -121,10 +121,14 @@ pub fn ops_matrix_spec(data: &[u8]) {
     assert_eq!(q, q2);
     assert_eq!(same_bits(&sc, &s2), None);
 
-    // Quantize fp32 weights (with NaN/inf): scales >= EPSILON (never NaN), q in range, round trip.
+    // Quantize fp32 weights (with NaN/inf): scales >= f32::MIN_POSITIVE (never NaN or 0; the
+    // quantizer follows torchao's formula), q in range, round trip.
     let w = inp.w.make(n * k);
     let (qq, ss) = quant::quantize_rows(&w, spec).expect("sizes match");
-    assert!(ss.iter().all(|&v| v >= f32::EPSILON), "scale below EPSILON or NaN");
+    if let Some(i) = ss.iter().position(|&v| !(v >= f32::MIN_POSITIVE)) {
+        let g = spec.groups();
+        panic!("scale {} below f32::MIN_POSITIVE or NaN for row {} group {}: {:?}", ss[i], i / g, i % g, &w[(i / g) * k + (i % g) * spec.group..][..spec.group]);
+    }
     let pm = quant::PackedMatrix::quantize(&w, spec).expect("quantize");
     let (q3, s3) = quant::unpack(&pm.as_ref());
     assert_eq!(q3, qq);
