@@ -5,7 +5,7 @@ PY := .venv/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test build venv bench test-rust test-python test-aarch64 test-android fuzz clean help
+.PHONY: demo test build venv bench test-rust test-python test-aarch64 test-android test-robustness test-fuzz fuzz clean help
 
 help:
 	@echo "make demo          run the main job on the embedded default model"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench         kernel benchmark table (ops/src/bin/moe_bench.rs)"
 	@echo "make test-aarch64  cross-build + run the ops tests under qemu (3 CPUs)"
 	@echo "make test-android  JNI layer on the host JVM, javac -h symbols, aapt2 link"
+	@echo "make fuzz          every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 
 venv:
 	@scripts/bootstrap_venv.sh
@@ -23,7 +24,7 @@ build: venv
 demo: build
 	@scripts/demo.sh
 
-test: build test-rust test-python test-aarch64 test-android
+test: build test-rust test-python test-robustness test-fuzz test-aarch64 test-android
 	@echo "make test: all suites passed"
 
 test-rust: build
@@ -37,6 +38,19 @@ test-aarch64:
 
 test-android: build
 	@scripts/test_android.sh
+
+# Malformed blobs/programs/op inputs + concurrency (own workspace, debug assertions on).
+test-robustness: build
+	cd tests/robustness && CARGO_TARGET_DIR=../../target/robustness $(CARGO) test --release
+
+# Regression inputs replayed, then every fuzz target briefly on the checked-in seed corpus.
+test-fuzz:
+	@scripts/fuzz.sh --replay
+	@scripts/fuzz.sh --smoke
+
+# Longer fuzzing: FUZZ_SECONDS per target (default 60).
+fuzz:
+	@scripts/fuzz.sh
 
 bench: build
 	$(CARGO) run --release -p mobilemoe-ops --bin moe_bench
