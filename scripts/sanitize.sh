@@ -25,10 +25,23 @@ fail=()
 log() { echo "[sanitize] $*"; }
 
 cxx_asan() {
-  if command -v clang++ >/dev/null 2>&1; then
+  local cxx=""
+  for c in clang++ clang++-16 clang++-15 clang++-14; do
+    if command -v "$c" >/dev/null 2>&1; then cxx="$c"; break; fi
+  done
+  if [ -z "$cxx" ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing clang (apt-get install clang libclang-rt-14-dev) for the ASan build of the C++ bridge"
+    (apt-get install -y --no-install-recommends clang libclang-rt-14-dev >/dev/null 2>&1 ||
+      (apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends clang libclang-rt-14-dev >/dev/null 2>&1)) || true
+    for c in clang++ clang++-14; do
+      if command -v "$c" >/dev/null 2>&1; then cxx="$c"; break; fi
+    done
+  fi
+  if [ -n "$cxx" ]; then
     # The ASan runtime linked into the test binaries is Rust's (compiler-rt); clang's instrumentation
     # matches it. Sanitizer flags are added to the C++ of the cxx bridge only (cc crate reads CXXFLAGS).
-    export CXX=clang++ CXXFLAGS="-fsanitize=address -fno-omit-frame-pointer"
+    log "C++ bridge compiled by $cxx with -fsanitize=address"
+    export CXX="$cxx" CXXFLAGS="-fsanitize=address -fno-omit-frame-pointer"
   else
     log "clang++ not found: the C++ bridge is not ASan-instrumented (apt-get install clang); valgrind covers it"
   fi
