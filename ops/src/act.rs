@@ -27,6 +27,21 @@ pub struct QuantActsRef<'a> {
     pub gsum: &'a [i32],
 }
 
+impl<'a> QuantActsRef<'a> {
+    /// Rows `row0 .. row0 + rows` (panics if out of range: callers pass rows they computed).
+    pub fn rows(&self, row0: usize, rows: usize) -> QuantActsRef<'a> {
+        let ng = self.k / self.group;
+        QuantActsRef {
+            m: rows,
+            k: self.k,
+            group: self.group,
+            q: &self.q[row0 * self.k..(row0 + rows) * self.k],
+            scale: &self.scale[row0..row0 + rows],
+            gsum: &self.gsum[row0 * ng..(row0 + rows) * ng],
+        }
+    }
+}
+
 impl QuantActs {
     /// Resize buffers (grow only: no allocation once warmed up for the largest shape).
     pub fn reset(&mut self, m: usize, k: usize, group: usize) {

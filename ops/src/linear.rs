@@ -70,15 +70,7 @@ pub fn linear(
             let ok = if exact {
                 kernels.gemm_f32(w, t0..t1, &x[r0 * spec.k..r1 * spec.k], r1 - r0, sub)
             } else {
-                let ng = spec.groups();
-                let a = crate::act::QuantActsRef {
-                    m: r1 - r0,
-                    k: qx.k,
-                    group: qx.group,
-                    q: &qx.q[r0 * qx.k..r1 * qx.k],
-                    scale: &qx.scale[r0..r1],
-                    gsum: &qx.gsum[r0 * ng..r1 * ng],
-                };
+                let a = qx.rows(r0, r1 - r0);
                 kernels.gemm_q8(w, t0..t1, &a, sub)
             };
             if !ok {

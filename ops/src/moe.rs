@@ -443,18 +443,6 @@ enum Acts<'a> {
     F32(&'a [f32], &'a [f32]),
 }
 
-fn rows_q8<'a>(a: &QuantActsRef<'a>, row0: usize, rows: usize) -> QuantActsRef<'a> {
-    let ng = a.k / a.group;
-    QuantActsRef {
-        m: rows,
-        k: a.k,
-        group: a.group,
-        q: &a.q[row0 * a.k..(row0 + rows) * a.k],
-        scale: &a.scale[row0..row0 + rows],
-        gsum: &a.gsum[row0 * ng..(row0 + rows) * ng],
-    }
-}
-
 fn run_gemms<'w>(
     pool: &ThreadPool,
     kernels: &Kernels,
@@ -476,7 +464,7 @@ fn run_gemms<'w>(
         let tiles = it.tile0 as usize..it.tile1 as usize;
         let ok = match acts {
             Acts::Q8(pairs, sh) => {
-                let a = if is_shared { rows_q8(&sh, row0, rows) } else { rows_q8(&pairs, row0, rows) };
+                let a = if is_shared { sh.rows(row0, rows) } else { pairs.rows(row0, rows) };
                 kernels.gemm_q8(&wref, tiles, &a, sub)
             }
             Acts::F32(pairs, sh) => {

@@ -21,6 +21,8 @@ pub mod aarch64_neon;
 pub mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_geo;
 
 /// A raw output pointer shared by threads that write disjoint columns.
 #[derive(Clone, Copy, Debug)]

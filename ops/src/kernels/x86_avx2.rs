@@ -17,6 +17,7 @@
 //! F32 path: weights unpacked to signed bytes, each column sign-extended to i32 and converted
 //! (exact); `part = fma(x[k], q, part)` for k in order, `acc = fma(part, scale, acc)` per group.
 
+use super::x86_geo::Geo;
 use super::OutPtr;
 use crate::act::QuantActsRef;
 use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
@@ -32,36 +33,6 @@ pub fn supported() -> bool {
 const MB_Q8: usize = 4;
 /// Tokens per register block (F32: 3 tokens x (2 part + 2 acc)).
 const MB_F32: usize = 3;
-
-#[derive(Clone, Copy)]
-struct Geo {
-    data: *const u8,
-    scales: *const f32,
-    n: usize,
-    k: usize,
-    group: usize,
-    ng: usize,
-    cpg: usize,
-    chunk_bytes: usize,
-    tile_bytes: usize,
-}
-
-impl Geo {
-    fn new(w: &PackedRef<'_>) -> Self {
-        let s = w.spec;
-        Self {
-            data: w.data.as_ptr(),
-            scales: w.scales.as_ptr(),
-            n: s.n,
-            k: s.k,
-            group: s.group,
-            ng: s.groups(),
-            cpg: s.chunks_per_group(),
-            chunk_bytes: s.bits.chunk_bytes(),
-            tile_bytes: s.tile_bytes(),
-        }
-    }
-}
 
 /// Writes rows `t*16 .. t*16+16` (only those `< n`) of token row `i`.
 /// # Safety

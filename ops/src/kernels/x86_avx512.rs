@@ -21,6 +21,7 @@
 //! Both paths process a block of up to `MB` tokens per weight unpack (prefill), with the tile
 //! (K=1024 INT4: 8 KiB) hot in L1 while the token blocks iterate.
 
+use super::x86_geo::Geo;
 use super::OutPtr;
 use crate::act::QuantActsRef;
 use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
@@ -41,38 +42,6 @@ pub fn supported() -> bool {
 const MB_Q8: usize = 8;
 /// Tokens per register block in the F32 path.
 const MB_F32: usize = 8;
-
-/// Everything the tile kernels need, with the bounds established by `check_call`.
-#[derive(Clone, Copy)]
-struct Geo {
-    /// Packed data and scales of the whole matrix.
-    data: *const u8,
-    scales: *const f32,
-    n: usize,
-    k: usize,
-    group: usize,
-    ng: usize,
-    cpg: usize,
-    chunk_bytes: usize,
-    tile_bytes: usize,
-}
-
-impl Geo {
-    fn new(w: &PackedRef<'_>) -> Self {
-        let s = w.spec;
-        Self {
-            data: w.data.as_ptr(),
-            scales: w.scales.as_ptr(),
-            n: s.n,
-            k: s.k,
-            group: s.group,
-            ng: s.groups(),
-            cpg: s.chunks_per_group(),
-            chunk_bytes: s.bits.chunk_bytes(),
-            tile_bytes: s.tile_bytes(),
-        }
-    }
-}
 
 /// Writes the 16 lanes of row tile `t` for token row `i` (only rows `< n`).
 /// # Safety
