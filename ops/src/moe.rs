@@ -113,20 +113,14 @@ impl<'a> MoeWeights<'a> {
         Ok(())
     }
 
-    fn expert(&self, spec: &MoeSpec, e: usize, which: Which) -> PackedRef<'a> {
-        let (s13, s2) = (spec.w13_spec().unwrap(), spec.w2_spec().unwrap());
-        match which {
-            Which::GateUp => PackedRef {
-                spec: s13,
-                data: &self.w13[e * s13.data_bytes()..(e + 1) * s13.data_bytes()],
-                scales: &self.w13_scales[e * s13.scale_count()..(e + 1) * s13.scale_count()],
-            },
-            Which::Down => PackedRef {
-                spec: s2,
-                data: &self.w2[e * s2.data_bytes()..(e + 1) * s2.data_bytes()],
-                scales: &self.w2_scales[e * s2.scale_count()..(e + 1) * s2.scale_count()],
-            },
-        }
+    /// Expert `e`'s gate+up matrix; `s13` is `spec.w13_spec()` of the spec `validate` accepted.
+    pub fn expert_w13(&self, s13: MatrixSpec, e: usize) -> PackedRef<'a> {
+        expert_slice(s13, self.w13, self.w13_scales, e)
+    }
+
+    /// Expert `e`'s down matrix; `s2` is `spec.w2_spec()` of the spec `validate` accepted.
+    pub fn expert_w2(&self, s2: MatrixSpec, e: usize) -> PackedRef<'a> {
+        expert_slice(s2, self.w2, self.w2_scales, e)
     }
 
     /// Weight bytes the layer reads for `t` tokens routed to `distinct_experts` experts.
@@ -142,10 +136,10 @@ impl<'a> MoeWeights<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Which {
-    GateUp,
-    Down,
+/// Expert `e` of stacked `[E, ...]` data and scales (sizes checked by `MoeWeights::validate`).
+fn expert_slice<'a>(spec: MatrixSpec, data: &'a [u8], scales: &'a [f32], e: usize) -> PackedRef<'a> {
+    let (db, sc) = (spec.data_bytes(), spec.scale_count());
+    PackedRef { spec, data: &data[e * db..(e + 1) * db], scales: &scales[e * sc..(e + 1) * sc] }
 }
 
 /// One GEMM work item: `matrix` (an expert id, or `SHARED`) over activation rows
@@ -218,6 +212,7 @@ pub fn moe_ffn(
 ) -> Result<()> {
     let _span = debug_span!("moe_ffn", tokens = t, experts = spec.router.num_experts, top_k = spec.router.top_k).entered();
     w.validate(spec)?;
+    let (s13, s2) = (spec.w13_spec()?, spec.w2_spec()?);
     let d = spec.dim;
     let f = spec.hidden;
     let e = spec.router.num_experts;
@@ -320,7 +315,7 @@ pub fn moe_ffn(
             pool,
             kernels,
             &s.items,
-            |m| if m == SHARED { shared.unwrap().w13 } else { w.expert(spec, m as usize, Which::GateUp) },
+            |m| if m == SHARED { shared.unwrap().w13 } else { w.expert_w13(s13, m as usize) },
             if spec.exact { Acts::F32(&s.xg[..tk * d], x) } else { Acts::Q8(s.qg.as_ref(), s.qx.as_ref()) },
             h_out,
             sh_out,
@@ -372,7 +367,7 @@ pub fn moe_ffn(
             pool,
             kernels,
             &s.items,
-            |m| if m == SHARED { shared.unwrap().w2 } else { w.expert(spec, m as usize, Which::Down) },
+            |m| if m == SHARED { shared.unwrap().w2 } else { w.expert_w2(s2, m as usize) },
             if spec.exact {
                 Acts::F32(&s.act[..tk * f], &s.sh_act[..if shared.is_some() { t * fs } else { 0 }])
             } else {

@@ -65,16 +65,7 @@ pub fn moe_ffn_naive(spec: &MoeSpec, w: &MoeWeights<'_>, x: &[f32], t: usize) ->
         let y = &mut out[i * d..(i + 1) * d];
         for j in 0..k {
             let ex = ids[j] as usize;
-            let w13 = PackedRef {
-                spec: s13,
-                data: &w.w13[ex * s13.data_bytes()..(ex + 1) * s13.data_bytes()],
-                scales: &w.w13_scales[ex * s13.scale_count()..(ex + 1) * s13.scale_count()],
-            };
-            let w2 = PackedRef {
-                spec: s2,
-                data: &w.w2[ex * s2.data_bytes()..(ex + 1) * s2.data_bytes()],
-                scales: &w.w2_scales[ex * s2.scale_count()..(ex + 1) * s2.scale_count()],
-            };
+            let (w13, w2) = (w.expert_w13(s13, ex), w.expert_w2(s2, ex));
             let o = ffn(&w13, &w2, xi, spec.exact);
             for (yv, ov) in y.iter_mut().zip(o) {
                 *yv = wts[j].mul_add(ov, *yv);
