@@ -97,6 +97,7 @@ class MobileMoEBackend final : public BackendInterface {
         return Error::InvalidArgument;
       }
       std::vector<size_t> in_ptrs(nin), out_ptrs(nout), out_numels(nout);
+      std::vector<int32_t> in_dtypes(nin);
       std::vector<int64_t> in_dims;
       std::vector<uint32_t> in_ranks(nin);
       for (size_t i = 0; i < nin; ++i) {
@@ -106,12 +107,16 @@ class MobileMoEBackend final : public BackendInterface {
           return Error::InvalidArgument;
         }
         const Tensor& t = ev->toTensor();
-        if (t.scalar_type() != ScalarType::Float) {
-          ET_LOG(Error, "MobileMoEBackend::execute: input %zu has dtype %d, expected float32", i,
+        if (t.scalar_type() == ScalarType::Float) {
+          in_ptrs[i] = reinterpret_cast<size_t>(t.const_data_ptr<float>());
+        } else if (t.scalar_type() == ScalarType::Long) {
+          in_ptrs[i] = reinterpret_cast<size_t>(t.const_data_ptr<int64_t>());
+        } else {
+          ET_LOG(Error, "MobileMoEBackend::execute: input %zu has dtype %d, expected float32 or int64", i,
                  (int)t.scalar_type());
           return Error::InvalidArgument;
         }
-        in_ptrs[i] = reinterpret_cast<size_t>(t.const_data_ptr<float>());
+        in_dtypes[i] = (int32_t)t.scalar_type();
         in_ranks[i] = (uint32_t)t.dim();
         for (ssize_t k = 0; k < t.dim(); ++k) in_dims.push_back(t.size(k));
       }
@@ -151,6 +156,7 @@ class MobileMoEBackend final : public BackendInterface {
         const et_timestamp_t t0 = et_pal_current_ticks();
         rust::Vec<PhaseRecord> ev = delegate_execute_profiled(
             d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
+            rust::Slice<const int32_t>(in_dtypes.data(), in_dtypes.size()),
             rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
             rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
             rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
@@ -168,6 +174,7 @@ class MobileMoEBackend final : public BackendInterface {
         return Error::Ok;
       }
       delegate_execute(d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
+                       rust::Slice<const int32_t>(in_dtypes.data(), in_dtypes.size()),
                        rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
                        rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
                        rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),

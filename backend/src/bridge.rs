@@ -2,7 +2,7 @@
 //! Every Rust function here catches panics and returns `Err` (a C++ exception the C++ callers
 //! catch and map to an `executorch::runtime::Error`).
 
-use crate::delegate::Delegate;
+use crate::delegate::{Delegate, Input};
 
 #[cxx::bridge(namespace = "mobilemoe")]
 pub mod ffi {
@@ -56,6 +56,7 @@ pub mod ffi {
         unsafe fn delegate_execute(
             d: &Delegate,
             in_ptrs: &[usize],
+            in_dtypes: &[i32],
             in_dims: &[i64],
             in_ranks: &[u32],
             out_ptrs: &[usize],
@@ -65,6 +66,7 @@ pub mod ffi {
         unsafe fn delegate_execute_profiled(
             d: &Delegate,
             in_ptrs: &[usize],
+            in_dtypes: &[i32],
             in_dims: &[i64],
             in_ranks: &[u32],
             out_ptrs: &[usize],
@@ -154,12 +156,18 @@ fn delegate_output_shapes(d: &Delegate, in_dims: &[i64], in_ranks: &[u32]) -> Re
     })
 }
 
+/// ExecuTorch `ScalarType` codes of the inputs the delegate accepts.
+const SCALAR_FLOAT: i32 = 6;
+const SCALAR_LONG: i32 = 4;
+
 /// # Safety
-/// `in_ptrs[i]` points to the f32 data of input i with the shape given by `in_dims`/`in_ranks`;
-/// `out_ptrs[j]` points to `out_numels[j]` writable f32; none of them overlap.
+/// `in_ptrs[i]` points to the data of input i (f32 for `in_dtypes[i] == 6`, i64 for 4) with the
+/// shape given by `in_dims`/`in_ranks`; `out_ptrs[j]` points to `out_numels[j]` writable f32;
+/// none of them overlap.
 unsafe fn delegate_execute(
     d: &Delegate,
     in_ptrs: &[usize],
+    in_dtypes: &[i32],
     in_dims: &[i64],
     in_ranks: &[u32],
     out_ptrs: &[usize],
@@ -167,18 +175,23 @@ unsafe fn delegate_execute(
 ) -> Result<(), String> {
     guard("delegate_execute", || {
         let shapes = split_shapes(in_dims, in_ranks)?;
-        if in_ptrs.len() != shapes.len() || out_ptrs.len() != out_numels.len() {
+        if in_ptrs.len() != shapes.len() || in_dtypes.len() != shapes.len() || out_ptrs.len() != out_numels.len() {
             return Err("pointer/shape counts differ".into());
         }
         let mut inputs = Vec::with_capacity(shapes.len());
-        for (&p, s) in in_ptrs.iter().zip(&shapes) {
+        for ((&p, &dt), s) in in_ptrs.iter().zip(in_dtypes).zip(&shapes) {
             let n = crate::delegate::numel(s)?;
             if p == 0 && n > 0 {
                 return Err("null input pointer".into());
             }
-            // SAFETY: caller contract.
-            let sl: &[f32] = if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(p as *const f32, n) } };
-            inputs.push((sl, *s));
+            // SAFETY (both arms): caller contract; the pointer is aligned for its dtype (ExecuTorch
+            // tensor data), n elements are readable.
+            let input = match dt {
+                SCALAR_FLOAT => Input::F32(if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(p as *const f32, n) } }),
+                SCALAR_LONG => Input::I64(if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(p as *const i64, n) } }),
+                other => return Err(format!("input dtype {other} is not supported (float32 or int64)")),
+            };
+            inputs.push((input, *s));
         }
         let mut outputs = Vec::with_capacity(out_ptrs.len());
         for (&p, &n) in out_ptrs.iter().zip(out_numels) {
@@ -189,7 +202,7 @@ unsafe fn delegate_execute(
             let sl: &mut [f32] = if n == 0 { &mut [] } else { unsafe { std::slice::from_raw_parts_mut(p as *mut f32, n) } };
             outputs.push(sl);
         }
-        d.execute(&inputs, &mut outputs)
+        d.execute_typed(&inputs, &mut outputs)
     })
 }
 
@@ -198,6 +211,7 @@ unsafe fn delegate_execute(
 unsafe fn delegate_execute_profiled(
     d: &Delegate,
     in_ptrs: &[usize],
+    in_dtypes: &[i32],
     in_dims: &[i64],
     in_ranks: &[u32],
     out_ptrs: &[usize],
@@ -206,7 +220,7 @@ unsafe fn delegate_execute_profiled(
     let t0 = crate::profiling::now_ns();
     // SAFETY: caller contract (same as delegate_execute).
     let (r, events) = crate::profiling::phases::capture(|| unsafe {
-        delegate_execute(d, in_ptrs, in_dims, in_ranks, out_ptrs, out_numels)
+        delegate_execute(d, in_ptrs, in_dtypes, in_dims, in_ranks, out_ptrs, out_numels)
     });
     r?;
     Ok(events

@@ -10,6 +10,10 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::sync::OnceLock;
 
+fn pk<'a>(s: MatrixSpec, d: &'a [u8], sc: &'a [f32]) -> Result<PackedRef<'a>, String> {
+    PackedRef::new(s, d, sc).map_err(|e| e.to_string())
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MobileMoeFfnArgs {
@@ -334,6 +338,157 @@ pub unsafe extern "C" fn mobilemoe_pack_weights(
             d.copy_from_slice(&p.data);
             so.copy_from_slice(&p.scales);
             Ok(())
+        }
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Whole-decoder ops for Python's eager kernels (the delegate runs the same ops/ functions).
+
+/// One buffer argument of [`mobilemoe_decoder_op`]: a pointer and its length in elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MobileMoeBuf {
+    pub ptr: *const std::ffi::c_void,
+    pub len: u64,
+}
+
+/// Op codes of [`mobilemoe_decoder_op`].
+pub const DECODER_RMS_NORM: i32 = 1;
+pub const DECODER_EMBEDDING: i32 = 2;
+pub const DECODER_ATTENTION: i32 = 3;
+pub const DECODER_SWIGLU_FFN: i32 = 4;
+pub const DECODER_LM_HEAD: i32 = 5;
+
+thread_local! {
+    static ATTN_SCRATCH: RefCell<mobilemoe_ops::decoder::AttentionScratch> = RefCell::new(Default::default());
+    static DENSE_SCRATCH: RefCell<mobilemoe_ops::decoder::DenseScratch> = RefCell::new(Default::default());
+}
+
+/// Runs one whole-decoder op (the positional arguments per op are listed in docs/DESIGN.md
+/// section 9) into `out[out_len]`.
+/// - 1 rms_norm: bufs x f32, weight f32; floats eps.
+/// - 2 embedding: bufs tokens i64, weight u8, scales f32; ints vocab, dim, group, bits.
+/// - 3 attention: bufs x f32, input_pos i64, wqkv u8, wqkv_scales f32, wo u8, wo_scales f32,
+///   cos f32, sin f32, k_cache, v_cache (f16 or f32, written in place); ints dim, n_heads,
+///   n_kv_heads, head_dim, max_seq_len, interleaved, kv_f16, group, bits, exact.
+/// - 4 swiglu_ffn: bufs x f32, w13 u8, w13_scales f32, w2 u8, w2_scales f32; ints dim, hidden,
+///   group, bits, exact.
+/// - 5 lm_head: bufs x f32, norm_weight f32, weight u8, scales f32; ints vocab, dim, group, bits,
+///   exact; floats eps.
+///
+/// # Safety
+/// `bufs[..n_bufs]`, `ints[..n_ints]`, `floats[..n_floats]` and `out[..out_len]` are valid; every
+/// buffer covers its length in elements of the type the op expects; the KV-cache buffers of op 3
+/// are writable and not used concurrently.
+#[no_mangle]
+pub unsafe extern "C" fn mobilemoe_decoder_op(
+    op: i32,
+    bufs: *const MobileMoeBuf,
+    n_bufs: u64,
+    ints: *const i64,
+    n_ints: u64,
+    floats: *const f64,
+    n_floats: u64,
+    out: *mut f32,
+    out_len: u64,
+) -> i32 {
+    use mobilemoe_ops::decoder::{self as dec, AttentionSpec, KvSlice, RopeStyle};
+    ffi_guard("mobilemoe_decoder_op", || {
+        // SAFETY: caller contract (arrays of the given lengths).
+        let bufs = unsafe { slice("bufs", bufs, n_bufs)? };
+        let ints = unsafe { slice("ints", ints, n_ints)? };
+        let floats = unsafe { slice("floats", floats, n_floats)? };
+        let out = unsafe { slice_mut("out", out, out_len)? };
+        let want = |nb: usize, ni: usize, nf: usize| -> Result<(), String> {
+            if bufs.len() != nb || ints.len() != ni || floats.len() != nf {
+                return Err(format!("op {op}: expected {nb} buffers, {ni} ints, {nf} floats"));
+            }
+            Ok(())
+        };
+        // SAFETY (buf helpers): each buffer covers `len` elements of the type the op documents.
+        let f = |i: usize, what: &str| -> Result<&[f32], String> { unsafe { slice(what, bufs[i].ptr as *const f32, bufs[i].len) } };
+        let u = |i: usize, what: &str| -> Result<&[u8], String> { unsafe { slice(what, bufs[i].ptr as *const u8, bufs[i].len) } };
+        let l = |i: usize, what: &str| -> Result<&[i64], String> { unsafe { slice(what, bufs[i].ptr as *const i64, bufs[i].len) } };
+        let spec = |n: i64, k: i64, g: i64, b: i64| -> Result<MatrixSpec, String> {
+            MatrixSpec::new(pos("rows", n)?, pos("columns", k)?, pos("group_size", g)?, bits(b)?).map_err(|e| e.to_string())
+        };
+        let pool = ThreadPool::global();
+        match op {
+            DECODER_RMS_NORM => {
+                want(2, 0, 1)?;
+                let (x, w) = (f(0, "x")?, f(1, "weight")?);
+                if w.is_empty() || x.len() % w.len() != 0 {
+                    return Err(format!("rms_norm: x has {} values, not a multiple of dim {}", x.len(), w.len()));
+                }
+                dec::rms_norm(x, x.len() / w.len(), w, floats[0] as f32, out).map_err(|e| e.to_string())
+            }
+            DECODER_EMBEDDING => {
+                want(3, 4, 0)?;
+                let s = spec(ints[0], ints[1], ints[2], ints[3])?;
+                dec::embedding(&pk(s, u(1, "weight")?, f(2, "scales")?)?, l(0, "tokens")?, out).map_err(|e| e.to_string())
+            }
+            DECODER_ATTENTION => {
+                want(10, 10, 0)?;
+                let sp = AttentionSpec {
+                    dim: pos("dim", ints[0])?,
+                    n_heads: pos("n_heads", ints[1])?,
+                    n_kv_heads: pos("n_kv_heads", ints[2])?,
+                    head_dim: pos("head_dim", ints[3])?,
+                    max_seq_len: pos("max_seq_len", ints[4])?,
+                    rope: if ints[5] != 0 { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
+                    exact: ints[9] != 0,
+                };
+                sp.validate().map_err(|e| e.to_string())?;
+                let qkv_n = i64::try_from(sp.qkv_width()).map_err(|e| e.to_string())?;
+                let q_w = i64::try_from(sp.q_width()).map_err(|e| e.to_string())?;
+                let w = dec::AttentionWeights {
+                    wqkv: pk(spec(qkv_n, ints[0], ints[7], ints[8])?, u(2, "wqkv")?, f(3, "wqkv_scales")?)?,
+                    wo: pk(spec(ints[0], q_w, ints[7], ints[8])?, u(4, "wo")?, f(5, "wo_scales")?)?,
+                    cos: f(6, "rope_cos")?,
+                    sin: f(7, "rope_sin")?,
+                };
+                // SAFETY: the caller hands over the two caches for writing (contract above).
+                let (mut kc, mut vc) = unsafe {
+                    if ints[6] != 0 {
+                        (
+                            KvSlice::F16(slice_mut("k_cache", bufs[8].ptr as *mut half::f16, bufs[8].len)?),
+                            KvSlice::F16(slice_mut("v_cache", bufs[9].ptr as *mut half::f16, bufs[9].len)?),
+                        )
+                    } else {
+                        (
+                            KvSlice::F32(slice_mut("k_cache", bufs[8].ptr as *mut f32, bufs[8].len)?),
+                            KvSlice::F32(slice_mut("v_cache", bufs[9].ptr as *mut f32, bufs[9].len)?),
+                        )
+                    }
+                };
+                let x = f(0, "x")?;
+                let p = l(1, "input_pos")?;
+                ATTN_SCRATCH.with(|s| {
+                    dec::attention(&sp, &w, x, p, &mut kc, &mut vc, out, &mut s.borrow_mut(), &pool, kernels()).map_err(|e| e.to_string())
+                })
+            }
+            DECODER_SWIGLU_FFN => {
+                want(5, 5, 0)?;
+                let w13 = pk(spec(2 * ints[1], ints[0], ints[2], ints[3])?, u(1, "w13")?, f(2, "w13_scales")?)?;
+                let w2 = pk(spec(ints[0], ints[1], ints[2], ints[3])?, u(3, "w2")?, f(4, "w2_scales")?)?;
+                let x = f(0, "x")?;
+                let rows = x.len() / w13.spec.k;
+                DENSE_SCRATCH.with(|s| {
+                    dec::swiglu_ffn(&w13, &w2, x, rows, ints[4] != 0, out, &mut s.borrow_mut(), &pool, kernels()).map_err(|e| e.to_string())
+                })
+            }
+            DECODER_LM_HEAD => {
+                want(4, 5, 1)?;
+                let w = pk(spec(ints[0], ints[1], ints[2], ints[3])?, u(2, "weight")?, f(3, "scales")?)?;
+                let x = f(0, "x")?;
+                let rows = x.len() / w.spec.k;
+                DENSE_SCRATCH.with(|s| {
+                    dec::lm_head_last(x, rows, f(1, "norm_weight")?, floats[0] as f32, &w, ints[4] != 0, out, &mut s.borrow_mut(), &pool, kernels())
+                        .map_err(|e| e.to_string())
+                })
+            }
+            other => Err(format!("unknown decoder op {other}")),
         }
     })
 }

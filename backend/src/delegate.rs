@@ -1,7 +1,10 @@
 //! Per-program delegate state: the validated graph, zero-copy views of the weights, and the
 //! scratch buffers (behind a mutex so two threads may execute one program).
 
-use mobilemoe_ops::{linear, moe_ffn, Kernels, LinearScratch, MoeScratch, MoeWeights, PackedRef, SharedExpert, ThreadPool};
+use mobilemoe_ops::decoder::{
+    add, attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionScratch, AttentionWeights, DenseScratch, KvCache,
+};
+use mobilemoe_ops::{linear, moe_ffn, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeWeights, PackedRef, SharedExpert, ThreadPool};
 use mobilemoe_schema::read::{Graph, NodeOp};
 use std::ops::Range;
 use std::sync::Mutex;
@@ -18,12 +21,38 @@ enum F32Const {
     Copied(Vec<f32>),
 }
 
+/// Everything one execution mutates, sized from the graph at init (KV caches, slot plan) or grown
+/// to the largest token count seen (activation slots, kernel scratch): no allocation per call
+/// once warmed up.
 #[derive(Default)]
 struct RunState {
     moe: MoeScratch,
     lin: LinearScratch,
-    /// Intermediate activations by tensor id.
-    acts: Vec<Vec<f32>>,
+    attn: AttentionScratch,
+    dense: DenseScratch,
+    /// Activation buffers shared by tensors whose lifetimes do not overlap (see `plan_slots`).
+    slots: Vec<Vec<f32>>,
+    /// One KV cache per Attention node, in node order.
+    kv: Vec<KvCache>,
+    /// Shapes of the last call, reused while the input shapes repeat (decode).
+    shapes_key: Vec<Vec<i64>>,
+    shapes: Vec<Option<Vec<i64>>>,
+}
+
+/// One graph input of [`Delegate::execute_typed`].
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+impl Input<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Input::F32(s) => s.len(),
+            Input::I64(s) => s.len(),
+        }
+    }
 }
 
 pub struct Delegate {
@@ -31,7 +60,55 @@ pub struct Delegate {
     graph: Graph,
     f32s: Vec<Option<F32Const>>,
     kernels: Kernels,
+    /// `slot_of[tensor]`: the activation slot of an intermediate tensor (None: input, output,
+    /// constant).
+    slot_of: Vec<Option<usize>>,
     state: Mutex<RunState>,
+}
+
+/// Assigns intermediate activations to reusable slots: a tensor takes a free slot when its node
+/// runs and frees it after its last reader (greedy interval colouring in node order).
+fn plan_slots(graph: &Graph) -> (Vec<Option<usize>>, usize) {
+    let nt = graph.tensors.len();
+    let mut last_use = vec![0usize; nt];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        for x in n.op.inputs() {
+            last_use[x] = i;
+        }
+    }
+    let mut slot_of = vec![None; nt];
+    let mut free: Vec<usize> = Vec::new();
+    let mut n_slots = 0;
+    for (i, n) in graph.nodes.iter().enumerate() {
+        let o = n.op.out();
+        if !graph.outputs.contains(&o) {
+            let s = free.pop().unwrap_or_else(|| {
+                n_slots += 1;
+                n_slots - 1
+            });
+            slot_of[o] = Some(s);
+        }
+        // free the slots whose last reader is this node (after the output took its slot, so a
+        // node never writes the buffer it reads)
+        for x in n.op.inputs() {
+            if last_use[x] == i {
+                if let Some(s) = slot_of[x] {
+                    if !free.contains(&s) {
+                        free.push(s);
+                    }
+                }
+            }
+        }
+        if last_use[o] < i || !graph.nodes.iter().skip(i + 1).any(|m| m.op.inputs().contains(&o)) {
+            // never read (dead output): its slot is free again right away
+            if let Some(s) = slot_of[o] {
+                if !free.contains(&s) {
+                    free.push(s);
+                }
+            }
+        }
+    }
+    (slot_of, n_slots)
 }
 
 /// Checked element count of a shape.
@@ -91,14 +168,18 @@ impl Delegate {
                  the u8 weights are still used in place"
             );
         }
-        let n = graph.tensors.len();
-        Ok(Self {
-            blob,
-            graph,
-            f32s,
-            kernels: Kernels::best(),
-            state: Mutex::new(RunState { acts: vec![Vec::new(); n], ..Default::default() }),
-        })
+        let (slot_of, n_slots) = plan_slots(&graph);
+        let mut kv = Vec::new();
+        for n in &graph.nodes {
+            if let NodeOp::Attention(a) = &n.op {
+                kv.push(
+                    KvCache::new(a.kv, a.spec.n_kv_heads, a.spec.max_seq_len, a.spec.head_dim)
+                        .map_err(|e| format!("node {}: {e}", n.name))?,
+                );
+            }
+        }
+        let state = RunState { slots: vec![Vec::new(); n_slots], kv, ..Default::default() };
+        Ok(Self { blob, graph, f32s, kernels: Kernels::best(), slot_of, state: Mutex::new(state) })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -117,6 +198,12 @@ impl Delegate {
         self.graph.constant(self.bytes(), id).unwrap_or(&[])
     }
 
+    /// Bytes of the KV caches this program holds.
+    pub fn kv_cache_bytes(&self) -> usize {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.kv.iter().map(|c| c.bytes()).sum()
+    }
+
     /// Shapes of every tensor for the given input shapes (activations only).
     fn infer(&self, input_shapes: &[&[i64]]) -> Result<Vec<Option<Vec<i64>>>, String> {
         let g = &self.graph;
@@ -127,7 +214,7 @@ impl Delegate {
         for (i, (&id, &s)) in g.inputs.iter().zip(input_shapes).enumerate() {
             let t = &g.tensors[id];
             let ok = s.len() == t.shape.len()
-                && s.last() == t.shape.last()
+                && (s.last() == t.shape.last() || t.shape.last() == Some(&-1))
                 && (t.dynamic_leading || s == t.shape.as_slice())
                 && s.iter().all(|&d| d >= 0);
             if !ok {
@@ -141,9 +228,24 @@ impl Delegate {
             shapes[id] = Some(s.to_vec());
         }
         for n in &g.nodes {
-            let xs = shapes[n.op.x()].clone().ok_or_else(|| format!("node {}: input not computed", n.name))?;
-            let mut os = xs;
-            *os.last_mut().ok_or("rank 0 activation")? = n.op.out_features() as i64;
+            let xs = shapes[n.op.x()].as_deref().ok_or_else(|| format!("node {}: input not computed", n.name))?;
+            let os = n.op.out_shape(xs).ok_or_else(|| format!("node {}: input shape {xs:?} has too low a rank", n.name))?;
+            let rows = numel(xs)? / n.op.in_features().max(1);
+            match &n.op {
+                NodeOp::Add(a) => {
+                    if shapes[a.b].as_deref() != Some(xs) {
+                        return Err(format!("node {}: operands have shapes {xs:?} and {:?}", n.name, shapes[a.b]));
+                    }
+                }
+                NodeOp::Attention(a) => {
+                    let ps = shapes[a.input_pos].as_deref().unwrap_or(&[]);
+                    if numel(ps)? != rows {
+                        return Err(format!("node {}: input_pos has shape {ps:?} for {rows} tokens", n.name));
+                    }
+                }
+                NodeOp::LmHead(_) if rows == 0 => return Err(format!("node {}: no tokens", n.name)),
+                _ => {}
+            }
             let t = &g.tensors[n.op.out()];
             if !t.dynamic_leading && os != t.shape {
                 return Err(format!("node {}: output shape {os:?} differs from the static shape {:?}", n.name, t.shape));
@@ -160,18 +262,48 @@ impl Delegate {
         Ok(self.graph.outputs.iter().map(|&o| shapes[o].clone().unwrap_or_default()).collect())
     }
 
-    /// Runs the graph. `inputs[i]` = (data, shape) of graph input i; `outputs[j]` must already
-    /// have the size given by `output_shapes`.
+    /// Runs the graph on F32 inputs (see [`Delegate::execute_typed`]).
     pub fn execute(&self, inputs: &[(&[f32], &[i64])], outputs: &mut [&mut [f32]]) -> Result<(), String> {
+        let typed: Vec<(Input<'_>, &[i64])> = inputs.iter().map(|&(d, s)| (Input::F32(d), s)).collect();
+        self.execute_typed(&typed, outputs)
+    }
+
+    fn f32_const(&self, id: usize) -> &[f32] {
+        self.f32c(id)
+    }
+
+    fn packed(&self, spec: MatrixSpec, data: usize, scales: usize) -> Result<PackedRef<'_>, String> {
+        PackedRef::new(spec, self.u8c(data), self.f32c(scales)).map_err(|e| e.to_string())
+    }
+
+    /// Runs the graph. `inputs[i]` = (data, shape) of graph input i, whose dtype must match the
+    /// graph's; `outputs[j]` must already have the size given by `output_shapes`.
+    pub fn execute_typed(&self, inputs: &[(Input<'_>, &[i64])], outputs: &mut [&mut [f32]]) -> Result<(), String> {
         let g = &self.graph;
-        let in_shapes: Vec<&[i64]> = inputs.iter().map(|x| x.1).collect();
-        let shapes = self.infer(&in_shapes)?;
+        if inputs.len() != g.inputs.len() {
+            return Err(format!("expected {} inputs, got {}", g.inputs.len(), inputs.len()));
+        }
         if outputs.len() != g.outputs.len() {
             return Err(format!("expected {} outputs, got {}", g.outputs.len(), outputs.len()));
         }
-        for (i, (data, s)) in inputs.iter().enumerate() {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        // shapes: recomputed only when the input shapes change (prefill -> decode)
+        let same = st.shapes_key.len() == inputs.len() && st.shapes_key.iter().zip(inputs).all(|(k, (_, s))| k.as_slice() == *s);
+        if !same {
+            let in_shapes: Vec<&[i64]> = inputs.iter().map(|x| x.1).collect();
+            st.shapes = self.infer(&in_shapes)?;
+            st.shapes_key = inputs.iter().map(|x| x.1.to_vec()).collect();
+        }
+        let shapes = &st.shapes;
+        for (i, ((data, s), &id)) in inputs.iter().zip(&g.inputs).enumerate() {
             if data.len() != numel(s)? {
                 return Err(format!("input {i}: {} values for shape {s:?}", data.len()));
+            }
+            let want = g.tensors[id].dtype;
+            let ok = matches!((data, want), (Input::F32(_), mobilemoe_schema::fb::DType::F32) | (Input::I64(_), mobilemoe_schema::fb::DType::I64));
+            if !ok {
+                return Err(format!("input {i}: dtype does not match the graph's {want:?}"));
             }
         }
         for (j, o) in outputs.iter().enumerate() {
@@ -180,24 +312,23 @@ impl Delegate {
                 return Err(format!("output {j}: buffer has {} values, expected {want}", o.len()));
             }
         }
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let st = &mut *st;
-        // Where each activation lives: (ptr, len). Inputs, outputs, or an intermediate buffer.
+        // Where each activation lives: (ptr, len). Inputs, outputs, or a slot.
         let mut loc: Vec<Option<(*mut f32, usize)>> = vec![None; g.tensors.len()];
+        let mut ints: Vec<Option<&[i64]>> = vec![None; g.tensors.len()];
         for (&id, (data, _)) in g.inputs.iter().zip(inputs) {
-            loc[id] = Some((data.as_ptr() as *mut f32, data.len()));
+            match data {
+                Input::F32(d) => loc[id] = Some((d.as_ptr() as *mut f32, d.len())),
+                Input::I64(d) => ints[id] = Some(d),
+            }
         }
         for (&id, o) in g.outputs.iter().zip(outputs.iter_mut()) {
             loc[id] = Some((o.as_mut_ptr(), o.len()));
         }
-        if st.acts.len() < g.tensors.len() {
-            st.acts.resize(g.tensors.len(), Vec::new());
-        }
         for n in &g.nodes {
             let id = n.op.out();
-            if loc[id].is_none() {
+            if let Some(s) = self.slot_of[id] {
                 let len = numel(shapes[id].as_deref().unwrap_or(&[]))?;
-                let buf = &mut st.acts[id];
+                let buf = &mut st.slots[s];
                 if buf.len() < len {
                     buf.resize(len, 0.0);
                 }
@@ -205,23 +336,28 @@ impl Delegate {
             }
         }
         let pool = ThreadPool::global();
+        let n_moe = g.nodes.iter().filter(|n| matches!(n.op, NodeOp::MoeFfn(_))).count();
         // profiling (src/profiling): layer numbers for the `layer` span and routing statistics.
-        let layer0 = crate::profiling::layer_base(
-            self as *const Self as usize,
-            g.nodes.iter().filter(|n| matches!(n.op, NodeOp::MoeFfn(_))).count(),
-        );
+        let layer0 = if n_moe > 0 { crate::profiling::layer_base(self as *const Self as usize, n_moe) } else { 0 };
         let mut moe_i = 0i64;
+        let mut attn_i = 0usize;
+        let get = |id: usize, what: &str, name: &str| -> Result<&[f32], String> {
+            let (p, l) = loc[id].ok_or_else(|| format!("node {name}: {what} has no buffer"))?;
+            // SAFETY: p..p+l is an input, an output or a slot buffer that outlives this call; a
+            // node never reads the buffer it writes (slots are assigned after inputs are freed
+            // only for later nodes; see plan_slots and the checks in schema::read).
+            Ok(unsafe { std::slice::from_raw_parts(p, l) })
+        };
         for n in &g.nodes {
-            let (xp, xl) = loc[n.op.x()].ok_or_else(|| format!("node {}: input has no buffer", n.name))?;
-            let (op, ol) = loc[n.op.out()].ok_or_else(|| format!("node {}: output has no buffer", n.name))?;
-            // SAFETY: x and out are distinct tensors (validated: a node never writes a tensor that
-            // exists before it), so the buffers do not overlap; the buffers outlive this loop
-            // (inputs/outputs are borrowed for the call, intermediates live in `st.acts`, which is
-            // not resized below).
-            let x: &[f32] = unsafe { std::slice::from_raw_parts(xp, xl) };
+            let name = n.name.as_str();
+            let (op, ol) = loc[n.op.out()].ok_or_else(|| format!("node {name}: output has no buffer"))?;
+            // SAFETY: the output buffer is distinct from every input buffer of this node (the
+            // slot plan never gives a node's output the slot of a tensor it reads; graph inputs
+            // and outputs are distinct tensors with distinct caller buffers).
             let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(op, ol) };
             let res = match &n.op {
                 NodeOp::MoeFfn(m) => {
+                    let x = get(m.x, "x", name)?;
                     let shared = match &m.shared {
                         Some(s) => Some(SharedExpert {
                             w13: PackedRef::new(m.spec.shared_w13_spec().map_err(|e| e.to_string())?, self.u8c(s.w13), self.f32c(s.w13_scales))
@@ -250,9 +386,46 @@ impl Delegate {
                     r
                 }
                 NodeOp::Int4Linear(l) => {
-                    let w = PackedRef::new(l.spec, self.u8c(l.weight), self.f32c(l.scales)).map_err(|e| e.to_string())?;
+                    let x = get(l.x, "x", name)?;
+                    let w = self.packed(l.spec, l.weight, l.scales)?;
                     let rows = x.len() / l.spec.k;
                     linear(&w, l.bias.map(|b| self.f32c(b)), x, rows, out, l.exact, &mut st.lin, &pool, &self.kernels)
+                }
+                NodeOp::Embedding(e) => {
+                    let toks = ints[e.tokens].ok_or_else(|| format!("node {name}: tokens must be an I64 graph input"))?;
+                    let w = self.packed(e.spec, e.weight, e.scales)?;
+                    embedding(&w, toks, out)
+                }
+                NodeOp::RmsNorm(r) => {
+                    let x = get(r.x, "x", name)?;
+                    rms_norm(x, x.len() / r.dim, self.f32_const(r.weight), r.eps, out)
+                }
+                NodeOp::Add(a) => add(get(a.a, "a", name)?, get(a.b, "b", name)?, out),
+                NodeOp::Attention(a) => {
+                    let x = get(a.x, "x", name)?;
+                    let pos = ints[a.input_pos].ok_or_else(|| format!("node {name}: input_pos must be an I64 graph input"))?;
+                    let w = AttentionWeights {
+                        wqkv: self.packed(a.qkv_spec, a.wqkv, a.wqkv_scales)?,
+                        wo: self.packed(a.wo_spec, a.wo, a.wo_scales)?,
+                        cos: self.f32c(a.rope_cos),
+                        sin: self.f32c(a.rope_sin),
+                    };
+                    let cache = st.kv.get_mut(attn_i).ok_or_else(|| format!("node {name}: no KV cache"))?;
+                    attn_i += 1;
+                    let (mut kc, mut vc) = cache.views();
+                    attention(&a.spec, &w, x, pos, &mut kc, &mut vc, out, &mut st.attn, &pool, &self.kernels)
+                }
+                NodeOp::SwigluFfn(f) => {
+                    let x = get(f.x, "x", name)?;
+                    let w13 = self.packed(f.w13_spec, f.w13, f.w13_scales)?;
+                    let w2 = self.packed(f.w2_spec, f.w2, f.w2_scales)?;
+                    swiglu_ffn(&w13, &w2, x, x.len() / f.w13_spec.k, f.exact, out, &mut st.dense, &pool, &self.kernels)
+                }
+                NodeOp::LmHead(h) => {
+                    let x = get(h.x, "x", name)?;
+                    let w = self.packed(h.spec, h.weight, h.scales)?;
+                    let rows = x.len() / h.spec.k;
+                    lm_head_last(x, rows, self.f32c(h.norm_weight), h.eps, &w, h.exact, out, &mut st.dense, &pool, &self.kernels)
                 }
             };
             res.map_err(|e| format!("node {} ({}): {e}", n.name, n.op.kind()))?;

@@ -4,6 +4,7 @@
 //! reference in `kernels::scalar` is the executable form of that spec.
 
 pub mod act;
+pub mod decoder;
 pub mod error;
 pub mod kernels;
 pub mod linear;

@@ -53,7 +53,8 @@ pub fn linear(
     let tile_items = tiles.div_ceil(tile_blk);
     let rows_per = m.div_ceil(row_blocks);
     let outp = OutPtr::new(out, spec.n);
-    let qx = scratch.qx.as_ref();
+    // Only the Q8 path has quantized activations: a fresh scratch (group 0) must not be viewed.
+    let qx = (!exact).then(|| scratch.qx.as_ref());
     let failed = std::sync::atomic::AtomicBool::new(false);
     {
         let _g = debug_span!("gemm").entered();
@@ -67,11 +68,9 @@ pub fn linear(
             let t0 = tb * tile_blk;
             let t1 = ((tb + 1) * tile_blk).min(tiles);
             let sub = outp.rows_from(r0);
-            let ok = if exact {
-                kernels.gemm_f32(w, t0..t1, &x[r0 * spec.k..r1 * spec.k], r1 - r0, sub)
-            } else {
-                let a = qx.rows(r0, r1 - r0);
-                kernels.gemm_q8(w, t0..t1, &a, sub)
+            let ok = match &qx {
+                None => kernels.gemm_f32(w, t0..t1, &x[r0 * spec.k..r1 * spec.k], r1 - r0, sub),
+                Some(qx) => kernels.gemm_q8(w, t0..t1, &qx.rows(r0, r1 - r0), sub),
             };
             if !ok {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);

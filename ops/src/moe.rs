@@ -391,10 +391,7 @@ pub fn moe_ffn(
             }
             if let Some(sh) = shared {
                 let g = match sh.gate {
-                    Some(gw) => {
-                        let z = routing::dot_f32(&x[i * d..(i + 1) * d], gw);
-                        1.0 / (1.0 + (-z).exp())
-                    }
+                    Some(gw) => sigmoid(routing::dot_f32(&x[i * d..(i + 1) * d], gw)),
                     None => 1.0,
                 };
                 crate::act::fma_axpy(y, g, &s.sh_o[i * d..(i + 1) * d]);
@@ -503,27 +500,32 @@ fn swiglu_quantize(pool: &ThreadPool, h: &[f32], f: usize, act: &mut [f32], qa: 
     let group = qa.as_ref().map_or(f, |q| q.group);
     let ng = f / group;
     if let Some(q) = &qa {
-        assert!(q.k == f && q.q.len() >= rows * f && q.scale.len() >= rows && q.gsum.len() >= rows * ng);
+        assert!(
+            q.k == f && q.q.len() >= rows * f && q.scale.len() >= rows && q.zp.len() >= rows && q.gsum.len() >= rows * ng
+        );
     }
     let act_p = SyncPtr(act.as_mut_ptr());
-    let q_p = qa.map(|q| (SyncPtr(q.q.as_mut_ptr()), SyncPtr(q.scale.as_mut_ptr()), SyncPtr(q.gsum.as_mut_ptr())));
+    let q_p = qa.map(|q| {
+        (SyncPtr(q.q.as_mut_ptr()), SyncPtr(q.scale.as_mut_ptr()), SyncPtr(q.zp.as_mut_ptr()), SyncPtr(q.gsum.as_mut_ptr()))
+    });
     pool.run(items, &|it| {
         let (r0, r1) = (it * blk, ((it + 1) * blk).min(rows));
         // SAFETY: item `it` alone touches rows r0..r1 (disjoint across items) of `act` (rows*f),
         // and of the quantized buffers (checked above: rows*f, rows, rows*ng); all outlive `run`.
         let a = unsafe { std::slice::from_raw_parts_mut(act_p.get().add(r0 * f), (r1 - r0) * f) };
         swiglu_rows(&h[r0 * 2 * f..r1 * 2 * f], f, a);
-        if let Some((qp, sp, gp)) = q_p {
+        if let Some((qp, sp, zp, gp)) = q_p {
             for r in r0..r1 {
                 // SAFETY: as above, row r belongs to this item only.
-                let (q, sc, gs) = unsafe {
+                let (q, sc, z, gs) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qp.get().add(r * f), f),
                         &mut *sp.get().add(r),
+                        &mut *zp.get().add(r),
                         std::slice::from_raw_parts_mut(gp.get().add(r * ng), ng),
                     )
                 };
-                crate::act::quantize_row(&a[(r - r0) * f..(r - r0 + 1) * f], group, q, sc, gs);
+                crate::act::quantize_row(&a[(r - r0) * f..(r - r0 + 1) * f], group, q, sc, z, gs);
             }
         }
     })
@@ -576,6 +578,13 @@ fn swiglu_rows_generic(h: &[f32], f: usize, act: &mut [f32]) {
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp_f32(-x))
+}
+
+/// `1 / (1 + exp(-x))` with the deterministic `exp_f32` (routing scores, the shared-expert gate):
+/// the same bits on every ISA and build. +inf -> 1, -inf -> 0, NaN -> NaN.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
 }
 
 /// `e^x` in f32, branch-free (vectorises), identical bits on every platform and build: only

@@ -3,7 +3,7 @@
 //! bit (same operation order); tests also check it against plain fp32 formulas.
 
 use crate::act::quantize_row;
-use crate::moe::{silu, MoeSpec, MoeWeights};
+use crate::moe::{sigmoid, silu, MoeSpec, MoeWeights};
 use crate::quant::{unpack, PackedRef};
 use crate::routing::{dot_f32, route_token};
 
@@ -25,13 +25,14 @@ fn matvec(q: &[i8], s: &[f32], n: usize, k: usize, group: usize, x: &[f32], exac
         }
     } else {
         let mut qa = vec![0i8; k];
-        let mut sa = 0f32;
+        let (mut sa, mut zp) = (0f32, 0i32);
         let mut gs = vec![0i32; ng];
-        quantize_row(x, group, &mut qa, &mut sa, &mut gs);
+        quantize_row(x, group, &mut qa, &mut sa, &mut zp, &mut gs);
         for (r, yr) in y.iter_mut().enumerate() {
             let mut acc = 0f32;
             for g in 0..ng {
-                let isum: i32 = (g * group..(g + 1) * group).map(|kk| qa[kk] as i32 * q[r * k + kk] as i32).sum();
+                let isum: i32 =
+                    (g * group..(g + 1) * group).map(|kk| (qa[kk] as i32 - zp) * q[r * k + kk] as i32).sum();
                 acc = (isum as f32).mul_add(s[r * ng + g], acc);
             }
             *yr = acc * sa;
@@ -73,7 +74,7 @@ pub fn moe_ffn_naive(spec: &MoeSpec, w: &MoeWeights<'_>, x: &[f32], t: usize) ->
         }
         if let Some(sh) = w.shared {
             let o = ffn(&sh.w13, &sh.w2, xi, spec.exact);
-            let g = sh.gate.map(|gw| 1.0 / (1.0 + (-dot_f32(xi, gw)).exp())).unwrap_or(1.0);
+            let g = sh.gate.map(|gw| sigmoid(dot_f32(xi, gw))).unwrap_or(1.0);
             for (yv, ov) in y.iter_mut().zip(o) {
                 *yv = g.mul_add(ov, *yv);
             }

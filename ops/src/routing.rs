@@ -1,6 +1,8 @@
 //! MoE routing: router GEMM, score functions, NaN-safe top-k with lowest-index tie-break.
+//! Every exponential is the crate's deterministic `moe::exp_f32` (the same bits on every ISA).
 
 use crate::error::{check_len, mul_dims, OpsError, Result};
+use crate::moe::{exp_f32, sigmoid};
 
 /// Score function (wire names: `softmax`, `softmax_all`, `sigmoid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,9 +72,13 @@ fn better(a: f32, ia: usize, b: f32, ib: usize) -> bool {
 }
 
 /// Top-k of `scores` into `ids` (descending; ties and NaNs by lowest index). `ids.len()` is k.
-/// Every id written is `< scores.len()`.
+/// Every id written is `< scores.len()`; if k > `scores.len()` only the first `scores.len()` ids
+/// are written, and k = 0 or empty `scores` writes nothing (never panics).
 pub fn top_k(scores: &[f32], ids: &mut [u32]) {
     let k = ids.len().min(scores.len());
+    if k == 0 {
+        return;
+    }
     // Partial insertion sort: k is small (<= 8 typically) and E <= a few hundred.
     let mut n = 0usize;
     for (i, &s) in scores.iter().enumerate() {
@@ -93,9 +99,16 @@ pub fn top_k(scores: &[f32], ids: &mut [u32]) {
     }
 }
 
+/// Divisor of a renormalisation: the sum, clamped below at the smallest normal f32 so that an
+/// all-zero selection (e.g. sigmoid scores that underflow) gives weights 0 instead of 0/0 = NaN
+/// (ExecuTorch's `MOEFeedForward` clamps the same way). NaN stays NaN.
 #[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+fn renorm_divisor(sum: f32) -> f32 {
+    if sum < f32::MIN_POSITIVE {
+        f32::MIN_POSITIVE
+    } else {
+        sum
+    }
 }
 
 /// Route one token: `logits[E]` -> (`ids[k]`, `weights[k]`). `scratch` needs `E` floats.
@@ -116,7 +129,7 @@ pub fn route_token(
             let max = ids[..k].iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for j in 0..k {
-                let v = (logits[ids[j] as usize] - max).exp();
+                let v = exp_f32(logits[ids[j] as usize] - max);
                 weights[j] = v;
                 sum += v;
             }
@@ -128,7 +141,7 @@ pub fn route_token(
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for (s, &l) in scratch.iter_mut().zip(logits) {
-                *s = (l - max).exp();
+                *s = exp_f32(l - max);
                 sum += *s;
             }
             for s in scratch.iter_mut() {
@@ -141,8 +154,9 @@ pub fn route_token(
                 sel += weights[j];
             }
             if cfg.renormalize {
+                let div = renorm_divisor(sel);
                 for w in &mut weights[..k] {
-                    *w /= sel;
+                    *w /= div;
                 }
             }
         }
@@ -163,8 +177,9 @@ pub fn route_token(
                 sel += weights[j];
             }
             if cfg.renormalize {
+                let div = renorm_divisor(sel);
                 for w in &mut weights[..k] {
-                    *w /= sel;
+                    *w /= div;
                 }
             }
         }
@@ -178,7 +193,10 @@ pub fn route_token(
 
 /// Top-k over `scores + bias` without materialising the sum.
 fn top_k_biased(scores: &[f32], bias: &[f32], ids: &mut [u32]) {
-    let k = ids.len();
+    let k = ids.len().min(scores.len());
+    if k == 0 {
+        return;
+    }
     let key = |i: usize| scores[i] + bias[i];
     let mut n = 0usize;
     for i in 0..scores.len() {

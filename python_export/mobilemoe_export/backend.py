@@ -9,6 +9,7 @@ it is current; regenerate with ``python -m mobilemoe_export.backend --regen``).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -35,9 +36,20 @@ from ._fbs.mobilemoe.blob import Tensor as FbTensor  # noqa: E402
 from ._fbs.mobilemoe.blob.DType import DType  # noqa: E402
 from ._fbs.mobilemoe.blob.Op import Op  # noqa: E402
 from ._fbs.mobilemoe.blob.ScoreFunc import ScoreFunc  # noqa: E402
+from ._fbs.mobilemoe.blob import Add as FbAdd  # noqa: E402
+from ._fbs.mobilemoe.blob import Attention as FbAttention  # noqa: E402
+from ._fbs.mobilemoe.blob import Embedding as FbEmbedding  # noqa: E402
+from ._fbs.mobilemoe.blob import LmHead as FbLmHead  # noqa: E402
+from ._fbs.mobilemoe.blob import RmsNorm as FbRmsNorm  # noqa: E402
+from ._fbs.mobilemoe.blob import SwigluFfn as FbSwigluFfn  # noqa: E402
+from ._fbs.mobilemoe.blob.KvCacheType import KvCacheType  # noqa: E402
+from ._fbs.mobilemoe.blob.RopeStyle import RopeStyle  # noqa: E402
+from . import decoder_ops as _dops  # noqa: E402
 
 MAGIC = b"MMOE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# ops of the whole-decoder graph (decoder_ops) and the residual add
+DECODER_KINDS = tuple(_dops.SCHEMAS)
 HEADER_SIZE = 32
 ALIGN = 64
 
@@ -47,17 +59,19 @@ _DTYPES = {torch.float32: DType.F32, torch.uint8: DType.U8, torch.int8: DType.I8
 
 
 def op_kind(node: torch.fx.Node) -> Optional[str]:
-    """'moe_ffn' / 'int4_linear' for (aten- or edge-dialect) MobileMoE op call nodes, else None."""
+    """The MobileMoE op name ('moe_ffn', 'int4_linear', 'attention', ...) of an (aten- or
+    edge-dialect) op call node, 'add' for a plain residual ``aten.add.Tensor``, else None."""
     if node.op != "call_function":
         return None
     t = node.target
     s = f"{getattr(t, '__name__', '')} {getattr(t, '_name', '')} {t}"
     if "mobilemoe" not in s:
+        if "aten.add.Tensor" in str(t) and "alpha" not in node.kwargs and len(node.args) == 2:
+            return "add"
         return None
-    if "moe_ffn" in s:
-        return "moe_ffn"
-    if "int4_linear" in s:
-        return "int4_linear"
+    for kind in ("moe_ffn", "int4_linear") + DECODER_KINDS:
+        if re.search(rf"mobilemoe[.:]+{kind}\b", s):
+            return kind
     return None
 
 
@@ -105,24 +119,26 @@ class _BlobWriter:
         self.ids[node] = tid
         return tid
 
-    def add_activation(self, node: torch.fx.Node) -> int:
+    def add_activation(self, node: torch.fx.Node, allow_int: bool = False) -> int:
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             raise TypeError(f"MobileMoEBackend: node {node.name} is not a tensor")
-        if val.dtype != torch.float32:
+        if val.dtype != torch.float32 and not (allow_int and val.dtype == torch.int64):
             raise TypeError(f"MobileMoEBackend: activation {node.name} must be float32, got {val.dtype}")
         shape, dyn = [], False
         for i, s in enumerate(val.shape):
             if isinstance(s, int):
                 shape.append(s)
             else:
-                if i == len(val.shape) - 1:
+                if i == len(val.shape) - 1 and val.dtype != torch.int64:
                     raise ValueError(f"MobileMoEBackend: the last dimension of {node.name} must be static")
                 shape.append(-1)
                 dyn = True
         # Leading (token) dimensions may vary at run time for every activation.
         tid = len(self.tensors)
-        self.tensors.append(dict(dtype=DType.F32, shape=shape, dyn=dyn or len(shape) > 1, segment=-1))
+        dt = DType.I64 if val.dtype == torch.int64 else DType.F32
+        dyn = dyn or len(shape) > 1 or (dt == DType.I64 and len(shape) == 1)
+        self.tensors.append(dict(dtype=dt, shape=shape, dyn=dyn, segment=-1))
         self.ids[node] = tid
         return tid
 
@@ -142,12 +158,19 @@ class _BlobWriter:
                     if node.users:
                         self.add_const(node, self._const_value(node))
                 else:
-                    self.inputs.append(self.add_activation(node))
+                    self.inputs.append(self.add_activation(node, allow_int=True))
             elif node.op == "call_function":
                 kind = op_kind(node)
                 if kind is None:
                     raise RuntimeError(f"MobileMoEBackend: unsupported node {node.name} ({node.target}) in partition")
-                names = _ops.MOE_FFN_ARGS if kind == "moe_ffn" else _ops.INT4_LINEAR_ARGS
+                if kind == "moe_ffn":
+                    names = _ops.MOE_FFN_ARGS
+                elif kind == "int4_linear":
+                    names = _ops.INT4_LINEAR_ARGS
+                elif kind == "add":
+                    names = ["a", "b"]
+                else:
+                    names = _dops.arg_names(kind)
                 a = _node_args(node, names)
                 out = self.add_activation(node)
                 self.nodes.append((kind, node.name, a, out))
@@ -164,6 +187,90 @@ class _BlobWriter:
         for v in reversed(vals):
             prepend(v)
         return b.EndVector()
+
+    def _decoder_node(self, b: flatbuffers.Builder, kind: str, a: dict, out: int):
+        tid = self.tensor_id
+        if kind == "add":
+            FbAdd.Start(b)
+            FbAdd.AddA(b, tid(a["a"]))
+            FbAdd.AddB(b, tid(a["b"]))
+            FbAdd.AddOut(b, out)
+            return FbAdd.End(b), Op.Add
+        if kind == "embedding":
+            E = FbEmbedding
+            E.Start(b)
+            E.AddTokens(b, tid(a["tokens"]))
+            E.AddWeight(b, tid(a["weight"]))
+            E.AddScales(b, tid(a["scales"]))
+            E.AddOut(b, out)
+            E.AddVocabSize(b, int(a["vocab_size"]))
+            E.AddDim(b, int(a["dim"]))
+            E.AddGroupSize(b, int(a["group_size"]))
+            E.AddWeightBits(b, int(a["weight_bits"]))
+            return E.End(b), Op.Embedding
+        if kind == "rms_norm":
+            R = FbRmsNorm
+            R.Start(b)
+            R.AddX(b, tid(a["x"]))
+            R.AddWeight(b, tid(a["weight"]))
+            R.AddOut(b, out)
+            R.AddDim(b, int(a["x"].meta["val"].shape[-1]))
+            R.AddEps(b, float(a["eps"]))
+            return R.End(b), Op.RmsNorm
+        if kind == "attention":
+            A = FbAttention
+            A.Start(b)
+            A.AddX(b, tid(a["x"]))
+            A.AddInputPos(b, tid(a["input_pos"]))
+            A.AddWqkv(b, tid(a["wqkv"]))
+            A.AddWqkvScales(b, tid(a["wqkv_scales"]))
+            A.AddWo(b, tid(a["wo"]))
+            A.AddWoScales(b, tid(a["wo_scales"]))
+            A.AddRopeCos(b, tid(a["rope_cos"]))
+            A.AddRopeSin(b, tid(a["rope_sin"]))
+            A.AddOut(b, out)
+            A.AddDim(b, int(a["x"].meta["val"].shape[-1]))
+            A.AddNHeads(b, int(a["n_heads"]))
+            A.AddNKvHeads(b, int(a["n_kv_heads"]))
+            A.AddHeadDim(b, int(a["head_dim"]))
+            A.AddMaxSeqLen(b, int(a["max_seq_len"]))
+            A.AddRopeStyle(b, RopeStyle.Interleaved if a["rope_interleaved"] else RopeStyle.HalfSplit)
+            A.AddKvCache(b, KvCacheType.F16 if a["kv_fp16"] else KvCacheType.F32)
+            A.AddGroupSize(b, int(a["group_size"]))
+            A.AddWeightBits(b, int(a["weight_bits"]))
+            A.AddExact(b, bool(a["exact"]))
+            return A.End(b), Op.Attention
+        if kind == "swiglu_ffn":
+            F = FbSwigluFfn
+            F.Start(b)
+            F.AddX(b, tid(a["x"]))
+            F.AddW13(b, tid(a["w13"]))
+            F.AddW13Scales(b, tid(a["w13_scales"]))
+            F.AddW2(b, tid(a["w2"]))
+            F.AddW2Scales(b, tid(a["w2_scales"]))
+            F.AddOut(b, out)
+            F.AddDim(b, int(a["x"].meta["val"].shape[-1]))
+            F.AddHiddenDim(b, int(a["hidden_dim"]))
+            F.AddGroupSize(b, int(a["group_size"]))
+            F.AddWeightBits(b, int(a["weight_bits"]))
+            F.AddExact(b, bool(a["exact"]))
+            return F.End(b), Op.SwigluFfn
+        if kind == "lm_head":
+            H = FbLmHead
+            H.Start(b)
+            H.AddX(b, tid(a["x"]))
+            H.AddNormWeight(b, tid(a["norm_weight"]))
+            H.AddWeight(b, tid(a["weight"]))
+            H.AddScales(b, tid(a["scales"]))
+            H.AddOut(b, out)
+            H.AddDim(b, int(a["x"].meta["val"].shape[-1]))
+            H.AddVocabSize(b, int(a["vocab_size"]))
+            H.AddEps(b, float(a["eps"]))
+            H.AddGroupSize(b, int(a["group_size"]))
+            H.AddWeightBits(b, int(a["weight_bits"]))
+            H.AddExact(b, bool(a["exact"]))
+            return H.End(b), Op.LmHead
+        raise ValueError(f"MobileMoEBackend: unknown op kind {kind}")
 
     def build(self) -> bytes:
         b = flatbuffers.Builder(1024)
@@ -213,6 +320,8 @@ class _BlobWriter:
                 M.AddRouteScale(b, float(a["route_scale"]))
                 M.AddExact(b, bool(a["exact"]))
                 op_off, op_type = M.End(b), Op.MoeFfn
+            elif kind in DECODER_KINDS or kind == "add":
+                op_off, op_type = self._decoder_node(b, kind, a, out)
             else:
                 x = a["x"]
                 L = FbInt4Linear
@@ -293,8 +402,10 @@ class MobileMoEBackend(BackendDetails):
 
 
 class MobileMoEPartitioner(Partitioner):
-    """Tags every ``mobilemoe.moe_ffn`` / ``mobilemoe.int4_linear`` call (one delegate per op) and
-    the constants only they use. Everything else stays on ExecuTorch's portable/optimized kernels."""
+    """A graph with whole-decoder ops (``mobilemoe_export.decoder``): tags every MobileMoE op and
+    the residual adds between them as ONE delegate (the whole forward). Otherwise tags every
+    ``mobilemoe.moe_ffn`` / ``mobilemoe.int4_linear`` call (one delegate per op). Constants only
+    they use go with them; everything else stays on ExecuTorch's portable/optimized kernels."""
 
     def __init__(self, compile_specs: Optional[List[CompileSpec]] = None) -> None:
         super().__init__()
@@ -302,13 +413,30 @@ class MobileMoEPartitioner(Partitioner):
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         tags = {}
-        i = 0
-        for node in exported_program.graph_module.graph.nodes:
-            if op_kind(node) is not None:
-                tag = f"mobilemoe_{i}"
-                i += 1
+        nodes = list(exported_program.graph_module.graph.nodes)
+        whole = any(op_kind(n) in DECODER_KINDS for n in nodes)
+        if whole:
+            # The whole decoder: every MobileMoE op and the residual adds between them form one
+            # delegate (one call per forward, one arena, the KV caches inside).
+            tag = "mobilemoe_decoder"
+            claimed = set()
+            for node in nodes:
+                k = op_kind(node)
+                if k is None:
+                    continue
+                if k == "add" and not all(isinstance(x, torch.fx.Node) and x in claimed for x in node.args):
+                    continue
                 node.meta["delegation_tag"] = tag
-                tags[tag] = self.delegation_spec
+                claimed.add(node)
+            tags[tag] = self.delegation_spec
+        else:
+            i = 0
+            for node in nodes:
+                if op_kind(node) not in (None, "add"):
+                    tag = f"mobilemoe_{i}"
+                    i += 1
+                    node.meta["delegation_tag"] = tag
+                    tags[tag] = self.delegation_spec
         tag_constant_data(exported_program)
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)
 

@@ -50,6 +50,8 @@ def export_pte(
     max_tokens: Optional[int] = None,
     example_kwargs: Optional[Dict[str, Any]] = None,
     strict: bool = False,
+    whole_model: Optional[bool] = None,
+    kv_cache: str = "fp16",
 ) -> str:
     """Export ``model`` to an ExecuTorch ``.pte`` at ``path`` and return the path.
 
@@ -59,12 +61,25 @@ def export_pte(
     ``delegate=True`` lowers ``mobilemoe.*`` ops to ``MobileMoEBackend``; ``delegate=False`` keeps
     them as ``mobilemoe::*.out`` kernels (registered by the plugin library at run time). All other
     ops run on ExecuTorch's portable/optimized kernels.
+
+    ``whole_model`` (default: on when ``delegate`` and ``model`` is a ``models.Transformer``)
+    first lowers the model with :func:`mobilemoe_export.decoder.lower_decoder` (INT4 g32 weights,
+    ``kv_cache`` "fp16" or "fp32"), so the whole forward — embedding, attention with its KV
+    cache, norms, FFNs, LM head — runs in one ``MobileMoEBackend`` delegate.
     """
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
     model = model.eval()
+    from . import decoder as _decoder
+
+    if whole_model is None:
+        whole_model = delegate and _decoder.is_lowerable(model)
+    if whole_model:
+        if not delegate:
+            raise ValueError("export_pte: whole_model=True needs delegate=True (the decoder ops have no portable kernels)")
+        model = _decoder.lower_decoder(model, kv_cache=kv_cache).eval()
     if max_tokens is None:
         max_tokens = int(getattr(model, "max_seq_len", None) or getattr(getattr(model, "cfg", None), "max_seq_len", None) or 256)
     if dynamic_shapes is None and dynamic_tokens:

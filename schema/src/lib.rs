@@ -1,4 +1,4 @@
-//! The MobileMoE delegate blob (format version 1): a 32-byte header, a `Graph` flatbuffer
+//! The MobileMoE delegate blob (format version 2; version 1 is still read): a 32-byte header, a `Graph` flatbuffer
 //! (`schema/mobilemoe.fbs`) and a 64-byte aligned data area of weight segments.
 //!
 //! * [`read::parse`] checks everything (header, flatbuffer verifier, every tensor id, segment
@@ -41,8 +41,10 @@ pub use write::{BlobBuilder, RawGraph};
 
 /// `"MMOE"`.
 pub const MAGIC: [u8; 4] = *b"MMOE";
-/// The only format version this reader accepts.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this library writes (it also reads [`MIN_FORMAT_VERSION`]..).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version still read (version 1: MoeFfn and Int4Linear nodes only).
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Header bytes; the flatbuffer starts right after it.
 pub const HEADER_SIZE: usize = 32;
 /// Alignment of the data area and of every segment offset.
@@ -55,7 +57,7 @@ pub enum BlobError {
     TooSmall(usize),
     #[error("bad magic {0:02x?}: not a MobileMoE delegate blob (expected \"MMOE\")")]
     BadMagic([u8; 4]),
-    #[error("unsupported blob format version {found} (this library reads version {FORMAT_VERSION}); re-export the model with a matching mobilemoe_export")]
+    #[error("unsupported blob format version {found} (this library reads versions {MIN_FORMAT_VERSION}..={FORMAT_VERSION}); re-export the model with a matching mobilemoe_export")]
     BadVersion { found: u32 },
     #[error("bad header: {0}")]
     Header(String),

@@ -2,7 +2,8 @@
 //! input: every id, offset, size and attribute is checked, and a failure is a [`BlobError`] that
 //! names the field.
 
-use crate::{dtype_size, fb, invalid, BlobError, Result, DATA_ALIGN, FORMAT_VERSION, HEADER_SIZE, MAGIC};
+use crate::{dtype_size, fb, invalid, BlobError, Result, DATA_ALIGN, FORMAT_VERSION, HEADER_SIZE, MAGIC, MIN_FORMAT_VERSION};
+use mobilemoe_ops::decoder::{AttentionSpec, KvDType, RopeStyle};
 use mobilemoe_ops::{MatrixSpec, MoeSpec, RouterConfig, ScoreFunc, WeightBits};
 use std::ops::Range;
 
@@ -71,10 +72,90 @@ pub struct LinearNode {
     pub exact: bool,
 }
 
+/// A validated `Embedding` node (rows of the packed `[vocab, dim]` matrix).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingNode {
+    pub tokens: usize,
+    pub out: usize,
+    pub weight: usize,
+    pub scales: usize,
+    pub spec: MatrixSpec,
+}
+
+/// A validated `RmsNorm` node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsNormNode {
+    pub x: usize,
+    pub out: usize,
+    pub weight: usize,
+    pub dim: usize,
+    pub eps: f32,
+}
+
+/// A validated `Add` node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddNode {
+    pub a: usize,
+    pub b: usize,
+    pub out: usize,
+    pub dim: usize,
+}
+
+/// A validated `Attention` node (the delegate allocates its KV cache at init).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionNode {
+    pub x: usize,
+    pub input_pos: usize,
+    pub out: usize,
+    pub wqkv: usize,
+    pub wqkv_scales: usize,
+    pub wo: usize,
+    pub wo_scales: usize,
+    pub rope_cos: usize,
+    pub rope_sin: usize,
+    pub spec: AttentionSpec,
+    pub qkv_spec: MatrixSpec,
+    pub wo_spec: MatrixSpec,
+    pub kv: KvDType,
+}
+
+/// A validated `SwigluFfn` node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwigluNode {
+    pub x: usize,
+    pub out: usize,
+    pub w13: usize,
+    pub w13_scales: usize,
+    pub w2: usize,
+    pub w2_scales: usize,
+    pub w13_spec: MatrixSpec,
+    pub w2_spec: MatrixSpec,
+    pub exact: bool,
+}
+
+/// A validated `LmHead` node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmHeadNode {
+    pub x: usize,
+    pub out: usize,
+    pub norm_weight: usize,
+    pub weight: usize,
+    pub scales: usize,
+    pub eps: f32,
+    pub spec: MatrixSpec,
+    pub exact: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeOp {
     MoeFfn(MoeFfnNode),
     Int4Linear(LinearNode),
+    Embedding(EmbeddingNode),
+    RmsNorm(RmsNormNode),
+    Add(AddNode),
+    Attention(AttentionNode),
+    SwigluFfn(SwigluNode),
+    LmHead(LmHeadNode),
 }
 
 impl NodeOp {
@@ -82,18 +163,45 @@ impl NodeOp {
         match self {
             NodeOp::MoeFfn(_) => "MoeFfn",
             NodeOp::Int4Linear(_) => "Int4Linear",
+            NodeOp::Embedding(_) => "Embedding",
+            NodeOp::RmsNorm(_) => "RmsNorm",
+            NodeOp::Add(_) => "Add",
+            NodeOp::Attention(_) => "Attention",
+            NodeOp::SwigluFfn(_) => "SwigluFfn",
+            NodeOp::LmHead(_) => "LmHead",
         }
     }
+    /// The primary activation input (`tokens` for Embedding, `a` for Add).
     pub fn x(&self) -> usize {
         match self {
             NodeOp::MoeFfn(n) => n.x,
             NodeOp::Int4Linear(n) => n.x,
+            NodeOp::Embedding(n) => n.tokens,
+            NodeOp::RmsNorm(n) => n.x,
+            NodeOp::Add(n) => n.a,
+            NodeOp::Attention(n) => n.x,
+            NodeOp::SwigluFfn(n) => n.x,
+            NodeOp::LmHead(n) => n.x,
+        }
+    }
+    /// Every activation the node reads, the primary one first.
+    pub fn inputs(&self) -> Vec<usize> {
+        match self {
+            NodeOp::Add(n) => vec![n.a, n.b],
+            NodeOp::Attention(n) => vec![n.x, n.input_pos],
+            o => vec![o.x()],
         }
     }
     pub fn out(&self) -> usize {
         match self {
             NodeOp::MoeFfn(n) => n.out,
             NodeOp::Int4Linear(n) => n.out,
+            NodeOp::Embedding(n) => n.out,
+            NodeOp::RmsNorm(n) => n.out,
+            NodeOp::Add(n) => n.out,
+            NodeOp::Attention(n) => n.out,
+            NodeOp::SwigluFfn(n) => n.out,
+            NodeOp::LmHead(n) => n.out,
         }
     }
     /// Width of the output's last dimension.
@@ -101,14 +209,42 @@ impl NodeOp {
         match self {
             NodeOp::MoeFfn(n) => n.spec.dim,
             NodeOp::Int4Linear(n) => n.spec.n,
+            NodeOp::Embedding(n) => n.spec.k,
+            NodeOp::RmsNorm(n) => n.dim,
+            NodeOp::Add(n) => n.dim,
+            NodeOp::Attention(n) => n.spec.dim,
+            NodeOp::SwigluFfn(n) => n.w2_spec.n,
+            NodeOp::LmHead(n) => n.spec.n,
         }
     }
-    /// Width of the input's last dimension.
+    /// Width of the primary input's last dimension (1 for Embedding's token ids, per token).
     pub fn in_features(&self) -> usize {
         match self {
             NodeOp::MoeFfn(n) => n.spec.dim,
             NodeOp::Int4Linear(n) => n.spec.k,
+            NodeOp::Embedding(_) => 1,
+            NodeOp::RmsNorm(n) => n.dim,
+            NodeOp::Add(n) => n.dim,
+            NodeOp::Attention(n) => n.spec.dim,
+            NodeOp::SwigluFfn(n) => n.w13_spec.k,
+            NodeOp::LmHead(n) => n.spec.k,
         }
+    }
+    /// Output shape for the primary input's shape (`None` if the input shape is unusable).
+    pub fn out_shape(&self, x: &[i64]) -> Option<Vec<i64>> {
+        let mut o = x.to_vec();
+        match self {
+            NodeOp::Embedding(n) => o.push(n.spec.k as i64),
+            NodeOp::LmHead(n) => {
+                if o.len() < 2 {
+                    return None;
+                }
+                o.remove(o.len() - 2);
+                *o.last_mut()? = n.spec.n as i64;
+            }
+            op => *o.last_mut()? = op.out_features() as i64,
+        }
+        Some(o)
     }
 }
 
@@ -168,7 +304,7 @@ pub fn parse_header(blob: &[u8]) -> Result<Header> {
         flatbuffer_size: read_u64(blob, 16),
         data_offset: read_u64(blob, 24),
     };
-    if h.version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&h.version) {
         return Err(BlobError::BadVersion { found: h.version });
     }
     let len = blob.len() as u64;
@@ -216,8 +352,8 @@ pub fn flatbuffer_root<'a>(blob: &'a [u8], h: &Header) -> Result<fb::Graph<'a>> 
 pub fn parse(blob: &[u8]) -> Result<Graph> {
     let header = parse_header(blob)?;
     let root = flatbuffer_root(blob, &header)?;
-    if root.version() != FORMAT_VERSION {
-        return Err(BlobError::BadVersion { found: root.version() });
+    if root.version() != header.version {
+        return invalid(format!("graph version {} differs from the header's {}", root.version(), header.version));
     }
     let data_off = header.data_offset as usize;
     let data_len = blob.len() - data_off;
@@ -247,7 +383,9 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
         let shape: Vec<i64> = t.shape().map(|s| s.iter().collect()).unwrap_or_default();
         // -1 marks a varying leading dimension of a dynamic_leading activation; otherwise >= 0.
         for (k, &d) in shape.iter().enumerate() {
-            let varying_ok = d == -1 && t.dynamic_leading() && t.segment() == -1 && k + 1 < shape.len();
+            // (token ids and positions, I64, may vary in their last dimension too)
+            let varying_ok =
+                d == -1 && t.dynamic_leading() && t.segment() == -1 && (k + 1 < shape.len() || dtype == fb::DType::I64);
             if d < 0 && !varying_ok {
                 return invalid(format!("tensor {i}: invalid dimension {d} in shape {shape:?}"));
             }
@@ -299,8 +437,8 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
     let mut defined = vec![false; nt];
     for &i in &inputs {
         let t = &tensors[i];
-        if t.is_constant() || t.dtype != fb::DType::F32 {
-            return invalid(format!("graph input tensor {i} must be an F32 activation"));
+        if t.is_constant() || !(t.dtype == fb::DType::F32 || t.dtype == fb::DType::I64) {
+            return invalid(format!("graph input tensor {i} must be an F32 or I64 activation"));
         }
         if defined[i] {
             return invalid(format!("tensor {i} is listed twice as a graph input"));
@@ -324,20 +462,60 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
                 let l = n.op_as_int_4_linear().ok_or_else(|| BlobError::Invalid(ctx("has no Int4Linear table")))?;
                 NodeOp::Int4Linear(check_linear(&tensors, &l, &ctx, &id, &opt_id)?)
             }
+            fb::Op::Embedding | fb::Op::RmsNorm | fb::Op::Add | fb::Op::Attention | fb::Op::SwigluFfn | fb::Op::LmHead
+                if header.version < 2 =>
+            {
+                return invalid(ctx(&format!("op type {} needs format version 2 (blob is version {})", n.op_type().0, header.version)))
+            }
+            fb::Op::Embedding => {
+                let e = n.op_as_embedding().ok_or_else(|| BlobError::Invalid(ctx("has no Embedding table")))?;
+                NodeOp::Embedding(check_embedding(&tensors, &e, &ctx, &id)?)
+            }
+            fb::Op::RmsNorm => {
+                let r = n.op_as_rms_norm().ok_or_else(|| BlobError::Invalid(ctx("has no RmsNorm table")))?;
+                NodeOp::RmsNorm(check_rms_norm(&tensors, &r, &ctx, &id)?)
+            }
+            fb::Op::Add => {
+                let a = n.op_as_add().ok_or_else(|| BlobError::Invalid(ctx("has no Add table")))?;
+                NodeOp::Add(check_add(&tensors, &a, &ctx, &id)?)
+            }
+            fb::Op::Attention => {
+                let a = n.op_as_attention().ok_or_else(|| BlobError::Invalid(ctx("has no Attention table")))?;
+                NodeOp::Attention(check_attention(&tensors, &a, &ctx, &id)?)
+            }
+            fb::Op::SwigluFfn => {
+                let f = n.op_as_swiglu_ffn().ok_or_else(|| BlobError::Invalid(ctx("has no SwigluFfn table")))?;
+                NodeOp::SwigluFfn(check_swiglu(&tensors, &f, &ctx, &id)?)
+            }
+            fb::Op::LmHead => {
+                let h = n.op_as_lm_head().ok_or_else(|| BlobError::Invalid(ctx("has no LmHead table")))?;
+                NodeOp::LmHead(check_lm_head(&tensors, &h, &ctx, &id)?)
+            }
             other => return invalid(ctx(&format!("has unknown op type {}", other.0))),
         };
-        let (x, out) = (op.x(), op.out());
-        if !defined[x] {
-            return invalid(ctx(&format!("reads activation {x} before anything writes it")));
+        let out = op.out();
+        for x in op.inputs() {
+            if !defined[x] {
+                return invalid(ctx(&format!("reads activation {x} before anything writes it")));
+            }
+            if x == out {
+                return invalid(ctx(&format!("reads and writes tensor {out}")));
+            }
         }
         if defined[out] {
             return invalid(ctx(&format!("writes tensor {out}, which is a graph input or already written")));
         }
+        let x = op.x();
         let (xt, ot) = (&tensors[x], &tensors[out]);
-        if xt.shape.len() != ot.shape.len() {
-            return invalid(ctx(&format!("output rank {} differs from input rank {}", ot.shape.len(), xt.shape.len())));
+        let want_rank = match &op {
+            NodeOp::Embedding(_) => xt.shape.len() + 1,
+            NodeOp::LmHead(_) => xt.shape.len().saturating_sub(1),
+            _ => xt.shape.len(),
+        };
+        if ot.shape.len() != want_rank || want_rank == 0 {
+            return invalid(ctx(&format!("output rank {} does not fit input rank {}", ot.shape.len(), xt.shape.len())));
         }
-        if !xt.dynamic_leading && !ot.dynamic_leading {
+        if !xt.dynamic_leading && !ot.dynamic_leading && !matches!(op, NodeOp::Embedding(_) | NodeOp::LmHead(_)) {
             let r = xt.shape.len() - 1;
             if xt.shape[..r] != ot.shape[..r] {
                 return invalid(ctx(&format!("output shape {:?} does not match input shape {:?}", ot.shape, xt.shape)));
@@ -533,5 +711,170 @@ fn check_linear(
     if let Some(b) = n.bias {
         expect_const(tensors, ctx, "bias", b, fb::DType::F32, &[spec.n])?;
     }
+    Ok(n)
+}
+
+fn spec_of(ctx: &dyn Fn(&str) -> String, what: &str, n: i32, k: i32, group: i32, bits: i32) -> Result<MatrixSpec> {
+    let bits = map_ops(ctx, WeightBits::from_bits(bits.max(0) as usize))?;
+    map_ops(
+        ctx,
+        MatrixSpec::new(pos(ctx, &format!("{what} rows"), n)?, pos(ctx, &format!("{what} columns"), k)?, pos(ctx, "group_size", group)?, bits),
+    )
+}
+
+fn expect_packed(tensors: &[TensorDesc], ctx: &dyn Fn(&str) -> String, what: &str, data: usize, scales: usize, spec: MatrixSpec) -> Result<()> {
+    expect_const(tensors, ctx, what, data, fb::DType::U8, &[spec.data_bytes()])?;
+    expect_const(tensors, ctx, &format!("{what}_scales"), scales, fb::DType::F32, &[spec.scale_count()])
+}
+
+fn expect_i64_act(tensors: &[TensorDesc], ctx: &dyn Fn(&str) -> String, what: &str, id: usize) -> Result<()> {
+    let t = &tensors[id];
+    if t.is_constant() || t.dtype != fb::DType::I64 {
+        return invalid(ctx(&format!("{what} (tensor {id}) must be an I64 activation")));
+    }
+    Ok(())
+}
+
+fn finite_eps(ctx: &dyn Fn(&str) -> String, eps: f32) -> Result<f32> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(eps)
+    } else {
+        invalid(ctx(&format!("attribute eps = {eps} must be finite and >= 0")))
+    }
+}
+
+fn check_embedding(tensors: &[TensorDesc], e: &fb::Embedding<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<EmbeddingNode> {
+    let spec = spec_of(ctx, "embedding", e.vocab_size(), e.dim(), e.group_size(), e.weight_bits())?;
+    let n = EmbeddingNode {
+        tokens: id(&ctx("tokens"), e.tokens())?,
+        out: id(&ctx("out"), e.out())?,
+        weight: id(&ctx("weight"), e.weight())?,
+        scales: id(&ctx("scales"), e.scales())?,
+        spec,
+    };
+    expect_i64_act(tensors, ctx, "tokens", n.tokens)?;
+    expect_act(tensors, ctx, "out", n.out, spec.k)?;
+    expect_packed(tensors, ctx, "weight", n.weight, n.scales, spec)?;
+    Ok(n)
+}
+
+fn check_rms_norm(tensors: &[TensorDesc], r: &fb::RmsNorm<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<RmsNormNode> {
+    let dim = pos(ctx, "dim", r.dim())?;
+    let n = RmsNormNode {
+        x: id(&ctx("x"), r.x())?,
+        out: id(&ctx("out"), r.out())?,
+        weight: id(&ctx("weight"), r.weight())?,
+        dim,
+        eps: finite_eps(ctx, r.eps())?,
+    };
+    expect_act(tensors, ctx, "x", n.x, dim)?;
+    expect_act(tensors, ctx, "out", n.out, dim)?;
+    expect_const(tensors, ctx, "weight", n.weight, fb::DType::F32, &[dim])?;
+    Ok(n)
+}
+
+fn check_add(tensors: &[TensorDesc], a: &fb::Add<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<AddNode> {
+    let (ai, bi, oi) = (id(&ctx("a"), a.a())?, id(&ctx("b"), a.b())?, id(&ctx("out"), a.out())?);
+    let dim = tensors[ai].last_dim().unwrap_or(0);
+    if dim <= 0 {
+        return invalid(ctx(&format!("a (tensor {ai}) needs a positive last dimension")));
+    }
+    let dim = dim as usize;
+    expect_act(tensors, ctx, "a", ai, dim)?;
+    expect_act(tensors, ctx, "b", bi, dim)?;
+    expect_act(tensors, ctx, "out", oi, dim)?;
+    if tensors[ai].shape.len() != tensors[bi].shape.len() {
+        return invalid(ctx("a and b differ in rank"));
+    }
+    Ok(AddNode { a: ai, b: bi, out: oi, dim })
+}
+
+fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<AttentionNode> {
+    let rope = match a.rope_style() {
+        fb::RopeStyle::HalfSplit => RopeStyle::HalfSplit,
+        fb::RopeStyle::Interleaved => RopeStyle::Interleaved,
+        o => return invalid(ctx(&format!("unknown rope_style {}", o.0))),
+    };
+    let kv = match a.kv_cache() {
+        fb::KvCacheType::F16 => KvDType::F16,
+        fb::KvCacheType::F32 => KvDType::F32,
+        o => return invalid(ctx(&format!("unknown kv_cache type {}", o.0))),
+    };
+    let spec = AttentionSpec {
+        dim: pos(ctx, "dim", a.dim())?,
+        n_heads: pos(ctx, "n_heads", a.n_heads())?,
+        n_kv_heads: pos(ctx, "n_kv_heads", a.n_kv_heads())?,
+        head_dim: pos(ctx, "head_dim", a.head_dim())?,
+        max_seq_len: pos(ctx, "max_seq_len", a.max_seq_len())?,
+        rope,
+        exact: a.exact(),
+    };
+    map_ops(ctx, spec.validate())?;
+    let qkv_spec = spec_of(ctx, "wqkv", i32::try_from(spec.qkv_width()).unwrap_or(-1), a.dim(), a.group_size(), a.weight_bits())?;
+    let wo_spec = spec_of(ctx, "wo", a.dim(), i32::try_from(spec.q_width()).unwrap_or(-1), a.group_size(), a.weight_bits())?;
+    let n = AttentionNode {
+        x: id(&ctx("x"), a.x())?,
+        input_pos: id(&ctx("input_pos"), a.input_pos())?,
+        out: id(&ctx("out"), a.out())?,
+        wqkv: id(&ctx("wqkv"), a.wqkv())?,
+        wqkv_scales: id(&ctx("wqkv_scales"), a.wqkv_scales())?,
+        wo: id(&ctx("wo"), a.wo())?,
+        wo_scales: id(&ctx("wo_scales"), a.wo_scales())?,
+        rope_cos: id(&ctx("rope_cos"), a.rope_cos())?,
+        rope_sin: id(&ctx("rope_sin"), a.rope_sin())?,
+        spec,
+        qkv_spec,
+        wo_spec,
+        kv,
+    };
+    expect_act(tensors, ctx, "x", n.x, spec.dim)?;
+    expect_act(tensors, ctx, "out", n.out, spec.dim)?;
+    expect_i64_act(tensors, ctx, "input_pos", n.input_pos)?;
+    expect_packed(tensors, ctx, "wqkv", n.wqkv, n.wqkv_scales, qkv_spec)?;
+    expect_packed(tensors, ctx, "wo", n.wo, n.wo_scales, wo_spec)?;
+    let half = spec.head_dim / 2;
+    expect_const(tensors, ctx, "rope_cos", n.rope_cos, fb::DType::F32, &[spec.max_seq_len, half])?;
+    expect_const(tensors, ctx, "rope_sin", n.rope_sin, fb::DType::F32, &[spec.max_seq_len, half])?;
+    Ok(n)
+}
+
+fn check_swiglu(tensors: &[TensorDesc], f: &fb::SwigluFfn<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<SwigluNode> {
+    let hidden = pos(ctx, "hidden_dim", f.hidden_dim())?;
+    let w13_spec = spec_of(ctx, "w13", i32::try_from(2 * hidden).unwrap_or(-1), f.dim(), f.group_size(), f.weight_bits())?;
+    let w2_spec = spec_of(ctx, "w2", f.dim(), f.hidden_dim(), f.group_size(), f.weight_bits())?;
+    let n = SwigluNode {
+        x: id(&ctx("x"), f.x())?,
+        out: id(&ctx("out"), f.out())?,
+        w13: id(&ctx("w13"), f.w13())?,
+        w13_scales: id(&ctx("w13_scales"), f.w13_scales())?,
+        w2: id(&ctx("w2"), f.w2())?,
+        w2_scales: id(&ctx("w2_scales"), f.w2_scales())?,
+        w13_spec,
+        w2_spec,
+        exact: f.exact(),
+    };
+    expect_act(tensors, ctx, "x", n.x, w13_spec.k)?;
+    expect_act(tensors, ctx, "out", n.out, w2_spec.n)?;
+    expect_packed(tensors, ctx, "w13", n.w13, n.w13_scales, w13_spec)?;
+    expect_packed(tensors, ctx, "w2", n.w2, n.w2_scales, w2_spec)?;
+    Ok(n)
+}
+
+fn check_lm_head(tensors: &[TensorDesc], h: &fb::LmHead<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<LmHeadNode> {
+    let spec = spec_of(ctx, "lm_head", h.vocab_size(), h.dim(), h.group_size(), h.weight_bits())?;
+    let n = LmHeadNode {
+        x: id(&ctx("x"), h.x())?,
+        out: id(&ctx("out"), h.out())?,
+        norm_weight: id(&ctx("norm_weight"), h.norm_weight())?,
+        weight: id(&ctx("weight"), h.weight())?,
+        scales: id(&ctx("scales"), h.scales())?,
+        eps: finite_eps(ctx, h.eps())?,
+        spec,
+        exact: h.exact(),
+    };
+    expect_act(tensors, ctx, "x", n.x, spec.k)?;
+    expect_act(tensors, ctx, "out", n.out, spec.n)?;
+    expect_const(tensors, ctx, "norm_weight", n.norm_weight, fb::DType::F32, &[spec.k])?;
+    expect_packed(tensors, ctx, "weight", n.weight, n.scales, spec)?;
     Ok(n)
 }

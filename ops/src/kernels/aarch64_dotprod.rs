@@ -8,10 +8,14 @@
 //! activation bytes of a token (k .. k+16, i.e. 4 chunks) and `lane` picks the chunk's 4 bytes;
 //! each i32 lane of `vd` gets the 4-product sum of one row. Per 16-k window: one 16-byte
 //! activation load per token, four chunks unpacked once (INT4: `and`/`ushr`) and reused by the
-//! 4 tokens of a block (16 accumulators + 4 activation + 4 weight registers). The group fold,
-//! store and fp32 path are shared with `aarch64_neon` (bit-exact per DESIGN.md section 3).
+//! 4 tokens of a block (16 accumulators + 4 activation + 4 weight registers). Zero point: the
+//! first token block of a tile also runs each row quad through `sdot` with all-ones activations,
+//! giving the weight row sums `W = sum (q + 8)` (INT4) / `sum q` (INT8), kept per group in the
+//! per-thread buffer for the tile's next blocks; `isum = acc - zp * W` (`mls`, exact; the INT4
+//! accumulators start at `-8 * gsum`, `gsum = sum (qa - zp)`). The group fold, store and fp32
+//! path are shared with `aarch64_neon` (bit-exact per DESIGN.md section 3).
 
-use super::aarch64_neon::{fold_group, load_chunk, store_rows, Geo};
+use super::aarch64_neon::{fold_group, load_chunk, store_rows, with_wsum, wsum_group, Geo, W_COMPUTE, W_LOAD, W_STORE};
 use super::OutPtr;
 use crate::act::QuantActsRef;
 use crate::quant::{PackedRef, TILE_ROWS};
@@ -38,49 +42,50 @@ macro_rules! sdot_lane {
     };
 }
 
-/// Integer sums of one 16-k window (4 chunks at `p`) for MB tokens whose activations are `av`.
+/// Integer sums of one 16-k window (4 chunks at `p`) for MB tokens whose activations are `av`;
+/// with `W`, also the weight row sums into `w32`.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn sdot_window<const I4: bool, const MB: usize>(acc: &mut [[int32x4_t; 4]; MB], p: *const u8, cb: usize, av: &[int8x16_t; MB]) {
-    let w = load_chunk(p, I4);
-    for j in 0..MB {
-        for q in 0..4 {
-            sdot_lane!(acc[j][q], w[q], av[j], 0);
-        }
+pub(crate) unsafe fn sdot_window<const I4: bool, const MB: usize, const W: bool>(acc: &mut [[int32x4_t; 4]; MB], w32: &mut [int32x4_t; 4], p: *const u8, cb: usize, av: &[int8x16_t; MB]) {
+    let ones = vdupq_n_s8(1);
+    macro_rules! chunk {
+        ($c:literal) => {
+            let w = load_chunk(p.add($c * cb), I4);
+            if W {
+                for q in 0..4 {
+                    sdot_lane!(w32[q], w[q], ones, 0);
+                }
+            }
+            for j in 0..MB {
+                for q in 0..4 {
+                    sdot_lane!(acc[j][q], w[q], av[j], $c);
+                }
+            }
+        };
     }
-    let w = load_chunk(p.add(cb), I4);
-    for j in 0..MB {
-        for q in 0..4 {
-            sdot_lane!(acc[j][q], w[q], av[j], 1);
-        }
-    }
-    let w = load_chunk(p.add(2 * cb), I4);
-    for j in 0..MB {
-        for q in 0..4 {
-            sdot_lane!(acc[j][q], w[q], av[j], 2);
-        }
-    }
-    let w = load_chunk(p.add(3 * cb), I4);
-    for j in 0..MB {
-        for q in 0..4 {
-            sdot_lane!(acc[j][q], w[q], av[j], 3);
-        }
-    }
+    chunk!(0);
+    chunk!(1);
+    chunk!(2);
+    chunk!(3);
 }
 
-/// MB tokens (rows `i0..i0+MB` of `a`) x one tile, written to `out`.
+/// MB tokens (rows `i0..i0+MB` of `a`) x one tile, written to `out` (`WM`, `wbuf`: see
+/// `aarch64_neon::wsum_group`).
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize, wbuf: *mut i32) {
     let zf = vdupq_n_f32(0.0);
+    let zi = vdupq_n_s32(0);
     let mut accf = [[zf; 4]; MB];
     let cpg = geo.g_sz / 4;
     for g in 0..geo.ng {
-        // INT4 weights carry +8: start at -8 * gsum so the sums end exact.
-        let mut acc = [[vdupq_n_s32(0); 4]; MB];
+        // INT4 weights carry +8: start at -8 * gsum so the sums end at sum (qa - zp)*(q + 8) + zp*W.
+        let mut acc = [[zi; 4]; MB];
         for j in 0..MB {
             acc[j] = [vdupq_n_s32(-geo.corr::<I4>(a, i0 + j, g)); 4];
         }
+        let mut w32 = [zi; 4];
         let gp = wt.add(g * cpg * geo.cb);
         for win in 0..geo.g_sz / 16 {
             let kk = g * geo.g_sz + win * 16;
@@ -88,10 +93,20 @@ pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *c
             for j in 0..MB {
                 av[j] = vld1q_s8(a.q.as_ptr().add((i0 + j) * geo.k + kk));
             }
-            sdot_window::<I4, MB>(&mut acc, gp.add(win * 4 * geo.cb), geo.cb, &av);
+            if WM == W_LOAD {
+                sdot_window::<I4, MB, false>(&mut acc, &mut w32, gp.add(win * 4 * geo.cb), geo.cb, &av);
+            } else {
+                sdot_window::<I4, MB, true>(&mut acc, &mut w32, gp.add(win * 4 * geo.cb), geo.cb, &av);
+            }
         }
+        let wrow = wsum_group::<WM>(w32, wbuf, g);
         for j in 0..MB {
-            fold_group(&mut accf[j], &acc[j], st.add(g * TILE_ROWS));
+            let zp = vdupq_n_s32(*a.zp.get_unchecked(i0 + j));
+            let mut isum = [zi; 4];
+            for q in 0..4 {
+                isum[q] = vmlsq_s32(acc[j][q], wrow[q], zp);
+            }
+            fold_group(&mut accf[j], &isum, st.add(g * TILE_ROWS));
         }
     }
     for j in 0..MB {
@@ -101,21 +116,46 @@ pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *c
 
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn q8_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
-    for t in tiles {
+    let m = a.m;
+    let tile = |t: usize| {
         let n0 = t * TILE_ROWS;
-        let nvalid = (geo.n - n0).min(TILE_ROWS);
-        let wt = w.data.as_ptr().add(t * geo.tile_bytes);
-        let st = w.scales.as_ptr().add(t * geo.ng * TILE_ROWS);
-        let mut i = 0;
-        while i + 4 <= a.m {
-            q8_block::<I4, 4>(geo, wt, st, a, i, &out, n0, nvalid);
-            i += 4;
+        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), w.scales.as_ptr().add(t * geo.ng * TILE_ROWS))
+    };
+    if m == 1 || m == 4 {
+        // One token block per tile (decode): W computed in the same pass.
+        for t in tiles {
+            let (n0, nvalid, wt, st) = tile(t);
+            if m == 4 {
+                q8_block::<I4, 4, W_COMPUTE>(geo, wt, st, a, 0, &out, n0, nvalid, std::ptr::null_mut());
+            } else {
+                q8_block::<I4, 1, W_COMPUTE>(geo, wt, st, a, 0, &out, n0, nvalid, std::ptr::null_mut());
+            }
         }
-        while i < a.m {
-            q8_block::<I4, 1>(geo, wt, st, a, i, &out, n0, nvalid);
-            i += 1;
-        }
+        return;
     }
+    if m == 0 {
+        return;
+    }
+    with_wsum(geo, |wb| {
+        for t in tiles {
+            let (n0, nvalid, wt, st) = tile(t);
+            let mut i = if m >= 4 {
+                q8_block::<I4, 4, W_STORE>(geo, wt, st, a, 0, &out, n0, nvalid, wb);
+                4
+            } else {
+                q8_block::<I4, 1, W_STORE>(geo, wt, st, a, 0, &out, n0, nvalid, wb);
+                1
+            };
+            while i + 4 <= m {
+                q8_block::<I4, 4, W_LOAD>(geo, wt, st, a, i, &out, n0, nvalid, wb);
+                i += 4;
+            }
+            while i < m {
+                q8_block::<I4, 1, W_LOAD>(geo, wt, st, a, i, &out, n0, nvalid, wb);
+                i += 1;
+            }
+        }
+    })
 }
 
 /// Q8 GEMM with `sdot`. # Safety: see `GemmQ8Fn` (the CPU must have dotprod).

@@ -2,21 +2,28 @@
 //! (`aarch64_dotprod`) and `smmla` (`aarch64_i8mm`) kernels share: chunk unpacking, the per-group
 //! fold into fp32, the output store, and the exact fp32 path (`gemm_f32`, used by all three).
 //!
-//! Q8 path, how a T16K4 chunk (16 rows x 4 k, docs/DESIGN.md section 2) maps to registers:
+//! Q8 path (activations `qa` in [-128, 127] with a per-token zero point `zp`, DESIGN.md section 3),
+//! how a T16K4 chunk (16 rows x 4 k, docs/DESIGN.md section 2) maps to registers:
 //! - `load_chunk` gives four `int8x16` "row quads": quad `q` holds rows `4q..4q+3`, 4 bytes
 //!   (k0..k3) per row. INT4: quad 0 = low nibbles of bytes 0..15, quad 1 = low nibbles of bytes
 //!   16..31, quads 2/3 = the high nibbles (`and 0x0F` / `ushr 4`: the offset value `q + 8` in
 //!   0..15, corrected exactly through the group sums, see below). INT8: four plain loads.
 //! - Baseline (no dot product): the 4 activation bytes of the chunk are broadcast to all four
-//!   32-bit lanes (`dup v.4s, a.s[c]`), then `smlal`/`smlal2` accumulate the 16 byte products of a
-//!   quad into two i16x8 (lane = (row, kc)). After up to 8 chunks (INT4: |(q+8)*qa| <= 1905,
-//!   2 lanes summed by `addp` stay below 2^15) or 1 chunk (INT8: |q*qa| <= 16256) the i16 sums are
-//!   folded: `addp` (i16, pairs -> (row, k01 / k23)) then `sadalp` into an i32x4 whose lanes are
-//!   exactly the four rows. All integer: the group sum is exact whatever the order.
-//! - INT4 offset: the i32 accumulators of a group start at `-8 * gsum[g]` instead of 0, so they
-//!   end at the exact `isum`. Group end (`fold_group`): `scvtf` -> `fmla(acc, isum, scale)`:
-//!   one fused multiply-add per row and group, in group order, as the scalar reference.
-//!   Store: `acc * a.scale[i]`.
+//!   32-bit lanes (`dup v.4s, a.s[c]`). INT4: `smlal`/`smlal2` accumulate the 16 byte products of
+//!   a quad into two i16x8 (lane = (row, kc)); after 8 chunks (|(q+8)*qa| <= 1920, 2 lanes summed
+//!   by `addp` stay within i16) they are folded: `addp` (pairs -> (row, k01 / k23)) then `sadalp`
+//!   into an i32x4 whose lanes are the four rows. INT8 (|q*qa| <= 16384, so two products may not
+//!   fit i16): `smull`/`smull2` then `sadalp` straight into two i32x4 of (row, k pair) lanes,
+//!   combined into rows by one `addp` at the group end. All integer: the sums are exact.
+//! - Offsets: the i32 accumulators of a group start at `-8 * gsum[g]` (INT4; `gsum = sum (qa - zp)`)
+//!   or 0 (INT8), and the row sums of the (offset) weights, `W = sum (q + 8)` (resp. `sum q`), are
+//!   accumulated alongside (INT4: `add` of the unpacked bytes, <= 8*15, folded with `saddlp`/
+//!   `sadalp` every 8 chunks; INT8: `saddlp`/`sadalp` per chunk). Then `isum = acc - zp * W`
+//!   (`mls`), exactly `sum (qa - zp) * q`. The first token block of a tile computes `W` per group
+//!   and keeps it in a per-thread buffer (canonical row order, shared by the `sdot` and `smmla`
+//!   kernels); the next blocks of the tile load it.
+//!   Group end (`fold_group`): `scvtf` -> `fmla(acc, isum, scale)`: one fused multiply-add per
+//!   row and group, in group order, as the scalar reference. Store: `acc * a.scale[i]`.
 //!
 //! F32 path (`gemm_f32`): per chunk and row quad, `tbl` transposes the 4x4 bytes to k-major,
 //! `sxtl`/`scvtf` give four f32x4 (one per k, lanes = rows), and `fmla v.4s, w.4s, x.s[kc]`
@@ -125,7 +132,7 @@ impl Geo {
             n: s.n,
         }
     }
-    /// Offset correction of group `g` of token `i` (INT4: weights carry +8).
+    /// Offset correction of group `g` of token `i` (INT4: weights carry +8; `gsum = sum (qa - zp)`).
     #[inline(always)]
     pub unsafe fn corr<const I4: bool>(&self, a: &QuantActsRef<'_>, i: usize, g: usize) -> i32 {
         if I4 {
@@ -136,35 +143,84 @@ impl Geo {
     }
 }
 
-/// Baseline block of MB tokens x one tile.
+/// How a token block gets the weight row sums `W` of its tile (see module docs).
+pub(crate) const W_COMPUTE: u8 = 0;
+pub(crate) const W_STORE: u8 = 1;
+pub(crate) const W_LOAD: u8 = 2;
+
+/// `W` of group `g` (4 row quads): loaded from `wbuf` (`W_LOAD`), or the computed `w32`, stored
+/// to `wbuf` first with `W_STORE`. `wbuf` holds `ng * 16` values in row order.
 #[inline(always)]
-unsafe fn q8_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize) {
+pub(crate) unsafe fn wsum_group<const WM: u8>(w32: [int32x4_t; 4], wbuf: *mut i32, g: usize) -> [int32x4_t; 4] {
+    let p = wbuf.wrapping_add(g * TILE_ROWS);
+    if WM == W_LOAD {
+        [vld1q_s32(p), vld1q_s32(p.add(4)), vld1q_s32(p.add(8)), vld1q_s32(p.add(12))]
+    } else {
+        if WM == W_STORE {
+            for (q, v) in w32.iter().enumerate() {
+                vst1q_s32(p.add(4 * q), *v);
+            }
+        }
+        w32
+    }
+}
+
+/// Runs `f` with the per-thread `W` buffer of one tile (`ng * 16` i32). Kernels call it only when
+/// a tile has several token blocks: the first stores `W` (`W_STORE`), the others load it.
+#[inline(always)]
+pub(crate) fn with_wsum<R>(geo: &Geo, f: impl FnOnce(*mut i32) -> R) -> R {
+    super::with_wsum_scratch(geo.ng * TILE_ROWS, |b| f(b.as_mut_ptr()))
+}
+
+/// Baseline block of MB tokens x one tile (`WM`, `wbuf`: see `wsum_group`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize, wbuf: *mut i32) {
     let zf = vdupq_n_f32(0.0);
     let z16 = vdupq_n_s16(0);
+    let zi = vdupq_n_s32(0);
+    let z8 = vdupq_n_s8(0);
     let mut accf = [[zf; 4]; MB];
-    // Chunks between i16 -> i32 folds.
-    let flush_every = if I4 { 8 } else { 1 };
     let cpg = geo.g_sz / 4;
     for g in 0..geo.ng {
-        let mut acc = [[vdupq_n_s32(0); 4]; MB];
+        // INT4: rows, starting at -8 * gsum. INT8: (row, k pair) lanes of rows 4q, 4q+1 (`acc`)
+        // and 4q+2, 4q+3 (`acc2`).
+        let mut acc = [[zi; 4]; MB];
+        let mut acc2 = [[zi; 4]; MB];
         for j in 0..MB {
             acc[j] = [vdupq_n_s32(-geo.corr::<I4>(a, i0 + j, g)); 4];
         }
+        let mut w32 = [zi; 4];
+        let mut wb = [z8; 4];
         let mut lo = [[z16; 4]; MB];
         let mut hi = [[z16; 4]; MB];
         let gp = wt.add(g * cpg * geo.cb);
         for c in 0..cpg {
             let wq = load_chunk(gp.add(c * geo.cb), I4);
+            if WM != W_LOAD {
+                for q in 0..4 {
+                    if I4 {
+                        wb[q] = vaddq_s8(wb[q], wq[q]);
+                    } else {
+                        w32[q] = vpadalq_s16(w32[q], vpaddlq_s8(wq[q]));
+                    }
+                }
+            }
             let kk = g * geo.g_sz + c * 4;
             for j in 0..MB {
                 let a4 = (a.q.as_ptr().add((i0 + j) * geo.k + kk) as *const i32).read_unaligned();
                 let av = vreinterpretq_s8_s32(vdupq_n_s32(a4));
                 for q in 0..4 {
-                    lo[j][q] = vmlal_s8(lo[j][q], vget_low_s8(wq[q]), vget_low_s8(av));
-                    hi[j][q] = vmlal_high_s8(hi[j][q], wq[q], av);
+                    if I4 {
+                        lo[j][q] = vmlal_s8(lo[j][q], vget_low_s8(wq[q]), vget_low_s8(av));
+                        hi[j][q] = vmlal_high_s8(hi[j][q], wq[q], av);
+                    } else {
+                        acc[j][q] = vpadalq_s16(acc[j][q], vmull_s8(vget_low_s8(wq[q]), vget_low_s8(av)));
+                        acc2[j][q] = vpadalq_s16(acc2[j][q], vmull_high_s8(wq[q], av));
+                    }
                 }
             }
-            if (c + 1) % flush_every == 0 {
+            if I4 && (c + 1) % 8 == 0 {
                 for j in 0..MB {
                     for q in 0..4 {
                         acc[j][q] = vpadalq_s16(acc[j][q], vpaddq_s16(lo[j][q], hi[j][q]));
@@ -172,11 +228,24 @@ unsafe fn q8_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *const u8, st
                         hi[j][q] = z16;
                     }
                 }
+                if WM != W_LOAD {
+                    for q in 0..4 {
+                        w32[q] = vpadalq_s16(w32[q], vpaddlq_s8(wb[q]));
+                        wb[q] = z8;
+                    }
+                }
             }
         }
-        // cpg is a multiple of 8, so every chunk has been folded here.
+        // cpg is a multiple of 8, so every INT4 chunk has been folded here.
+        let wrow = wsum_group::<WM>(w32, wbuf, g);
         for j in 0..MB {
-            fold_group(&mut accf[j], &acc[j], st.add(g * TILE_ROWS));
+            let zp = vdupq_n_s32(*a.zp.get_unchecked(i0 + j));
+            let mut isum = [zi; 4];
+            for q in 0..4 {
+                let v = if I4 { acc[j][q] } else { vpaddq_s32(acc[j][q], acc2[j][q]) };
+                isum[q] = vmlsq_s32(v, wrow[q], zp);
+            }
+            fold_group(&mut accf[j], &isum, st.add(g * TILE_ROWS));
         }
     }
     for j in 0..MB {
@@ -195,20 +264,36 @@ pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'
 }
 
 unsafe fn q8_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
-    for t in tiles {
+    let m = a.m;
+    let tile = |t: usize| {
         let n0 = t * TILE_ROWS;
-        let nvalid = (geo.n - n0).min(TILE_ROWS);
-        let wt = w.data.as_ptr().add(t * geo.tile_bytes);
-        let st = w.scales.as_ptr().add(t * geo.ng * TILE_ROWS);
-        let mut i = 0;
-        while i + 2 <= a.m {
-            q8_block::<I4, 2>(geo, wt, st, a, i, &out, n0, nvalid);
-            i += 2;
+        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), w.scales.as_ptr().add(t * geo.ng * TILE_ROWS))
+    };
+    if m <= 2 {
+        for t in tiles {
+            let (n0, nvalid, wt, st) = tile(t);
+            match m {
+                2 => q8_block::<I4, 2, W_COMPUTE>(geo, wt, st, a, 0, &out, n0, nvalid, std::ptr::null_mut()),
+                1 => q8_block::<I4, 1, W_COMPUTE>(geo, wt, st, a, 0, &out, n0, nvalid, std::ptr::null_mut()),
+                _ => {}
+            }
         }
-        if i < a.m {
-            q8_block::<I4, 1>(geo, wt, st, a, i, &out, n0, nvalid);
-        }
+        return;
     }
+    with_wsum(geo, |wb| {
+        for t in tiles {
+            let (n0, nvalid, wt, st) = tile(t);
+            q8_block::<I4, 2, W_STORE>(geo, wt, st, a, 0, &out, n0, nvalid, wb);
+            let mut i = 2;
+            while i + 2 <= m {
+                q8_block::<I4, 2, W_LOAD>(geo, wt, st, a, i, &out, n0, nvalid, wb);
+                i += 2;
+            }
+            if i < m {
+                q8_block::<I4, 1, W_LOAD>(geo, wt, st, a, i, &out, n0, nvalid, wb);
+            }
+        }
+    })
 }
 
 /// `tbl` indices transposing a row quad (r0k0 r0k1 r0k2 r0k3 r1k0 ...) to k-major (k0: r0..r3, ...).

@@ -74,15 +74,35 @@ pub fn check_call(w: &PackedRef<'_>, tiles: &Range<usize>, m: usize, k: usize, o
         && (m == 0 || (m - 1).checked_mul(out.ldo).and_then(|v| v.checked_add(spec.n)).is_some_and(|v| v <= out.len))
 }
 
-/// `gemm_q8(w, tiles, acts, out)`: Q8 path (int8 activations x int4/int8 weights).
+/// `gemm_q8(w, tiles, acts, out)`: Q8 path (int8 activations with a per-row zero point x int4/int8
+/// weights).
 /// # Safety
 /// `check_call(w, tiles, acts.m, acts.k, out)` holds, `acts` is consistent (`q.len() == m*k`,
-/// `gsum.len() == m*k/group`, `group == w.spec.group`), and the caller's CPU has the kernel's ISA.
+/// `scale.len() == zp.len() == m`, every zp in [-128, 127], `gsum.len() == m*k/group`,
+/// `group == w.spec.group`), and the caller's CPU has the kernel's ISA. The SIMD kernels also use
+/// `gsum[i, g] = sum over group g of (q - zp[i])` (as `QuantActs` computes it); with other values
+/// they give different (but memory-safe) results.
 pub type GemmQ8Fn = unsafe fn(&PackedRef<'_>, Range<usize>, &QuantActsRef<'_>, OutPtr);
 /// `gemm_f32(w, tiles, x, m, out)`: exact path (fp32 activations `x[m, k]`).
 /// # Safety
 /// As `GemmQ8Fn`, with `x.len() == m * w.spec.k`.
 pub type GemmF32Fn = unsafe fn(&PackedRef<'_>, Range<usize>, &[f32], usize, OutPtr);
+
+/// Runs `f` with a per-thread scratch buffer of at least `len` i32 (grow-only, so no allocation
+/// once warmed up). The SIMD Q8 kernels keep there the weight row sums of one tile (per group),
+/// computed by the first token block and reused by the following ones.
+pub(crate) fn with_wsum_scratch<R>(len: usize, f: impl FnOnce(&mut [i32]) -> R) -> R {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        f(&mut b[..len])
+    })
+}
 
 /// Which implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -188,6 +208,8 @@ impl Kernels {
             && a.group == w.spec.group
             && a.q.len() == a.m * a.k
             && a.scale.len() == a.m
+            && a.zp.len() == a.m
+            && a.zp.iter().all(|&z| (-128..=127).contains(&z))
             && a.gsum.len() == a.m * (a.k / a.group);
         if ok {
             // SAFETY: contract checked above; `self` was built by `get`, which checked the ISA.

@@ -14,11 +14,13 @@ pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'
     for n in tiles.start * 16..n_end {
         for i in 0..a.m {
             let qa = &a.q[i * k..(i + 1) * k];
+            let zp = a.zp[i];
             let mut acc = 0f32;
             for g in 0..ng {
+                // Exact: |isum| <= 255 * 128 * 256 < 2^24, so the conversion to f32 is exact too.
                 let mut isum = 0i32;
                 for kk in g * g_sz..(g + 1) * g_sz {
-                    isum += qa[kk] as i32 * packed_q(w, n, kk);
+                    isum += (qa[kk] as i32 - zp) * packed_q(w, n, kk);
                 }
                 acc = (isum as f32).mul_add(packed_scale(w, n, g), acc);
             }

@@ -3,14 +3,19 @@
 //! A tile's 16 rows are two `ymm` (rows 0..7 and 8..15, one i32/f32 lane per row), so there is no
 //! horizontal reduction.
 //!
-//! Q8 path (per chunk = 16 rows x 4 columns, activations broadcast as one dword):
+//! Q8 path (activations `qa` in [-128, 127] with a per-token zero point `zp`, DESIGN.md section 3;
+//! per chunk = 16 rows x 4 columns, activations broadcast as one dword):
 //! - INT4: low nibbles (rows 0..7) and high nibbles (rows 8..15) are unpacked to u8 `q + 8` (0..15);
-//!   `vpmaddubsw` gives i16 pair sums with |.| <= 2*15*127 = 3810, so up to 8 chunks are summed in
-//!   i16 (<= 30480 < 32767: no saturation) before one `vpmaddwd` by 1 widens them to i32. The i32
-//!   group accumulator starts at `-8*gsum`, so it ends at `sum q*qa` exactly.
-//! - INT8: `vpmaddubsw` on u8 `q + 128` would saturate, so the sign trick is used instead:
-//!   `|q|` (u8, <= 128) times `sign(qa, q)` (s8, |.| <= 127): products <= 16256, pairs <= 32512,
-//!   exact; then `vpmaddwd` by 1 into i32 every chunk.
+//!   `vpmaddubsw` gives i16 pair sums in [-3840, 3810], so 8 chunks are summed in i16 (within
+//!   [-30720, 30480]: no saturation) before one `vpmaddwd` by 1 widens them to i32. The i32 group
+//!   accumulator starts at `-8*gsum` (`gsum = sum (qa - zp)`), so it ends at `sum q*qa + 8*zp*G`.
+//!   Zero point: the unpacked bytes are also summed (`vpaddb`, <= 8*15 per byte) into the offset
+//!   row sums `W = sum (q + 8)` (`vpmaddubsw`/`vpmaddwd` by 1 per 8 chunks), computed by the first
+//!   token block of a tile and reused (per-thread buffer, as f32) by the next ones; then
+//!   `isum = (sum q*qa + 8*zp*G) - zp * W` is one exact `vfnmadd` (integers below 2^24).
+//! - INT8: bytes are sign-extended to i16 (weights once per chunk, activations as `qa - zp`, which
+//!   fits i16) and multiplied by `vpmaddwd` (|products| <= 128*255, exact pairs in i32): no offsets,
+//!   no saturation; a `vphaddd` + `vpermq` at the group end turns the (row, k pair) lanes into rows.
 //! Every sum is an exact integer below 2^24, so the conversion to f32 is exact, and
 //! `acc = fma(isum, scale, acc)` per group then `acc * s_a` reproduces the scalar reference.
 //!
@@ -29,8 +34,10 @@ pub fn supported() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Tokens per register block (Q8: 4 tokens x (2 i16 + 2 i32 + 2 f32) accumulators).
+/// Tokens per register block (Q8 INT4: 4 tokens x (2 i16 + 2 i32 + 2 f32) accumulators).
 const MB_Q8: usize = 4;
+/// Tokens per register block (Q8 INT8: 2 tokens x (4 i32 + 2 f32) accumulators).
+const MB_Q8_I8: usize = 2;
 /// Tokens per register block (F32: 3 tokens x (2 part + 2 acc)).
 const MB_F32: usize = 3;
 
@@ -70,44 +77,74 @@ pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usi
     gemm_f32_impl(w, tiles, x, m, out)
 }
 
+/// How a token block gets the weight row sums `W` of its tile (see module docs).
+const W_COMPUTE: u8 = 0;
+const W_STORE: u8 = 1;
+const W_LOAD: u8 = 2;
+
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
     let geo = Geo::new(w);
-    let int8 = w.spec.bits == WeightBits::Int8;
     let m = a.m;
-    for t in tiles {
-        let mut i0 = 0;
-        while i0 + MB_Q8 <= m {
-            if int8 {
-                q8_tile_i8::<MB_Q8>(&geo, t, a, i0, &out);
-            } else {
-                q8_tile_i4::<MB_Q8>(&geo, t, a, i0, &out);
+    if w.spec.bits == WeightBits::Int8 {
+        for t in tiles {
+            let mut i0 = 0;
+            while i0 + MB_Q8_I8 <= m {
+                q8_tile_i8::<MB_Q8_I8>(&geo, t, a, i0, &out);
+                i0 += MB_Q8_I8;
             }
-            i0 += MB_Q8;
+            if i0 < m {
+                q8_tile_i8::<1>(&geo, t, a, i0, &out);
+            }
         }
-        macro_rules! rem {
-            ($($r:literal)*) => {
-                match m - i0 {
-                    $($r => if int8 { q8_tile_i8::<$r>(&geo, t, a, i0, &out) } else { q8_tile_i4::<$r>(&geo, t, a, i0, &out) },)*
-                    _ => {}
-                }
-            };
-        }
-        rem!(1 2 3);
+        return;
     }
+    macro_rules! rem {
+        ($wm:expr, $i0:expr, $wb:expr, $t:expr; $($r:literal)*) => {
+            match m - $i0 {
+                $($r => q8_tile_i4::<$r, { $wm }>(&geo, $t, a, $i0, &out, $wb),)*
+                _ => {}
+            }
+        };
+    }
+    if m <= MB_Q8 {
+        for t in tiles {
+            rem!(W_COMPUTE, 0, std::ptr::null_mut(), t; 1 2 3 4);
+        }
+        return;
+    }
+    super::with_wsum_scratch(geo.ng * TILE_ROWS, |wbuf| {
+        let wb = wbuf.as_mut_ptr();
+        for t in tiles {
+            q8_tile_i4::<MB_Q8, W_STORE>(&geo, t, a, 0, &out, wb);
+            let mut i0 = MB_Q8;
+            while i0 + MB_Q8 <= m {
+                q8_tile_i4::<MB_Q8, W_LOAD>(&geo, t, a, i0, &out, wb);
+                i0 += MB_Q8;
+            }
+            rem!(W_LOAD, i0, wb, t; 1 2 3);
+        }
+    })
 }
 
-/// Q8, INT4 weights, tile `t`, token rows `i0 .. i0 + B`.
+/// Q8, INT4 weights, tile `t`, token rows `i0 .. i0 + B`. `wbuf` (`ng * 16` values, f32 bits)
+/// receives (`W_STORE`) or provides (`W_LOAD`) the tile's weight row sums; unused with `W_COMPUTE`.
 /// # Safety
-/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds.
+/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds, `wbuf` as described.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
+unsafe fn q8_tile_i4<const B: usize, const WM: u8>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, wbuf: *mut i32) {
     let k = g.k;
     let m0f = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
+    let ones8 = _mm256_set1_epi8(1);
     let qa = a.q.as_ptr();
     let gs = a.gsum.as_ptr();
+    let mut zpf = [0f32; B];
+    for (b, z) in zpf.iter_mut().enumerate() {
+        // zp index i0 + b < m; exact in f32.
+        *z = *a.zp.as_ptr().add(i0 + b) as f32;
+    }
     let tile = g.data.add(t * g.tile_bytes);
     let mut acc_lo = [_mm256_setzero_ps(); B];
     let mut acc_hi = [_mm256_setzero_ps(); B];
@@ -120,14 +157,18 @@ unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
             i32_lo[b] = c;
             i32_hi[b] = c;
         }
+        let mut w32_lo = _mm256_setzero_si256();
+        let mut w32_hi = _mm256_setzero_si256();
         let gbase = tile.add(gi * g.cpg * 32);
         let kbase = gi * g.group;
         _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
-        // Blocks of 8 chunks: i16 pair sums stay <= 8*3810 = 30480.
+        // Blocks of 8 chunks: i16 pair sums stay within [-30720, 30480], byte sums <= 120.
         let mut c0 = 0;
         while c0 < g.cpg {
             let mut s_lo = [_mm256_setzero_si256(); B];
             let mut s_hi = [_mm256_setzero_si256(); B];
+            let mut wb_lo = _mm256_setzero_si256();
+            let mut wb_hi = _mm256_setzero_si256();
             for c in c0..c0 + 8 {
                 // cpg is a multiple of 8 (G >= 32); chunk offset < data_bytes.
                 let raw = _mm256_loadu_si256(gbase.add(c * 32) as *const __m256i);
@@ -137,6 +178,10 @@ unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
                 }
                 let lo = _mm256_and_si256(raw, m0f);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m0f);
+                if WM != W_LOAD {
+                    wb_lo = _mm256_add_epi8(wb_lo, lo);
+                    wb_hi = _mm256_add_epi8(wb_hi, hi);
+                }
                 let kk = kbase + c * 4;
                 for b in 0..B {
                     let av = _mm256_set1_epi32((qa.add((i0 + b) * k + kk) as *const i32).read_unaligned());
@@ -148,19 +193,48 @@ unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
                 i32_lo[b] = _mm256_add_epi32(i32_lo[b], _mm256_madd_epi16(s_lo[b], ones));
                 i32_hi[b] = _mm256_add_epi32(i32_hi[b], _mm256_madd_epi16(s_hi[b], ones));
             }
+            if WM != W_LOAD {
+                w32_lo = _mm256_add_epi32(w32_lo, _mm256_madd_epi16(_mm256_maddubs_epi16(wb_lo, ones8), ones));
+                w32_hi = _mm256_add_epi32(w32_hi, _mm256_madd_epi16(_mm256_maddubs_epi16(wb_hi, ones8), ones));
+            }
             c0 += 8;
         }
+        // W as f32; wbuf + gi*16 .. +16 lies within its ng*16 values.
+        let wp = wbuf.wrapping_add(gi * TILE_ROWS) as *mut f32;
+        let (wf_lo, wf_hi) = if WM == W_LOAD {
+            (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)))
+        } else {
+            let (l, h) = (_mm256_cvtepi32_ps(w32_lo), _mm256_cvtepi32_ps(w32_hi));
+            if WM == W_STORE {
+                _mm256_storeu_ps(wp, l);
+                _mm256_storeu_ps(wp.add(8), h);
+            }
+            (l, h)
+        };
         let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
         let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
         for b in 0..B {
-            acc_lo[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_lo[b]), sc_lo, acc_lo[b]);
-            acc_hi[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_hi[b]), sc_hi, acc_hi[b]);
+            // isum = v - zp * W, exact in f32 (integers below 2^24).
+            let z = _mm256_set1_ps(zpf[b]);
+            let e_lo = _mm256_fnmadd_ps(z, wf_lo, _mm256_cvtepi32_ps(i32_lo[b]));
+            let e_hi = _mm256_fnmadd_ps(z, wf_hi, _mm256_cvtepi32_ps(i32_hi[b]));
+            acc_lo[b] = _mm256_fmadd_ps(e_lo, sc_lo, acc_lo[b]);
+            acc_hi[b] = _mm256_fmadd_ps(e_hi, sc_hi, acc_hi[b]);
         }
     }
     for b in 0..B {
         let s = _mm256_set1_ps(*a.scale.as_ptr().add(i0 + b));
         store_tile(out, i0 + b, t, g.n, _mm256_mul_ps(acc_lo[b], s), _mm256_mul_ps(acc_hi[b], s));
     }
+}
+
+/// Row sums of a (row, k pair) i32 accumulator pair: `a` = rows r..r+3, `b` = rows r+4..r+7, each
+/// lane pair (2j, 2j+1) one row -> the 8 rows in order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows8(a: __m256i, b: __m256i) -> __m256i {
+    // hadd: [r0 r1 r4 r5 | r2 r3 r6 r7] -> qwords (0, 2, 1, 3).
+    _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(a, b))
 }
 
 /// Q8, INT8 weights, tile `t`, token rows `i0 .. i0 + B`.
@@ -170,37 +244,48 @@ unsafe fn q8_tile_i4<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
 #[target_feature(enable = "avx2,fma")]
 unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
     let k = g.k;
-    let ones = _mm256_set1_epi16(1);
     let qa = a.q.as_ptr();
+    let mut zp16 = [_mm_setzero_si128(); B];
+    for (b, z) in zp16.iter_mut().enumerate() {
+        // zp index i0 + b < m; in [-128, 127].
+        *z = _mm_set1_epi16(*a.zp.as_ptr().add(i0 + b) as i16);
+    }
     let tile = g.data.add(t * g.tile_bytes);
     let mut acc_lo = [_mm256_setzero_ps(); B];
     let mut acc_hi = [_mm256_setzero_ps(); B];
     for gi in 0..g.ng {
-        let mut i32_lo = [_mm256_setzero_si256(); B];
-        let mut i32_hi = [_mm256_setzero_si256(); B];
+        // p[b][j]: rows 4j .. 4j+3, lanes (row, k pair).
+        let mut p = [[_mm256_setzero_si256(); 4]; B];
         let gbase = tile.add(gi * g.cpg * 64);
         let kbase = gi * g.group;
         _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         for c in 0..g.cpg {
             let cp = gbase.add(c * 64);
             _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g.tile_bytes) as *const i8);
-            let w_lo = _mm256_loadu_si256(cp as *const __m256i);
-            let w_hi = _mm256_loadu_si256(cp.add(32) as *const __m256i);
-            let (u_lo, u_hi) = (_mm256_abs_epi8(w_lo), _mm256_abs_epi8(w_hi));
+            // Rows 4j..4j+3 (16 bytes) as i16.
+            let w16 = [
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(cp as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(16) as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(32) as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(cp.add(48) as *const __m128i)),
+            ];
             let kk = kbase + c * 4;
             for b in 0..B {
-                let av = _mm256_set1_epi32((qa.add((i0 + b) * k + kk) as *const i32).read_unaligned());
-                let p_lo = _mm256_maddubs_epi16(u_lo, _mm256_sign_epi8(av, w_lo));
-                let p_hi = _mm256_maddubs_epi16(u_hi, _mm256_sign_epi8(av, w_hi));
-                i32_lo[b] = _mm256_add_epi32(i32_lo[b], _mm256_madd_epi16(p_lo, ones));
-                i32_hi[b] = _mm256_add_epi32(i32_hi[b], _mm256_madd_epi16(p_hi, ones));
+                // qa - zp as i16 (in [-255, 255]) for the 4 columns, broadcast to every row.
+                let a4 = _mm_cvtsi32_si128((qa.add((i0 + b) * k + kk) as *const i32).read_unaligned());
+                let av = _mm256_broadcastq_epi64(_mm_sub_epi16(_mm_cvtepi8_epi16(a4), zp16[b]));
+                for j in 0..4 {
+                    p[b][j] = _mm256_add_epi32(p[b][j], _mm256_madd_epi16(w16[j], av));
+                }
             }
         }
         let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
         let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
         for b in 0..B {
-            acc_lo[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_lo[b]), sc_lo, acc_lo[b]);
-            acc_hi[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32_hi[b]), sc_hi, acc_hi[b]);
+            let lo = _mm256_cvtepi32_ps(rows8(p[b][0], p[b][1]));
+            let hi = _mm256_cvtepi32_ps(rows8(p[b][2], p[b][3]));
+            acc_lo[b] = _mm256_fmadd_ps(lo, sc_lo, acc_lo[b]);
+            acc_hi[b] = _mm256_fmadd_ps(hi, sc_hi, acc_hi[b]);
         }
     }
     for b in 0..B {

@@ -2,16 +2,23 @@
 //!
 //! One `zmm` = the 16 rows of a tile (one i32/f32 lane per row), so no horizontal reduction.
 //!
-//! Q8 path, per chunk (16 rows x 4 columns) one `vpdpbusd` per token (activations broadcast):
+//! Q8 path (activations `qa` in [-128, 127] with a per-token zero point `zp`, DESIGN.md section 3),
+//! per chunk (16 rows x 4 columns) one `vpdpbusd` per token (activations broadcast):
 //! - INT4: the 32-byte chunk is broadcast to both 256-bit halves and masked with `0x0F` (low half:
 //!   rows 0..7, the low nibbles) / `0xF0` (high half: rows 8..15, the high nibbles *in place*, i.e.
 //!   `16 * (q + 8)`, still a valid u8 <= 240). The group accumulator starts at `-8*gsum` (low lanes)
-//!   / `-128*gsum` (high lanes); an arithmetic shift right by 0 / 4 then gives exactly
-//!   `sum (q+8)*qa - 8*gsum = sum q*qa` (the high-lane value is a multiple of 16).
+//!   / `-128*gsum` (high lanes), `gsum = sum (qa - zp)`; an arithmetic shift right by 0 / 4 then
+//!   gives exactly `sum (q+8)*qa - 8*gsum = sum q*qa + 8*zp*G` (the high-lane value is a multiple
+//!   of 16).
 //! - INT8: the weights are flipped to u8 `q + 128` (xor 0x80); the accumulator starts at
-//!   `-128*gsum`, giving `sum q*qa` exactly.
-//!   `vpdpbusd` (non-saturating) sums 4 u8*s8 products into i32 exactly; with |qa| <= 127, u8 <= 255
-//!   and G <= 256 every partial sum stays below 2^24, so `cvtepi32_ps` is exact as well.
+//!   `-128*gsum`, giving `sum q*qa + 128*zp*G` exactly.
+//! - Zero point: the same chunk also goes through one `vpdpbusd` with all-ones activations, which
+//!   sums the offset weights of each row, `W = sum (q + 8)` (resp. `q + 128`). The first token
+//!   block of a tile computes `W` per group and keeps it (as f32) in a per-thread buffer; the next
+//!   blocks of the tile load it, so prefill pays it once per tile, decode once per chunk.
+//!   `isum = (sum q*qa + c*zp*G) - zp * W` (c = 8 or 128) is one `vfnmadd` in f32: every operand
+//!   and the result are integers below 2^24, so it is exact and equals the scalar `isum`.
+//!   `vpdpbusd` (non-saturating) sums 4 u8*s8 products into i32 exactly.
 //! Then per group `acc = fma(isum as f32, scale, acc)` and at the end `acc * s_a`: the scalar order.
 //!
 //! F32 path: weights are unpacked to signed bytes, one column at a time sign-extended to i32 and
@@ -74,39 +81,68 @@ pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usi
     gemm_f32_impl(w, tiles, x, m, out)
 }
 
+/// How a token block gets the weight row sums `W` of its tile (see module docs).
+const W_COMPUTE: u8 = 0;
+const W_STORE: u8 = 1;
+const W_LOAD: u8 = 2;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
     let geo = Geo::new(w);
-    let int8 = w.spec.bits == WeightBits::Int8;
-    let m = a.m;
-    for t in tiles {
-        let mut i0 = 0;
-        while i0 + MB_Q8 <= m {
-            if int8 {
-                q8_tile::<MB_Q8, true>(&geo, t, a, i0, &out);
-            } else {
-                q8_tile::<MB_Q8, false>(&geo, t, a, i0, &out);
-            }
-            i0 += MB_Q8;
-        }
-        macro_rules! rem {
-            ($($r:literal)*) => {
-                match m - i0 {
-                    $($r => if int8 { q8_tile::<$r, true>(&geo, t, a, i0, &out) } else { q8_tile::<$r, false>(&geo, t, a, i0, &out) },)*
-                    _ => {}
-                }
-            };
-        }
-        rem!(1 2 3 4 5 6 7);
+    if w.spec.bits == WeightBits::Int8 {
+        q8_tiles::<true>(&geo, tiles, a, &out)
+    } else {
+        q8_tiles::<false>(&geo, tiles, a, &out)
     }
 }
 
-/// Q8 on tile `t` for token rows `i0 .. i0 + B`.
-/// # Safety
-/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
+unsafe fn q8_tiles<const INT8: bool>(g: &Geo, tiles: Range<usize>, a: &QuantActsRef<'_>, out: &OutPtr) {
+    let m = a.m;
+    macro_rules! rem {
+        ($wm:expr, $i0:expr, $wb:expr, $t:expr; $($r:literal)*) => {
+            match m - $i0 {
+                $($r => q8_tile::<$r, INT8, { $wm }>(g, $t, a, $i0, out, $wb),)*
+                _ => {}
+            }
+        };
+    }
+    if m <= MB_Q8 {
+        // One token block per tile (decode): W is computed in the same pass.
+        for t in tiles {
+            rem!(W_COMPUTE, 0, std::ptr::null_mut(), t; 1 2 3 4 5 6 7 8);
+        }
+        return;
+    }
+    super::with_wsum_scratch(g.ng * TILE_ROWS, |wbuf| {
+        let wb = wbuf.as_mut_ptr();
+        for t in tiles {
+            q8_tile::<MB_Q8, INT8, W_STORE>(g, t, a, 0, out, wb);
+            let mut i0 = MB_Q8;
+            while i0 + MB_Q8 <= m {
+                q8_tile::<MB_Q8, INT8, W_LOAD>(g, t, a, i0, out, wb);
+                i0 += MB_Q8;
+            }
+            rem!(W_LOAD, i0, wb, t; 1 2 3 4 5 6 7);
+        }
+    })
+}
+
+/// Q8 on tile `t` for token rows `i0 .. i0 + B`. `wbuf` (`ng * 16` values, f32 bits) receives
+/// (`W_STORE`) or provides (`W_LOAD`) the tile's weight row sums; unused with `W_COMPUTE`.
+/// # Safety
+/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds, `wbuf` as described.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
+    g: &Geo,
+    t: usize,
+    a: &QuantActsRef<'_>,
+    i0: usize,
+    out: &OutPtr,
+    wbuf: *mut i32,
+) {
     let k = g.k;
     // Per-lane shifts: 0 for rows 0..7, 4 for rows 8..15 (INT4 high nibbles kept in place).
     let sh_lo_hi = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi32(4));
@@ -119,8 +155,14 @@ unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &Quant
         _mm512_inserti64x4::<1>(_mm512_set1_epi32(3), _mm256_set1_epi32(7))
     };
     let flip = _mm512_set1_epi8(0x80u8 as i8);
+    let ones = _mm512_set1_epi8(1);
     let qa = a.q.as_ptr();
     let gs = a.gsum.as_ptr();
+    // Zero points as f32 (exact: integers in [-128, 127]); zp index i0 + b < m.
+    let mut zpf = [0f32; B];
+    for (b, z) in zpf.iter_mut().enumerate() {
+        *z = *a.zp.as_ptr().add(i0 + b) as f32;
+    }
     let tile = g.data.add(t * g.tile_bytes);
     let mut acc = [_mm512_setzero_ps(); B];
     for gi in 0..g.ng {
@@ -130,6 +172,7 @@ unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &Quant
             let neg = _mm512_set1_epi32(-*gs.add((i0 + b) * g.ng + gi));
             isum[b] = _mm512_sllv_epi32(neg, corr_sh);
         }
+        let mut wacc = _mm512_setzero_si512();
         let gbase = tile.add(gi * g.cpg * g.chunk_bytes);
         let kbase = gi * g.group;
         // Software prefetch of the next tile's scales (its data is prefetched per chunk below):
@@ -148,6 +191,9 @@ unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &Quant
                 let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
                 _mm512_and_si512(raw, nib_mask)
             };
+            if WM != W_LOAD {
+                wacc = _mm512_dpbusd_epi32(wacc, wv, ones);
+            }
             let kk = kbase + c * 4;
             for b in 0..B {
                 // 4 activation bytes at (i0+b)*k + kk .. +4 <= m*k.
@@ -155,11 +201,24 @@ unsafe fn q8_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, a: &Quant
                 isum[b] = _mm512_dpbusd_epi32(isum[b], wv, _mm512_set1_epi32(av));
             }
         }
+        // W as f32 (INT4: the high lanes carry 16x, shifted back exactly). wbuf + gi*16 .. +16
+        // lies within its ng*16 values.
+        let wf = if WM == W_LOAD {
+            _mm512_castsi512_ps(_mm512_loadu_si512(wbuf.add(gi * TILE_ROWS) as *const _))
+        } else {
+            let wf = _mm512_cvtepi32_ps(if INT8 { wacc } else { _mm512_srav_epi32(wacc, sh_lo_hi) });
+            if WM == W_STORE {
+                _mm512_storeu_si512(wbuf.add(gi * TILE_ROWS) as *mut _, _mm512_castps_si512(wf));
+            }
+            wf
+        };
         // scales[(t*ng + gi)*16 .. +16] is within scale_count.
         let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
         for b in 0..B {
             let v = if INT8 { isum[b] } else { _mm512_srav_epi32(isum[b], sh_lo_hi) };
-            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc, acc[b]);
+            // isum = v - zp * W, exact in f32 (integers below 2^24).
+            let exact = _mm512_fnmadd_ps(_mm512_set1_ps(zpf[b]), wf, _mm512_cvtepi32_ps(v));
+            acc[b] = _mm512_fmadd_ps(exact, sc, acc[b]);
         }
     }
     for b in 0..B {

@@ -124,6 +124,176 @@ impl<'a> flatbuffers::Verifiable for DType {
 
 impl flatbuffers::SimpleToVerifyInSlice for DType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_ROPE_STYLE: i8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_ROPE_STYLE: i8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_ROPE_STYLE: [RopeStyle; 2] = [
+  RopeStyle::HalfSplit,
+  RopeStyle::Interleaved,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct RopeStyle(pub i8);
+#[allow(non_upper_case_globals)]
+impl RopeStyle {
+  pub const HalfSplit: Self = Self(0);
+  pub const Interleaved: Self = Self(1);
+
+  pub const ENUM_MIN: i8 = 0;
+  pub const ENUM_MAX: i8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::HalfSplit,
+    Self::Interleaved,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::HalfSplit => Some("HalfSplit"),
+      Self::Interleaved => Some("Interleaved"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for RopeStyle {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for RopeStyle {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<i8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for RopeStyle {
+    type Output = RopeStyle;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<i8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for RopeStyle {
+  type Scalar = i8;
+  #[inline]
+  fn to_little_endian(self) -> i8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: i8) -> Self {
+    let b = i8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for RopeStyle {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    i8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for RopeStyle {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_KV_CACHE_TYPE: i8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_KV_CACHE_TYPE: i8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_KV_CACHE_TYPE: [KvCacheType; 2] = [
+  KvCacheType::F16,
+  KvCacheType::F32,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct KvCacheType(pub i8);
+#[allow(non_upper_case_globals)]
+impl KvCacheType {
+  pub const F16: Self = Self(0);
+  pub const F32: Self = Self(1);
+
+  pub const ENUM_MIN: i8 = 0;
+  pub const ENUM_MAX: i8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::F16,
+    Self::F32,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::F16 => Some("F16"),
+      Self::F32 => Some("F32"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for KvCacheType {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for KvCacheType {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<i8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for KvCacheType {
+    type Output = KvCacheType;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<i8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for KvCacheType {
+  type Scalar = i8;
+  #[inline]
+  fn to_little_endian(self) -> i8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: i8) -> Self {
+    let b = i8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for KvCacheType {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    i8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for KvCacheType {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_SCORE_FUNC: i8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_SCORE_FUNC: i8 = 2;
@@ -215,13 +385,19 @@ impl flatbuffers::SimpleToVerifyInSlice for ScoreFunc {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 2;
+pub const ENUM_MAX_OP: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 3] = [
+pub const ENUM_VALUES_OP: [Op; 9] = [
   Op::NONE,
   Op::MoeFfn,
   Op::Int4Linear,
+  Op::Embedding,
+  Op::RmsNorm,
+  Op::Add,
+  Op::Attention,
+  Op::SwigluFfn,
+  Op::LmHead,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -232,13 +408,25 @@ impl Op {
   pub const NONE: Self = Self(0);
   pub const MoeFfn: Self = Self(1);
   pub const Int4Linear: Self = Self(2);
+  pub const Embedding: Self = Self(3);
+  pub const RmsNorm: Self = Self(4);
+  pub const Add: Self = Self(5);
+  pub const Attention: Self = Self(6);
+  pub const SwigluFfn: Self = Self(7);
+  pub const LmHead: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::MoeFfn,
     Self::Int4Linear,
+    Self::Embedding,
+    Self::RmsNorm,
+    Self::Add,
+    Self::Attention,
+    Self::SwigluFfn,
+    Self::LmHead,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -246,6 +434,12 @@ impl Op {
       Self::NONE => Some("NONE"),
       Self::MoeFfn => Some("MoeFfn"),
       Self::Int4Linear => Some("Int4Linear"),
+      Self::Embedding => Some("Embedding"),
+      Self::RmsNorm => Some("RmsNorm"),
+      Self::Add => Some("Add"),
+      Self::Attention => Some("Attention"),
+      Self::SwigluFfn => Some("SwigluFfn"),
+      Self::LmHead => Some("LmHead"),
       _ => None,
     }
   }
@@ -1313,6 +1507,1455 @@ impl core::fmt::Debug for Int4Linear<'_> {
       ds.finish()
   }
 }
+pub enum EmbeddingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Embedding<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Embedding<'a> {
+  type Inner = Embedding<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Embedding<'a> {
+  pub const VT_TOKENS: flatbuffers::VOffsetT = 4;
+  pub const VT_WEIGHT: flatbuffers::VOffsetT = 6;
+  pub const VT_SCALES: flatbuffers::VOffsetT = 8;
+  pub const VT_OUT: flatbuffers::VOffsetT = 10;
+  pub const VT_VOCAB_SIZE: flatbuffers::VOffsetT = 12;
+  pub const VT_DIM: flatbuffers::VOffsetT = 14;
+  pub const VT_GROUP_SIZE: flatbuffers::VOffsetT = 16;
+  pub const VT_WEIGHT_BITS: flatbuffers::VOffsetT = 18;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Embedding { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EmbeddingArgs
+  ) -> flatbuffers::WIPOffset<Embedding<'bldr>> {
+    let mut builder = EmbeddingBuilder::new(_fbb);
+    builder.add_weight_bits(args.weight_bits);
+    builder.add_group_size(args.group_size);
+    builder.add_dim(args.dim);
+    builder.add_vocab_size(args.vocab_size);
+    builder.add_out(args.out);
+    builder.add_scales(args.scales);
+    builder.add_weight(args.weight);
+    builder.add_tokens(args.tokens);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn tokens(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_TOKENS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn weight(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_WEIGHT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn scales(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_SCALES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn out(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_OUT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn vocab_size(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_VOCAB_SIZE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_size(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_GROUP_SIZE, Some(32)).unwrap()}
+  }
+  #[inline]
+  pub fn weight_bits(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Embedding::VT_WEIGHT_BITS, Some(4)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Embedding<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("tokens", Self::VT_TOKENS, false)?
+     .visit_field::<i32>("weight", Self::VT_WEIGHT, false)?
+     .visit_field::<i32>("scales", Self::VT_SCALES, false)?
+     .visit_field::<i32>("out", Self::VT_OUT, false)?
+     .visit_field::<i32>("vocab_size", Self::VT_VOCAB_SIZE, false)?
+     .visit_field::<i32>("dim", Self::VT_DIM, false)?
+     .visit_field::<i32>("group_size", Self::VT_GROUP_SIZE, false)?
+     .visit_field::<i32>("weight_bits", Self::VT_WEIGHT_BITS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EmbeddingArgs {
+    pub tokens: i32,
+    pub weight: i32,
+    pub scales: i32,
+    pub out: i32,
+    pub vocab_size: i32,
+    pub dim: i32,
+    pub group_size: i32,
+    pub weight_bits: i32,
+}
+impl<'a> Default for EmbeddingArgs {
+  #[inline]
+  fn default() -> Self {
+    EmbeddingArgs {
+      tokens: 0,
+      weight: 0,
+      scales: 0,
+      out: 0,
+      vocab_size: 0,
+      dim: 0,
+      group_size: 32,
+      weight_bits: 4,
+    }
+  }
+}
+
+pub struct EmbeddingBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> EmbeddingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_tokens(&mut self, tokens: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_TOKENS, tokens, 0);
+  }
+  #[inline]
+  pub fn add_weight(&mut self, weight: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_WEIGHT, weight, 0);
+  }
+  #[inline]
+  pub fn add_scales(&mut self, scales: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_SCALES, scales, 0);
+  }
+  #[inline]
+  pub fn add_out(&mut self, out: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_OUT, out, 0);
+  }
+  #[inline]
+  pub fn add_vocab_size(&mut self, vocab_size: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_VOCAB_SIZE, vocab_size, 0);
+  }
+  #[inline]
+  pub fn add_dim(&mut self, dim: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_DIM, dim, 0);
+  }
+  #[inline]
+  pub fn add_group_size(&mut self, group_size: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_GROUP_SIZE, group_size, 32);
+  }
+  #[inline]
+  pub fn add_weight_bits(&mut self, weight_bits: i32) {
+    self.fbb_.push_slot::<i32>(Embedding::VT_WEIGHT_BITS, weight_bits, 4);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> EmbeddingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EmbeddingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Embedding<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Embedding<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Embedding");
+      ds.field("tokens", &self.tokens());
+      ds.field("weight", &self.weight());
+      ds.field("scales", &self.scales());
+      ds.field("out", &self.out());
+      ds.field("vocab_size", &self.vocab_size());
+      ds.field("dim", &self.dim());
+      ds.field("group_size", &self.group_size());
+      ds.field("weight_bits", &self.weight_bits());
+      ds.finish()
+  }
+}
+pub enum RmsNormOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RmsNorm<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RmsNorm<'a> {
+  type Inner = RmsNorm<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RmsNorm<'a> {
+  pub const VT_X: flatbuffers::VOffsetT = 4;
+  pub const VT_WEIGHT: flatbuffers::VOffsetT = 6;
+  pub const VT_OUT: flatbuffers::VOffsetT = 8;
+  pub const VT_DIM: flatbuffers::VOffsetT = 10;
+  pub const VT_EPS: flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RmsNorm { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RmsNormArgs
+  ) -> flatbuffers::WIPOffset<RmsNorm<'bldr>> {
+    let mut builder = RmsNormBuilder::new(_fbb);
+    builder.add_eps(args.eps);
+    builder.add_dim(args.dim);
+    builder.add_out(args.out);
+    builder.add_weight(args.weight);
+    builder.add_x(args.x);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn x(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(RmsNorm::VT_X, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn weight(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(RmsNorm::VT_WEIGHT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn out(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(RmsNorm::VT_OUT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(RmsNorm::VT_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn eps(&self) -> f32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f32>(RmsNorm::VT_EPS, Some(1e-5)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for RmsNorm<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("x", Self::VT_X, false)?
+     .visit_field::<i32>("weight", Self::VT_WEIGHT, false)?
+     .visit_field::<i32>("out", Self::VT_OUT, false)?
+     .visit_field::<i32>("dim", Self::VT_DIM, false)?
+     .visit_field::<f32>("eps", Self::VT_EPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RmsNormArgs {
+    pub x: i32,
+    pub weight: i32,
+    pub out: i32,
+    pub dim: i32,
+    pub eps: f32,
+}
+impl<'a> Default for RmsNormArgs {
+  #[inline]
+  fn default() -> Self {
+    RmsNormArgs {
+      x: 0,
+      weight: 0,
+      out: 0,
+      dim: 0,
+      eps: 1e-5,
+    }
+  }
+}
+
+pub struct RmsNormBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> RmsNormBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_x(&mut self, x: i32) {
+    self.fbb_.push_slot::<i32>(RmsNorm::VT_X, x, 0);
+  }
+  #[inline]
+  pub fn add_weight(&mut self, weight: i32) {
+    self.fbb_.push_slot::<i32>(RmsNorm::VT_WEIGHT, weight, 0);
+  }
+  #[inline]
+  pub fn add_out(&mut self, out: i32) {
+    self.fbb_.push_slot::<i32>(RmsNorm::VT_OUT, out, 0);
+  }
+  #[inline]
+  pub fn add_dim(&mut self, dim: i32) {
+    self.fbb_.push_slot::<i32>(RmsNorm::VT_DIM, dim, 0);
+  }
+  #[inline]
+  pub fn add_eps(&mut self, eps: f32) {
+    self.fbb_.push_slot::<f32>(RmsNorm::VT_EPS, eps, 1e-5);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> RmsNormBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RmsNormBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RmsNorm<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RmsNorm<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RmsNorm");
+      ds.field("x", &self.x());
+      ds.field("weight", &self.weight());
+      ds.field("out", &self.out());
+      ds.field("dim", &self.dim());
+      ds.field("eps", &self.eps());
+      ds.finish()
+  }
+}
+pub enum AddOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Add<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Add<'a> {
+  type Inner = Add<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Add<'a> {
+  pub const VT_A: flatbuffers::VOffsetT = 4;
+  pub const VT_B: flatbuffers::VOffsetT = 6;
+  pub const VT_OUT: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Add { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddArgs
+  ) -> flatbuffers::WIPOffset<Add<'bldr>> {
+    let mut builder = AddBuilder::new(_fbb);
+    builder.add_out(args.out);
+    builder.add_b(args.b);
+    builder.add_a(args.a);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn a(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Add::VT_A, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn b(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Add::VT_B, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn out(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Add::VT_OUT, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Add<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("a", Self::VT_A, false)?
+     .visit_field::<i32>("b", Self::VT_B, false)?
+     .visit_field::<i32>("out", Self::VT_OUT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddArgs {
+    pub a: i32,
+    pub b: i32,
+    pub out: i32,
+}
+impl<'a> Default for AddArgs {
+  #[inline]
+  fn default() -> Self {
+    AddArgs {
+      a: 0,
+      b: 0,
+      out: 0,
+    }
+  }
+}
+
+pub struct AddBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> AddBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_a(&mut self, a: i32) {
+    self.fbb_.push_slot::<i32>(Add::VT_A, a, 0);
+  }
+  #[inline]
+  pub fn add_b(&mut self, b: i32) {
+    self.fbb_.push_slot::<i32>(Add::VT_B, b, 0);
+  }
+  #[inline]
+  pub fn add_out(&mut self, out: i32) {
+    self.fbb_.push_slot::<i32>(Add::VT_OUT, out, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> AddBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Add<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Add<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Add");
+      ds.field("a", &self.a());
+      ds.field("b", &self.b());
+      ds.field("out", &self.out());
+      ds.finish()
+  }
+}
+pub enum AttentionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Attention<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Attention<'a> {
+  type Inner = Attention<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Attention<'a> {
+  pub const VT_X: flatbuffers::VOffsetT = 4;
+  pub const VT_INPUT_POS: flatbuffers::VOffsetT = 6;
+  pub const VT_WQKV: flatbuffers::VOffsetT = 8;
+  pub const VT_WQKV_SCALES: flatbuffers::VOffsetT = 10;
+  pub const VT_WO: flatbuffers::VOffsetT = 12;
+  pub const VT_WO_SCALES: flatbuffers::VOffsetT = 14;
+  pub const VT_ROPE_COS: flatbuffers::VOffsetT = 16;
+  pub const VT_ROPE_SIN: flatbuffers::VOffsetT = 18;
+  pub const VT_OUT: flatbuffers::VOffsetT = 20;
+  pub const VT_DIM: flatbuffers::VOffsetT = 22;
+  pub const VT_N_HEADS: flatbuffers::VOffsetT = 24;
+  pub const VT_N_KV_HEADS: flatbuffers::VOffsetT = 26;
+  pub const VT_HEAD_DIM: flatbuffers::VOffsetT = 28;
+  pub const VT_MAX_SEQ_LEN: flatbuffers::VOffsetT = 30;
+  pub const VT_ROPE_STYLE: flatbuffers::VOffsetT = 32;
+  pub const VT_KV_CACHE: flatbuffers::VOffsetT = 34;
+  pub const VT_GROUP_SIZE: flatbuffers::VOffsetT = 36;
+  pub const VT_WEIGHT_BITS: flatbuffers::VOffsetT = 38;
+  pub const VT_EXACT: flatbuffers::VOffsetT = 40;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Attention { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AttentionArgs
+  ) -> flatbuffers::WIPOffset<Attention<'bldr>> {
+    let mut builder = AttentionBuilder::new(_fbb);
+    builder.add_weight_bits(args.weight_bits);
+    builder.add_group_size(args.group_size);
+    builder.add_max_seq_len(args.max_seq_len);
+    builder.add_head_dim(args.head_dim);
+    builder.add_n_kv_heads(args.n_kv_heads);
+    builder.add_n_heads(args.n_heads);
+    builder.add_dim(args.dim);
+    builder.add_out(args.out);
+    builder.add_rope_sin(args.rope_sin);
+    builder.add_rope_cos(args.rope_cos);
+    builder.add_wo_scales(args.wo_scales);
+    builder.add_wo(args.wo);
+    builder.add_wqkv_scales(args.wqkv_scales);
+    builder.add_wqkv(args.wqkv);
+    builder.add_input_pos(args.input_pos);
+    builder.add_x(args.x);
+    builder.add_exact(args.exact);
+    builder.add_kv_cache(args.kv_cache);
+    builder.add_rope_style(args.rope_style);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn x(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_X, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn input_pos(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_INPUT_POS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn wqkv(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_WQKV, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn wqkv_scales(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_WQKV_SCALES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn wo(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_WO, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn wo_scales(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_WO_SCALES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn rope_cos(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_ROPE_COS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn rope_sin(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_ROPE_SIN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn out(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_OUT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn n_heads(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_N_HEADS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn n_kv_heads(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_N_KV_HEADS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn head_dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_HEAD_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_seq_len(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_MAX_SEQ_LEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn rope_style(&self) -> RopeStyle {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<RopeStyle>(Attention::VT_ROPE_STYLE, Some(RopeStyle::HalfSplit)).unwrap()}
+  }
+  #[inline]
+  pub fn kv_cache(&self) -> KvCacheType {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<KvCacheType>(Attention::VT_KV_CACHE, Some(KvCacheType::F16)).unwrap()}
+  }
+  #[inline]
+  pub fn group_size(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_GROUP_SIZE, Some(32)).unwrap()}
+  }
+  #[inline]
+  pub fn weight_bits(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_WEIGHT_BITS, Some(4)).unwrap()}
+  }
+  #[inline]
+  pub fn exact(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Attention::VT_EXACT, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Attention<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("x", Self::VT_X, false)?
+     .visit_field::<i32>("input_pos", Self::VT_INPUT_POS, false)?
+     .visit_field::<i32>("wqkv", Self::VT_WQKV, false)?
+     .visit_field::<i32>("wqkv_scales", Self::VT_WQKV_SCALES, false)?
+     .visit_field::<i32>("wo", Self::VT_WO, false)?
+     .visit_field::<i32>("wo_scales", Self::VT_WO_SCALES, false)?
+     .visit_field::<i32>("rope_cos", Self::VT_ROPE_COS, false)?
+     .visit_field::<i32>("rope_sin", Self::VT_ROPE_SIN, false)?
+     .visit_field::<i32>("out", Self::VT_OUT, false)?
+     .visit_field::<i32>("dim", Self::VT_DIM, false)?
+     .visit_field::<i32>("n_heads", Self::VT_N_HEADS, false)?
+     .visit_field::<i32>("n_kv_heads", Self::VT_N_KV_HEADS, false)?
+     .visit_field::<i32>("head_dim", Self::VT_HEAD_DIM, false)?
+     .visit_field::<i32>("max_seq_len", Self::VT_MAX_SEQ_LEN, false)?
+     .visit_field::<RopeStyle>("rope_style", Self::VT_ROPE_STYLE, false)?
+     .visit_field::<KvCacheType>("kv_cache", Self::VT_KV_CACHE, false)?
+     .visit_field::<i32>("group_size", Self::VT_GROUP_SIZE, false)?
+     .visit_field::<i32>("weight_bits", Self::VT_WEIGHT_BITS, false)?
+     .visit_field::<bool>("exact", Self::VT_EXACT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AttentionArgs {
+    pub x: i32,
+    pub input_pos: i32,
+    pub wqkv: i32,
+    pub wqkv_scales: i32,
+    pub wo: i32,
+    pub wo_scales: i32,
+    pub rope_cos: i32,
+    pub rope_sin: i32,
+    pub out: i32,
+    pub dim: i32,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub head_dim: i32,
+    pub max_seq_len: i32,
+    pub rope_style: RopeStyle,
+    pub kv_cache: KvCacheType,
+    pub group_size: i32,
+    pub weight_bits: i32,
+    pub exact: bool,
+}
+impl<'a> Default for AttentionArgs {
+  #[inline]
+  fn default() -> Self {
+    AttentionArgs {
+      x: 0,
+      input_pos: 0,
+      wqkv: 0,
+      wqkv_scales: 0,
+      wo: 0,
+      wo_scales: 0,
+      rope_cos: 0,
+      rope_sin: 0,
+      out: 0,
+      dim: 0,
+      n_heads: 0,
+      n_kv_heads: 0,
+      head_dim: 0,
+      max_seq_len: 0,
+      rope_style: RopeStyle::HalfSplit,
+      kv_cache: KvCacheType::F16,
+      group_size: 32,
+      weight_bits: 4,
+      exact: false,
+    }
+  }
+}
+
+pub struct AttentionBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> AttentionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_x(&mut self, x: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_X, x, 0);
+  }
+  #[inline]
+  pub fn add_input_pos(&mut self, input_pos: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_INPUT_POS, input_pos, 0);
+  }
+  #[inline]
+  pub fn add_wqkv(&mut self, wqkv: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_WQKV, wqkv, 0);
+  }
+  #[inline]
+  pub fn add_wqkv_scales(&mut self, wqkv_scales: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_WQKV_SCALES, wqkv_scales, 0);
+  }
+  #[inline]
+  pub fn add_wo(&mut self, wo: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_WO, wo, 0);
+  }
+  #[inline]
+  pub fn add_wo_scales(&mut self, wo_scales: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_WO_SCALES, wo_scales, 0);
+  }
+  #[inline]
+  pub fn add_rope_cos(&mut self, rope_cos: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_ROPE_COS, rope_cos, 0);
+  }
+  #[inline]
+  pub fn add_rope_sin(&mut self, rope_sin: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_ROPE_SIN, rope_sin, 0);
+  }
+  #[inline]
+  pub fn add_out(&mut self, out: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_OUT, out, 0);
+  }
+  #[inline]
+  pub fn add_dim(&mut self, dim: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_DIM, dim, 0);
+  }
+  #[inline]
+  pub fn add_n_heads(&mut self, n_heads: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_N_HEADS, n_heads, 0);
+  }
+  #[inline]
+  pub fn add_n_kv_heads(&mut self, n_kv_heads: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_N_KV_HEADS, n_kv_heads, 0);
+  }
+  #[inline]
+  pub fn add_head_dim(&mut self, head_dim: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_HEAD_DIM, head_dim, 0);
+  }
+  #[inline]
+  pub fn add_max_seq_len(&mut self, max_seq_len: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_MAX_SEQ_LEN, max_seq_len, 0);
+  }
+  #[inline]
+  pub fn add_rope_style(&mut self, rope_style: RopeStyle) {
+    self.fbb_.push_slot::<RopeStyle>(Attention::VT_ROPE_STYLE, rope_style, RopeStyle::HalfSplit);
+  }
+  #[inline]
+  pub fn add_kv_cache(&mut self, kv_cache: KvCacheType) {
+    self.fbb_.push_slot::<KvCacheType>(Attention::VT_KV_CACHE, kv_cache, KvCacheType::F16);
+  }
+  #[inline]
+  pub fn add_group_size(&mut self, group_size: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_GROUP_SIZE, group_size, 32);
+  }
+  #[inline]
+  pub fn add_weight_bits(&mut self, weight_bits: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_WEIGHT_BITS, weight_bits, 4);
+  }
+  #[inline]
+  pub fn add_exact(&mut self, exact: bool) {
+    self.fbb_.push_slot::<bool>(Attention::VT_EXACT, exact, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> AttentionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AttentionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Attention<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Attention<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Attention");
+      ds.field("x", &self.x());
+      ds.field("input_pos", &self.input_pos());
+      ds.field("wqkv", &self.wqkv());
+      ds.field("wqkv_scales", &self.wqkv_scales());
+      ds.field("wo", &self.wo());
+      ds.field("wo_scales", &self.wo_scales());
+      ds.field("rope_cos", &self.rope_cos());
+      ds.field("rope_sin", &self.rope_sin());
+      ds.field("out", &self.out());
+      ds.field("dim", &self.dim());
+      ds.field("n_heads", &self.n_heads());
+      ds.field("n_kv_heads", &self.n_kv_heads());
+      ds.field("head_dim", &self.head_dim());
+      ds.field("max_seq_len", &self.max_seq_len());
+      ds.field("rope_style", &self.rope_style());
+      ds.field("kv_cache", &self.kv_cache());
+      ds.field("group_size", &self.group_size());
+      ds.field("weight_bits", &self.weight_bits());
+      ds.field("exact", &self.exact());
+      ds.finish()
+  }
+}
+pub enum SwigluFfnOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SwigluFfn<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for SwigluFfn<'a> {
+  type Inner = SwigluFfn<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> SwigluFfn<'a> {
+  pub const VT_X: flatbuffers::VOffsetT = 4;
+  pub const VT_W13: flatbuffers::VOffsetT = 6;
+  pub const VT_W13_SCALES: flatbuffers::VOffsetT = 8;
+  pub const VT_W2: flatbuffers::VOffsetT = 10;
+  pub const VT_W2_SCALES: flatbuffers::VOffsetT = 12;
+  pub const VT_OUT: flatbuffers::VOffsetT = 14;
+  pub const VT_DIM: flatbuffers::VOffsetT = 16;
+  pub const VT_HIDDEN_DIM: flatbuffers::VOffsetT = 18;
+  pub const VT_GROUP_SIZE: flatbuffers::VOffsetT = 20;
+  pub const VT_WEIGHT_BITS: flatbuffers::VOffsetT = 22;
+  pub const VT_EXACT: flatbuffers::VOffsetT = 24;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    SwigluFfn { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SwigluFfnArgs
+  ) -> flatbuffers::WIPOffset<SwigluFfn<'bldr>> {
+    let mut builder = SwigluFfnBuilder::new(_fbb);
+    builder.add_weight_bits(args.weight_bits);
+    builder.add_group_size(args.group_size);
+    builder.add_hidden_dim(args.hidden_dim);
+    builder.add_dim(args.dim);
+    builder.add_out(args.out);
+    builder.add_w2_scales(args.w2_scales);
+    builder.add_w2(args.w2);
+    builder.add_w13_scales(args.w13_scales);
+    builder.add_w13(args.w13);
+    builder.add_x(args.x);
+    builder.add_exact(args.exact);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn x(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_X, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn w13(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_W13, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn w13_scales(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_W13_SCALES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn w2(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_W2, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn w2_scales(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_W2_SCALES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn out(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_OUT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hidden_dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_HIDDEN_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_size(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_GROUP_SIZE, Some(32)).unwrap()}
+  }
+  #[inline]
+  pub fn weight_bits(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(SwigluFfn::VT_WEIGHT_BITS, Some(4)).unwrap()}
+  }
+  #[inline]
+  pub fn exact(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SwigluFfn::VT_EXACT, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for SwigluFfn<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("x", Self::VT_X, false)?
+     .visit_field::<i32>("w13", Self::VT_W13, false)?
+     .visit_field::<i32>("w13_scales", Self::VT_W13_SCALES, false)?
+     .visit_field::<i32>("w2", Self::VT_W2, false)?
+     .visit_field::<i32>("w2_scales", Self::VT_W2_SCALES, false)?
+     .visit_field::<i32>("out", Self::VT_OUT, false)?
+     .visit_field::<i32>("dim", Self::VT_DIM, false)?
+     .visit_field::<i32>("hidden_dim", Self::VT_HIDDEN_DIM, false)?
+     .visit_field::<i32>("group_size", Self::VT_GROUP_SIZE, false)?
+     .visit_field::<i32>("weight_bits", Self::VT_WEIGHT_BITS, false)?
+     .visit_field::<bool>("exact", Self::VT_EXACT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SwigluFfnArgs {
+    pub x: i32,
+    pub w13: i32,
+    pub w13_scales: i32,
+    pub w2: i32,
+    pub w2_scales: i32,
+    pub out: i32,
+    pub dim: i32,
+    pub hidden_dim: i32,
+    pub group_size: i32,
+    pub weight_bits: i32,
+    pub exact: bool,
+}
+impl<'a> Default for SwigluFfnArgs {
+  #[inline]
+  fn default() -> Self {
+    SwigluFfnArgs {
+      x: 0,
+      w13: 0,
+      w13_scales: 0,
+      w2: 0,
+      w2_scales: 0,
+      out: 0,
+      dim: 0,
+      hidden_dim: 0,
+      group_size: 32,
+      weight_bits: 4,
+      exact: false,
+    }
+  }
+}
+
+pub struct SwigluFfnBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> SwigluFfnBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_x(&mut self, x: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_X, x, 0);
+  }
+  #[inline]
+  pub fn add_w13(&mut self, w13: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_W13, w13, 0);
+  }
+  #[inline]
+  pub fn add_w13_scales(&mut self, w13_scales: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_W13_SCALES, w13_scales, 0);
+  }
+  #[inline]
+  pub fn add_w2(&mut self, w2: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_W2, w2, 0);
+  }
+  #[inline]
+  pub fn add_w2_scales(&mut self, w2_scales: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_W2_SCALES, w2_scales, 0);
+  }
+  #[inline]
+  pub fn add_out(&mut self, out: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_OUT, out, 0);
+  }
+  #[inline]
+  pub fn add_dim(&mut self, dim: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_DIM, dim, 0);
+  }
+  #[inline]
+  pub fn add_hidden_dim(&mut self, hidden_dim: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_HIDDEN_DIM, hidden_dim, 0);
+  }
+  #[inline]
+  pub fn add_group_size(&mut self, group_size: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_GROUP_SIZE, group_size, 32);
+  }
+  #[inline]
+  pub fn add_weight_bits(&mut self, weight_bits: i32) {
+    self.fbb_.push_slot::<i32>(SwigluFfn::VT_WEIGHT_BITS, weight_bits, 4);
+  }
+  #[inline]
+  pub fn add_exact(&mut self, exact: bool) {
+    self.fbb_.push_slot::<bool>(SwigluFfn::VT_EXACT, exact, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> SwigluFfnBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SwigluFfnBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<SwigluFfn<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for SwigluFfn<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("SwigluFfn");
+      ds.field("x", &self.x());
+      ds.field("w13", &self.w13());
+      ds.field("w13_scales", &self.w13_scales());
+      ds.field("w2", &self.w2());
+      ds.field("w2_scales", &self.w2_scales());
+      ds.field("out", &self.out());
+      ds.field("dim", &self.dim());
+      ds.field("hidden_dim", &self.hidden_dim());
+      ds.field("group_size", &self.group_size());
+      ds.field("weight_bits", &self.weight_bits());
+      ds.field("exact", &self.exact());
+      ds.finish()
+  }
+}
+pub enum LmHeadOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LmHead<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for LmHead<'a> {
+  type Inner = LmHead<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> LmHead<'a> {
+  pub const VT_X: flatbuffers::VOffsetT = 4;
+  pub const VT_NORM_WEIGHT: flatbuffers::VOffsetT = 6;
+  pub const VT_WEIGHT: flatbuffers::VOffsetT = 8;
+  pub const VT_SCALES: flatbuffers::VOffsetT = 10;
+  pub const VT_OUT: flatbuffers::VOffsetT = 12;
+  pub const VT_DIM: flatbuffers::VOffsetT = 14;
+  pub const VT_VOCAB_SIZE: flatbuffers::VOffsetT = 16;
+  pub const VT_EPS: flatbuffers::VOffsetT = 18;
+  pub const VT_GROUP_SIZE: flatbuffers::VOffsetT = 20;
+  pub const VT_WEIGHT_BITS: flatbuffers::VOffsetT = 22;
+  pub const VT_EXACT: flatbuffers::VOffsetT = 24;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    LmHead { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LmHeadArgs
+  ) -> flatbuffers::WIPOffset<LmHead<'bldr>> {
+    let mut builder = LmHeadBuilder::new(_fbb);
+    builder.add_weight_bits(args.weight_bits);
+    builder.add_group_size(args.group_size);
+    builder.add_eps(args.eps);
+    builder.add_vocab_size(args.vocab_size);
+    builder.add_dim(args.dim);
+    builder.add_out(args.out);
+    builder.add_scales(args.scales);
+    builder.add_weight(args.weight);
+    builder.add_norm_weight(args.norm_weight);
+    builder.add_x(args.x);
+    builder.add_exact(args.exact);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn x(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_X, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn norm_weight(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_NORM_WEIGHT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn weight(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_WEIGHT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn scales(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_SCALES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn out(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_OUT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn dim(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_DIM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn vocab_size(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_VOCAB_SIZE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn eps(&self) -> f32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f32>(LmHead::VT_EPS, Some(1e-5)).unwrap()}
+  }
+  #[inline]
+  pub fn group_size(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_GROUP_SIZE, Some(32)).unwrap()}
+  }
+  #[inline]
+  pub fn weight_bits(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(LmHead::VT_WEIGHT_BITS, Some(4)).unwrap()}
+  }
+  #[inline]
+  pub fn exact(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(LmHead::VT_EXACT, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for LmHead<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<i32>("x", Self::VT_X, false)?
+     .visit_field::<i32>("norm_weight", Self::VT_NORM_WEIGHT, false)?
+     .visit_field::<i32>("weight", Self::VT_WEIGHT, false)?
+     .visit_field::<i32>("scales", Self::VT_SCALES, false)?
+     .visit_field::<i32>("out", Self::VT_OUT, false)?
+     .visit_field::<i32>("dim", Self::VT_DIM, false)?
+     .visit_field::<i32>("vocab_size", Self::VT_VOCAB_SIZE, false)?
+     .visit_field::<f32>("eps", Self::VT_EPS, false)?
+     .visit_field::<i32>("group_size", Self::VT_GROUP_SIZE, false)?
+     .visit_field::<i32>("weight_bits", Self::VT_WEIGHT_BITS, false)?
+     .visit_field::<bool>("exact", Self::VT_EXACT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LmHeadArgs {
+    pub x: i32,
+    pub norm_weight: i32,
+    pub weight: i32,
+    pub scales: i32,
+    pub out: i32,
+    pub dim: i32,
+    pub vocab_size: i32,
+    pub eps: f32,
+    pub group_size: i32,
+    pub weight_bits: i32,
+    pub exact: bool,
+}
+impl<'a> Default for LmHeadArgs {
+  #[inline]
+  fn default() -> Self {
+    LmHeadArgs {
+      x: 0,
+      norm_weight: 0,
+      weight: 0,
+      scales: 0,
+      out: 0,
+      dim: 0,
+      vocab_size: 0,
+      eps: 1e-5,
+      group_size: 32,
+      weight_bits: 4,
+      exact: false,
+    }
+  }
+}
+
+pub struct LmHeadBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> LmHeadBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_x(&mut self, x: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_X, x, 0);
+  }
+  #[inline]
+  pub fn add_norm_weight(&mut self, norm_weight: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_NORM_WEIGHT, norm_weight, 0);
+  }
+  #[inline]
+  pub fn add_weight(&mut self, weight: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_WEIGHT, weight, 0);
+  }
+  #[inline]
+  pub fn add_scales(&mut self, scales: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_SCALES, scales, 0);
+  }
+  #[inline]
+  pub fn add_out(&mut self, out: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_OUT, out, 0);
+  }
+  #[inline]
+  pub fn add_dim(&mut self, dim: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_DIM, dim, 0);
+  }
+  #[inline]
+  pub fn add_vocab_size(&mut self, vocab_size: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_VOCAB_SIZE, vocab_size, 0);
+  }
+  #[inline]
+  pub fn add_eps(&mut self, eps: f32) {
+    self.fbb_.push_slot::<f32>(LmHead::VT_EPS, eps, 1e-5);
+  }
+  #[inline]
+  pub fn add_group_size(&mut self, group_size: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_GROUP_SIZE, group_size, 32);
+  }
+  #[inline]
+  pub fn add_weight_bits(&mut self, weight_bits: i32) {
+    self.fbb_.push_slot::<i32>(LmHead::VT_WEIGHT_BITS, weight_bits, 4);
+  }
+  #[inline]
+  pub fn add_exact(&mut self, exact: bool) {
+    self.fbb_.push_slot::<bool>(LmHead::VT_EXACT, exact, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> LmHeadBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LmHeadBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<LmHead<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for LmHead<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("LmHead");
+      ds.field("x", &self.x());
+      ds.field("norm_weight", &self.norm_weight());
+      ds.field("weight", &self.weight());
+      ds.field("scales", &self.scales());
+      ds.field("out", &self.out());
+      ds.field("dim", &self.dim());
+      ds.field("vocab_size", &self.vocab_size());
+      ds.field("eps", &self.eps());
+      ds.field("group_size", &self.group_size());
+      ds.field("weight_bits", &self.weight_bits());
+      ds.field("exact", &self.exact());
+      ds.finish()
+  }
+}
 pub enum NodeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1401,6 +3044,96 @@ impl<'a> Node<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_embedding(&self) -> Option<Embedding<'a>> {
+    if self.op_type() == Op::Embedding {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Embedding::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_rms_norm(&self) -> Option<RmsNorm<'a>> {
+    if self.op_type() == Op::RmsNorm {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RmsNorm::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_add(&self) -> Option<Add<'a>> {
+    if self.op_type() == Op::Add {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Add::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_attention(&self) -> Option<Attention<'a>> {
+    if self.op_type() == Op::Attention {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Attention::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_swiglu_ffn(&self) -> Option<SwigluFfn<'a>> {
+    if self.op_type() == Op::SwigluFfn {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SwigluFfn::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_lm_head(&self) -> Option<LmHead<'a>> {
+    if self.op_type() == Op::LmHead {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LmHead::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Node<'_> {
@@ -1414,6 +3147,12 @@ impl flatbuffers::Verifiable for Node<'_> {
         match key {
           Op::MoeFfn => v.verify_union_variant::<flatbuffers::ForwardsUOffset<MoeFfn>>("Op::MoeFfn", pos),
           Op::Int4Linear => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Int4Linear>>("Op::Int4Linear", pos),
+          Op::Embedding => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Embedding>>("Op::Embedding", pos),
+          Op::RmsNorm => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RmsNorm>>("Op::RmsNorm", pos),
+          Op::Add => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Add>>("Op::Add", pos),
+          Op::Attention => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Attention>>("Op::Attention", pos),
+          Op::SwigluFfn => v.verify_union_variant::<flatbuffers::ForwardsUOffset<SwigluFfn>>("Op::SwigluFfn", pos),
+          Op::LmHead => v.verify_union_variant::<flatbuffers::ForwardsUOffset<LmHead>>("Op::LmHead", pos),
           _ => Ok(()),
         }
      })?
@@ -1489,6 +3228,48 @@ impl core::fmt::Debug for Node<'_> {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Op::Embedding => {
+          if let Some(x) = self.op_as_embedding() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::RmsNorm => {
+          if let Some(x) = self.op_as_rms_norm() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Add => {
+          if let Some(x) = self.op_as_add() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Attention => {
+          if let Some(x) = self.op_as_attention() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::SwigluFfn => {
+          if let Some(x) = self.op_as_swiglu_ffn() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::LmHead => {
+          if let Some(x) = self.op_as_lm_head() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("op", &x)
@@ -1546,7 +3327,7 @@ impl<'a> Graph<'a> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(Graph::VT_VERSION, Some(1)).unwrap()}
+    unsafe { self._tab.get::<u32>(Graph::VT_VERSION, Some(2)).unwrap()}
   }
   #[inline]
   pub fn tensors(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tensor<'a>>>> {
@@ -1614,7 +3395,7 @@ impl<'a> Default for GraphArgs<'a> {
   #[inline]
   fn default() -> Self {
     GraphArgs {
-      version: 1,
+      version: 2,
       tensors: None,
       nodes: None,
       inputs: None,
@@ -1631,7 +3412,7 @@ pub struct GraphBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
 impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> GraphBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_version(&mut self, version: u32) {
-    self.fbb_.push_slot::<u32>(Graph::VT_VERSION, version, 1);
+    self.fbb_.push_slot::<u32>(Graph::VT_VERSION, version, 2);
   }
   #[inline]
   pub fn add_tensors(&mut self, tensors: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<Tensor<'b >>>>) {

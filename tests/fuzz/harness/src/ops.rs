@@ -27,7 +27,15 @@ pub fn pool(two: bool) -> &'static ThreadPool {
     static P1: OnceLock<ThreadPool> = OnceLock::new();
     static P2: OnceLock<ThreadPool> = OnceLock::new();
     if two {
-        P2.get_or_init(|| ThreadPool::new(2))
+        P2.get_or_init(|| {
+            // Idle workers spin 20,000 pauses by default before sleeping: per fuzz iteration that
+            // is a core burnt next to the fuzzer (and the machine is usually shared). Both the spin
+            // and the sleep path stay exercised with a short spin. Read once, at the first job.
+            if std::env::var_os("MOBILEMOE_SPIN").is_none() {
+                std::env::set_var("MOBILEMOE_SPIN", "64");
+            }
+            ThreadPool::new(2)
+        })
     } else {
         P1.get_or_init(|| ThreadPool::new(1))
     }
@@ -405,15 +413,23 @@ pub struct LinearInput {
     two_threads: bool,
 }
 
+/// Multiply-adds per `linear` call in ops_linear (small claimed dims only), see there.
+pub const LINEAR_MACS: usize = 1 << 15;
+
 pub fn ops_linear(data: &[u8]) {
     let Some(inp) = parse::<LinearInput>(data) else { return };
     let g = inp.group.get();
     let Ok(bits) = WeightBits::from_bits(inp.bits.get()) else { return };
-    // Mostly small (fast iterations); sometimes up to 71 rows (the prefill row-block split) and
-    // 100 output rows.
-    let n = inp.n.get(|s| if s >= 224 { s as usize % 100 } else { s as usize % 40 });
+    // Edges, not sizes: n = 0..39 (1, 15, 16, 17, 31..33: around the 16-row tile), k = 1..4 groups,
+    // m = 0..8 rows, or (1 in 16) 64..71 rows (the prefill row-block split, m >= 64).
+    let mut n = inp.n.get(|s| s as usize % 40);
     let k = inp.k.get(|s| g.max(1) * (1 + s as usize % if g >= 128 { 2 } else { 4 }));
-    let m = inp.m.get(|s| if s >= 232 { s as usize % 72 } else { s as usize % 9 });
+    let m = inp.m.get(|s| if s >= 232 { 64 + s as usize % 8 } else { s as usize % 9 });
+    // Cost bound: the scalar reference run costs ~m*n*k multiply-adds (slow under ASan + coverage
+    // instrumentation); above LINEAR_MACS fewer output rows (small claimed n only).
+    if inp.n.sel < 248 && m.saturating_mul(n).saturating_mul(k) > LINEAR_MACS {
+        n = (LINEAR_MACS / m.saturating_mul(k).max(1)).max(1);
+    }
     let valid = spec_valid(n, k, g);
     // MatrixSpec and PackedRef have public fields: a caller can build an unchecked spec, so
     // 1 input in 8 bypasses `new` (the op must still not panic).
@@ -499,16 +515,25 @@ thread_local! {
     static REUSED: RefCell<MoeScratch> = RefCell::new(MoeScratch::default());
 }
 
+/// Multiply-adds per `moe_ffn` call in ops_moe_ffn (small claimed token counts), see there.
+pub const MOE_MACS: usize = 1 << 16;
+/// Largest stacked expert weight (bytes) ops_moe_ffn passes with a matching length.
+pub const MOE_WEIGHT_BYTES: usize = 1 << 14;
+
 pub fn ops_moe_ffn(data: &[u8]) {
     let Some(inp) = parse::<MoeInput>(data) else { return };
     let g = inp.group.get();
     let Ok(bits) = WeightBits::from_bits(inp.bits.get()) else { return };
+    // Edges, not sizes: D and F one or two groups (three for G = 32), E = 0..8, top-k = 0..4 or
+    // (1 in 4) k = E, t = 0..4 tokens or (1 in 8) 5..40. The valid calls' cost is bounded (the
+    // scalar reference run dominates under ASan): weights above MOE_WEIGHT_BYTES are claimed with a
+    // mismatching buffer (invalid call), and t shrinks to keep a call under MOE_MACS multiply-adds.
     let mult = |s: u8| g.max(1) * (1 + s as usize % if g >= 64 { 2 } else { 3 });
     let d = inp.dim.get(mult);
     let f = inp.hidden.get(mult);
     let e = inp.experts.get(|s| s as usize % 9);
-    let k = inp.top_k.get(|s| s as usize % 5);
-    let t = inp.tokens.get(|s| if s >= 224 { s as usize % 40 } else { s as usize % 10 });
+    let k = inp.top_k.get(|s| if s % 4 == 3 { e } else { s as usize % 5 });
+    let mut t = inp.tokens.get(|s| if s >= 224 { 5 + s as usize % 36 } else { s as usize % 5 });
     // shared expert: none, consistent, or inconsistent (weights without shared_hidden and vice versa)
     let (fs, with_shared) = match inp.shared_sel % 8 {
         0..=3 => (0, false),
@@ -516,6 +541,10 @@ pub fn ops_moe_ffn(data: &[u8]) {
         6 => (0, true),
         _ => (mult(inp.shared_sel / 8), false),
     };
+    let per_token = (k.saturating_mul(3).saturating_mul(f)).saturating_add(fs.saturating_mul(3)).saturating_mul(d);
+    if inp.tokens.sel < 248 && t > 1 && t.saturating_mul(per_token) > MOE_MACS {
+        t = (MOE_MACS / per_token.max(1)).max(1);
+    }
     let route_scale = inp.route_scale.map(|s| s.value()).unwrap_or(1.0);
     let spec = MoeSpec {
         dim: d,
@@ -561,9 +590,10 @@ pub fn ops_moe_ffn(data: &[u8]) {
     };
     let xl = len(mul(&[t, d]), 0);
     let rl = len(mul(&[e, d]), 1);
-    let w13l = len(d13.and_then(|b| mul(&[e, b])), 2);
+    let capped = |v: Option<usize>| v.filter(|&b| b <= MOE_WEIGHT_BYTES);
+    let w13l = len(capped(d13.and_then(|b| mul(&[e, b]))), 2);
     let w13sl = len(c13.and_then(|b| mul(&[e, b])), 3);
-    let w2l = len(d2.and_then(|b| mul(&[e, b])), 4);
+    let w2l = len(capped(d2.and_then(|b| mul(&[e, b]))), 4);
     let w2sl = len(c2.and_then(|b| mul(&[e, b])), 5);
     let ol = len(mul(&[t, d]), 6);
     let mut opt_ok = true;
@@ -579,7 +609,7 @@ pub fn ops_moe_ffn(data: &[u8]) {
         let fsx = if fs == 0 { 16 } else { fs };
         let (a, b) = (MatrixSpec::new(2 * fsx.min(1 << 20), d.max(1), g, bits), MatrixSpec::new(d.max(1), fsx, g, bits));
         if let (Ok(sa), Ok(sb)) = (a, b) {
-            if sa.data_bytes() <= CAP_ELEMS && sb.data_bytes() <= CAP_ELEMS {
+            if sa.data_bytes() <= MOE_WEIGHT_BYTES && sb.data_bytes() <= MOE_WEIGHT_BYTES {
                 let l13 = opt_len(Some(sa.data_bytes()), 8);
                 let l13s = opt_len(Some(sa.scale_count()), 9);
                 let l2 = opt_len(Some(sb.data_bytes()), 10);

@@ -6,3 +6,9 @@ class Op(object):
     NONE = 0
     MoeFfn = 1
     Int4Linear = 2
+    Embedding = 3
+    RmsNorm = 4
+    Add = 5
+    Attention = 6
+    SwigluFfn = 7
+    LmHead = 8

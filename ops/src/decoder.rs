@@ -1,0 +1,675 @@
+//! The rest of a decoder layer around the MoE FFN: RMSNorm, RoPE (half-split and interleaved),
+//! a KV cache (fp16 or fp32) updated in place, causal grouped-query attention over the *filled*
+//! positions only, INT4 embedding rows read from the (tied) packed LM-head matrix, the LM head on
+//! the last token, and the dense SwiGLU FFN on the fused `w13` matrix.
+//!
+//! Numerics (docs/DESIGN.md section 9): reductions (dot products, sums of squares, softmax sums)
+//! use 16 fixed lanes combined in a fixed order, and no implicit FMA contraction, so the generic
+//! code gives the same bits whichever ISA the wrappers below compile it for (AVX-512, AVX2,
+//! NEON, scalar). `exp` is the crate's deterministic [`exp_f32`].
+
+use crate::error::{check_len, mul_dims, OpsError, Result};
+use crate::kernels::Kernels;
+use crate::linear::{linear, LinearScratch};
+use crate::moe::{exp_f32, swiglu_rows};
+use crate::quant::{packed_q, packed_scale, PackedRef};
+use crate::threadpool::ThreadPool;
+use half::f16;
+use std::cell::RefCell;
+use tracing::debug_span;
+
+const LANES: usize = 16;
+
+/// Sum of `a[i] * b[i]` in 16 fixed lanes (lane `i % 16`), lanes combined pairwise in a fixed
+/// tree, then the tail in order. Same bits on every ISA.
+#[inline(always)]
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f32; LANES];
+    let full = n / LANES * LANES;
+    for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut s = reduce_lanes(acc);
+    for i in full..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[inline(always)]
+fn reduce_lanes(mut acc: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// Sum of `a[i]` in 16 fixed lanes (see [`dot_lanes`]).
+#[inline(always)]
+fn sum_lanes(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let full = a.len() / LANES * LANES;
+    for c in a[..full].chunks_exact(LANES) {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = reduce_lanes(acc);
+    for &v in &a[full..] {
+        s += v;
+    }
+    s
+}
+
+// ------------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// `out[r] = x[r] * (1 / sqrt(mean(x[r]^2) + eps)) * weight` for `rows` rows of `weight.len()`.
+pub fn rms_norm(x: &[f32], rows: usize, weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+    let d = weight.len();
+    if d == 0 {
+        return Err(OpsError::ZeroDim { what: "rms_norm weight" });
+    }
+    check_len("rms_norm input", mul_dims("rms_norm input", &[rows, d])?, x.len())?;
+    check_len("rms_norm output", x.len(), out.len())?;
+    let _span = debug_span!("rms_norm", rows, d).entered();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        rms_norm_row(xr, weight, eps, or);
+    }
+    Ok(())
+}
+
+#[inline]
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss = dot_lanes(x, x);
+    let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * r) * g;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoPE
+
+/// How a head's dimensions pair up for the rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Hugging Face `rotate_half`: dimension `i` pairs with `i + head_dim/2`.
+    HalfSplit,
+    /// Meta / GPT-J: dimension `2i` pairs with `2i + 1`.
+    Interleaved,
+}
+
+/// Rotates one head `v` (length `2 * cos.len()`) with the angle tables of its position.
+#[inline(always)]
+pub fn rope_head(v: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = cos.len();
+    match style {
+        RopeStyle::HalfSplit => {
+            let (a, b) = v.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+        RopeStyle::Interleaved => {
+            for i in 0..half {
+                let (x1, x2) = (v[2 * i], v[2 * i + 1]);
+                v[2 * i] = x1 * cos[i] - x2 * sin[i];
+                v[2 * i + 1] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// KV cache
+
+/// Element type of a KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDType {
+    F16,
+    F32,
+}
+
+impl KvDType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDType::F16 => 2,
+            KvDType::F32 => 4,
+        }
+    }
+}
+
+/// One layer's K or V cache, `[n_kv_heads, max_seq_len, head_dim]`, borrowed mutably.
+pub enum KvSlice<'a> {
+    F16(&'a mut [f16]),
+    F32(&'a mut [f32]),
+}
+
+impl KvSlice<'_> {
+    fn len(&self) -> usize {
+        match self {
+            KvSlice::F16(s) => s.len(),
+            KvSlice::F32(s) => s.len(),
+        }
+    }
+    #[inline(always)]
+    fn write(&mut self, at: usize, v: &[f32]) {
+        match self {
+            KvSlice::F16(s) => {
+                for (d, &x) in s[at..at + v.len()].iter_mut().zip(v) {
+                    *d = f16::from_f32(x);
+                }
+            }
+            KvSlice::F32(s) => s[at..at + v.len()].copy_from_slice(v),
+        }
+    }
+}
+
+/// A layer's K and V caches owned in one allocation per tensor (what a delegate keeps per layer).
+pub struct KvCache {
+    pub dtype: KvDType,
+    pub n_kv_heads: usize,
+    pub max_seq_len: usize,
+    pub head_dim: usize,
+    k16: Vec<f16>,
+    v16: Vec<f16>,
+    k32: Vec<f32>,
+    v32: Vec<f32>,
+}
+
+impl KvCache {
+    pub fn new(dtype: KvDType, n_kv_heads: usize, max_seq_len: usize, head_dim: usize) -> Result<Self> {
+        let n = mul_dims("kv cache", &[n_kv_heads, max_seq_len, head_dim])?;
+        let (mut k16, mut v16, mut k32, mut v32) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        match dtype {
+            KvDType::F16 => {
+                k16 = vec![f16::ZERO; n];
+                v16 = vec![f16::ZERO; n];
+            }
+            KvDType::F32 => {
+                k32 = vec![0.0; n];
+                v32 = vec![0.0; n];
+            }
+        }
+        Ok(Self { dtype, n_kv_heads, max_seq_len, head_dim, k16, v16, k32, v32 })
+    }
+    /// Bytes held (K + V).
+    pub fn bytes(&self) -> usize {
+        2 * self.n_kv_heads * self.max_seq_len * self.head_dim * self.dtype.bytes()
+    }
+    pub fn views(&mut self) -> (KvSlice<'_>, KvSlice<'_>) {
+        match self.dtype {
+            KvDType::F16 => (KvSlice::F16(&mut self.k16), KvSlice::F16(&mut self.v16)),
+            KvDType::F32 => (KvSlice::F32(&mut self.k32), KvSlice::F32(&mut self.v32)),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Attention
+
+/// Shape and options of one attention layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionSpec {
+    pub dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_seq_len: usize,
+    pub rope: RopeStyle,
+    /// Q8 (int8 activations) projections unless set.
+    pub exact: bool,
+}
+
+impl AttentionSpec {
+    pub fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("attention dim", self.dim),
+            ("attention n_heads", self.n_heads),
+            ("attention n_kv_heads", self.n_kv_heads),
+            ("attention head_dim", self.head_dim),
+            ("attention max_seq_len", self.max_seq_len),
+        ] {
+            if v == 0 {
+                return Err(OpsError::ZeroDim { what });
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(OpsError::Invalid(format!(
+                "attention: n_heads {} is not a multiple of n_kv_heads {}",
+                self.n_heads, self.n_kv_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(OpsError::Invalid(format!("attention: head_dim {} must be even (RoPE)", self.head_dim)));
+        }
+        mul_dims("attention qkv width", &[self.n_heads + 2 * self.n_kv_heads, self.head_dim])?;
+        mul_dims("attention kv cache", &[self.n_kv_heads, self.max_seq_len, self.head_dim])?;
+        Ok(())
+    }
+    /// Rows of the fused q/k/v projection: `(n_heads + 2 n_kv_heads) * head_dim`.
+    pub fn qkv_width(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+    pub fn q_width(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+}
+
+/// Weights of one attention layer: fused `wqkv` (`[q; k; v]` rows) and `wo`, both packed, and the
+/// RoPE angle tables `cos`/`sin` `[max_seq_len, head_dim/2]` (shared by all layers).
+pub struct AttentionWeights<'a> {
+    pub wqkv: PackedRef<'a>,
+    pub wo: PackedRef<'a>,
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+/// Reusable buffers of [`attention`] (grow only).
+#[derive(Default)]
+pub struct AttentionScratch {
+    lin: LinearScratch,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+}
+
+thread_local! {
+    /// Per-thread attention scores `[rep, ctx]` and K/V row conversions (grow only).
+    static ATTN_TLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A `*mut f32` shared by threads that write disjoint ranges.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only to write disjoint (token, head) ranges from different pool threads while the
+// owner keeps the buffer alive and untouched until `pool.run` returns.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// One causal GQA attention layer with its KV cache:
+/// `out = wo · softmax((rope(q) · rope(k)^T) / sqrt(hd)) · v` where query `s` (at absolute position
+/// `positions[s]`) sees cache slots `0..=positions[s]`. The `t` tokens' K/V are written into the
+/// cache at their positions first. Costs in proportion to the positions, not to `max_seq_len`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    spec: &AttentionSpec,
+    w: &AttentionWeights<'_>,
+    x: &[f32],
+    positions: &[i64],
+    k_cache: &mut KvSlice<'_>,
+    v_cache: &mut KvSlice<'_>,
+    out: &mut [f32],
+    scratch: &mut AttentionScratch,
+    pool: &ThreadPool,
+    kernels: &Kernels,
+) -> Result<()> {
+    spec.validate()?;
+    let t = positions.len();
+    let (d, hd, hq, hkv) = (spec.dim, spec.head_dim, spec.n_heads, spec.n_kv_heads);
+    let _span = debug_span!("attention", tokens = t).entered();
+    check_len("attention input", mul_dims("attention input", &[t, d])?, x.len())?;
+    check_len("attention output", t * d, out.len())?;
+    let cache_len = hkv * spec.max_seq_len * hd;
+    check_len("attention k cache", cache_len, k_cache.len())?;
+    check_len("attention v cache", cache_len, v_cache.len())?;
+    let half = hd / 2;
+    check_len("rope cos table", spec.max_seq_len * half, w.cos.len())?;
+    check_len("rope sin table", spec.max_seq_len * half, w.sin.len())?;
+    let qkv_w = spec.qkv_width();
+    if w.wqkv.spec.n != qkv_w || w.wqkv.spec.k != d {
+        return Err(OpsError::Invalid(format!(
+            "attention: wqkv is {}x{}, expected {qkv_w}x{d}",
+            w.wqkv.spec.n, w.wqkv.spec.k
+        )));
+    }
+    if w.wo.spec.n != d || w.wo.spec.k != spec.q_width() {
+        return Err(OpsError::Invalid(format!(
+            "attention: wo is {}x{}, expected {d}x{}",
+            w.wo.spec.n,
+            w.wo.spec.k,
+            spec.q_width()
+        )));
+    }
+    let mut max_pos = 0usize;
+    for &p in positions {
+        if p < 0 || p as usize >= spec.max_seq_len {
+            return Err(OpsError::Invalid(format!(
+                "attention: position {p} outside the KV cache (0..{})",
+                spec.max_seq_len
+            )));
+        }
+        max_pos = max_pos.max(p as usize);
+    }
+    if t == 0 {
+        return Ok(());
+    }
+    // 1. fused q/k/v projection
+    scratch.qkv.resize(t * qkv_w, 0.0);
+    linear(&w.wqkv, None, x, t, &mut scratch.qkv, spec.exact, &mut scratch.lin, pool, kernels)?;
+    // 2. RoPE on q and k, then K/V into the cache at their positions
+    {
+        let _g = debug_span!("rope_kv").entered();
+        for (s, row) in scratch.qkv.chunks_exact_mut(qkv_w).enumerate() {
+            let p = positions[s] as usize;
+            let (cos, sin) = (&w.cos[p * half..(p + 1) * half], &w.sin[p * half..(p + 1) * half]);
+            for head in row[..(hq + hkv) * hd].chunks_exact_mut(hd) {
+                rope_head(head, cos, sin, spec.rope);
+            }
+            let (kpart, vpart) = row[hq * hd..].split_at(hkv * hd);
+            for g in 0..hkv {
+                let at = (g * spec.max_seq_len + p) * hd;
+                k_cache.write(at, &kpart[g * hd..(g + 1) * hd]);
+                v_cache.write(at, &vpart[g * hd..(g + 1) * hd]);
+            }
+        }
+    }
+    // 3. attention per (kv head, token block): each K/V row is converted once for all the query
+    //    heads sharing it.
+    scratch.ctx.resize(t * hq * hd, 0.0);
+    {
+        let _g = debug_span!("sdpa", ctx = max_pos + 1).entered();
+        let block = if t >= 16 { 8 } else { t };
+        let n_blocks = t.div_ceil(block);
+        let items = hkv * n_blocks;
+        let ctx_out = SharedMut(scratch.ctx.as_mut_ptr());
+        let qkv = &scratch.qkv;
+        let kc: &KvSlice<'_> = k_cache;
+        let vc: &KvSlice<'_> = v_cache;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let kind = kernels.kind;
+        pool.run(items, &|item| {
+            let (g, b) = (item % hkv, item / hkv);
+            let s0 = b * block;
+            let s1 = ((b + 1) * block).min(t);
+            let _ = &ctx_out;
+            ATTN_TLS.with(|tls| {
+                let mut buf = tls.borrow_mut();
+                let rep = hq / hkv;
+                let need = rep * (max_pos + 1) + 2 * hd + rep * hd;
+                if buf.len() < need {
+                    buf.resize(need, 0.0);
+                }
+                for s in s0..s1 {
+                    let p = positions[s] as usize;
+                    let q = &qkv[s * qkv_w + g * rep * hd..s * qkv_w + (g + 1) * rep * hd];
+                    let dst = (s * hq + g * rep) * hd;
+                    // SAFETY: (s, g) ranges are disjoint between items; dst + rep*hd <= t*hq*hd.
+                    let o = unsafe { std::slice::from_raw_parts_mut(ctx_out.0.add(dst), rep * hd) };
+                    sdpa_dispatch(kind, q, kc, vc, g * spec.max_seq_len * hd, p + 1, hd, rep, scale, &mut buf, o);
+                }
+            });
+        })
+        .map_err(|_| OpsError::Invalid("an attention thread panicked".into()))?;
+    }
+    // 4. output projection
+    linear(&w.wo, None, &scratch.ctx[..t * hq * hd], t, out, spec.exact, &mut scratch.lin, pool, kernels)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sdpa_dispatch(
+    kind: crate::KernelKind,
+    q: &[f32],
+    kc: &KvSlice<'_>,
+    vc: &KvSlice<'_>,
+    base: usize,
+    n_ctx: usize,
+    hd: usize,
+    rep: usize,
+    scale: f32,
+    buf: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::KernelKind::*;
+        if kind == Avx512Vnni && std::arch::is_x86_feature_detected!("f16c") {
+            // SAFETY: Kernels only selects Avx512Vnni on CPUs with AVX-512 F/BW/VL + FMA; F16C checked.
+            unsafe { sdpa_avx512(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out) };
+            return;
+        }
+        if kind == Avx2 && std::arch::is_x86_feature_detected!("f16c") {
+            // SAFETY: Kernels only selects Avx2 on CPUs with AVX2 + FMA; F16C checked.
+            unsafe { sdpa_avx2(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out) };
+            return;
+        }
+    }
+    let _ = kind;
+    sdpa_generic(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sdpa_avx512(
+    q: &[f32],
+    kc: &KvSlice<'_>,
+    vc: &KvSlice<'_>,
+    base: usize,
+    n_ctx: usize,
+    hd: usize,
+    rep: usize,
+    scale: f32,
+    buf: &mut [f32],
+    out: &mut [f32],
+) {
+    sdpa_generic(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sdpa_avx2(
+    q: &[f32],
+    kc: &KvSlice<'_>,
+    vc: &KvSlice<'_>,
+    base: usize,
+    n_ctx: usize,
+    hd: usize,
+    rep: usize,
+    scale: f32,
+    buf: &mut [f32],
+    out: &mut [f32],
+) {
+    sdpa_generic(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out)
+}
+
+/// Cache row `at..at+hd` as f32 (converted for fp16 caches, borrowed for fp32).
+#[inline(always)]
+fn kv_row<'b>(c: &'b KvSlice<'_>, at: usize, hd: usize, tmp: &'b mut [f32]) -> &'b [f32] {
+    match c {
+        KvSlice::F32(s) => &s[at..at + hd],
+        KvSlice::F16(s) => {
+            for (d, h) in tmp[..hd].iter_mut().zip(&s[at..at + hd]) {
+                *d = h.to_f32();
+            }
+            &tmp[..hd]
+        }
+    }
+}
+
+/// Attention of `rep` query heads (`q`, `[rep, hd]`) sharing one KV head whose rows start at
+/// `base` in the caches, over cache slots `0..n_ctx`. `buf` holds `rep * n_ctx + 2 hd + rep hd`
+/// floats. Writes `out` `[rep, hd]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sdpa_generic(
+    q: &[f32],
+    kc: &KvSlice<'_>,
+    vc: &KvSlice<'_>,
+    base: usize,
+    n_ctx: usize,
+    hd: usize,
+    rep: usize,
+    scale: f32,
+    buf: &mut [f32],
+    out: &mut [f32],
+) {
+    let (scores, rest) = buf.split_at_mut(rep * n_ctx);
+    let (tmp, acc) = rest.split_at_mut(2 * hd);
+    let acc = &mut acc[..rep * hd];
+    // scores[r][t] = q_r . k_t * scale
+    for tpos in 0..n_ctx {
+        let k = kv_row(kc, base + tpos * hd, hd, tmp);
+        for r in 0..rep {
+            scores[r * n_ctx + tpos] = dot_lanes(&q[r * hd..(r + 1) * hd], k) * scale;
+        }
+    }
+    // softmax per head (max-subtracted, deterministic exp, 16-lane sum)
+    let mut inv = [0.0f32; 64];
+    for r in 0..rep {
+        let row = &mut scores[r * n_ctx..(r + 1) * n_ctx];
+        let mut m = f32::NEG_INFINITY;
+        for &v in row.iter() {
+            m = if v > m || v.is_nan() { v } else { m };
+        }
+        for v in row.iter_mut() {
+            *v = exp_f32(*v - m);
+        }
+        let s = sum_lanes(row);
+        if r < inv.len() {
+            inv[r] = 1.0 / s;
+        }
+    }
+    // acc[r] = sum_t p[r][t] * v_t, in slot order
+    acc.fill(0.0);
+    for tpos in 0..n_ctx {
+        let v = kv_row(vc, base + tpos * hd, hd, tmp);
+        for r in 0..rep {
+            let p = scores[r * n_ctx + tpos];
+            for (a, &vv) in acc[r * hd..(r + 1) * hd].iter_mut().zip(v) {
+                *a += p * vv;
+            }
+        }
+    }
+    for r in 0..rep {
+        let iv = if r < inv.len() { inv[r] } else { 1.0 / sum_lanes(&scores[r * n_ctx..(r + 1) * n_ctx]) };
+        for (o, &a) in out[r * hd..(r + 1) * hd].iter_mut().zip(&acc[r * hd..(r + 1) * hd]) {
+            *o = a * iv;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Embedding, LM head, dense FFN
+
+/// `out[s] = dequantized row tokens[s] of w` (`q * scale`, the tied LM-head matrix `[V, D]`).
+pub fn embedding(w: &PackedRef<'_>, tokens: &[i64], out: &mut [f32]) -> Result<()> {
+    let (v, d) = (w.spec.n, w.spec.k);
+    let _span = debug_span!("embedding", tokens = tokens.len()).entered();
+    check_len("embedding weight data", w.spec.data_bytes(), w.data.len())?;
+    check_len("embedding weight scales", w.spec.scale_count(), w.scales.len())?;
+    check_len("embedding output", mul_dims("embedding output", &[tokens.len(), d])?, out.len())?;
+    for (&tok, row) in tokens.iter().zip(out.chunks_exact_mut(d)) {
+        if tok < 0 || tok as usize >= v {
+            return Err(OpsError::Invalid(format!("embedding: token id {tok} outside the vocabulary (0..{v})")));
+        }
+        let n = tok as usize;
+        let g = w.spec.group;
+        for (gi, chunk) in row.chunks_exact_mut(g).enumerate() {
+            let s = packed_scale(w, n, gi);
+            for (j, o) in chunk.iter_mut().enumerate() {
+                *o = packed_q(w, n, gi * g + j) as f32 * s;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reusable buffers of [`lm_head_last`] and [`swiglu_ffn`].
+#[derive(Default)]
+pub struct DenseScratch {
+    lin: LinearScratch,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// Logits of the last of `rows` rows: `out[V] = W · rms_norm(x[rows-1])` (the final norm is
+/// applied to that row only; prefill does not pay for `rows x V`).
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_last(
+    x: &[f32],
+    rows: usize,
+    norm_weight: &[f32],
+    eps: f32,
+    w: &PackedRef<'_>,
+    exact: bool,
+    out: &mut [f32],
+    scratch: &mut DenseScratch,
+    pool: &ThreadPool,
+    kernels: &Kernels,
+) -> Result<()> {
+    let d = w.spec.k;
+    let _span = debug_span!("lm_head", rows).entered();
+    check_len("lm_head norm weight", d, norm_weight.len())?;
+    check_len("lm_head input", mul_dims("lm_head input", &[rows, d])?, x.len())?;
+    check_len("lm_head output", w.spec.n, out.len())?;
+    if rows == 0 {
+        return Err(OpsError::ZeroDim { what: "lm_head rows" });
+    }
+    scratch.a.resize(d, 0.0);
+    rms_norm_row(&x[(rows - 1) * d..], norm_weight, eps, &mut scratch.a[..d]);
+    linear(w, None, &scratch.a[..d], 1, out, exact, &mut scratch.lin, pool, kernels)
+}
+
+/// Dense SwiGLU FFN on the fused matrix `w13` (`[w1; w3]`, `2F x D`) and `w2` (`D x F`):
+/// `out = w2 · (silu(w1 x) * (w3 x))`, one GEMM for gate+up.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_ffn(
+    w13: &PackedRef<'_>,
+    w2: &PackedRef<'_>,
+    x: &[f32],
+    rows: usize,
+    exact: bool,
+    out: &mut [f32],
+    scratch: &mut DenseScratch,
+    pool: &ThreadPool,
+    kernels: &Kernels,
+) -> Result<()> {
+    let (d, f) = (w13.spec.k, w2.spec.k);
+    let _span = debug_span!("swiglu_ffn", rows).entered();
+    if w13.spec.n != 2 * f || w2.spec.n != d {
+        return Err(OpsError::Invalid(format!(
+            "swiglu_ffn: w13 is {}x{}, w2 is {}x{}: expected 2Fx D and D x F",
+            w13.spec.n, w13.spec.k, w2.spec.n, w2.spec.k
+        )));
+    }
+    check_len("swiglu_ffn input", mul_dims("swiglu_ffn input", &[rows, d])?, x.len())?;
+    check_len("swiglu_ffn output", rows * d, out.len())?;
+    scratch.a.resize(rows * 2 * f, 0.0);
+    scratch.b.resize(rows * f, 0.0);
+    linear(w13, None, x, rows, &mut scratch.a[..rows * 2 * f], exact, &mut scratch.lin, pool, kernels)?;
+    {
+        let _g = debug_span!("act").entered();
+        swiglu_rows(&scratch.a[..rows * 2 * f], f, &mut scratch.b[..rows * f]);
+    }
+    linear(w2, None, &scratch.b[..rows * f], rows, out, exact, &mut scratch.lin, pool, kernels)
+}
+
+/// `out = a + b` elementwise (residual connections).
+pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
+    check_len("add rhs", a.len(), b.len())?;
+    check_len("add output", a.len(), out.len())?;
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x + y;
+    }
+    Ok(())
+}
+
+/// `a += b` elementwise (residual connection in place).
+pub fn add_assign(a: &mut [f32], b: &[f32]) -> Result<()> {
+    check_len("add rhs", a.len(), b.len())?;
+    for (o, &y) in a.iter_mut().zip(b) {
+        *o += y;
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+"""The whole decoder as MobileMoE ops: :func:`lower_decoder` turns a decoder LM into a
+:class:`MobileMoEDecoder` whose forward is made only of ``mobilemoe::*`` ops and residual adds, so
+``MobileMoEPartitioner`` claims the whole forward — embedding, every layer (RMSNorm, attention
+with RoPE and a KV cache, MoE or dense SwiGLU FFN), the final norm and the LM head — into one
+``MobileMoEBackend`` delegate.
+
+- Weights: INT4 (or INT8), symmetric, per group (docs/DESIGN.md section 1). q/k/v are fused into
+  one ``wqkv`` matrix and w1/w3 into ``w13`` (quantizing rows is per row, so fusing changes no
+  value). The embedding table is the packed LM-head matrix when the model ties them (no fp32
+  table in the .pte); an untied table is quantized the same way.
+- KV cache: fp16 by default (``kv_cache="fp32"`` keeps fp32), owned by the delegate at run time;
+  a decode step costs in proportion to its position, not to ``max_seq_len``.
+- Forward contract: ``forward(tokens int64 [1, S], input_pos int64 [S]) -> logits [1, V]`` of the
+  last token, like :class:`mobilemoe_export.models.Transformer`.
+
+Supported inputs: this project's :class:`~mobilemoe_export.models.Transformer` (fp32, or after
+``quantize_moe(..., dense_linears=True)``). Anything else raises ``UnsupportedModuleError``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import decoder_ops  # noqa: F401  (defines the ops)
+from . import quant
+from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe
+
+
+def _qs(mod: nn.Module, name: str, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [N, K], scales fp32 [N, K/G]) of an ``nn.Linear`` / :class:`MobileMoELinear`."""
+    if isinstance(mod, MobileMoELinear):
+        if mod.group_size != group_size or mod.weight_bits != bits:
+            raise UnsupportedModuleError(f"{name}: quantized with G={mod.group_size}/{mod.weight_bits} bits, "
+                                         f"the decoder uses G={group_size}/{bits} bits")
+        if mod.bias is not None:
+            raise UnsupportedModuleError(f"{name}: linear biases are not supported by the decoder delegate")
+        q, s = quant.unpack(mod.weight, mod.scales, mod.out_features, mod.in_features, group_size, bits)
+        return torch.from_numpy(q), torch.from_numpy(s)
+    if isinstance(mod, nn.Linear):
+        if mod.bias is not None:
+            raise UnsupportedModuleError(f"{name}: linear biases are not supported by the decoder delegate")
+        return quant.quantize_per_group(mod.weight.detach().float(), group_size, bits)
+    if isinstance(mod, torch.Tensor):
+        return quant.quantize_per_group(mod.detach().float(), group_size, bits)
+    raise UnsupportedModuleError(f"{name}: expected nn.Linear or MobileMoELinear, got {type(mod).__name__}")
+
+
+def _pack(parts, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    q = torch.cat([p[0] for p in parts], 0)
+    s = torch.cat([p[1] for p in parts], 0)
+    d, sc = quant.pack(q, s, group_size, bits)
+    return torch.from_numpy(np.ascontiguousarray(d)), torch.from_numpy(np.ascontiguousarray(sc))
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, attn: nn.Module, cfg, name: str, group_size: int, bits: int, kv_fp16: bool,
+                 rope_interleaved: bool, exact: bool) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.max_seq_len = cfg.max_seq_len
+        self.group_size, self.weight_bits, self.exact = group_size, bits, exact
+        self.kv_fp16, self.rope_interleaved = kv_fp16, rope_interleaved
+        w, s = _pack([_qs(attn.wq, f"{name}.wq", group_size, bits), _qs(attn.wk, f"{name}.wk", group_size, bits),
+                      _qs(attn.wv, f"{name}.wv", group_size, bits)], group_size, bits)
+        self.register_buffer("wqkv", w)
+        self.register_buffer("wqkv_scales", s)
+        w, s = _pack([_qs(attn.wo, f"{name}.wo", group_size, bits)], group_size, bits)
+        self.register_buffer("wo", w)
+        self.register_buffer("wo_scales", s)
+        # eager-mode cache (the delegate allocates its own); a plain attribute, not a buffer, so
+        # that it is not serialised into the .pte
+        self.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, kv_fp16)
+
+    def reset_cache(self) -> None:
+        for t in decoder_ops.KV_CACHES[self.cache_id]:
+            t.zero_()
+
+    def forward(self, x, input_pos, rope_cos, rope_sin):
+        return torch.ops.mobilemoe.attention(
+            x, input_pos, self.wqkv, self.wqkv_scales, self.wo, self.wo_scales, rope_cos, rope_sin, self.cache_id,
+            self.n_heads, self.n_kv_heads, self.head_dim, self.max_seq_len, self.rope_interleaved, self.kv_fp16,
+            self.group_size, self.weight_bits, self.exact)
+
+
+class DecoderSwiGLU(nn.Module):
+    """Dense SwiGLU FFN on fused ``w13`` (the dense baseline)."""
+
+    def __init__(self, ffn: nn.Module, name: str, group_size: int, bits: int, exact: bool) -> None:
+        super().__init__()
+        self.hidden_dim = ffn.w1.out_features if hasattr(ffn.w1, "out_features") else ffn.w1.weight.shape[0]
+        self.group_size, self.weight_bits, self.exact = group_size, bits, exact
+        w, s = _pack([_qs(ffn.w1, f"{name}.w1", group_size, bits), _qs(ffn.w3, f"{name}.w3", group_size, bits)],
+                     group_size, bits)
+        self.register_buffer("w13", w)
+        self.register_buffer("w13_scales", s)
+        w, s = _pack([_qs(ffn.w2, f"{name}.w2", group_size, bits)], group_size, bits)
+        self.register_buffer("w2", w)
+        self.register_buffer("w2_scales", s)
+
+    def forward(self, x):
+        return torch.ops.mobilemoe.swiglu_ffn(x, self.w13, self.w13_scales, self.w2, self.w2_scales, self.hidden_dim,
+                                              self.group_size, self.weight_bits, self.exact)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, attn_norm, attention, ffn_norm, ffn, eps: float) -> None:
+        super().__init__()
+        self.register_buffer("attention_norm", attn_norm.detach().float().clone())
+        self.register_buffer("ffn_norm", ffn_norm.detach().float().clone())
+        self.attention = attention
+        self.feed_forward = ffn
+        self.eps = eps
+
+    def forward(self, h, input_pos, rope_cos, rope_sin):
+        a = torch.ops.mobilemoe.rms_norm(h, self.attention_norm, self.eps)
+        h = h + self.attention(a, input_pos, rope_cos, rope_sin)
+        f = torch.ops.mobilemoe.rms_norm(h, self.ffn_norm, self.eps)
+        return h + self.feed_forward(f)
+
+
+class MobileMoEDecoder(nn.Module):
+    """The whole forward in MobileMoE ops; same contract as ``models.Transformer``."""
+
+    def __init__(self, cfg, emb: Tuple[torch.Tensor, torch.Tensor], head: Tuple[torch.Tensor, torch.Tensor],
+                 layers, norm: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor, group_size: int,
+                 bits: int, exact: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab, self.dim, self.eps = cfg.vocab_size, cfg.dim, cfg.norm_eps
+        self.group_size, self.weight_bits, self.exact = group_size, bits, exact
+        self.register_buffer("emb_weight", emb[0])
+        self.register_buffer("emb_scales", emb[1])
+        self.tied = head is emb
+        if self.tied:
+            # the same tensors: one placeholder, one segment in the blob
+            self.head_weight, self.head_scales = self.emb_weight, self.emb_scales
+        else:
+            self.register_buffer("head_weight", head[0])
+            self.register_buffer("head_scales", head[1])
+        self.layers = nn.ModuleList(layers)
+        self.register_buffer("norm", norm.detach().float().clone())
+        self.register_buffer("rope_cos", rope_cos.detach().float().contiguous().clone())
+        self.register_buffer("rope_sin", rope_sin.detach().float().contiguous().clone())
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cfg.max_seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.reset_cache()
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        h = torch.ops.mobilemoe.embedding(tokens, self.emb_weight, self.emb_scales, self.vocab, self.dim,
+                                          self.group_size, self.weight_bits)
+        for layer in self.layers:
+            h = layer(h, input_pos, self.rope_cos, self.rope_sin)
+        return torch.ops.mobilemoe.lm_head(h, self.norm, self.eps, self.head_weight, self.head_scales, self.vocab,
+                                           self.group_size, self.weight_bits, self.exact)
+
+    def example_inputs(self, seq_len: int = 4):
+        seq_len = min(seq_len, self.cfg.max_seq_len)
+        return (torch.zeros(1, seq_len, dtype=torch.long), torch.arange(seq_len, dtype=torch.long))
+
+    def dynamic_shapes(self):
+        seq = torch.export.Dim("seq_len", min=1, max=self.cfg.max_seq_len)
+        return ({1: seq}, {0: seq})
+
+
+def is_lowerable(model: nn.Module) -> bool:
+    from .models import Transformer
+
+    return isinstance(model, (Transformer, MobileMoEDecoder))
+
+
+def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, *, kv_cache: str = "fp16",
+                  rope_style: str = "half_split", exact: bool = False) -> MobileMoEDecoder:
+    """A :class:`MobileMoEDecoder` computing ``model`` (a ``models.Transformer``, fp32 or after
+    ``quantize_moe``) with INT4/INT8 weights. ``model`` is not modified, except that MoE blocks not
+    yet quantized are quantized in place (as ``quantize_moe`` would). ``kv_cache``: ``"fp16"`` or
+    ``"fp32"``. ``rope_style``: ``"half_split"`` (``rotate_half``, this project's and Hugging
+    Face's) or ``"interleaved"`` (Meta's)."""
+    from .models import FeedForward, Transformer
+
+    if isinstance(model, MobileMoEDecoder):
+        return model
+    if not isinstance(model, Transformer):
+        raise UnsupportedModuleError(f"lower_decoder: {type(model).__name__} is not a mobilemoe_export.models.Transformer")
+    if kv_cache not in ("fp16", "fp32"):
+        raise ValueError(f"kv_cache must be 'fp16' or 'fp32', got {kv_cache!r}")
+    if rope_style not in ("half_split", "interleaved"):
+        raise ValueError(f"rope_style must be 'half_split' or 'interleaved', got {rope_style!r}")
+    cfg = model.cfg
+    G, B = group_size, weight_bits
+    quant.check_matrix(cfg.vocab_size, cfg.dim, G, B, "embedding / LM head")
+    head_q = _qs(model.output, "output", G, B)
+    head = _pack([head_q], G, B)
+    if cfg.tie_embeddings:
+        emb = head
+    else:
+        emb = _pack([_qs(model.tok_embeddings.weight, "tok_embeddings", G, B)], G, B)
+    layers = []
+    for i, blk in enumerate(model.layers):
+        name = f"layers.{i}"
+        attn = DecoderAttention(blk.attention, cfg, f"{name}.attention", G, B, kv_cache == "fp16",
+                                rope_style == "interleaved", exact)
+        ff = blk.feed_forward
+        if isinstance(ff, FeedForward) or (hasattr(ff, "w1") and hasattr(ff, "w3") and hasattr(ff, "w2")
+                                           and not isinstance(ff, MobileMoEFFN)):
+            ffn = DecoderSwiGLU(ff, f"{name}.feed_forward", G, B, exact)
+        else:
+            if not isinstance(ff, MobileMoEFFN):
+                quantize_moe(blk, G, B, dense_linears=False, exact=exact)
+                ff = blk.feed_forward
+            if not isinstance(ff, MobileMoEFFN):
+                raise UnsupportedModuleError(f"{name}.feed_forward: {type(ff).__name__} is not a recognised FFN")
+            if ff.output != "same":
+                raise UnsupportedModuleError(f"{name}.feed_forward: output layout {ff.output!r} is not supported")
+            ffn = ff
+        layers.append(DecoderLayer(blk.attention_norm.weight, attn, blk.ffn_norm.weight, ffn, cfg.norm_eps))
+    return MobileMoEDecoder(cfg, emb, head, layers, model.norm.weight, model.rope_cos, model.rope_sin, G, B, exact)
+
+
+def decoder_kv_bytes(dec: MobileMoEDecoder) -> int:
+    """Bytes of all KV caches at ``max_seq_len``."""
+    c = dec.cfg
+    el = 2 if dec.layers[0].attention.kv_fp16 else 4
+    return 2 * c.n_layers * c.n_kv_heads * c.max_seq_len * c.head_dim * el
+
+
+def reset_decoder(dec: Optional[nn.Module]) -> None:
+    if isinstance(dec, MobileMoEDecoder):
+        dec.reset_cache()
