@@ -75,8 +75,12 @@ impl MatrixSpec {
             return Err(OpsError::GroupDoesNotDivideK { k, group });
         }
         let spec = Self { n, k, group, bits };
-        // Make sure every derived size fits in usize once, so later arithmetic cannot overflow.
+        // Make sure every derived size fits in usize once, so later arithmetic cannot overflow:
+        // padded rows x K, and data bytes + scale bytes (`total_bytes`, INT8: ~1.06 x that).
         mul_dims("packed weight bytes", &[spec.tiles(), TILE_ROWS, k])?;
+        spec.data_bytes()
+            .checked_add(4 * spec.scale_count())
+            .ok_or(OpsError::Overflow { what: "packed weight + scale bytes" })?;
         Ok(spec)
     }
     pub fn tiles(&self) -> usize {

@@ -78,8 +78,14 @@ proptest! {
         let mut r = Rng(seed | 1);
         let w = random_matrix(&mut r, spec, 0.1);
         let mut x = r.vec(m * k, 2.0);
-        // Some rows with outliers and some all-zero rows.
+        // Rows with outliers, all zero, all >= 0 (zp = -128), all <= 0 (zp = 127), a NaN and an
+        // infinity (scale NaN: the row's outputs are NaN), a tiny range (scale clamped at eps).
         if m > 2 { x[k] = 100.0; for v in &mut x[2 * k..3 * k] { *v = 0.0; } }
+        if m > 3 { for v in &mut x[3 * k..4 * k] { *v = v.abs(); } }
+        if m > 4 { for v in &mut x[4 * k..5 * k] { *v = -v.abs(); } }
+        if m > 5 { x[5 * k + 1] = f32::NAN; }
+        if m > 6 { x[6 * k] = f32::NEG_INFINITY; }
+        if m > 7 { for v in &mut x[7 * k..8 * k] { *v *= 1e-9; } }
         let mut qa = QuantActs::default();
         qa.quantize(&x, m, k, group).unwrap();
         let tiles = if full { 0..spec.tiles() } else { tile_range(&spec, ta, tb) };
@@ -113,8 +119,9 @@ proptest! {
     }
 }
 
-/// Extreme integer values: every weight at qmin or qmax, every activation at +-127, the largest
-/// group. Exercises the i16 saturation limits of vpmaddubsw and the offset corrections.
+/// Extreme integer values: every weight at qmin or qmax, every activation at -128 or 127, zero
+/// points at -128 and 127 (|qa - zp| = 255), the largest group. Exercises the i16 saturation
+/// limits of vpmaddubsw / smlal, the 2^24 exactness bound and the offset corrections.
 #[test]
 fn extremes_are_exact() {
     for bits in [WeightBits::Int4, WeightBits::Int8] {
@@ -137,16 +144,19 @@ fn extremes_are_exact() {
                 let w = pack(&q, &scales, spec).unwrap();
                 let qv: Vec<i8> = (0..m * k)
                     .map(|i| match (pattern + i / k) % 3 {
-                        0 => -127,
+                        0 => -128,
                         1 => 127,
-                        _ => if i % 2 == 0 { 127 } else { -127 },
+                        _ => if i % 2 == 0 { 127 } else { -128 },
                     })
                     .collect();
+                // Zero points at both ends of the range (|qa - zp| up to 255) and in between.
+                let zp: Vec<i32> = (0..m as i32).map(|i| [127, -128, 0, 5, -77][(i as usize + pattern) % 5]).collect();
                 let ng = k / group;
-                let gsum: Vec<i32> =
-                    (0..m * ng).map(|j| qv[j * group..(j + 1) * group].iter().map(|&v| v as i32).sum()).collect();
+                let gsum: Vec<i32> = (0..m * ng)
+                    .map(|j| qv[j * group..(j + 1) * group].iter().map(|&v| v as i32 - zp[j / ng]).sum())
+                    .collect();
                 let scale: Vec<f32> = (0..m).map(|i| 0.5 + i as f32).collect();
-                let a = QuantActsRef { m, k, group, q: &qv, scale: &scale, gsum: &gsum };
+                let a = QuantActsRef { m, k, group, q: &qv, scale: &scale, zp: &zp, gsum: &gsum };
                 let mut want = vec![0f32; m * n];
                 assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, OutPtr::new(&mut want, n)));
                 for ks in simd_kernels() {
@@ -205,31 +215,27 @@ fn best_is_widest_supported() {
     let _ = best;
 }
 
-/// The libm-free rounding used by activation quantization equals round-half-even + clamp after
-/// the `as i8` conversion, for every float class (ties, large values, infinities, NaN, subnormals).
+/// The libm-free rounding used by activation quantization equals round-half-even on its domain
+/// (|v| < 2^22: ties, near-ties, subnormals, zeros).
 #[test]
-fn round_clamp_matches_round_half_even() {
-    use mobilemoe_ops::act::round_clamp_127;
+fn round_small_matches_round_half_even() {
+    use mobilemoe_ops::act::round_small;
     use mobilemoe_ops::quant::round_half_even;
-    let mut vals: Vec<f32> = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, 0.0, -0.0, 1e-40, -1e-40];
-    for i in -300i32..=300 {
+    let mut vals: Vec<f32> = vec![0.0, -0.0, 1e-40, -1e-40, 4_194_303.5, -4_194_303.5, 2_097_152.5];
+    for i in -600i32..=600 {
         vals.push(i as f32 * 0.5);
         vals.push(i as f32 * 0.5 + f32::EPSILON);
         vals.push(f32::from_bits((i as f32 * 0.5).to_bits().wrapping_sub(1)));
         vals.push(f32::from_bits((i as f32 * 0.5).to_bits().wrapping_add(1)));
     }
-    for e in 0..128 {
-        vals.push(2f32.powi(e));
-        vals.push(-(2f32.powi(e)) * 1.75);
-    }
     let mut r = Rng(3);
     for _ in 0..200_000 {
-        vals.push(f32::from_bits(r.next_u64() as u32));
-        vals.push(r.f() * 130.0);
+        vals.push(r.f() * 300.0);
+        vals.push(r.f() * 4_000_000.0);
     }
-    for v in vals {
-        let want = round_half_even(v).clamp(-127.0, 127.0) as i8;
-        assert_eq!(round_clamp_127(v) as i8, want, "v = {v:e} ({:#x})", v.to_bits());
+    for v in vals.into_iter().filter(|v| !v.is_nan()) {
+        // `==`: the sign of a zero result may differ (irrelevant after the integer conversion).
+        assert_eq!(round_small(v), round_half_even(v), "v = {v:e} ({:#x})", v.to_bits());
     }
 }
 
@@ -308,35 +314,52 @@ fn exp_and_swiglu() {
 }
 
 /// The vectorised activation quantizer equals the straightforward definition (docs/DESIGN.md
-/// section 3), non-finite inputs included.
+/// section 3: torchao's per-token asymmetric int8), non-finite inputs included.
 #[test]
 fn quantize_row_matches_definition() {
     use mobilemoe_ops::act::quantize_row;
     use mobilemoe_ops::quant::round_half_even;
     let mut r = Rng(77);
-    for case in 0..400 {
+    for case in 0..600 {
         let group = [32, 64, 128, 256][case % 4];
         let k = group * (1 + case % 5);
-        let scale = [1e-30f32, 1e-3, 1.0, 1e3, 1e30][case % 5];
+        let scale = [1e-30f32, 1e-3, 1.0, 1e3, 1e30, 3e38][case % 6];
         let mut x: Vec<f32> = (0..k).map(|_| r.f() * scale).collect();
-        if case % 3 == 0 {
-            for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-45] {
-                let i = (r.next_u64() as usize) % k;
-                x[i] = v;
-            }
+        match case % 11 {
+            0 => x.iter_mut().for_each(|v| *v = v.abs()),
+            1 => x.iter_mut().for_each(|v| *v = -v.abs()),
+            2 => x.iter_mut().for_each(|v| *v = 0.0),
+            3 => x.iter_mut().for_each(|v| *v = 1.0 + *v * 1e-7),
+            _ => {}
         }
-        if case % 7 == 0 {
-            x.iter_mut().for_each(|v| *v = 0.0);
+        let nonfinite = case % 3 == 0 && case % 11 != 2;
+        if nonfinite {
+            let v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][case % 9 / 3];
+            let i = (r.next_u64() as usize) % k;
+            x[i] = v;
         }
-        let max_abs = x.iter().fold(0f32, |m, &v| if v.is_finite() && v.abs() > m { v.abs() } else { m });
-        let s = (max_abs / 127.0).max(f32::MIN_POSITIVE);
-        let want: Vec<i8> = x.iter().map(|&v| round_half_even(v / s).clamp(-127.0, 127.0) as i8).collect();
-        let (mut q, mut sc, mut gs) = (vec![0i8; k], 0f32, vec![0i32; k / group]);
-        quantize_row(&x, group, &mut q, &mut sc, &mut gs);
+        if case % 13 == 0 {
+            let i = (r.next_u64() as usize) % k;
+            x[i] = [-0.0, 1e-45, -1e-45][case % 3];
+        }
+        let (mut q, mut sc, mut zp, mut gs) = (vec![0i8; k], 0f32, 0i32, vec![0i32; k / group]);
+        quantize_row(&x, group, &mut q, &mut sc, &mut zp, &mut gs);
+        if nonfinite {
+            assert!(sc.is_nan() && zp == 0 && q.iter().all(|&v| v == 0) && gs.iter().all(|&v| v == 0), "case {case}");
+            continue;
+        }
+        // torchao: choose_qparams_affine(ASYMMETRIC, eps = f32::EPSILON) + quantize_affine.
+        let mn = x.iter().fold(0f32, |m, &v| m.min(v));
+        let mx = x.iter().fold(0f32, |m, &v| m.max(v));
+        let s = ((mx - mn) / 255.0).max(f32::EPSILON);
+        let z = (-128.0 - round_half_even(mn / s)).clamp(-128.0, 127.0);
+        let inv = 1.0 / s;
+        let want: Vec<i8> = x.iter().map(|&v| (round_half_even(v * inv) + z).clamp(-128.0, 127.0) as i8).collect();
         assert_eq!(sc.to_bits(), s.to_bits(), "case {case}");
+        assert_eq!(zp, z as i32, "case {case}");
         assert_eq!(q, want, "case {case}");
         for (g, &v) in gs.iter().enumerate() {
-            assert_eq!(v, want[g * group..(g + 1) * group].iter().map(|&v| v as i32).sum::<i32>());
+            assert_eq!(v, want[g * group..(g + 1) * group].iter().map(|&v| v as i32 - zp).sum::<i32>());
         }
     }
 }

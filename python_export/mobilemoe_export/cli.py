@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, required=False, help="output .pte path (a .json sidecar is written next to it)")
     ap.add_argument("--no-delegate", action="store_true",
                     help="keep mobilemoe ops as custom-op kernels instead of lowering to MobileMoEBackend")
+    ap.add_argument("--per-op", action="store_true",
+                    help="one delegate per MoE/linear op, attention and norms on ExecuTorch's portable kernels "
+                         "(default: the whole decoder in one MobileMoEBackend delegate)")
+    ap.add_argument("--kv-cache", choices=["fp16", "fp32"], default="fp16",
+                    help="KV cache element type of the whole-decoder delegate (default fp16)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (presets)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--summary-json", type=Path, help="also write the summary here")
@@ -228,6 +233,22 @@ def _fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def whole_model_of(args) -> "bool | None":
+    """``export_pte``'s ``whole_model`` for these CLI options: None = automatic (the whole decoder
+    for a ``models.Transformer``), False = per-op delegates."""
+    return None if not (args.per_op or args.fp32_linears or args.no_delegate) else False
+
+
+def lower_like_export(model, args):
+    """The module ``export_pte`` traces for these options (the lowered decoder, or ``model``), so
+    that eager parity checks compare like with like."""
+    from . import decoder
+
+    if whole_model_of(args) is None and decoder.is_lowerable(model):
+        return decoder.lower_decoder(model, args.group_size, args.weight_bits, kv_cache=args.kv_cache)
+    return model
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
@@ -269,8 +290,9 @@ def main(argv=None) -> int:
 
     if hasattr(model, "reset_cache"):
         model.reset_cache()
+    model = lower_like_export(model, args)
     export_pte(model, example_args, args.out, dynamic_shapes=dyn, delegate=not args.no_delegate,
-               dynamic_tokens=dyn is not None)
+               dynamic_tokens=dyn is not None, whole_model=whole_model_of(args), kv_cache=args.kv_cache)
     times["export"] = time.perf_counter() - t
     bar.update(1)
 

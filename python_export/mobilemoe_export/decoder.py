@@ -200,6 +200,7 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
         raise ValueError(f"rope_style must be 'half_split' or 'interleaved', got {rope_style!r}")
     cfg = model.cfg
     G, B = group_size, weight_bits
+    exact = exact or any(getattr(m, "exact", False) for m in model.modules() if isinstance(m, (MobileMoEFFN, MobileMoELinear)))
     quant.check_matrix(cfg.vocab_size, cfg.dim, G, B, "embedding / LM head")
     head_q = _qs(model.output, "output", G, B)
     head = _pack([head_q], G, B)

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from . import models
-from .cli import build_parser as export_parser, build_from_args, quantize
+from .cli import build_parser as export_parser, build_from_args, lower_like_export, quantize
 from .generate import PteModel, generate_tokens, load_tokenizer
 
 
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args, rest = ap.parse_known_args(argv)
     exp_args = export_parser().parse_args(rest + ["--out", args.pte])
     model, cfg, _, _ = build_from_args(exp_args)
-    model = quantize(model, cfg, exp_args).eval()
+    model = lower_like_export(quantize(model, cfg, exp_args), exp_args).eval()
     tok = load_tokenizer(args.tokenizer)
     ids = tok.encode(args.prompt)
     ids = ids.ids if hasattr(ids, "ids") else list(ids)

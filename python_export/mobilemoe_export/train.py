@@ -87,10 +87,10 @@ class StageSpec:
 def default_stages(scale: float = 1.0, peak: float = 2e-3) -> Dict[str, StageSpec]:
     s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
     return {
-        "pre": StageSpec("pre", s(2800), peak, peak, warmup=s(100), batch=16, ctx=128, data="all"),
-        "mid": StageSpec("mid", s(700), peak, peak * 0.05, batch=8, ctx=256, data="modern", schedule="linear"),
-        "sft": StageSpec("sft", s(350), 5e-4, 5e-5, batch=16, ctx=256, data="sft", schedule="cosine"),
-        "qat": StageSpec("qat", s(300), 2e-4, 0.0, batch=16, ctx=256, data="sft", qat=True, schedule="cosine"),
+        "pre": StageSpec("pre", s(1800), peak, peak, warmup=s(100), batch=16, ctx=128, data="all"),
+        "mid": StageSpec("mid", s(500), peak, peak * 0.05, batch=8, ctx=256, data="modern", schedule="linear"),
+        "sft": StageSpec("sft", s(250), 5e-4, 5e-5, batch=16, ctx=256, data="sft", schedule="cosine"),
+        "qat": StageSpec("qat", s(200), 2e-4, 0.0, batch=16, ctx=256, data="sft", qat=True, schedule="cosine"),
     }
 
 
@@ -120,12 +120,6 @@ def fake_quant(w: torch.Tensor, group_size: int = 32, bits: int = 4) -> torch.Te
         scale = torch.clamp(max_abs / (float(qmax - qmin) / 2), min=torch.finfo(torch.float32).smallest_normal)
         w_hat = (torch.clamp(torch.round(wg * (1.0 / scale)), qmin, qmax) * scale).reshape(shape)
     return w + (w_hat - w).detach()
-
-
-def _prepare_qat_external(model) -> bool:
-    """Use ``mobilemoe_export.prepare_qat`` (qat.py) if present. It rewrites modules for the model's
-    own forward; our batched forward reads raw weights, so it is only used for checks there."""
-    return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,6 +392,8 @@ def run_stage(model, si: int, spec: StageSpec, corpus: Corpus, out: Path, args, 
         bar.update(loss.item())
         if step % args.ckpt_every == 0 and step < spec.steps:
             save(False)
+        if spec.name == "pre" and step in args.snapshots and step < spec.steps:
+            models.save_checkpoint(model_copy(model), out / f"pre_step{step}_model.pt")
     bar.close()
     secs, cpu = time.time() - t_start, time.process_time() - c_start
     save(True)
@@ -423,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bias-rate", type=float, default=2e-3, help="aux-loss-free balancing bias step")
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--eval-windows", type=int, default=64)
+    ap.add_argument("--snapshots", type=lambda v: {int(x) for x in v.split(",") if x}, default={1000},
+                    help="pre-training steps at which to also save pre_step<N>_model.pt (MoE vs dense comparison)")
     ap.add_argument("--ship", action="store_true", help=f"copy the final checkpoint to {SHIPPED}")
     ap.add_argument("--no-progress", action="store_true")
     return ap

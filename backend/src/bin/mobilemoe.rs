@@ -107,6 +107,21 @@ struct BenchArgs {
     /// Untimed warm-up runs per token count.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Language-model benchmark (the default for a `forward(tokens, input_pos)` program): prefill
+    /// of `--prefill` tokens, then real greedy decode (data-dependent routing, advancing
+    /// positions) at each context depth of `--depths`, like llama-bench's `pp` and `tg @ d`.
+    /// `--raw` times single method calls on synthetic inputs instead (`--tokens`).
+    #[arg(long)]
+    raw: bool,
+    /// Prompt tokens of the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prefill: usize,
+    /// Context depths at which decode is measured (the prompt is prefilled to that depth first).
+    #[arg(long, value_delimiter = ',', default_value = "128,1024")]
+    depths: Vec<usize>,
+    /// Decode steps timed per depth.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
     #[command(flatten)]
     profile: mobilemoe_executorch::profiling::ProfileArgs,
 }
@@ -357,10 +372,82 @@ fn peak_rss() -> u64 {
     }
 }
 
+/// llama-bench-like measurement of a language-model program (see `BenchArgs::raw`).
+fn bench_llm(a: &BenchArgs) -> Res<()> {
+    use mobilemoe_executorch::generate::{argmax, LanguageModel, PteModel, Rng};
+    let rss0 = peak_rss();
+    let mut model = PteModel::load_method(&a.common.model, &a.common.method)?;
+    let (max_len, vocab) = (model.max_seq_len(), model.vocab_size());
+    println!("{}: language model, max_seq_len {max_len}, vocabulary {vocab}, {} threads", a.common.model.display(), mobilemoe_ops::ThreadPool::global().threads());
+    let mut rng = Rng::new(1234);
+    let mut ids = |n: usize| -> Vec<i64> { (0..n).map(|_| (rng.next_u64() % vocab as u64) as i64).collect() };
+    let pos = |a: usize, b: usize| -> Vec<i64> { (a as i64..b as i64).collect() };
+    println!("{:<16} {:>9} {:>8} {:>11} {:>11} {:>11}", "test", "context", "tokens", "median ms", "ms/token", "tokens/s");
+    if a.prefill > 0 {
+        let p = a.prefill.min(max_len);
+        let prompt = ids(p);
+        let mut times = Vec::new();
+        for i in 0..a.warmup.min(2) + a.iters.min(10).max(1) {
+            let t0 = Instant::now();
+            model.forward(&prompt, &pos(0, p))?;
+            if i >= a.warmup.min(2) {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let med = times[times.len() / 2];
+        println!("{:<16} {:>9} {:>8} {:>11.2} {:>11.3} {:>11.1}", format!("prefill-{p}"), 0, p, med, med / p as f64, p as f64 / (med / 1e3));
+    }
+    for &d in &a.depths {
+        let n = a.decode_tokens.max(1);
+        if d == 0 || d + n > max_len {
+            println!("{:<16} skipped: depth {d} + {n} decode tokens exceeds max_seq_len {max_len}", format!("decode @{d}"));
+            continue;
+        }
+        // prefill to depth d in chunks of at most 256 (untimed), then greedy decode
+        let prompt = ids(d);
+        let mut logits = Vec::new();
+        for c0 in (0..d).step_by(256) {
+            let c1 = (c0 + 256).min(d);
+            logits = model.forward(&prompt[c0..c1], &pos(c0, c1))?;
+        }
+        let mut next = argmax(&logits[logits.len() - vocab..]) as i64;
+        let mut step_ms = Vec::with_capacity(n);
+        for i in 0..n {
+            let t0 = Instant::now();
+            let l = model.forward(&[next], &[(d + i) as i64])?;
+            step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            next = argmax(&l[l.len() - vocab..]) as i64;
+        }
+        let total: f64 = step_ms.iter().sum();
+        step_ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let med = step_ms[n / 2];
+        println!("{:<16} {:>9} {:>8} {:>11.3} {:>11.3} {:>11.1}", format!("decode @{d}"), format!("{d}..{}", d + n), n, med, total / n as f64, n as f64 / (total / 1e3));
+    }
+    let rss = peak_rss();
+    println!("peak RSS: {:.1} MiB (before loading the program: {:.1} MiB)", rss as f64 / 1048576.0, rss0 as f64 / 1048576.0);
+    Ok(())
+}
+
+fn is_language_model(meta: &MethodMeta) -> bool {
+    meta.inputs.len() == 2
+        && meta.inputs.iter().all(|m| m.is_tensor && m.dtype == dtype::LONG)
+        && meta.inputs[0].dims.len() == 2
+        && meta.inputs[1].dims.len() == 1
+}
+
 fn bench(a: BenchArgs) -> Res<()> {
     set_threads(a.common.threads)?;
     if a.iters == 0 {
         return Err("--iters must be >= 1".into());
+    }
+    if !a.raw {
+        let mut prog = Program::load(&a.common.model).map_err(|e| e.to_string())?;
+        let lm = is_language_model(prog.method(&a.common.method).map_err(|e| e.to_string())?.meta());
+        drop(prog);
+        if lm {
+            return bench_llm(&a);
+        }
     }
     let rss0 = peak_rss();
     let mut prog = Program::load(&a.common.model).map_err(|e| e.to_string())?;

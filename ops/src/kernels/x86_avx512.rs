@@ -159,9 +159,16 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
     let qa = a.q.as_ptr();
     let gs = a.gsum.as_ptr();
     // Zero points as f32 (exact: integers in [-128, 127]); zp index i0 + b < m.
-    let mut zpf = [0f32; B];
-    for (b, z) in zpf.iter_mut().enumerate() {
-        *z = *a.zp.as_ptr().add(i0 + b) as f32;
+    // Per token: zp (INT4: 16 zp in the high lanes) as an i16 in the low half of each lane, and
+    // the INT8 offset term G*zp.
+    let lo16 = _mm512_set1_epi32(0xFFFF);
+    let mut zpm = [_mm512_setzero_si512(); B];
+    let mut gzp = [0i32; B];
+    for b in 0..B {
+        let z = *a.zp.as_ptr().add(i0 + b);
+        gzp[b] = z * g.group as i32;
+        let lo = (z as u16) as i32;
+        zpm[b] = if INT8 { _mm512_set1_epi32(lo) } else { _mm512_inserti64x4::<1>(_mm512_set1_epi32(lo), _mm256_set1_epi32(((16 * z) as u16) as i32)) };
     }
     let tile = g.data.add(t * g.tile_bytes);
     let mut acc = [_mm512_setzero_ps(); B];
@@ -169,7 +176,7 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
         let mut isum = [_mm512_setzero_si512(); B];
         for b in 0..B {
             // gsum index (i0+b)*ng + gi < m*ng (contract: gsum.len() == m*ng).
-            let neg = _mm512_set1_epi32(-*gs.add((i0 + b) * g.ng + gi));
+            let neg = _mm512_set1_epi32(-*gs.add((i0 + b) * g.ng + gi) - if INT8 { gzp[b] } else { 0 });
             isum[b] = _mm512_sllv_epi32(neg, corr_sh);
         }
         let mut wacc = _mm512_setzero_si512();
@@ -201,24 +208,29 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
                 isum[b] = _mm512_dpbusd_epi32(isum[b], wv, _mm512_set1_epi32(av));
             }
         }
-        // W as f32 (INT4: the high lanes carry 16x, shifted back exactly). wbuf + gi*16 .. +16
-        // lies within its ng*16 values.
-        let wf = if WM == W_LOAD {
-            _mm512_castsi512_ps(_mm512_loadu_si512(wbuf.add(gi * TILE_ROWS) as *const _))
+        // W per row as an i16 in the low half of each lane (INT4: sum (q + 8) <= 3840; the high
+        // lanes carry 16x and are shifted back. INT8: sum (q + 128) - 128 G = sum q, in
+        // [-32768, 32512]). wbuf + gi*16 .. +16 lies within its ng*16 values.
+        let w16 = if WM == W_LOAD {
+            _mm512_loadu_si512(wbuf.add(gi * TILE_ROWS) as *const _)
         } else {
-            let wf = _mm512_cvtepi32_ps(if INT8 { wacc } else { _mm512_srav_epi32(wacc, sh_lo_hi) });
+            let w = if INT8 {
+                _mm512_and_si512(_mm512_sub_epi32(wacc, _mm512_set1_epi32(128 * g.group as i32)), lo16)
+            } else {
+                _mm512_srav_epi32(wacc, sh_lo_hi)
+            };
             if WM == W_STORE {
-                _mm512_storeu_si512(wbuf.add(gi * TILE_ROWS) as *mut _, _mm512_castps_si512(wf));
+                _mm512_storeu_si512(wbuf.add(gi * TILE_ROWS) as *mut _, w);
             }
-            wf
+            w
         };
         // scales[(t*ng + gi)*16 .. +16] is within scale_count.
         let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
         for b in 0..B {
-            let v = if INT8 { isum[b] } else { _mm512_srav_epi32(isum[b], sh_lo_hi) };
-            // isum = v - zp * W, exact in f32 (integers below 2^24).
-            let exact = _mm512_fnmadd_ps(_mm512_set1_ps(zpf[b]), wf, _mm512_cvtepi32_ps(v));
-            acc[b] = _mm512_fmadd_ps(exact, sc, acc[b]);
+            // isum = v - zp * W (exact i32; INT4 high lanes: 16x, shifted back exactly).
+            let c = _mm512_sub_epi32(isum[b], _mm512_madd_epi16(w16, zpm[b]));
+            let v = if INT8 { c } else { _mm512_srav_epi32(c, sh_lo_hi) };
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc, acc[b]);
         }
     }
     for b in 0..B {

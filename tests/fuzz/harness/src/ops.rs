@@ -414,7 +414,7 @@ pub struct LinearInput {
 }
 
 /// Multiply-adds per `linear` call in ops_linear (small claimed dims only), see there.
-pub const LINEAR_MACS: usize = 1 << 15;
+pub const LINEAR_MACS: usize = 1 << 14;
 
 pub fn ops_linear(data: &[u8]) {
     let Some(inp) = parse::<LinearInput>(data) else { return };
@@ -516,9 +516,9 @@ thread_local! {
 }
 
 /// Multiply-adds per `moe_ffn` call in ops_moe_ffn (small claimed token counts), see there.
-pub const MOE_MACS: usize = 1 << 16;
+pub const MOE_MACS: usize = 1 << 14;
 /// Largest stacked expert weight (bytes) ops_moe_ffn passes with a matching length.
-pub const MOE_WEIGHT_BYTES: usize = 1 << 14;
+pub const MOE_WEIGHT_BYTES: usize = 1 << 13;
 
 pub fn ops_moe_ffn(data: &[u8]) {
     let Some(inp) = parse::<MoeInput>(data) else { return };
