@@ -53,7 +53,7 @@ fn reduce_lanes(mut acc: [f32; LANES]) -> f32 {
 
 /// Sum of `a[i]` in 16 fixed lanes (see [`dot_lanes`]).
 #[inline(always)]
-fn sum_lanes(a: &[f32]) -> f32 {
+pub(crate) fn sum_lanes(a: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let full = a.len() / LANES * LANES;
     for c in a[..full].chunks_exact(LANES) {
@@ -373,12 +373,12 @@ pub fn attention(
             }
         }
     }
-    // 3. attention per (kv head, token block): each K/V row is converted once for all the query
-    //    heads sharing it.
+    // 3. attention per (kv head, token block): the block's K/V rows are made f32 once (fp16
+    //    caches) and serve every query head sharing the KV head and every token of the block.
     scratch.ctx.resize(t * hq * hd, 0.0);
     {
         let _g = debug_span!("sdpa", ctx = max_pos + 1).entered();
-        let block = if t >= 16 { 8 } else { t };
+        let block = if t > 32 { 32 } else { t };
         let n_blocks = t.div_ceil(block);
         let items = hkv * n_blocks;
         let ctx_out = SharedMut(scratch.ctx.as_mut_ptr());
@@ -387,25 +387,63 @@ pub fn attention(
         let vc: &KvSlice<'_> = v_cache;
         let scale = 1.0 / (hd as f32).sqrt();
         let kind = kernels.kind;
+        let max_seq = spec.max_seq_len;
         pool.run(items, &|item| {
             let (g, b) = (item % hkv, item / hkv);
             let s0 = b * block;
             let s1 = ((b + 1) * block).min(t);
             let _ = &ctx_out;
+            let rep = hq / hkv;
+            let n_ctx = positions[s0..s1].iter().map(|&p| p as usize + 1).max().unwrap_or(0);
             ATTN_TLS.with(|tls| {
                 let mut buf = tls.borrow_mut();
-                let rep = hq / hkv;
-                let need = rep * (max_pos + 1) + 2 * hd + rep * hd;
+                let conv = if matches!(kc, KvSlice::F16(_)) && !fixed_avx512_shape(kind, hd, rep) { 2 * n_ctx * hd } else { 0 };
+                let need = conv + rep * n_ctx + rep * hd;
                 if buf.len() < need {
                     buf.resize(need, 0.0);
                 }
+                let base = g * max_seq * hd;
+                let rep_ok = fixed_avx512_shape(kind, hd, rep);
+                if rep_ok {
+                    // AVX-512 with a specialised shape: fp16 rows converted in registers.
+                    for s in s0..s1 {
+                        let p = positions[s] as usize;
+                        let q = &qkv[s * qkv_w + g * rep * hd..s * qkv_w + (g + 1) * rep * hd];
+                        let dst = (s * hq + g * rep) * hd;
+                        // SAFETY: (s, g) ranges are disjoint between items; dst + rep*hd <= t*hq*hd.
+                        let o = unsafe { std::slice::from_raw_parts_mut(ctx_out.0.add(dst), rep * hd) };
+                        let sc = &mut buf[..rep * (p + 1)];
+                        let r = match (kc, vc) {
+                            (KvSlice::F32(k), KvSlice::F32(v)) => {
+                                sdpa_fixed(hd, rep, q, &k[base..base + (p + 1) * hd], &v[base..base + (p + 1) * hd], p + 1, scale, sc, o)
+                            }
+                            (KvSlice::F16(k), KvSlice::F16(v)) => {
+                                sdpa_fixed(hd, rep, q, &k[base..base + (p + 1) * hd], &v[base..base + (p + 1) * hd], p + 1, scale, sc, o)
+                            }
+                            _ => false,
+                        };
+                        debug_assert!(r);
+                    }
+                    return;
+                }
+                let (kv32, rest) = buf.split_at_mut(conv);
+                let (k, v): (&[f32], &[f32]) = match (kc, vc) {
+                    (KvSlice::F32(k), KvSlice::F32(v)) => (&k[base..base + n_ctx * hd], &v[base..base + n_ctx * hd]),
+                    (KvSlice::F16(k), KvSlice::F16(v)) => {
+                        let (k32, v32) = kv32.split_at_mut(n_ctx * hd);
+                        f16_to_f32_dispatch(kind, &k[base..base + n_ctx * hd], k32);
+                        f16_to_f32_dispatch(kind, &v[base..base + n_ctx * hd], v32);
+                        (k32, v32)
+                    }
+                    _ => return, // K and V share a dtype by construction (KvCache::views)
+                };
                 for s in s0..s1 {
                     let p = positions[s] as usize;
                     let q = &qkv[s * qkv_w + g * rep * hd..s * qkv_w + (g + 1) * rep * hd];
                     let dst = (s * hq + g * rep) * hd;
                     // SAFETY: (s, g) ranges are disjoint between items; dst + rep*hd <= t*hq*hd.
                     let o = unsafe { std::slice::from_raw_parts_mut(ctx_out.0.add(dst), rep * hd) };
-                    sdpa_dispatch(kind, q, kc, vc, g * spec.max_seq_len * hd, p + 1, hd, rep, scale, &mut buf, o);
+                    sdpa_dispatch(kind, q, k, v, p + 1, hd, rep, scale, rest, o);
                 }
             });
         })
@@ -415,13 +453,110 @@ pub fn attention(
     linear(&w.wo, None, &scratch.ctx[..t * hq * hd], t, out, spec.exact, &mut scratch.lin, pool, kernels)
 }
 
+/// Whether the AVX-512 kernel specialised on (head_dim, heads per KV head) exists.
+fn fixed_avx512_shape(kind: crate::KernelKind, hd: usize, rep: usize) -> bool {
+    cfg!(target_arch = "x86_64") && kind == crate::KernelKind::Avx512Vnni && matches!(hd, 32 | 64 | 128) && matches!(rep, 1 | 2 | 4 | 8)
+}
+
+/// The AVX-512 kernel specialised on (head_dim, rep), reading K/V rows of either element type;
+/// false if there is none for this shape (then nothing was written).
+#[allow(clippy::too_many_arguments, unused_variables)]
+fn sdpa_fixed<T: KvElem>(hd: usize, rep: usize, q: &[f32], k: &[T], v: &[T], n_ctx: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::attn_dot::sdpa_avx512_fixed as f;
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        // SAFETY (all arms): AVX-512F checked; the slices cover the const shapes (asserted by the
+        // caller's slicing: q rep*hd, k/v n_ctx*hd, scores rep*n_ctx, out rep*hd).
+        unsafe {
+            match (hd, rep) {
+                (64, 4) => f::<4, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 2) => f::<4, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 1) => f::<4, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 8) => f::<4, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 4) => f::<2, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 2) => f::<2, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 1) => f::<2, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 8) => f::<2, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 4) => f::<8, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 2) => f::<8, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 1) => f::<8, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 8) => f::<8, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                _ => return false,
+            }
+        }
+        return true;
+    }
+    #[allow(unreachable_code)]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::attn_dot::KvLoad as KvElem;
+/// Placeholder bound off x86-64 (the specialised kernels are AVX-512 only).
+#[cfg(not(target_arch = "x86_64"))]
+pub trait KvElem: Copy {}
+#[cfg(not(target_arch = "x86_64"))]
+impl KvElem for f32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl KvElem for f16 {}
+
+/// Exact fp16 -> fp32 of one value from its bits, branch-free so that loops vectorise:
+/// normals and subnormals by one exact multiply by 2^112, inf/NaN by forcing the exponent.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let em = (h & 0x7fff) << 13;
+    let v = f32::from_bits(em) * f32::from_bits(0x7780_0000); // * 2^112
+    let v = if (h & 0x7c00) == 0x7c00 { f32::from_bits(em | 0x7f80_0000) } else { v };
+    f32::from_bits(v.to_bits() | ((h & 0x8000) << 16))
+}
+
+#[inline(always)]
+fn f16_to_f32_generic(src: &[f16], dst: &mut [f32]) {
+    for (d, h) in dst.iter_mut().zip(src) {
+        *d = f16_bits_to_f32(h.to_bits());
+    }
+}
+
+fn f16_to_f32_dispatch(kind: crate::KernelKind, src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if kind == crate::KernelKind::Avx512Vnni {
+            // SAFETY: Kernels only selects Avx512Vnni on CPUs with AVX-512 F/BW/VL + FMA.
+            unsafe { f16_to_f32_avx512(src, dst) };
+            return;
+        }
+        if kind == crate::KernelKind::Avx2 {
+            // SAFETY: Kernels only selects Avx2 on CPUs with AVX2 + FMA.
+            unsafe { f16_to_f32_avx2(src, dst) };
+            return;
+        }
+    }
+    let _ = kind;
+    f16_to_f32_generic(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
+    f16_to_f32_generic(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f16_to_f32_avx2(src: &[f16], dst: &mut [f32]) {
+    f16_to_f32_generic(src, dst)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn sdpa_dispatch(
     kind: crate::KernelKind,
     q: &[f32],
-    kc: &KvSlice<'_>,
-    vc: &KvSlice<'_>,
-    base: usize,
+    k: &[f32],
+    v: &[f32],
     n_ctx: usize,
     hd: usize,
     rep: usize,
@@ -432,129 +567,116 @@ fn sdpa_dispatch(
     #[cfg(target_arch = "x86_64")]
     {
         use crate::KernelKind::*;
-        if kind == Avx512Vnni && std::arch::is_x86_feature_detected!("f16c") {
-            // SAFETY: Kernels only selects Avx512Vnni on CPUs with AVX-512 F/BW/VL + FMA; F16C checked.
-            unsafe { sdpa_avx512(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out) };
+        if kind == Avx512Vnni {
+            // SAFETY: Kernels only selects Avx512Vnni on CPUs with AVX-512 F/BW/VL + FMA.
+            unsafe { sdpa_avx512(q, k, v, n_ctx, hd, rep, scale, buf, out) };
             return;
         }
-        if kind == Avx2 && std::arch::is_x86_feature_detected!("f16c") {
-            // SAFETY: Kernels only selects Avx2 on CPUs with AVX2 + FMA; F16C checked.
-            unsafe { sdpa_avx2(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out) };
+        if kind == Avx2 {
+            // SAFETY: Kernels only selects Avx2 on CPUs with AVX2 + FMA.
+            unsafe { sdpa_avx2(q, k, v, n_ctx, hd, rep, scale, buf, out) };
+            return;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if hd % 16 == 0 {
+            // SAFETY: NEON is baseline on aarch64; rows are hd long, a multiple of 16.
+            sdpa_with(q, k, v, n_ctx, hd, rep, scale, buf, out, |a, b| unsafe { crate::kernels::attn_dot::dot_neon(a, b) });
             return;
         }
     }
     let _ = kind;
-    sdpa_generic(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out)
+    sdpa_generic(q, k, v, n_ctx, hd, rep, scale, buf, out)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sdpa_avx512(
-    q: &[f32],
-    kc: &KvSlice<'_>,
-    vc: &KvSlice<'_>,
-    base: usize,
-    n_ctx: usize,
-    hd: usize,
-    rep: usize,
-    scale: f32,
-    buf: &mut [f32],
-    out: &mut [f32],
-) {
-    sdpa_generic(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sdpa_avx2(
-    q: &[f32],
-    kc: &KvSlice<'_>,
-    vc: &KvSlice<'_>,
-    base: usize,
-    n_ctx: usize,
-    hd: usize,
-    rep: usize,
-    scale: f32,
-    buf: &mut [f32],
-    out: &mut [f32],
-) {
-    sdpa_generic(q, kc, vc, base, n_ctx, hd, rep, scale, buf, out)
-}
-
-/// Cache row `at..at+hd` as f32 (converted for fp16 caches, borrowed for fp32).
-#[inline(always)]
-fn kv_row<'b>(c: &'b KvSlice<'_>, at: usize, hd: usize, tmp: &'b mut [f32]) -> &'b [f32] {
-    match c {
-        KvSlice::F32(s) => &s[at..at + hd],
-        KvSlice::F16(s) => {
-            for (d, h) in tmp[..hd].iter_mut().zip(&s[at..at + hd]) {
-                *d = h.to_f32();
-            }
-            &tmp[..hd]
-        }
+unsafe fn sdpa_avx512(q: &[f32], k: &[f32], v: &[f32], n_ctx: usize, hd: usize, rep: usize, scale: f32, buf: &mut [f32], out: &mut [f32]) {
+    if hd % 16 == 0 {
+        // SAFETY: AVX-512F (caller); rows are hd long, a multiple of 16.
+        sdpa_with(q, k, v, n_ctx, hd, rep, scale, buf, out, |a, b| unsafe { crate::kernels::attn_dot::dot_avx512(a, b) })
+    } else {
+        sdpa_generic(q, k, v, n_ctx, hd, rep, scale, buf, out)
     }
 }
 
-/// Attention of `rep` query heads (`q`, `[rep, hd]`) sharing one KV head whose rows start at
-/// `base` in the caches, over cache slots `0..n_ctx`. `buf` holds `rep * n_ctx + 2 hd + rep hd`
-/// floats. Writes `out` `[rep, hd]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sdpa_avx2(q: &[f32], k: &[f32], v: &[f32], n_ctx: usize, hd: usize, rep: usize, scale: f32, buf: &mut [f32], out: &mut [f32]) {
+    if hd % 16 == 0 {
+        // SAFETY: AVX2 (caller); rows are hd long, a multiple of 16.
+        sdpa_with(q, k, v, n_ctx, hd, rep, scale, buf, out, |a, b| unsafe { crate::kernels::attn_dot::dot_avx2(a, b) })
+    } else {
+        sdpa_generic(q, k, v, n_ctx, hd, rep, scale, buf, out)
+    }
+}
+
+/// Attention of `rep` query heads (`q`, `[rep, hd]`) sharing one KV head whose f32 rows `k`, `v`
+/// (`[>= n_ctx, hd]`) are read for slots `0..n_ctx`. `buf` holds `rep * n_ctx + rep * hd` floats.
+/// Writes `out` `[rep, hd]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn sdpa_generic(
+fn sdpa_generic(q: &[f32], k: &[f32], v: &[f32], n_ctx: usize, hd: usize, rep: usize, scale: f32, buf: &mut [f32], out: &mut [f32]) {
+    sdpa_with(q, k, v, n_ctx, hd, rep, scale, buf, out, dot_lanes)
+}
+
+/// [`sdpa_generic`] with the dot product `dot` (an ISA's version of [`dot_lanes`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sdpa_with(
     q: &[f32],
-    kc: &KvSlice<'_>,
-    vc: &KvSlice<'_>,
-    base: usize,
+    k: &[f32],
+    v: &[f32],
     n_ctx: usize,
     hd: usize,
     rep: usize,
     scale: f32,
     buf: &mut [f32],
     out: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
 ) {
-    let (scores, rest) = buf.split_at_mut(rep * n_ctx);
-    let (tmp, acc) = rest.split_at_mut(2 * hd);
+    let (scores, acc) = buf.split_at_mut(rep * n_ctx);
     let acc = &mut acc[..rep * hd];
     // scores[r][t] = q_r . k_t * scale
-    for tpos in 0..n_ctx {
-        let k = kv_row(kc, base + tpos * hd, hd, tmp);
+    for (tpos, krow) in k.chunks_exact(hd).take(n_ctx).enumerate() {
         for r in 0..rep {
-            scores[r * n_ctx + tpos] = dot_lanes(&q[r * hd..(r + 1) * hd], k) * scale;
+            scores[r * n_ctx + tpos] = dot(&q[r * hd..(r + 1) * hd], krow) * scale;
         }
     }
-    // softmax per head (max-subtracted, deterministic exp, 16-lane sum)
-    let mut inv = [0.0f32; 64];
+    // softmax per head (max-subtracted, deterministic exp, 16-lane sum); out = acc / sum
+    acc.fill(0.0);
     for r in 0..rep {
         let row = &mut scores[r * n_ctx..(r + 1) * n_ctx];
+        // max (NaN if any score is NaN: then every weight is NaN, as in PyTorch)
         let mut m = f32::NEG_INFINITY;
-        for &v in row.iter() {
-            m = if v > m || v.is_nan() { v } else { m };
+        let mut nan = false;
+        for &x in row.iter() {
+            m = if x > m { x } else { m };
+            nan |= x.is_nan();
         }
-        for v in row.iter_mut() {
-            *v = exp_f32(*v - m);
+        if nan {
+            m = f32::NAN;
         }
-        let s = sum_lanes(row);
-        if r < inv.len() {
-            inv[r] = 1.0 / s;
+        for x in row.iter_mut() {
+            *x = exp_f32(*x - m);
         }
     }
     // acc[r] = sum_t p[r][t] * v_t, in slot order
-    acc.fill(0.0);
-    for tpos in 0..n_ctx {
-        let v = kv_row(vc, base + tpos * hd, hd, tmp);
+    for (tpos, vrow) in v.chunks_exact(hd).take(n_ctx).enumerate() {
         for r in 0..rep {
             let p = scores[r * n_ctx + tpos];
-            for (a, &vv) in acc[r * hd..(r + 1) * hd].iter_mut().zip(v) {
+            for (a, &vv) in acc[r * hd..(r + 1) * hd].iter_mut().zip(vrow) {
                 *a += p * vv;
             }
         }
     }
     for r in 0..rep {
-        let iv = if r < inv.len() { inv[r] } else { 1.0 / sum_lanes(&scores[r * n_ctx..(r + 1) * n_ctx]) };
+        let inv = 1.0 / sum_lanes(&scores[r * n_ctx..(r + 1) * n_ctx]);
         for (o, &a) in out[r * hd..(r + 1) * hd].iter_mut().zip(&acc[r * hd..(r + 1) * hd]) {
-            *o = a * iv;
+            *o = a * inv;
         }
     }
 }

@@ -125,14 +125,16 @@ impl<'a> MoeWeights<'a> {
 
     /// Weight bytes the layer reads for `t` tokens routed to `distinct_experts` experts.
     pub fn bytes_read(spec: &MoeSpec, distinct_experts: usize) -> usize {
-        let per = spec.w13_spec().map(|s| s.total_bytes()).unwrap_or(0) + spec.w2_spec().map(|s| s.total_bytes()).unwrap_or(0);
+        let bytes = |s: Result<MatrixSpec>| s.map(|s| s.total_bytes()).unwrap_or(0);
+        let per = bytes(spec.w13_spec()).saturating_add(bytes(spec.w2_spec()));
         let shared = if spec.shared_hidden > 0 {
-            spec.shared_w13_spec().map(|s| s.total_bytes()).unwrap_or(0)
-                + spec.shared_w2_spec().map(|s| s.total_bytes()).unwrap_or(0)
+            bytes(spec.shared_w13_spec()).saturating_add(bytes(spec.shared_w2_spec()))
         } else {
             0
         };
-        distinct_experts * per + shared + 4 * spec.router.num_experts * spec.dim
+        // Saturating: an unvalidated spec with huge dims must not panic (this is a statistic).
+        let router = spec.router.num_experts.saturating_mul(spec.dim).saturating_mul(4);
+        distinct_experts.saturating_mul(per).saturating_add(shared).saturating_add(router)
     }
 }
 
@@ -219,7 +221,7 @@ pub fn moe_ffn(
     let k = spec.router.top_k;
     let tk = mul_dims("tokens x top_k", &[t, k])?;
     check_len("moe input", mul_dims("moe input", &[t, d])?, x.len())?;
-    check_len("moe output", t * d, out.len())?;
+    check_len("moe output", mul_dims("moe output", &[t, d])?, out.len())?;
     if t == 0 {
         return Ok(());
     }
@@ -536,6 +538,9 @@ fn swiglu_quantize(pool: &ThreadPool, h: &[f32], f: usize, act: &mut [f32], qa: 
 /// Vectorised (AVX-512 / AVX2+FMA builds of the same code) where the CPU allows: `silu` uses only
 /// correctly rounded IEEE operations (explicit fma), so every build gives the same bits.
 pub fn swiglu_rows(h: &[f32], f: usize, act: &mut [f32]) {
+    if f == 0 {
+        return; // no columns (and `chunks_exact(0)` would panic)
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {

@@ -122,6 +122,8 @@ pub struct PackedRef<'a> {
 impl<'a> PackedRef<'a> {
     /// Checks buffer sizes against the spec.
     pub fn new(spec: MatrixSpec, data: &'a [u8], scales: &'a [f32]) -> Result<Self> {
+        // Public fields: a hand-built spec (group 0, overflowing sizes) is an error, not a panic.
+        let spec = MatrixSpec::new(spec.n, spec.k, spec.group, spec.bits)?;
         check_len("packed weight data", spec.data_bytes(), data.len())?;
         check_len("packed weight scales", spec.scale_count(), scales.len())?;
         Ok(Self { spec, data, scales })
@@ -169,6 +171,7 @@ pub fn round_half_even(x: f32) -> f32 {
 /// Symmetric per-group quantization of row-major `w[n, k]`: returns (q `[n, k]`, scales `[n, k/G]`).
 /// Numerics equal torchao's symmetric per-group int4/int8 (see docs/DESIGN.md section 1).
 pub fn quantize_rows(w: &[f32], spec: MatrixSpec) -> Result<(Vec<i8>, Vec<f32>)> {
+    let spec = MatrixSpec::new(spec.n, spec.k, spec.group, spec.bits)?; // hand-built specs
     check_len("fp32 weights", spec.n * spec.k, w.len())?;
     let (qmin, qmax) = (spec.bits.qmin() as f32, spec.bits.qmax() as f32);
     let half_range = (qmax - qmin) / 2.0;
@@ -196,6 +199,7 @@ pub fn quantize_rows(w: &[f32], spec: MatrixSpec) -> Result<(Vec<i8>, Vec<f32>)>
 
 /// Pack integer weights `q[n, k]` (values within the width's range) and scales `[n, k/G]`.
 pub fn pack(q: &[i8], scales: &[f32], spec: MatrixSpec) -> Result<PackedMatrix> {
+    let spec = MatrixSpec::new(spec.n, spec.k, spec.group, spec.bits)?; // hand-built specs
     check_len("integer weights", spec.n * spec.k, q.len())?;
     check_len("weight scales", spec.n * spec.groups(), scales.len())?;
     let (qmin, qmax) = (spec.bits.qmin(), spec.bits.qmax());

@@ -171,6 +171,58 @@ fn extremes_are_exact() {
     }
 }
 
+/// Paths the random cases may miss: one token with zp = -128 (a non-negative row) and with other
+/// zero points (decode), token counts around the block sizes (the per-tile weight row sums stored
+/// by the first block and reused), and weight scales below 2^-122 (where 1/16 of a scale is not
+/// exact, so the INT4 high lanes are shifted instead of folding 1/16 into the scales).
+#[test]
+fn q8_zero_point_and_scale_edge_paths() {
+    let mut r = Rng(99);
+    for bits in [WeightBits::Int4, WeightBits::Int8] {
+        for group in [32, 128] {
+            let (n, k) = (40, 2 * group);
+            let spec = MatrixSpec::new(n, k, group, bits).unwrap();
+            let q: Vec<i8> = (0..n * k).map(|_| (r.next_u64() % 16) as i8 - 8).collect();
+            let scales: Vec<f32> = (0..n * (k / group))
+                .map(|i| match i % 5 {
+                    0 => 1e-38,
+                    1 => f32::MIN_POSITIVE,
+                    2 => 3e-37,
+                    _ => 0.01 + r.f().abs(),
+                })
+                .collect();
+            let w = pack(&q, &scales, spec).unwrap();
+            for m in [1usize, 2, 3, 5, 8, 9, 16, 17, 33] {
+                for pattern in 0..4 {
+                    let mut x = r.vec(m * k, 1.0);
+                    for (i, row) in x.chunks_mut(k).enumerate() {
+                        match (i + pattern) % 4 {
+                            0 => row.iter_mut().for_each(|v| *v = v.abs()), // zp = -128
+                            1 => row.iter_mut().for_each(|v| *v = -v.abs()), // zp = 127
+                            2 => row[0] = 50.0,
+                            _ => {}
+                        }
+                    }
+                    let mut qa = QuantActs::default();
+                    qa.quantize(&x, m, k, group).unwrap();
+                    if m == 1 {
+                        assert!(pattern != 0 || qa.zp[0] == -128);
+                    }
+                    let mut want = vec![SENTINEL; m * n];
+                    assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut want, n)));
+                    for ks in simd_kernels() {
+                        let mut got = vec![SENTINEL; m * n];
+                        assert!(ks.gemm_q8(&w.as_ref(), 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut got, n)));
+                        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                            assert!(same(*a, *b), "{} {bits:?} G={group} m={m} p={pattern} idx {i}: {a} vs {b}", ks.kind.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Contract violations are rejected by every kernel set (nothing written).
 #[test]
 fn contract_violations_rejected() {

@@ -21,8 +21,9 @@ continues an interrupted one from its last checkpoint; every step's loss goes to
 4. ``qat`` — 4-bit quantization-aware training (weights symmetric per-group-32 INT4, exactly the
    numerics of docs/DESIGN.md section 1 / ``quant.quantize_per_group``, straight-through
    estimator) on every matrix ``quantize_moe(..., dense_linears=True)`` turns into INT4: routed
-   experts, shared expert, attention projections, LM head (router, embedding and norms stay fp32,
-   as in the exported program). Same data mixture as stage 3, LR annealed to 0. The saved latent
+   experts, shared expert, attention projections, LM head — plus the embedding table, which the
+   whole-decoder delegate (``decoder.lower_decoder``) also stores INT4 g32; router and norms stay
+   fp32, as in the exported program. Same data mixture as stage 3, LR annealed to 0. The saved latent
    fp32 weights quantize (``quantize_moe``) to exactly the integers and scales trained against.
 
 Model: the project's ``Transformer`` with ``MoEFeedForward`` (fine-grained routed experts + one
@@ -164,7 +165,8 @@ def lm_forward(model: models.Transformer, tokens: torch.Tensor, qat: bool = Fals
     q = fake_quant if qat else (lambda w: w)
     B, S = tokens.shape
     H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    h = model.tok_embeddings(tokens)
+    # the whole-decoder delegate stores the (untied) embedding table INT4 g32 too: QAT sees it
+    h = F.embedding(tokens, q(model.tok_embeddings.weight)) if qat else model.tok_embeddings(tokens)
     cos, sin = model.rope_cos[:S], model.rope_sin[:S]
     for li, layer in enumerate(model.layers):
         a = layer.attention

@@ -10,6 +10,7 @@ use crate::act::QuantActsRef;
 use crate::quant::PackedRef;
 use std::ops::Range;
 
+pub mod attn_dot;
 pub mod scalar;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_dotprod;

@@ -81,10 +81,14 @@ pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usi
     gemm_f32_impl(w, tiles, x, m, out)
 }
 
-/// How a token block gets the weight row sums `W` of its tile (see module docs).
+/// How a token block gets the weight row sums `W` of its tile (see module docs). `W_FUSED`: one
+/// token whose zero point is not -128: `-zp` fits an s8, so the correction `-zp * W` is summed by a
+/// second `vpdpbusd` with `-zp` broadcast straight into the token's accumulator (decode: no
+/// separate `W`, no correction at the group end).
 const W_COMPUTE: u8 = 0;
 const W_STORE: u8 = 1;
 const W_LOAD: u8 = 2;
+const W_FUSED: u8 = 3;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
@@ -108,6 +112,12 @@ unsafe fn q8_tiles<const INT8: bool>(g: &Geo, tiles: Range<usize>, a: &QuantActs
             }
         };
     }
+    if m == 1 && a.zp[0] != -128 {
+        for t in tiles {
+            q8_tile::<1, INT8, W_FUSED>(g, t, a, 0, out, std::ptr::null_mut());
+        }
+        return;
+    }
     if m <= MB_Q8 {
         // One token block per tile (decode): W is computed in the same pass.
         for t in tiles {
@@ -130,9 +140,10 @@ unsafe fn q8_tiles<const INT8: bool>(g: &Geo, tiles: Range<usize>, a: &QuantActs
 }
 
 /// Q8 on tile `t` for token rows `i0 .. i0 + B`. `wbuf` (`ng * 16` values, f32 bits) receives
-/// (`W_STORE`) or provides (`W_LOAD`) the tile's weight row sums; unused with `W_COMPUTE`.
+/// (`W_STORE`) or provides (`W_LOAD`) the tile's weight row sums; unused otherwise.
 /// # Safety
-/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds, `wbuf` as described.
+/// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds (`W_FUSED`: `B == 1` and
+/// `zp[i0] != -128`), `wbuf` as described.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
@@ -146,6 +157,8 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
     let k = g.k;
     // Per-lane shifts: 0 for rows 0..7, 4 for rows 8..15 (INT4 high nibbles kept in place).
     let sh_lo_hi = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi32(4));
+    // Per-lane factors 1 / 1/16 (INT4 high lanes carry 16x; exact powers of two).
+    let lane_f = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(1.0), _mm512_set1_ps(0.0625));
     // INT4 mask: 0x0F in the low 256 bits, 0xF0 in the high 256 bits.
     let nib_mask = _mm512_inserti64x4::<1>(_mm512_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
     // Correction multipliers as left shifts of -gsum: 8 = 1<<3 (low lanes), 128 = 1<<7 (high lanes).
@@ -156,27 +169,26 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
     };
     let flip = _mm512_set1_epi8(0x80u8 as i8);
     let ones = _mm512_set1_epi8(1);
+    // W_FUSED: -zp as s8 (zp != -128), one token.
+    let nzp = _mm512_set1_epi8(if WM == W_FUSED { (-*a.zp.as_ptr().add(i0)) as i8 } else { 0 });
+    // Smallest scale whose 1/16 is still exact (a normal number): 2^-122.
+    let min_exact = _mm512_set1_ps(0.0);
     let qa = a.q.as_ptr();
     let gs = a.gsum.as_ptr();
     // Zero points as f32 (exact: integers in [-128, 127]); zp index i0 + b < m.
-    // Per token: zp (INT4: 16 zp in the high lanes) as an i16 in the low half of each lane, and
-    // the INT8 offset term G*zp.
-    let lo16 = _mm512_set1_epi32(0xFFFF);
-    let mut zpm = [_mm512_setzero_si512(); B];
-    let mut gzp = [0i32; B];
-    for b in 0..B {
-        let z = *a.zp.as_ptr().add(i0 + b);
-        gzp[b] = z * g.group as i32;
-        let lo = (z as u16) as i32;
-        zpm[b] = if INT8 { _mm512_set1_epi32(lo) } else { _mm512_inserti64x4::<1>(_mm512_set1_epi32(lo), _mm256_set1_epi32(((16 * z) as u16) as i32)) };
+    let mut zpf = [0f32; B];
+    for (b, z) in zpf.iter_mut().enumerate() {
+        *z = *a.zp.as_ptr().add(i0 + b) as f32;
     }
+    // Chunks per loop step: pairs for small blocks (one prefetch per 64 bytes, no parity test).
+    let step = if B <= 2 { 2 } else { 1 };
     let tile = g.data.add(t * g.tile_bytes);
     let mut acc = [_mm512_setzero_ps(); B];
     for gi in 0..g.ng {
         let mut isum = [_mm512_setzero_si512(); B];
         for b in 0..B {
             // gsum index (i0+b)*ng + gi < m*ng (contract: gsum.len() == m*ng).
-            let neg = _mm512_set1_epi32(-*gs.add((i0 + b) * g.ng + gi) - if INT8 { gzp[b] } else { 0 });
+            let neg = _mm512_set1_epi32(-*gs.add((i0 + b) * g.ng + gi));
             isum[b] = _mm512_sllv_epi32(neg, corr_sh);
         }
         let mut wacc = _mm512_setzero_si512();
@@ -186,51 +198,74 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
         // weights stream from L3/DRAM once per call. `wrapping_add`: the address may lie past
         // the buffer (last tile); a prefetch never faults.
         _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
-        for c in 0..g.cpg {
-            // Chunk (t, gi, c): offset < data_bytes since t < tiles, gi < ng, c < cpg.
-            let cp = gbase.add(c * g.chunk_bytes);
-            if INT8 || c % 2 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g.tile_bytes) as *const i8);
+        let mut c = 0;
+        while c < g.cpg {
+            for h in 0..step {
+                // Chunk (t, gi, c + h): offset < data_bytes since t < tiles, gi < ng, c + h < cpg
+                // (cpg is a multiple of 8).
+                let cp = gbase.add((c + h) * g.chunk_bytes);
+                if INT8 || (c + h) % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g.tile_bytes) as *const i8);
+                }
+                let wv = if INT8 {
+                    _mm512_xor_si512(_mm512_loadu_si512(cp as *const _), flip)
+                } else {
+                    let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+                    _mm512_and_si512(raw, nib_mask)
+                };
+                if WM == W_FUSED {
+                    wacc = _mm512_dpbusd_epi32(wacc, wv, nzp);
+                } else if WM != W_LOAD {
+                    wacc = _mm512_dpbusd_epi32(wacc, wv, ones);
+                }
+                let kk = kbase + (c + h) * 4;
+                for b in 0..B {
+                    // 4 activation bytes at (i0+b)*k + kk .. +4 <= m*k.
+                    let av = (qa.add((i0 + b) * k + kk) as *const i32).read_unaligned();
+                    isum[b] = _mm512_dpbusd_epi32(isum[b], wv, _mm512_set1_epi32(av));
+                }
             }
-            let wv = if INT8 {
-                _mm512_xor_si512(_mm512_loadu_si512(cp as *const _), flip)
-            } else {
-                let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-                _mm512_and_si512(raw, nib_mask)
-            };
-            if WM != W_LOAD {
-                wacc = _mm512_dpbusd_epi32(wacc, wv, ones);
-            }
-            let kk = kbase + c * 4;
-            for b in 0..B {
-                // 4 activation bytes at (i0+b)*k + kk .. +4 <= m*k.
-                let av = (qa.add((i0 + b) * k + kk) as *const i32).read_unaligned();
-                isum[b] = _mm512_dpbusd_epi32(isum[b], wv, _mm512_set1_epi32(av));
-            }
+            c += step;
         }
-        // W per row as an i16 in the low half of each lane (INT4: sum (q + 8) <= 3840; the high
-        // lanes carry 16x and are shifted back. INT8: sum (q + 128) - 128 G = sum q, in
-        // [-32768, 32512]). wbuf + gi*16 .. +16 lies within its ng*16 values.
-        let w16 = if WM == W_LOAD {
-            _mm512_loadu_si512(wbuf.add(gi * TILE_ROWS) as *const _)
+        // W as f32, as accumulated (INT4: the high lanes carry 16x, like isum). wbuf + gi*16 ..
+        // +16 lies within its ng*16 values.
+        let wf = if WM == W_FUSED {
+            _mm512_setzero_ps()
+        } else if WM == W_LOAD {
+            _mm512_castsi512_ps(_mm512_loadu_si512(wbuf.add(gi * TILE_ROWS) as *const _))
         } else {
-            let w = if INT8 {
-                _mm512_and_si512(_mm512_sub_epi32(wacc, _mm512_set1_epi32(128 * g.group as i32)), lo16)
-            } else {
-                _mm512_srav_epi32(wacc, sh_lo_hi)
-            };
+            let wf = _mm512_cvtepi32_ps(wacc);
             if WM == W_STORE {
-                _mm512_storeu_si512(wbuf.add(gi * TILE_ROWS) as *mut _, w);
+                _mm512_storeu_si512(wbuf.add(gi * TILE_ROWS) as *mut _, _mm512_castps_si512(wf));
             }
-            w
+            wf
         };
+        if WM == W_FUSED {
+            // W_FUSED: the correction -zp * W, summed in a separate chain, added here.
+            isum[0] = _mm512_add_epi32(isum[0], wacc);
+        }
         // scales[(t*ng + gi)*16 .. +16] is within scale_count.
         let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
-        for b in 0..B {
-            // isum = v - zp * W (exact i32; INT4 high lanes: 16x, shifted back exactly).
-            let c = _mm512_sub_epi32(isum[b], _mm512_madd_epi16(w16, zpm[b]));
-            let v = if INT8 { c } else { _mm512_srav_epi32(c, sh_lo_hi) };
-            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc, acc[b]);
+        // INT4: isum and W carry 16x in the high lanes. Instead of shifting every token's sum
+        // back, fold 1/16 into the scales: fma(16 isum, s/16, acc) == fma(isum, s, acc) when s/16
+        // is exact (s >= 2^-122; always, except for degenerate all-but-zero weight groups, which
+        // take the shift).
+        let folded = INT8 || _mm512_cmp_ps_mask::<_CMP_LT_OQ>(sc, min_exact) == 0;
+        if folded {
+            let scf = if INT8 { sc } else { _mm512_mul_ps(sc, lane_f) };
+            for b in 0..B {
+                // isum = v - zp * W, exact in f32 (integers below 2^24); W_FUSED: already in v.
+                let v = _mm512_cvtepi32_ps(isum[b]);
+                let exact = if WM == W_FUSED { v } else { _mm512_fnmadd_ps(_mm512_set1_ps(zpf[b]), wf, v) };
+                acc[b] = _mm512_fmadd_ps(exact, scf, acc[b]);
+            }
+        } else {
+            let wf1 = _mm512_mul_ps(wf, lane_f);
+            for b in 0..B {
+                let v = _mm512_cvtepi32_ps(_mm512_srav_epi32(isum[b], sh_lo_hi));
+                let exact = if WM == W_FUSED { v } else { _mm512_fnmadd_ps(_mm512_set1_ps(zpf[b]), wf1, v) };
+                acc[b] = _mm512_fmadd_ps(exact, sc, acc[b]);
+            }
         }
     }
     for b in 0..B {

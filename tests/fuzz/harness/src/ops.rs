@@ -106,7 +106,14 @@ pub fn ops_matrix_spec(data: &[u8]) {
     let k = inp.k.get(|s| if s % 16 == 15 { s as usize } else { g.max(1) * (s as usize % 5) });
     let res = MatrixSpec::new(n, k, g, bits);
     assert_eq!(res.is_ok(), spec_valid(n, k, g), "MatrixSpec::new({n}, {k}, {g}) = {res:?}");
-    let Ok(spec) = res else { return };
+    let Ok(spec) = res else {
+        // Public fields: the same shape built without `new` is a typed error everywhere.
+        let raw = MatrixSpec { n, k, group: g, bits };
+        assert!(PackedRef::new(raw, &[], &[]).is_err());
+        assert!(quant::quantize_rows(&[], raw).is_err());
+        assert!(quant::pack(&[], &[], raw).is_err());
+        return;
+    };
     check_spec_sizes(&spec);
 
     let (dl, dok) = buf_len(Some(spec.data_bytes()), inp.data_delta.get());
@@ -569,6 +576,7 @@ pub fn ops_moe_ffn(data: &[u8]) {
     let sh_ok = fs == 0 || (fs2.is_some_and(|v| spec_valid(v, d, g)) && spec_valid(d, fs, g));
     let spec_ok = router_ok && s13_ok && s2_ok && sh_ok;
     assert_eq!(spec.validate().is_ok(), spec_ok, "MoeSpec::validate {spec:?}");
+    let _ = MoeWeights::bytes_read(&spec, e); // a statistic: any spec, never panics
 
     let sizes = |valid: bool, n: Option<usize>, kk: usize| -> (Option<usize>, Option<usize>) {
         match (valid, n) {
@@ -606,7 +614,8 @@ pub fn ops_moe_ffn(data: &[u8]) {
     let mut sh = None;
     if with_shared {
         // Shared weights for the shapes implied by `fs` (or a small made-up shape when fs == 0).
-        let fsx = if fs == 0 { 16 } else { fs };
+        // fs == 0: weights of a valid shape for this group (the call must then be rejected).
+        let fsx = if fs == 0 { mult(inp.shared_sel / 8) } else { fs };
         let (a, b) = (MatrixSpec::new(2 * fsx.min(1 << 20), d.max(1), g, bits), MatrixSpec::new(d.max(1), fsx, g, bits));
         if let (Ok(sa), Ok(sb)) = (a, b) {
             if sa.data_bytes() <= MOE_WEIGHT_BYTES && sb.data_bytes() <= MOE_WEIGHT_BYTES {
@@ -620,7 +629,8 @@ pub fn ops_moe_ffn(data: &[u8]) {
         }
     }
     let shared_consistent = match (&sh, fs) {
-        (None, 0) => !with_shared,
+        // No shared weights passed (none chosen, or they did not fit the size cap).
+        (None, 0) => true,
         (Some(_), fs) => fs > 0,
         (None, _) => false,
     };

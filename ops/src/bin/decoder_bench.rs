@@ -1,0 +1,123 @@
+//! Per-op timings of the decoder ops around the MoE FFN on the S shape (D=1024, 16 heads, 4 KV
+//! heads, head_dim 64, vocabulary 32000): attention at a context depth (decode = 1 token),
+//! RMSNorm, embedding, LM head. Prints min and median of `--iters` runs per op.
+//!
+//! `cargo run --release -p mobilemoe-ops --bin decoder_bench -- --help`
+
+use mobilemoe_ops::decoder::*;
+use mobilemoe_ops::{linear, Kernels, LinearScratch, MatrixSpec, PackedMatrix, ThreadPool, WeightBits};
+use std::time::Instant;
+
+struct Args {
+    threads: usize,
+    iters: usize,
+    depths: Vec<usize>,
+    kv: KvDType,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args { threads: 2, iters: 200, depths: vec![128, 1024], kv: KvDType::F16 };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--threads" => a.threads = v()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--iters" => a.iters = v()?.parse().map_err(|e| format!("--iters: {e}"))?,
+            "--depths" => {
+                a.depths = v()?.split(',').map(|s| s.parse().map_err(|e| format!("--depths: {e}"))).collect::<Result<_, _>>()?
+            }
+            "--kv" => {
+                a.kv = match v()?.as_str() {
+                    "fp16" => KvDType::F16,
+                    "fp32" => KvDType::F32,
+                    o => return Err(format!("--kv {o}: fp16 or fp32")),
+                }
+            }
+            "--help" | "-h" => {
+                println!("decoder_bench [--threads N] [--iters N] [--depths 128,1024] [--kv fp16|fp32]");
+                std::process::exit(0);
+            }
+            o => return Err(format!("unknown argument {o} (see --help)")),
+        }
+    }
+    if a.iters == 0 || a.threads == 0 {
+        return Err("--iters and --threads must be >= 1".into());
+    }
+    Ok(a)
+}
+
+fn time(iters: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (t[0], t[t.len() / 2])
+}
+
+fn packed(n: usize, k: usize, seed: u32) -> PackedMatrix {
+    let w: Vec<f32> = (0..n * k).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0) - 0.5).collect();
+    PackedMatrix::quantize(&w, MatrixSpec::new(n, k, 32, WeightBits::Int4).unwrap()).unwrap()
+}
+
+fn main() {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let pool = ThreadPool::new(a.threads);
+    let kernels = Kernels::best();
+    let (d, hq, hkv, hd, max_seq, vocab) = (1024, 16, 4, 64, 2048, 32000);
+    let spec = AttentionSpec { dim: d, n_heads: hq, n_kv_heads: hkv, head_dim: hd, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: false };
+    let wqkv = packed(spec.qkv_width(), d, 1);
+    let wo = packed(d, spec.q_width(), 2);
+    let cos = vec![0.5f32; max_seq * hd / 2];
+    let sin = vec![0.5f32; max_seq * hd / 2];
+    let w = AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
+    let mut cache = KvCache::new(a.kv, hkv, max_seq, hd).unwrap();
+    let mut scratch = AttentionScratch::default();
+    let x: Vec<f32> = (0..d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut out = vec![0.0f32; d];
+    println!("decoder ops, S shape, {} threads, kernels {}, KV {:?}", a.threads, kernels.kind.name(), a.kv);
+    println!("{:<28} {:>10} {:>10}", "op", "min us", "median us");
+    // projections alone (weights from cache: the attention weights of one layer fit in L2/L3)
+    let mut qkv = vec![0.0f32; spec.qkv_width()];
+    let mut ls = LinearScratch::default();
+    let (mn, md) = time(a.iters, || linear(&wqkv.as_ref(), None, &x, 1, &mut qkv, false, &mut ls, &pool, &kernels).unwrap());
+    println!("{:<28} {:>10.1} {:>10.1}", "wqkv linear (1 token)", mn, md);
+    for &depth in &a.depths {
+        // fill the cache up to depth (values do not matter for time)
+        let (mn, md) = time(a.iters, || {
+            let (mut kc, mut vc) = cache.views();
+            attention(&spec, &w, &x, &[depth as i64], &mut kc, &mut vc, &mut out, &mut scratch, &pool, &kernels).unwrap()
+        });
+        println!("{:<28} {:>10.1} {:>10.1}", format!("attention decode @{depth}"), mn, md);
+    }
+    let xs: Vec<f32> = (0..128 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut outs = vec![0.0f32; 128 * d];
+    let pos: Vec<i64> = (0..128).collect();
+    let (mn, md) = time(a.iters.min(20), || {
+        let (mut kc, mut vc) = cache.views();
+        attention(&spec, &w, &xs, &pos, &mut kc, &mut vc, &mut outs, &mut scratch, &pool, &kernels).unwrap()
+    });
+    println!("{:<28} {:>10.1} {:>10.1}", "attention prefill-128", mn, md);
+    let nw = vec![1.0f32; d];
+    let (mn, md) = time(a.iters, || rms_norm(&x, 1, &nw, 1e-5, &mut out).unwrap());
+    println!("{:<28} {:>10.1} {:>10.1}", "rms_norm (1 token)", mn, md);
+    let head = packed(vocab, d, 3);
+    let mut logits = vec![0.0f32; vocab];
+    let mut ds = DenseScratch::default();
+    let (mn, md) = time(a.iters.min(50), || {
+        lm_head_last(&x, 1, &nw, 1e-5, &head.as_ref(), false, &mut logits, &mut ds, &pool, &kernels).unwrap()
+    });
+    println!("{:<28} {:>10.1} {:>10.1}", "lm_head (32000 x 1024)", mn, md);
+    let (mn, md) = time(a.iters, || embedding(&head.as_ref(), &[12345], &mut out).unwrap());
+    println!("{:<28} {:>10.1} {:>10.1}", "embedding (1 token)", mn, md);
+}

@@ -1,0 +1,192 @@
+//! The dot product of attention scores, `q . k` over a head (`head_dim % 16 == 0`), per ISA.
+//! Every version computes exactly [`crate::decoder::dot_lanes`]: 16 lanes (`lane = i % 16`),
+//! separate multiply and add (no FMA), lanes combined as `l + 8`, `l + 4`, `l + 2`, `l + 1`, so
+//! the bits are the same everywhere (tests/decoder.rs checks it).
+
+/// AVX-512: one 16-lane accumulator.
+///
+/// # Safety
+/// AVX-512F available; `a.len() == b.len()`, a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < a.len() {
+        // SAFETY: i + 16 <= len for both slices.
+        let x = _mm512_loadu_ps(a.as_ptr().add(i));
+        let y = _mm512_loadu_ps(b.as_ptr().add(i));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(x, y));
+        i += 16;
+    }
+    let s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+}
+
+/// AVX2: lanes 0..8 and 8..16 in two accumulators.
+///
+/// # Safety
+/// AVX2 available; `a.len() == b.len()`, a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i < a.len() {
+        // SAFETY: i + 16 <= len for both slices.
+        lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))));
+        hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8))));
+        i += 16;
+    }
+    let s8 = _mm256_add_ps(lo, hi);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+}
+
+/// NEON: lanes in four 4-lane accumulators.
+///
+/// # Safety
+/// `a.len() == b.len()`, a multiple of 16 (NEON is baseline on aarch64).
+#[cfg(target_arch = "aarch64")]
+#[inline]
+pub unsafe fn dot_neon(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::aarch64::*;
+    debug_assert!(a.len() == b.len() && a.len() % 16 == 0);
+    let mut v = [vdupq_n_f32(0.0); 4];
+    let mut i = 0;
+    while i < a.len() {
+        for (j, acc) in v.iter_mut().enumerate() {
+            // SAFETY: i + 16 <= len for both slices.
+            let x = vld1q_f32(a.as_ptr().add(i + 4 * j));
+            let y = vld1q_f32(b.as_ptr().add(i + 4 * j));
+            *acc = vaddq_f32(*acc, vmulq_f32(x, y));
+        }
+        i += 16;
+    }
+    // l + 8: lanes 0..8 = (v0 + v2, v1 + v3); l + 4: (v0 + v2) + (v1 + v3)
+    let c = vaddq_f32(vaddq_f32(v[0], v[2]), vaddq_f32(v[1], v[3]));
+    let d = vadd_f32(vget_low_f32(c), vget_high_f32(c));
+    vget_lane_f32(d, 0) + vget_lane_f32(d, 1)
+}
+
+/// A KV-cache element the AVX-512 attention kernel reads 16 at a time as f32 (fp16 rows are
+/// converted in registers, exactly, with `vcvtph2ps`).
+#[cfg(target_arch = "x86_64")]
+pub trait KvLoad: Copy {
+    /// # Safety
+    /// AVX-512F available; 16 elements readable at `p`.
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KvLoad for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KvLoad for half::f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
+/// AVX-512 attention of `R` query heads sharing one KV head, head_dim = `16 * C`, over f32 K/V
+/// rows `0..n_ctx`: the same arithmetic, in the same order, as `decoder::sdpa_generic`
+/// (scores by [`dot_avx512`]'s lanes and tree, max, deterministic exp, 16-lane sum, `acc += p*v`
+/// in slot order, `out = acc * (1/sum)`), with q and the accumulators in registers.
+///
+/// # Safety
+/// AVX-512F available; `q.len() >= R*16*C`, `k.len(), v.len() >= n_ctx*16*C`,
+/// `scores.len() >= R*n_ctx`, `out.len() >= R*16*C`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    n_ctx: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = 16 * C;
+    debug_assert!(q.len() >= R * hd && k.len() >= n_ctx * hd && v.len() >= n_ctx * hd);
+    debug_assert!(scores.len() >= R * n_ctx && out.len() >= R * hd);
+    let mut qv = [[_mm512_setzero_ps(); C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            qv[r][c] = _mm512_loadu_ps(q.as_ptr().add(r * hd + 16 * c));
+        }
+    }
+    // scores
+    for t in 0..n_ctx {
+        let mut kv = [_mm512_setzero_ps(); C];
+        for c in 0..C {
+            kv[c] = T::load16(k.as_ptr().add(t * hd + 16 * c));
+        }
+        for r in 0..R {
+            let mut acc = _mm512_setzero_ps();
+            for c in 0..C {
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(qv[r][c], kv[c]));
+            }
+            let s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            *scores.get_unchecked_mut(r * n_ctx + t) = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1))) * scale;
+        }
+    }
+    // softmax numerators (the generic loop, vectorised by the compiler under these features)
+    let mut inv = [0.0f32; R];
+    for r in 0..R {
+        let row = &mut scores[r * n_ctx..(r + 1) * n_ctx];
+        let mut m = f32::NEG_INFINITY;
+        let mut nan = false;
+        for &x in row.iter() {
+            m = if x > m { x } else { m };
+            nan |= x.is_nan();
+        }
+        if nan {
+            m = f32::NAN;
+        }
+        for x in row.iter_mut() {
+            *x = crate::moe::exp_f32(*x - m);
+        }
+        inv[r] = 1.0 / crate::decoder::sum_lanes(row);
+    }
+    // acc[r] = sum_t p[r][t] * v_t, slot order
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    for t in 0..n_ctx {
+        let mut vv = [_mm512_setzero_ps(); C];
+        for c in 0..C {
+            vv[c] = T::load16(v.as_ptr().add(t * hd + 16 * c));
+        }
+        for r in 0..R {
+            let p = _mm512_set1_ps(*scores.get_unchecked(r * n_ctx + t));
+            for c in 0..C {
+                acc[r][c] = _mm512_add_ps(acc[r][c], _mm512_mul_ps(p, vv[c]));
+            }
+        }
+    }
+    for r in 0..R {
+        let iv = _mm512_set1_ps(inv[r]);
+        for c in 0..C {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * hd + 16 * c), _mm512_mul_ps(acc[r][c], iv));
+        }
+    }
+}
