@@ -255,12 +255,16 @@ pub struct Generator<'m> {
     model: &'m mut dyn LanguageModel,
 }
 
+/// Largest number of prompt tokens per prefill call.
+pub const PREFILL_CHUNK: usize = 256;
+
 impl<'m> Generator<'m> {
     pub fn new(model: &'m mut dyn LanguageModel) -> Self {
         Generator { model }
     }
 
-    /// Prefill `prompt` in one call, then decode one token per call. `on_token` is called with
+    /// Prefill `prompt` in chunks of at most [`PREFILL_CHUNK`] tokens (bounded scratch memory,
+    /// like llama.cpp's batches), then decode one token per call. `on_token` is called with
     /// each sampled token; returning `false` stops generation. No cache reset is needed between
     /// two generations on the same model (cache slots are overwritten before they are read, and
     /// slots after the current position are masked).
@@ -302,7 +306,10 @@ impl<'m> Generator<'m> {
         let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
         let pos: Vec<i64> = (0..ids.len() as i64).collect();
         let t0 = Instant::now();
-        let mut logits = self.model.forward(&ids, &pos).map_err(GenerateError::Model)?;
+        let mut logits = Vec::new();
+        for (c_ids, c_pos) in ids.chunks(PREFILL_CHUNK).zip(pos.chunks(PREFILL_CHUNK)) {
+            logits = self.model.forward(c_ids, c_pos).map_err(GenerateError::Model)?;
+        }
         stats.prefill_s = t0.elapsed().as_secs_f64();
         let mut next_pos = prompt.len();
         let mut decode_start = None;

@@ -1,21 +1,25 @@
 //! A small persistent thread pool for the kernels: no allocation per call, dynamic work stealing
-//! over an item counter, the calling thread works too. Workers spin briefly after a job (decode
-//! issues a job every few tens of microseconds) and then sleep on a condvar.
+//! over an item counter, the calling thread works too. One pool per process
+//! ([`ThreadPool::global`]) serves every delegate. After a job, idle workers spin for a bounded
+//! *time* — 50 us by default (`MOBILEMOE_SPIN_US`; decode issues a job every few tens of
+//! microseconds within a forward) — and then sleep on a condvar, so a phone's cores go idle 50 us
+//! after the last forward returns.
 //!
 //! Workers *join* a job; the caller never waits for a worker that has not joined. A worker that
 //! wakes late (descheduled, asleep) finds the job closed and skips it, so one slow thread cannot
 //! stall a decode step for a scheduler time slice.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::time::{Duration, Instant};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
 struct Shared {
-    /// Raw pointer to the current job (a `&Job` whose lifetime `run` guarantees, see there).
-    job: AtomicU64Pair,
+    /// Thin pointer to the caller's `&Job` (a local of `run`, whose lifetime `run` guarantees).
+    job: AtomicPtr<()>,
     n_items: AtomicUsize,
     next: AtomicUsize,
     /// Workers that joined the current job and have not left it yet.
@@ -29,10 +33,6 @@ struct Shared {
     wake: Condvar,
 }
 
-/// A fat pointer stored as two words (data, vtable) so it can be published atomically-enough:
-/// both words are written before `epoch` is bumped (Release) and read after it is seen (Acquire).
-struct AtomicU64Pair(AtomicUsize, AtomicUsize);
-
 pub struct ThreadPool {
     shared: Arc<Shared>,
     threads: usize,
@@ -45,10 +45,12 @@ pub struct ThreadPool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobPanicked;
 
-/// Spin iterations (each a `pause`) before a worker sleeps; `MOBILEMOE_SPIN` overrides.
-fn spin_iters() -> u32 {
-    static V: OnceLock<u32> = OnceLock::new();
-    *V.get_or_init(|| std::env::var("MOBILEMOE_SPIN").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000))
+/// How long an idle worker spins before it sleeps: `MOBILEMOE_SPIN_US` microseconds (default 50;
+/// 0 = sleep at once). Bounded by time, not by `pause` iterations, whose cost varies 10x between
+/// cores.
+pub fn spin_time() -> Duration {
+    static V: OnceLock<Duration> = OnceLock::new();
+    *V.get_or_init(|| Duration::from_micros(std::env::var("MOBILEMOE_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(50)))
 }
 
 impl ThreadPool {
@@ -56,7 +58,7 @@ impl ThreadPool {
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            job: AtomicU64Pair(AtomicUsize::new(0), AtomicUsize::new(0)),
+            job: AtomicPtr::new(std::ptr::null_mut()),
             n_items: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -100,10 +102,9 @@ impl ThreadPool {
         // it only after joining (incrementing `active` while the job is open) and leaves (decrements)
         // after its last use. We close the job, then wait for `active == 0` before returning (the
         // code in between cannot unwind: `drain` runs under catch_unwind), so `f` outlives every use.
-        let raw: *const Job<'_> = f;
-        let (data, vtable): (usize, usize) = unsafe { std::mem::transmute(raw) };
-        s.job.0.store(data, Relaxed);
-        s.job.1.store(vtable, Relaxed);
+        // A thin pointer to a fat reference on this stack frame: no transmute of fat pointers.
+        let fref: &Job<'_> = f;
+        s.job.store(&fref as *const &Job<'_> as *mut (), Relaxed);
         s.n_items.store(n_items, Relaxed);
         s.next.store(0, Relaxed);
         s.panicked.store(false, Relaxed);
@@ -175,7 +176,8 @@ fn worker(s: Arc<Shared>) {
     loop {
         // Wait for a new epoch: spin first, then sleep.
         let mut spins = 0u32;
-        let max_spins = spin_iters();
+        let spin_until = Instant::now() + spin_time();
+        let mut spinning = true;
         let state = loop {
             if s.shutdown.load(Relaxed) {
                 return;
@@ -184,9 +186,13 @@ fn worker(s: Arc<Shared>) {
             if st >> 1 != seen {
                 break st;
             }
-            if spins < max_spins {
-                spins += 1;
+            if spinning {
+                spins = spins.wrapping_add(1);
                 std::hint::spin_loop();
+                // read the clock every 64 pauses only
+                if spins % 64 == 0 && Instant::now() >= spin_until {
+                    spinning = false;
+                }
                 continue;
             }
             let l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -203,10 +209,9 @@ fn worker(s: Arc<Shared>) {
         // sees our increment before it stops waiting, or we see the job closed and skip it.
         s.active.fetch_add(1, SeqCst);
         if s.state.load(SeqCst) == (seen << 1 | 1) {
-            let (data, vtable) = (s.job.0.load(Relaxed), s.job.1.load(Relaxed));
-            // SAFETY: published before the job was opened; valid until we leave (see `run`).
-            let f: &Job<'static> =
-                unsafe { &*std::mem::transmute::<(usize, usize), *const Job<'static>>((data, vtable)) };
+            // SAFETY: published (a pointer to `run`'s local `&Job`) before the job was opened; the
+            // local and the job it refers to stay valid until we leave (see `run`).
+            let f: &Job<'_> = unsafe { *(s.job.load(Relaxed) as *const &Job<'_>) };
             if catch_unwind(AssertUnwindSafe(|| drain(&s, f))).is_err() {
                 s.panicked.store(true, Relaxed);
             }

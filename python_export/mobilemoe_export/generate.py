@@ -149,6 +149,9 @@ def peak_rss_mb() -> float:
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+PREFILL_CHUNK = 256  # largest number of prompt tokens per prefill call (backend/src/generate.rs)
+
+
 def generate_tokens(
     forward: ForwardFn,
     prompt_ids: Sequence[int],
@@ -176,7 +179,10 @@ def generate_tokens(
     st = res.stats
     st.prompt_tokens = n
     t0 = time.perf_counter()
-    logits = forward(torch.tensor([list(prompt_ids)], dtype=torch.long), torch.arange(n, dtype=torch.long))
+    ids = list(prompt_ids)
+    for c0 in range(0, n, PREFILL_CHUNK):  # bounded scratch memory, as the Rust runner
+        c1 = min(n, c0 + PREFILL_CHUNK)
+        logits = forward(torch.tensor([ids[c0:c1]], dtype=torch.long), torch.arange(c0, c1, dtype=torch.long))
     t1 = time.perf_counter()
     st.prefill_s = t1 - t0
     pos = n

@@ -7,18 +7,23 @@
 //! - INT4: the 32-byte chunk is broadcast to both 256-bit halves and masked with `0x0F` (low half:
 //!   rows 0..7, the low nibbles) / `0xF0` (high half: rows 8..15, the high nibbles *in place*, i.e.
 //!   `16 * (q + 8)`, still a valid u8 <= 240). The group accumulator starts at `-8*gsum` (low lanes)
-//!   / `-128*gsum` (high lanes), `gsum = sum (qa - zp)`; an arithmetic shift right by 0 / 4 then
-//!   gives exactly `sum (q+8)*qa - 8*gsum = sum q*qa + 8*zp*G` (the high-lane value is a multiple
-//!   of 16).
+//!   / `-128*gsum` (high lanes), `gsum = sum (qa - zp)`, so it ends at `sum (q+8)*qa - 8*gsum`
+//!   (16x that in the high lanes).
 //! - INT8: the weights are flipped to u8 `q + 128` (xor 0x80); the accumulator starts at
-//!   `-128*gsum`, giving `sum q*qa + 128*zp*G` exactly.
-//! - Zero point: the same chunk also goes through one `vpdpbusd` with all-ones activations, which
-//!   sums the offset weights of each row, `W = sum (q + 8)` (resp. `q + 128`). The first token
-//!   block of a tile computes `W` per group and keeps it (as f32) in a per-thread buffer; the next
-//!   blocks of the tile load it, so prefill pays it once per tile, decode once per chunk.
-//!   `isum = (sum q*qa + c*zp*G) - zp * W` (c = 8 or 128) is one `vfnmadd` in f32: every operand
-//!   and the result are integers below 2^24, so it is exact and equals the scalar `isum`.
+//!   `-128*gsum`.
 //!   `vpdpbusd` (non-saturating) sums 4 u8*s8 products into i32 exactly.
+//! - Zero point, `isum = that - zp * W` with the offset weight row sums `W = sum (q + 8)` (resp.
+//!   `q + 128`; 16x in the INT4 high lanes), which one more `vpdpbusd` per chunk with all-ones
+//!   activations accumulates:
+//!   - one token (decode) with `zp != -128`: the second `vpdpbusd` takes `-zp` (an s8) instead of
+//!     ones and sums `-zp * W` directly (a separate chain, added at the group end);
+//!   - otherwise the first token block of a tile computes `W` per group and keeps it (as f32) in
+//!     a per-thread buffer for the tile's next blocks (prefill pays it once per tile), and the
+//!     correction is one `vfnmadd` per token and group. Every operand and result is an integer
+//!     below 2^24, so it is exact.
+//! - INT4 high lanes: instead of shifting every token's 16x sum back, 1/16 is folded into the
+//!   scales (`fma(16 isum, s/16, acc) == fma(isum, s, acc)` when `s/16` is exact, i.e. s >= 2^-122;
+//!   groups with a smaller scale take the shift).
 //! Then per group `acc = fma(isum as f32, scale, acc)` and at the end `acc * s_a`: the scalar order.
 //!
 //! F32 path: weights are unpacked to signed bytes, one column at a time sign-extended to i32 and
@@ -172,7 +177,7 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
     // W_FUSED: -zp as s8 (zp != -128), one token.
     let nzp = _mm512_set1_epi8(if WM == W_FUSED { (-*a.zp.as_ptr().add(i0)) as i8 } else { 0 });
     // Smallest scale whose 1/16 is still exact (a normal number): 2^-122.
-    let min_exact = _mm512_set1_ps(0.0);
+    let min_exact = _mm512_set1_ps(f32::from_bits(5 << 23));
     let qa = a.q.as_ptr();
     let gs = a.gsum.as_ptr();
     // Zero points as f32 (exact: integers in [-128, 127]); zp index i0 + b < m.

@@ -31,8 +31,8 @@ pub fn pool(two: bool) -> &'static ThreadPool {
             // Idle workers spin 20,000 pauses by default before sleeping: per fuzz iteration that
             // is a core burnt next to the fuzzer (and the machine is usually shared). Both the spin
             // and the sleep path stay exercised with a short spin. Read once, at the first job.
-            if std::env::var_os("MOBILEMOE_SPIN").is_none() {
-                std::env::set_var("MOBILEMOE_SPIN", "64");
+            if std::env::var_os("MOBILEMOE_SPIN_US").is_none() {
+                std::env::set_var("MOBILEMOE_SPIN_US", "2");
             }
             ThreadPool::new(2)
         })
@@ -46,8 +46,13 @@ fn scalar() -> Kernels {
 }
 
 /// What `MatrixSpec::new` accepts (docs/DESIGN.md section 1-2).
-pub fn spec_valid(n: usize, k: usize, g: usize) -> bool {
-    matches!(g, 32 | 64 | 128 | 256) && n > 0 && k > 0 && k % g == 0 && mul(&[n.div_ceil(16), 16, k]).is_some()
+pub fn spec_valid(n: usize, k: usize, g: usize, bits: WeightBits) -> bool {
+    // Every derived size fits: padded rows x K elements, and data bytes + 4 bytes per scale.
+    let fits = |elems: usize| {
+        let data = if bits == WeightBits::Int4 { elems / 2 } else { elems };
+        data.checked_add(4 * (elems / g)).is_some()
+    };
+    matches!(g, 32 | 64 | 128 | 256) && n > 0 && k > 0 && k % g == 0 && mul(&[n.div_ceil(16), 16, k]).is_some_and(fits)
 }
 
 fn check_spec_sizes(spec: &MatrixSpec) {
@@ -105,7 +110,7 @@ pub fn ops_matrix_spec(data: &[u8]) {
     let n = inp.n.get(|s| s as usize % 72);
     let k = inp.k.get(|s| if s % 16 == 15 { s as usize } else { g.max(1) * (s as usize % 5) });
     let res = MatrixSpec::new(n, k, g, bits);
-    assert_eq!(res.is_ok(), spec_valid(n, k, g), "MatrixSpec::new({n}, {k}, {g}) = {res:?}");
+    assert_eq!(res.is_ok(), spec_valid(n, k, g, bits), "MatrixSpec::new({n}, {k}, {g}) = {res:?}");
     let Ok(spec) = res else {
         // Public fields: the same shape built without `new` is a typed error everywhere.
         let raw = MatrixSpec { n, k, group: g, bits };
@@ -437,7 +442,7 @@ pub fn ops_linear(data: &[u8]) {
     if inp.n.sel < 248 && m.saturating_mul(n).saturating_mul(k) > LINEAR_MACS {
         n = (LINEAR_MACS / m.saturating_mul(k).max(1)).max(1);
     }
-    let valid = spec_valid(n, k, g);
+    let valid = spec_valid(n, k, g, bits);
     // MatrixSpec and PackedRef have public fields: a caller can build an unchecked spec, so
     // 1 input in 8 bypasses `new` (the op must still not panic).
     let spec = if inp.unchecked_spec % 8 == 7 {
@@ -571,9 +576,9 @@ pub fn ops_moe_ffn(data: &[u8]) {
     let router_ok = e > 0 && k >= 1 && k <= e && route_scale.is_finite();
     let f2 = f.checked_mul(2);
     let fs2 = fs.checked_mul(2);
-    let s13_ok = f2.is_some_and(|f2| spec_valid(f2, d, g));
-    let s2_ok = spec_valid(d, f, g);
-    let sh_ok = fs == 0 || (fs2.is_some_and(|v| spec_valid(v, d, g)) && spec_valid(d, fs, g));
+    let s13_ok = f2.is_some_and(|f2| spec_valid(f2, d, g, bits));
+    let s2_ok = spec_valid(d, f, g, bits);
+    let sh_ok = fs == 0 || (fs2.is_some_and(|v| spec_valid(v, d, g, bits)) && spec_valid(d, fs, g, bits));
     let spec_ok = router_ok && s13_ok && s2_ok && sh_ok;
     assert_eq!(spec.validate().is_ok(), spec_ok, "MoeSpec::validate {spec:?}");
     let _ = MoeWeights::bytes_read(&spec, e); // a statistic: any spec, never panics
