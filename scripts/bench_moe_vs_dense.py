@@ -16,15 +16,16 @@ What it does:
    cost grows with it).
 2. Measures the streaming-read DRAM bandwidth with the same thread count (``target/release/moe_bench``,
    a 1 GiB buffer, median of 5 passes), before and after the model runs.
-3. For each model, in alternating rounds: ``mobilemoe bench --tokens P`` (prefill: one forward call
-   over a P-token prompt, median of several calls) and ``mobilemoe bench --tokens 1`` (decode: one
-   forward call for one token, median of --decode-steps calls; attention always reads the whole
-   static cache, so its cost does not depend on the position), plus a real autoregressive
-   ``mobilemoe generate`` (P-token prompt, --decode-steps greedy tokens; mean decode tok/s with
-   data-dependent routing) as a cross-check. All with MOBILEMOE_THREADS=T and --threads T.
+3. For each model, in alternating rounds: ``mobilemoe bench`` in its language-model mode (prefill:
+   one forward call over a P-token prompt, median of several calls; decode: real greedy generation
+   — data-dependent routing, advancing positions — of --decode-steps tokens after the context was
+   prefilled to each depth of --depths, like llama-bench's ``tg`` at a depth), plus a real
+   ``mobilemoe generate`` (P-token prompt) as a cross-check. Both models are exported whole-model
+   (one MobileMoEBackend delegate: attention with an fp16 KV cache, norms, the fused dense or MoE
+   FFN, LM head). All with MOBILEMOE_THREADS=T and --threads T.
 4. Computes the weight bytes read per decode token from the configs (T16K4 layout, DESIGN.md
    section 2: INT4 nibbles + fp32 scales, rows padded to 16; attention, the top-k routed experts +
-   the shared expert or the dense FFN, the fp32 router and norms, the INT4 LM head and one fp32
+   the shared expert or the dense FFN, the fp32 router and norms, the INT4 LM head and one INT4
    embedding row), checks the total against the exporter's count, and the decode roofline fraction
    = (bytes per token / bandwidth) / measured per-token time.
 5. Prints a markdown table (and writes it with --markdown-out, raw numbers with --json-out).
@@ -79,18 +80,18 @@ def weight_bytes(cfg: models.ModelConfig, group: int, bits: int) -> dict:
         Fd = cfg.dense_hidden_dim
         ffn_q_total = ffn_q_active = m(2 * Fd, D) + m(D, Fd)
         ffn_fp32 = 0
-    head = m(cfg.vocab_size, D)  # the LM head is an INT4 linear (tied: a quantized copy)
-    emb_row = D * 4  # fp32 embedding table, one row per token
+    head = m(cfg.vocab_size, D)  # the LM head is an INT4 linear; a tied embedding reads its rows
+    emb_row = D * bits // 8 + (D // group) * 4  # one INT4 row of the packed table (+ its scales)
     final_norm = D * 4
     int4_total = L * (attn + ffn_q_total) + head
     active = L * (attn + ffn_q_active + ffn_fp32 + norms) + head + emb_row + final_norm
-    kv_per_token = L * 2 * cfg.n_kv_heads * cfg.max_seq_len * hd * 4  # the whole fp32 static cache
+    kv_per_pos = L * 2 * cfg.n_kv_heads * hd * 2  # fp16 K + V per cached position (read per token)
     return {
         "int4_total": int4_total,
         "int4_ffn_total": L * ffn_q_total,
         "active_per_token": active,
         "active_int4_per_token": L * (attn + ffn_q_active) + head,
-        "kv_cache_read_per_token": kv_per_token,
+        "kv_cache_bytes_per_position": kv_per_pos,
     }
 
 
@@ -141,19 +142,25 @@ def bandwidth_gbps(args, env) -> float:
     raise SystemExit(f"error: no roofline line in moe_bench output:\n{out}")
 
 
-_BENCH_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+_LLM_ROW = re.compile(r"^(prefill-\d+|decode @\d+)\s+\S+\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
 
 
-def bench_ms(args, env, pte: Path, tokens: int, iters: int, warmup: int) -> dict:
-    out = run([str(args.runner), "bench", str(pte), "--threads", str(args.threads), "--tokens", str(tokens),
-               "--iters", str(iters), "--warmup", str(warmup)], env)
-    rows = [m for m in map(_BENCH_ROW.match, out.splitlines()) if m]
-    if not rows:
+def bench_llm(args, env, pte: Path) -> dict:
+    """`mobilemoe bench` (language-model mode): {"prefill": tok/s, "decode@D": tok/s, ...}."""
+    out = run([str(args.runner), "bench", str(pte), "--threads", str(args.threads), "--prefill", str(args.prompt_tokens),
+               "--iters", str(args.prefill_iters), "--depths", ",".join(map(str, args.depths)),
+               "--decode-tokens", str(args.decode_steps)], env)
+    res = {}
+    for m in map(_LLM_ROW.match, out.splitlines()):
+        if m:
+            name = "prefill" if m.group(1).startswith("prefill") else "decode@" + m.group(1).split("@")[1]
+            res[name] = float(m.group(5))
+            res[name + "_ms_per_token"] = float(m.group(4))
+    if "prefill" not in res or not any(k.startswith("decode@") for k in res):
         raise SystemExit(f"error: cannot parse `mobilemoe bench` output:\n{out}")
-    _, med, p10, p90, mn, _ = rows[0].groups()
     rss = re.search(r"peak RSS: ([\d.]+) MiB", out)
-    return {"median_ms": float(med), "p10_ms": float(p10), "p90_ms": float(p90), "min_ms": float(mn),
-            "peak_rss_mib": float(rss.group(1)) if rss else float("nan")}
+    res["peak_rss_mib"] = float(rss.group(1)) if rss else float("nan")
+    return res
 
 
 def make_prompt(n_tokens: int) -> str:
@@ -197,9 +204,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="S", choices=[p for p in models.PRESETS if p != "tiny"])
     ap.add_argument("--layers", type=int, default=None, help="layer count (default: the full preset, 22 for S)")
-    ap.add_argument("--max-seq-len", type=int, default=256, help="KV cache length of both exports (default 256)")
+    ap.add_argument("--max-seq-len", type=int, default=None,
+                    help="KV cache length of both exports (default: the preset's, 2048)")
+    ap.add_argument("--depths", default="128,1024",
+                    help="context depths at which decode is measured (default 128,1024)")
     ap.add_argument("--prompt-tokens", type=int, default=128, help="prefill prompt length (default 128)")
-    ap.add_argument("--decode-steps", type=int, default=64, help="single-token calls per decode measurement (default 64)")
+    ap.add_argument("--decode-steps", type=int, default=64, help="greedy decode steps timed per depth (default 64)")
     ap.add_argument("--prefill-iters", type=int, default=5, help="timed prefill calls per round (default 5)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating MoE/dense measurement rounds; the table reports the median over rounds (default 3)")
@@ -218,17 +228,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.prefill_iters, args.decode_steps = 1, 3, 16
+    args.depths = [int(d) for d in str(args.depths).split(",") if d]
     for exe in (args.runner, args.moe_bench):
         if not exe.exists():
             raise SystemExit(f"error: {exe} not found: run `cargo build --release` first")
     args.cache_dir.mkdir(parents=True, exist_ok=True)
 
     base = models.get_config(args.preset)
+    if args.max_seq_len is None:
+        args.max_seq_len = base.max_seq_len
     layers = args.layers or base.n_layers
     cfg_moe = base.replace(n_layers=layers, max_seq_len=args.max_seq_len)
     cfg_dense = models.dense_baseline(cfg_moe, match="total", multiple=max(64, args.group_size))
-    if args.prompt_tokens + args.decode_steps + 1 > args.max_seq_len:
-        raise SystemExit("error: --prompt-tokens + --decode-steps + 1 must fit in --max-seq-len")
+    if max([args.prompt_tokens] + args.depths) + args.decode_steps + 1 > args.max_seq_len:
+        raise SystemExit("error: --prompt-tokens / --depths + --decode-steps + 1 must fit in --max-seq-len")
 
     # ---- export
     ptes = {"moe": ensure_export(args, "moe", layers), "dense": ensure_export(args, "dense-total", layers)}
@@ -247,19 +260,17 @@ def main(argv=None) -> int:
     bw = [bandwidth_gbps(args, env)]
     print(f"[bw] streaming read, {args.threads} threads: {bw[-1]:.1f} GB/s", file=sys.stderr)
     prompt = make_prompt(args.prompt_tokens) if not args.no_generate else ""
-    res = {k: {"prefill_ms": [], "decode_ms": [], "decode_p10_ms": [], "gen": [], "rss": []} for k in ptes}
+    res = {k: {"prefill": [], "decode": {dd: [] for dd in args.depths}, "gen": [], "rss": []} for k in ptes}
     for r in range(args.rounds):
         order = ["moe", "dense"] if r % 2 == 0 else ["dense", "moe"]
         for k in order:
-            p = bench_ms(args, env, ptes[k], args.prompt_tokens, args.prefill_iters, 1)
-            d = bench_ms(args, env, ptes[k], 1, args.decode_steps, 3)
-            res[k]["prefill_ms"].append(p["median_ms"])
-            res[k]["decode_ms"].append(d["median_ms"])
-            res[k]["decode_p10_ms"].append(d["p10_ms"])
-            res[k]["rss"].append(max(p["peak_rss_mib"], d["peak_rss_mib"]))
-            line = (f"[round {r + 1}/{args.rounds}] {k:5s} prefill {p['median_ms']:.1f} ms "
-                    f"({args.prompt_tokens / p['median_ms'] * 1e3:.1f} tok/s), decode {d['median_ms']:.2f} ms/token "
-                    f"(p10 {d['p10_ms']:.2f}, p90 {d['p90_ms']:.2f})")
+            b = bench_llm(args, env, ptes[k])
+            res[k]["prefill"].append(b["prefill"])
+            for dd in args.depths:
+                res[k]["decode"][dd].append(b.get(f"decode@{dd}", float("nan")))
+            res[k]["rss"].append(b["peak_rss_mib"])
+            line = (f"[round {r + 1}/{args.rounds}] {k:5s} prefill-{args.prompt_tokens} {b['prefill']:.1f} tok/s, "
+                    + ", ".join(f"decode @{dd} {b.get(f'decode@{dd}', float('nan')):.1f} tok/s" for dd in args.depths))
             if not args.no_generate:
                 g = generate_stats(args, env, ptes[k], prompt)
                 res[k]["gen"].append(g)
@@ -272,19 +283,21 @@ def main(argv=None) -> int:
 
     # ---- summarize
     S = {}
+    d0 = args.depths[0]
     for k in ptes:
-        pre = statistics.median(res[k]["prefill_ms"])
-        dec = statistics.median(res[k]["decode_ms"])
-        dec10 = statistics.median(res[k]["decode_p10_ms"])
+        pre_tok_s = statistics.median(res[k]["prefill"])
+        dec_tok_s = {dd: statistics.median(res[k]["decode"][dd]) for dd in args.depths}
+        dec = 1e3 / dec_tok_s[d0]
         act = nbytes[k]["active_per_token"]
         roof_ms = act / (bw_gbps * 1e9) * 1e3
         S[k] = {
             "params_total": counts[k]["total"], "params_active": counts[k]["active"],
             "int4_total_bytes": side[k]["quantized_weight_bytes"], "int4_ffn_bytes": nbytes[k]["int4_ffn_total"],
-            "active_bytes_per_token": act, "kv_cache_bytes_per_token": nbytes[k]["kv_cache_read_per_token"],
-            "prefill_ms": pre, "prefill_tok_s": args.prompt_tokens / pre * 1e3,
-            "decode_ms": dec, "decode_tok_s": 1e3 / dec,
-            "decode_p10_ms": dec10, "decode_p10_tok_s": 1e3 / dec10, "roofline_fraction_p10": roof_ms / dec10,
+            "active_bytes_per_token": act,
+            "prefill_ms": args.prompt_tokens / pre_tok_s * 1e3, "prefill_tok_s": pre_tok_s,
+            "decode_ms": dec, "decode_tok_s": dec_tok_s[d0],
+            "decode_tok_s_by_depth": dec_tok_s,
+            "roofline_fraction_by_depth": {dd: roof_ms / (1e3 / v) for dd, v in dec_tok_s.items()},
             "decode_gbps": act / (dec / 1e3) / 1e9,
             "roofline_ms": roof_ms, "roofline_tok_s": 1e3 / roof_ms, "roofline_fraction": roof_ms / dec,
             "gen_decode_tok_s": statistics.median([g["decode_tok_s"] for g in res[k]["gen"]]) if res[k]["gen"] else None,
@@ -315,9 +328,11 @@ def main(argv=None) -> int:
          fmt_bytes(d["active_bytes_per_token"]), f"{ratio(m['active_bytes_per_token'], d['active_bytes_per_token']):.3f}"),
         (f"**prefill tok/s** ({args.prompt_tokens}-token prompt, median)", f"**{m['prefill_tok_s']:.1f}**",
          f"**{d['prefill_tok_s']:.1f}**", f"**{ratio(m['prefill_tok_s'], d['prefill_tok_s']):.2f}x**"),
-        ("**decode tok/s** (median single-token latency)", f"**{m['decode_tok_s']:.1f}** ({m['decode_ms']:.1f} ms)",
-         f"**{d['decode_tok_s']:.1f}** ({d['decode_ms']:.1f} ms)", f"**{ratio(m['decode_tok_s'], d['decode_tok_s']):.2f}x**"),
     ]
+    for dd in args.depths:
+        mv, dv = m["decode_tok_s_by_depth"][dd], d["decode_tok_s_by_depth"][dd]
+        rows.append((f"**decode tok/s at context {dd}** ({args.decode_steps} greedy steps)",
+                     f"**{mv:.1f}** ({1e3 / mv:.1f} ms)", f"**{dv:.1f}** ({1e3 / dv:.1f} ms)", f"**{ratio(mv, dv):.2f}x**"))
     if m["gen_decode_tok_s"] is not None:
         rows.append((f"decode tok/s, `generate` ({args.decode_steps} greedy steps after a "
                      f"{m['gen_prompt_tokens']}-token prompt, mean)",
@@ -327,12 +342,12 @@ def main(argv=None) -> int:
         (f"decode roofline tok/s (bytes per token / {bw_gbps:.1f} GB/s)", f"{m['roofline_tok_s']:.1f}",
          f"{d['roofline_tok_s']:.1f}", f"{ratio(m['roofline_tok_s'], d['roofline_tok_s']):.2f}x"),
         ("decode weight GB/s achieved", f"{m['decode_gbps']:.1f}", f"{d['decode_gbps']:.1f}", ""),
-        ("**decode fraction of DRAM roofline**", f"**{m['roofline_fraction'] * 100:.0f}%**",
-         f"**{d['roofline_fraction'] * 100:.0f}%**", ""),
-        ("decode tok/s at the p10 latency (less exposed to other load) / roofline fraction",
-         f"{m['decode_p10_tok_s']:.1f} / {m['roofline_fraction_p10'] * 100:.0f}%",
-         f"{d['decode_p10_tok_s']:.1f} / {d['roofline_fraction_p10'] * 100:.0f}%",
-         f"{ratio(m['decode_p10_tok_s'], d['decode_p10_tok_s']):.2f}x"),
+    ]
+    for dd in args.depths:
+        rows.append((f"**decode fraction of DRAM roofline at context {dd}**",
+                     f"**{m['roofline_fraction_by_depth'][dd] * 100:.0f}%**",
+                     f"**{d['roofline_fraction_by_depth'][dd] * 100:.0f}%**", ""))
+    rows += [
         ("peak RSS", f"{m['peak_rss_mib']:,.0f} MiB", f"{d['peak_rss_mib']:,.0f} MiB", ""),
     ]
     caption = (f"{args.preset} preset{'' if full else f' **TRUNCATED TO {layers} OF {base.n_layers} LAYERS**'} "
@@ -341,7 +356,7 @@ def main(argv=None) -> int:
                f"(F={cfg_dense.dense_hidden_dim}, same attention/embeddings); INT4 group {args.group_size} everywhere, "
                f"max_seq_len {args.max_seq_len}; {args.threads} threads, ExecuTorch runtime via `mobilemoe bench`; "
                f"{cpu}; medians of {args.rounds} alternating round(s) ({args.prefill_iters} prefill calls, "
-               f"{args.decode_steps} decode calls each); streaming-read bandwidth {bw_gbps:.1f} GB/s "
+               f"{args.decode_steps} greedy decode steps per depth each); streaming-read bandwidth {bw_gbps:.1f} GB/s "
                f"(measured in the same run: {', '.join(f'{b:.1f}' for b in bw)}); load average "
                f"{load0[0]:.1f} before, {load1[0]:.1f} after.")
     md = [f"| {args.preset}: MoE vs dense (equal INT4 weight memory) | MoE | dense | MoE / dense |", "|---|---|---|---|"]
@@ -362,6 +377,8 @@ def main(argv=None) -> int:
             "configs": {k: c.to_dict() for k, c in cfgs.items()}, "results": S,
             "ratios": {"prefill": ratio(m["prefill_tok_s"], d["prefill_tok_s"]),
                        "decode": ratio(m["decode_tok_s"], d["decode_tok_s"]),
+                       "decode_by_depth": {dd: ratio(m["decode_tok_s_by_depth"][dd], d["decode_tok_s_by_depth"][dd])
+                                           for dd in args.depths},
                        "decode_generate": ratio(m["gen_decode_tok_s"], d["gen_decode_tok_s"])
                        if m["gen_decode_tok_s"] else None},
         }, indent=1))

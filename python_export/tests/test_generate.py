@@ -52,6 +52,22 @@ def pte_delegated(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def qdecoder(qmodel):
+    """What the CLI exports by default: the quantized model lowered to the whole-decoder ops."""
+    import copy
+
+    args = cli.build_parser().parse_args(["--preset", "tiny"])
+    return cli.lower_like_export(copy.deepcopy(qmodel), args)
+
+
+@pytest.fixture(scope="module")
+def pte_per_op(tmp_path_factory):
+    if not LIB:
+        pytest.skip("needs the runtime library")
+    return _export(tmp_path_factory, "--per-op")
+
+
+@pytest.fixture(scope="module")
 def pte_custom_op(tmp_path_factory):
     if not LIB:
         pytest.skip("needs the runtime library")
@@ -80,7 +96,9 @@ def _check_parity(qmodel, pte_path, tok):
 @needs_lib
 def test_cli_summary_delegated(pte_delegated):
     s = json.loads((pte_delegated.parent / "tiny.pte.json").read_text())
-    assert s["delegated"] and s["delegate_calls"] >= 2 and "MobileMoEBackend" in s["backends"]
+    # the whole forward in one delegate call, nothing on portable kernels
+    assert s["delegated"] and s["delegate_calls"] == 1 and s["kernel_calls"] == 0
+    assert "MobileMoEBackend" in s["backends"]
     assert s["quantized_linears"]
     assert s["params_total"] > s["params_active_per_token"] > 0
     assert s["quantized_weight_bytes"] > 0 and s["pte_bytes"] > s["quantized_weight_bytes"]
@@ -88,8 +106,15 @@ def test_cli_summary_delegated(pte_delegated):
 
 
 @needs_lib
-def test_greedy_parity_eager_vs_pte_delegated(qmodel, pte_delegated, tok):
-    _check_parity(qmodel, pte_delegated, tok)
+def test_greedy_parity_eager_vs_pte_delegated(qdecoder, pte_delegated, tok):
+    _check_parity(qdecoder, pte_delegated, tok)
+
+
+@needs_lib
+def test_greedy_parity_eager_vs_pte_per_op_delegates(qmodel, pte_per_op, tok):
+    s = json.loads((pte_per_op.parent / "tiny.pte.json").read_text())
+    assert s["delegated"] and s["delegate_calls"] == 2 + 2 * 4 + 1 and s["kernel_calls"] > 0
+    _check_parity(qmodel, pte_per_op, tok)
 
 
 @needs_lib

@@ -138,7 +138,7 @@ def test_checkpoint_round_trips_through_export(smoke_run, tmp_path):
     assert cli.main(["--checkpoint", str(ck), "--out", str(out), "--no-progress"]) == 0
     args = cli.build_parser().parse_args(["--checkpoint", str(ck)])
     model, cfg, _, _ = cli.build_from_args(args)
-    model = cli.quantize(model, cfg, args).eval()
+    model = cli.lower_like_export(cli.quantize(model, cfg, args), args).eval()  # what the CLI exported
     pte = PteModel(out)
     toks = torch.tensor([[0, 11, 200, 7, 300, 42, 5]])
     pos = torch.arange(toks.shape[1])
