@@ -175,59 +175,125 @@ class MobileMoEDecoder(nn.Module):
         return ({1: seq}, {0: seq})
 
 
+def _is_et_llama(model: nn.Module) -> bool:
+    t = type(model)
+    return t.__name__ == "Transformer" and "executorch.examples.models.llama" in t.__module__
+
+
 def is_lowerable(model: nn.Module) -> bool:
     from .models import Transformer
 
-    return isinstance(model, (Transformer, MobileMoEDecoder))
+    return isinstance(model, (Transformer, MobileMoEDecoder)) or _is_et_llama(model)
+
+
+def _lower_ffn(blk: nn.Module, attr: str, name: str, G: int, B: int, exact: bool) -> nn.Module:
+    """The FFN of a block as a decoder module: a dense SwiGLU (w1/w3/w2 linears) or a MoE block
+    (quantized in place by ``quantize_moe`` if not yet)."""
+    ff = getattr(blk, attr)
+    if (hasattr(ff, "w1") and hasattr(ff, "w3") and hasattr(ff, "w2") and not isinstance(ff, MobileMoEFFN)
+            and isinstance(ff.w1, (nn.Linear, MobileMoELinear))):
+        return DecoderSwiGLU(ff, f"{name}.{attr}", G, B, exact)
+    if not isinstance(ff, MobileMoEFFN):
+        quantize_moe(blk, G, B, dense_linears=False, exact=exact)
+        ff = getattr(blk, attr)
+    if not isinstance(ff, MobileMoEFFN):
+        raise UnsupportedModuleError(f"{name}.{attr}: {type(ff).__name__} is not a recognised FFN")
+    if ff.output not in ("same", "flat"):
+        raise UnsupportedModuleError(f"{name}.{attr}: output layout {ff.output!r} is not supported")
+    ff.output = "same"  # the decoder feeds [1, S, D] and adds the result to [1, S, D]
+    return ff
 
 
 def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, *, kv_cache: str = "fp16",
-                  rope_style: str = "half_split", exact: bool = False) -> MobileMoEDecoder:
-    """A :class:`MobileMoEDecoder` computing ``model`` (a ``models.Transformer``, fp32 or after
-    ``quantize_moe``) with INT4/INT8 weights. ``model`` is not modified, except that MoE blocks not
-    yet quantized are quantized in place (as ``quantize_moe`` would). ``kv_cache``: ``"fp16"`` or
-    ``"fp32"``. ``rope_style``: ``"half_split"`` (``rotate_half``, this project's and Hugging
-    Face's) or ``"interleaved"`` (Meta's)."""
-    from .models import FeedForward, Transformer
+                  rope_style: Optional[str] = None, exact: bool = False) -> MobileMoEDecoder:
+    """A :class:`MobileMoEDecoder` computing ``model`` with INT4/INT8 weights: this project's
+    ``models.Transformer`` (fp32, or after ``quantize_moe``) or ExecuTorch's llama ``Transformer``
+    (``executorch.examples.models.llama``, dense or ``MOEFeedForward`` layers). ``model`` is not
+    modified, except that MoE blocks not yet quantized are quantized in place (as ``quantize_moe``
+    would). ``kv_cache``: ``"fp16"`` or ``"fp32"``. ``rope_style``: ``"half_split"``
+    (``rotate_half``: this project's and Hugging Face's) or ``"interleaved"`` (Meta's); by default
+    the model's own. Features the decoder cannot compute exactly raise ``UnsupportedModuleError``
+    naming them."""
+    from .models import ModelConfig, Transformer
 
     if isinstance(model, MobileMoEDecoder):
         return model
-    if not isinstance(model, Transformer):
-        raise UnsupportedModuleError(f"lower_decoder: {type(model).__name__} is not a mobilemoe_export.models.Transformer")
     if kv_cache not in ("fp16", "fp32"):
         raise ValueError(f"kv_cache must be 'fp16' or 'fp32', got {kv_cache!r}")
-    if rope_style not in ("half_split", "interleaved"):
+    if rope_style not in (None, "half_split", "interleaved"):
         raise ValueError(f"rope_style must be 'half_split' or 'interleaved', got {rope_style!r}")
-    cfg = model.cfg
     G, B = group_size, weight_bits
     exact = exact or any(getattr(m, "exact", False) for m in model.modules() if isinstance(m, (MobileMoEFFN, MobileMoELinear)))
-    quant.check_matrix(cfg.vocab_size, cfg.dim, G, B, "embedding / LM head")
-    head_q = _qs(model.output, "output", G, B)
-    head = _pack([head_q], G, B)
-    if cfg.tie_embeddings:
-        emb = head
+    if isinstance(model, Transformer):
+        cfg = model.cfg
+        style = rope_style or "half_split"
+        blocks = [(blk, blk.attention, blk.attention_norm.weight, blk.ffn_norm.weight, "feed_forward") for blk in model.layers]
+        rope_cos, rope_sin = model.rope_cos, model.rope_sin
+        tied = cfg.tie_embeddings
+        norm_w = model.norm.weight
+    elif _is_et_llama(model):
+        cfg, style, blocks, rope_cos, rope_sin, tied, norm_w = _et_llama_parts(model, ModelConfig)
+        style = rope_style or style
     else:
-        emb = _pack([_qs(model.tok_embeddings.weight, "tok_embeddings", G, B)], G, B)
+        raise UnsupportedModuleError(f"lower_decoder: {type(model).__name__} is neither a mobilemoe_export.models."
+                                     f"Transformer nor ExecuTorch's llama Transformer")
+    quant.check_matrix(cfg.vocab_size, cfg.dim, G, B, "embedding / LM head")
+    head = _pack([_qs(model.output, "output", G, B)], G, B)
+    emb = head if tied else _pack([_qs(model.tok_embeddings.weight, "tok_embeddings", G, B)], G, B)
     layers = []
-    for i, blk in enumerate(model.layers):
+    for i, (blk, attn_mod, an, fn, ffn_attr) in enumerate(blocks):
         name = f"layers.{i}"
-        attn = DecoderAttention(blk.attention, cfg, f"{name}.attention", G, B, kv_cache == "fp16",
-                                rope_style == "interleaved", exact)
-        ff = blk.feed_forward
-        if isinstance(ff, FeedForward) or (hasattr(ff, "w1") and hasattr(ff, "w3") and hasattr(ff, "w2")
-                                           and not isinstance(ff, MobileMoEFFN)):
-            ffn = DecoderSwiGLU(ff, f"{name}.feed_forward", G, B, exact)
-        else:
-            if not isinstance(ff, MobileMoEFFN):
-                quantize_moe(blk, G, B, dense_linears=False, exact=exact)
-                ff = blk.feed_forward
-            if not isinstance(ff, MobileMoEFFN):
-                raise UnsupportedModuleError(f"{name}.feed_forward: {type(ff).__name__} is not a recognised FFN")
-            if ff.output != "same":
-                raise UnsupportedModuleError(f"{name}.feed_forward: output layout {ff.output!r} is not supported")
-            ffn = ff
-        layers.append(DecoderLayer(blk.attention_norm.weight, attn, blk.ffn_norm.weight, ffn, cfg.norm_eps))
-    return MobileMoEDecoder(cfg, emb, head, layers, model.norm.weight, model.rope_cos, model.rope_sin, G, B, exact)
+        attn = DecoderAttention(attn_mod, cfg, f"{name}.attention", G, B, kv_cache == "fp16",
+                                style == "interleaved", exact)
+        ffn = _lower_ffn(blk, ffn_attr, name, G, B, exact)
+        layers.append(DecoderLayer(an, attn, fn, ffn, cfg.norm_eps))
+    return MobileMoEDecoder(cfg, emb, head, layers, norm_w, rope_cos, rope_sin, G, B, exact)
+
+
+def _et_llama_parts(model: nn.Module, ModelConfig):
+    """Config, RoPE tables and per-layer modules of ExecuTorch's llama ``Transformer``, after
+    checking that every feature it uses is one the decoder computes exactly."""
+    p = model.params
+    bad = []
+    checks = {
+        "apply_embedding=False": not p.apply_embedding, "apply_output=False": not p.apply_output,
+        "generate_full_logits": p.generate_full_logits, "output_prune_map": p.output_prune_map is not None,
+        "input_prune_map": p.input_prune_map is not None, "use_qk_norm": p.use_qk_norm,
+        "attention_qkv_bias": p.attention_qkv_bias, "use_residual_gate": getattr(p, "use_residual_gate", False),
+        "use_ffn_learnable_scales": getattr(p, "use_ffn_learnable_scales", False),
+        "use_q_gate": getattr(p, "use_q_gate", False), "use_attn_o_gate": getattr(p, "use_attn_o_gate", False),
+        "use_attn_o_norm": getattr(p, "use_attn_o_norm", False),
+        "num_kv_shared_layers": bool(getattr(p, "num_kv_shared_layers", 0)),
+        "partial_rotary_factor != 1": getattr(p, "partial_rotary_factor", 1.0) != 1.0,
+        "scale_query_by != 1": getattr(p, "scale_query_by", 1.0) not in (None, 1.0),
+        "attention_type other than mha": getattr(p, "attention_type", "mha") != "mha",
+        "mlp_type skip": any(str(t).lower() == "skip" for t in (p.mlp_type or [])),
+        "rms_norm_add_unit_offset": getattr(p, "rms_norm_add_unit_offset", False),
+    }
+    bad = [k for k, v in checks.items() if v]
+    if bad:
+        raise UnsupportedModuleError("lower_decoder: ExecuTorch llama Transformer uses features the MobileMoE decoder "
+                                     "does not compute: " + ", ".join(bad))
+    max_len = int(p.max_context_len)
+    hd = int(p.head_dim)
+    cos, sin = model.rope.freqs_cos[:max_len], model.rope.freqs_sin[:max_len]
+    if p.use_hf_rope:
+        style = "half_split"
+        cos, sin = cos[:, : hd // 2], sin[:, : hd // 2]  # HF tables repeat the half
+    else:
+        style = "interleaved"
+    if tuple(cos.shape) != (max_len, hd // 2):
+        raise UnsupportedModuleError(f"lower_decoder: RoPE table shape {tuple(cos.shape)} is not [max_context_len, "
+                                     f"head_dim/2] = [{max_len}, {hd // 2}]")
+    cfg = ModelConfig(name="executorch-llama", vocab_size=int(p.vocab_size), dim=int(p.dim), n_layers=int(p.n_layers),
+                      n_heads=int(p.n_heads), n_kv_heads=int(p.n_kv_heads or p.n_heads), head_dim=hd,
+                      max_seq_len=max_len, norm_eps=float(p.norm_eps), rope_theta=float(p.rope_freq_base))
+    blocks = []
+    for i, blk in enumerate(model.layers):
+        attr = "block_sparse_moe" if hasattr(blk, "block_sparse_moe") else "feed_forward"
+        blocks.append((blk, blk.attention, blk.attention_norm.weight, blk.ffn_norm.weight, attr))
+    tied = model.output.weight.data_ptr() == model.tok_embeddings.weight.data_ptr()
+    return cfg, style, blocks, cos.contiguous(), sin.contiguous(), tied, model.norm.weight
 
 
 def decoder_kv_bytes(dec: MobileMoEDecoder) -> int:

@@ -50,6 +50,12 @@ class SharedExpert(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+def _renorm_divisor(w: torch.Tensor) -> torch.Tensor:
+    """Sum of the selected weights, clamped at the smallest normal (an all-zero selection gives
+    weights 0, not 0/0; as ExecuTorch's MOEFeedForward and docs/DESIGN.md section 4)."""
+    return w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+
 def _nan_to_neg_inf(s: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(s), torch.full_like(s, -math.inf), s)
 
@@ -71,14 +77,14 @@ def route(
         _, ids = torch.topk(_nan_to_neg_inf(probs), top_k, dim=-1)
         weights = probs.gather(-1, ids)
         if renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            weights = weights / _renorm_divisor(weights)
     elif score_func == "sigmoid":
         s = torch.sigmoid(logits)
         sel = s + expert_bias if expert_bias is not None else s
         _, ids = torch.topk(_nan_to_neg_inf(sel), top_k, dim=-1)
         weights = s.gather(-1, ids)
         if renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            weights = weights / _renorm_divisor(weights)
     else:
         raise ValueError(f"unknown score_func {score_func!r}; expected one of {SCORE_FUNCS}")
     if route_scale != 1.0:

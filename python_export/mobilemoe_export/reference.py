@@ -1,7 +1,9 @@
 """Pure-PyTorch reference of the MobileMoE ops (docs/DESIGN.md sections 3-5), for parity tests.
 
-Integer sums are exact (computed in float64, which holds every int32 sum exactly); the float
-accumulation order is not the kernels' fused-multiply-add order, so compare with a float tolerance.
+Activation quantization (per-token asymmetric int8, torchao's formulas) and weight quantization are
+exact; integer sums are exact (computed in float64, which holds every int32 sum exactly); the float
+accumulation order is not the kernels' fused-multiply-add order and ``exp`` is torch's, not the
+kernels' ``exp_f32``, so compare with a float tolerance.
 """
 
 from __future__ import annotations
@@ -15,17 +17,40 @@ from . import quant
 from .moe_block import route
 
 F32_MIN_POSITIVE = torch.finfo(torch.float32).smallest_normal
+F32_EPS = torch.finfo(torch.float32).eps
+
+
+def act_qparams(x: torch.Tensor):
+    """Per-row asymmetric int8 qparams of ``x [T, K]`` (docs/DESIGN.md section 3): ``(s_a [T, 1],
+    zp [T, 1])``, fp32, with torchao's ``choose_qparams_affine(ASYMMETRIC, eps=f32 eps)`` formulas
+    and operation order. Rows with a NaN or an infinity get ``s_a = NaN``, ``zp = 0``."""
+    x = x.to(torch.float32)
+    lo = torch.clamp(x.amin(dim=-1, keepdim=True), max=0.0)
+    hi = torch.clamp(x.amax(dim=-1, keepdim=True), min=0.0)
+    s = torch.clamp((hi - lo) / 255.0, min=F32_EPS)
+    zp = torch.clamp(-128.0 - torch.round(lo / s), -128, 127)
+    bad = ~torch.isfinite(x).all(dim=-1, keepdim=True)
+    s = torch.where(bad, torch.full_like(s, float("nan")), s)
+    zp = torch.where(bad, torch.zeros_like(zp), zp)
+    return s, zp
 
 
 def quantize_activations(x: torch.Tensor):
-    """Per-row symmetric int8: ``(qa [T, K] float64 ints in [-127, 127], s_a [T, 1] fp32)``."""
+    """Per-row asymmetric int8 (docs/DESIGN.md section 3): ``(qa - zp [T, K] float64 ints in
+    [-255, 255], s_a [T, 1] fp32)``; ``x_hat = (qa - zp) * s_a``."""
     x = x.to(torch.float32)
-    finite = torch.isfinite(x)
-    max_abs = torch.where(finite, x.abs(), torch.zeros_like(x)).amax(dim=-1, keepdim=True)
-    s = torch.clamp(max_abs / 127.0, min=F32_MIN_POSITIVE)
-    qa = torch.round(x / s).clamp(-127, 127)
-    qa = torch.nan_to_num(qa, nan=0.0)
-    return qa.to(torch.float64), s
+    s, zp = act_qparams(x)
+    inv = 1.0 / s
+    qa = torch.clamp(torch.round(x * inv) + zp, -128, 127)
+    bad = torch.isnan(s).expand_as(qa)
+    qa = torch.where(bad, torch.zeros_like(qa), qa)
+    return (qa - zp).to(torch.float64), s
+
+
+def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """``x_hat = (qa - zp) * s_a`` per row (what torchao's 8da4w activation fake quantizer gives)."""
+    v, s = quantize_activations(x.reshape(-1, x.shape[-1]))
+    return (v.to(torch.float32) * s).reshape(x.shape)
 
 
 def linear_q(x2d: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, group_size: int, exact: bool) -> torch.Tensor:
@@ -39,8 +64,9 @@ def linear_q(x2d: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, group_siz
         xg = x2d.to(torch.float64).reshape(t, ng, group_size)
         part = torch.einsum("tgk,ngk->tng", xg, qg).to(torch.float32)
         return (part * s).sum(-1)
-    qa, sa = quantize_activations(x2d)
-    isum = torch.einsum("tgk,ngk->tng", qa.reshape(t, ng, group_size), qg).to(torch.float32)
+    v, sa = quantize_activations(x2d)
+    # Exact integer group sums (float64 holds them exactly), then the fp32 fold.
+    isum = torch.einsum("tgk,ngk->tng", v.reshape(t, ng, group_size), qg).to(torch.float32)
     acc = (isum * s).sum(-1)
     return acc * sa
 

@@ -60,7 +60,11 @@ class MoESpec:
     notes: List[str] = field(default_factory=list)
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
+def _f32(t: torch.Tensor, live: bool = False) -> torch.Tensor:
+    """fp32 copy of ``t`` (detached, CPU, contiguous); with ``live`` the tensor itself as fp32,
+    still attached to autograd (the QAT forward of :mod:`mobilemoe_export.qat`)."""
+    if live:
+        return t if t.dtype == torch.float32 else t.to(torch.float32)
     t = t.detach()
     if hasattr(t, "dequantize") and not t.is_floating_point():
         t = t.dequantize()
@@ -72,14 +76,14 @@ def _check3(name: str, t: torch.Tensor, shape: Tuple[int, int, int]) -> None:
         raise ValueError(f"{name} must be a 3-D [E, N, K] tensor of shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
-def _linear_w(m: Any, name: str) -> torch.Tensor:
+def _linear_w(m: Any, name: str, live: bool = False) -> torch.Tensor:
     w = getattr(m, "weight", None)
     if w is None or not isinstance(w, torch.Tensor) or w.dim() != 2:
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else None
         raise ValueError(f"{name}: expected a linear layer with a 2-D weight, got {type(m).__name__} weight {shape}")
     if getattr(m, "bias", None) is not None:
         raise ValueError(f"{name}: linear layers with bias are not supported inside MoE experts")
-    return _f32(w)
+    return _f32(w, live)
 
 
 def _top_k_of(m: nn.Module, *holders: Any) -> int:
@@ -102,7 +106,7 @@ def _is_et_quantized_moe(m: nn.Module) -> bool:
     return type(m).__name__ == "QuantizedMoEFFN" and hasattr(m, "packed_w13") and hasattr(m, "gate_weight")
 
 
-def _experts_from_list(experts: nn.ModuleList, name: str):
+def _experts_from_list(experts: nn.ModuleList, name: str, live: bool = False):
     e0 = experts[0]
     if all(hasattr(e0, a) for a in ("w1", "w2", "w3")):
         names = ("w1", "w3", "w2")
@@ -110,15 +114,15 @@ def _experts_from_list(experts: nn.ModuleList, name: str):
         names = ("gate_proj", "up_proj", "down_proj")
     else:
         raise ValueError(f"{name}.experts[0] ({type(e0).__name__}) has neither w1/w2/w3 nor gate_proj/up_proj/down_proj")
-    w1 = torch.stack([_linear_w(getattr(e, names[0]), f"{name}.experts[{i}].{names[0]}") for i, e in enumerate(experts)])
-    w3 = torch.stack([_linear_w(getattr(e, names[1]), f"{name}.experts[{i}].{names[1]}") for i, e in enumerate(experts)])
-    w2 = torch.stack([_linear_w(getattr(e, names[2]), f"{name}.experts[{i}].{names[2]}") for i, e in enumerate(experts)])
+    w1 = torch.stack([_linear_w(getattr(e, names[0]), f"{name}.experts[{i}].{names[0]}", live) for i, e in enumerate(experts)])
+    w3 = torch.stack([_linear_w(getattr(e, names[1]), f"{name}.experts[{i}].{names[1]}", live) for i, e in enumerate(experts)])
+    w2 = torch.stack([_linear_w(getattr(e, names[2]), f"{name}.experts[{i}].{names[2]}", live) for i, e in enumerate(experts)])
     return w1, w3, w2
 
 
-def _experts_fused(experts: nn.Module, e: int, d: int, name: str):
-    gu = _f32(experts.gate_up_proj)
-    dn = _f32(experts.down_proj)
+def _experts_fused(experts: nn.Module, e: int, d: int, name: str, live: bool = False):
+    gu = _f32(experts.gate_up_proj, live)
+    dn = _f32(experts.down_proj, live)
     if gu.dim() != 3 or dn.dim() != 3:
         raise ValueError(f"{name}.experts: gate_up_proj/down_proj must be 3-D, got {tuple(gu.shape)} / {tuple(dn.shape)}")
     if gu.shape[0] != e or dn.shape[0] != e:
@@ -142,7 +146,7 @@ def _experts_fused(experts: nn.Module, e: int, d: int, name: str):
     return w1.contiguous(), w3.contiguous(), w2.contiguous()
 
 
-def _shared_from(m: Optional[nn.Module], name: str):
+def _shared_from(m: Optional[nn.Module], name: str, live: bool = False):
     if m is None:
         return None
     if all(hasattr(m, a) for a in ("w1", "w2", "w3")):
@@ -151,23 +155,34 @@ def _shared_from(m: Optional[nn.Module], name: str):
         a, b, c = "gate_proj", "up_proj", "down_proj"
     else:
         raise ValueError(f"{name}: shared expert {type(m).__name__} has neither w1/w2/w3 nor gate_proj/up_proj/down_proj")
-    return (_linear_w(getattr(m, a), f"{name}.{a}"), _linear_w(getattr(m, b), f"{name}.{b}"),
-            _linear_w(getattr(m, c), f"{name}.{c}"))
+    return (_linear_w(getattr(m, a), f"{name}.{a}", live), _linear_w(getattr(m, b), f"{name}.{b}", live),
+            _linear_w(getattr(m, c), f"{name}.{c}", live))
 
 
-def extract_moe(m: nn.Module, name: str = "") -> Optional[MoESpec]:
+def extract_moe(m: nn.Module, name: str = "", live: bool = False) -> Optional[MoESpec]:
     """Describe ``m`` as a :class:`MoESpec` if it is a recognised MoE block, else ``None``.
 
     Raises ``ValueError`` if ``m`` is recognised but cannot be handled (the message says why).
+    With ``live=True`` the weights are the module's own tensors (fp32, attached to autograd) instead
+    of detached copies. A block prepared by :func:`mobilemoe_export.prepare_qat` carries its group
+    size, weight width and output convention, which the spec takes over.
     """
     name = name or type(m).__name__
+    spec = _extract_moe(m, name, live)
+    qat = getattr(m, "_mobilemoe_qat", None)
+    if spec is not None and qat is not None:
+        spec.group_size, spec.weight_bits, spec.output = qat.group_size, qat.weight_bits, qat.output
+    return spec
+
+
+def _extract_moe(m: nn.Module, name: str, live: bool) -> Optional[MoESpec]:
     # (1) our own block
     if isinstance(m, MoEFeedForward) or (
         hasattr(m, "router") and hasattr(m, "experts_w1") and hasattr(m, "experts_w2") and hasattr(m, "experts_w3")
     ):
-        rw = _linear_w(m.router, f"{name}.router")
+        rw = _linear_w(m.router, f"{name}.router", live)
         e, d = rw.shape
-        w1, w3, w2 = _f32(m.experts_w1), _f32(m.experts_w3), _f32(m.experts_w2)
+        w1, w3, w2 = _f32(m.experts_w1, live), _f32(m.experts_w3, live), _f32(m.experts_w2, live)
         f = w1.shape[1] if w1.dim() == 3 else -1
         _check3(f"{name}.experts_w1", w1, (e, f, d))
         _check3(f"{name}.experts_w3", w3, (e, f, d))
@@ -178,15 +193,15 @@ def extract_moe(m: nn.Module, name: str = "") -> Optional[MoESpec]:
             route_scale=float(m.route_scale),
             expert_bias=_f32(m.expert_bias) if getattr(m, "expert_bias", None) is not None else None,
             w1=w1, w3=w3, w2=w2, hidden_dim=f,
-            shared=_shared_from(getattr(m, "shared_expert", None), f"{name}.shared_expert"),
-            shared_gate=_linear_w(sg, f"{name}.shared_gate").reshape(-1) if sg is not None else None,
+            shared=_shared_from(getattr(m, "shared_expert", None), f"{name}.shared_expert", live),
+            shared_gate=_linear_w(sg, f"{name}.shared_gate", live).reshape(-1) if sg is not None else None,
         )
     # (2) ExecuTorch MOEFeedForward
     if _is_et_moe(m):
-        rw = _linear_w(m.gate, f"{name}.gate")
+        rw = _linear_w(m.gate, f"{name}.gate", live)
         e, d = rw.shape
         c = m.cond_ffn
-        w1, w3, w2 = _f32(c.w1), _f32(c.w3), _f32(c.w2)
+        w1, w3, w2 = _f32(c.w1, live), _f32(c.w3, live), _f32(c.w2, live)
         f = w1.shape[1] if w1.dim() == 3 else -1
         _check3(f"{name}.cond_ffn.w1", w1, (e, f, d))
         _check3(f"{name}.cond_ffn.w3", w3, (e, f, d))
@@ -197,7 +212,7 @@ def extract_moe(m: nn.Module, name: str = "") -> Optional[MoESpec]:
             renormalize=(sf == "sigmoid"), route_scale=float(getattr(m, "route_scale", 1.0)),
             expert_bias=_f32(m.expert_bias) if getattr(m, "expert_bias", None) is not None else None,
             w1=w1, w3=w3, w2=w2.transpose(1, 2).contiguous(), hidden_dim=f,
-            shared=_shared_from(getattr(m, "shared_expert", None), f"{name}.shared_expert"),
+            shared=_shared_from(getattr(m, "shared_expert", None), f"{name}.shared_expert", live),
             output="flat",
         )
     # (3) ExecuTorch QuantizedMoEFFN (torchao-packed)
@@ -213,7 +228,7 @@ def extract_moe(m: nn.Module, name: str = "") -> Optional[MoESpec]:
     gw = getattr(gate, "weight", None)
     if not isinstance(gw, torch.Tensor):
         return None
-    rw = _f32(gw)
+    rw = _f32(gw, live)
     if rw.dim() != 2:
         raise ValueError(f"{name}.gate.weight must be 2-D [E, D], got {tuple(rw.shape)}")
     e, d = rw.shape
@@ -222,9 +237,9 @@ def extract_moe(m: nn.Module, name: str = "") -> Optional[MoESpec]:
     if isinstance(experts, (nn.ModuleList, list, tuple)):
         if len(experts) != e:
             raise ValueError(f"{name}: gate has {e} outputs but there are {len(experts)} experts")
-        w1, w3, w2 = _experts_from_list(experts, name)
+        w1, w3, w2 = _experts_from_list(experts, name, live)
     elif hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj"):
-        w1, w3, w2 = _experts_fused(experts, e, d, name)
+        w1, w3, w2 = _experts_fused(experts, e, d, name, live)
     else:
         raise ValueError(f"{name}.experts ({type(experts).__name__}) is neither a ModuleList nor fused gate_up_proj/down_proj")
     f = w1.shape[1]
@@ -249,15 +264,15 @@ def extract_moe(m: nn.Module, name: str = "") -> Optional[MoESpec]:
         spec = MoESpec(router_weight=rw, top_k=top_k, score_func="sigmoid", renormalize=bool(norm),
                        route_scale=float(rsf), expert_bias=_f32(bias) if bias is not None else None,
                        w1=w1, w3=w3, w2=w2, hidden_dim=f,
-                       shared=_shared_from(shared_mod, f"{name}.shared_experts"))
+                       shared=_shared_from(shared_mod, f"{name}.shared_experts", live))
     elif hasattr(m, "norm_topk_prob") or hasattr(gate, "norm_topk_prob"):
         # Qwen-MoE / OLMoE / Qwen3-MoE: softmax over all experts, top-k, optional renormalisation
         norm = getattr(m, "norm_topk_prob", getattr(gate, "norm_topk_prob", False))
         sg = getattr(m, "shared_expert_gate", None)
         spec = MoESpec(router_weight=rw, top_k=top_k, score_func="softmax_all", renormalize=bool(norm),
                        route_scale=1.0, w1=w1, w3=w3, w2=w2, hidden_dim=f,
-                       shared=_shared_from(shared_mod, f"{name}.shared_expert"),
-                       shared_gate=_linear_w(sg, f"{name}.shared_expert_gate").reshape(-1) if sg is not None else None)
+                       shared=_shared_from(shared_mod, f"{name}.shared_expert", live),
+                       shared_gate=_linear_w(sg, f"{name}.shared_expert_gate", live).reshape(-1) if sg is not None else None)
     else:
         # Mixtral: softmax over all, top-k, renormalised == softmax over the top-k logits
         if shared_mod is not None:
