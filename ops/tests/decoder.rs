@@ -260,3 +260,45 @@ fn lm_head_uses_the_last_row_and_swiglu_matches_formula() {
         }
     }
 }
+
+#[test]
+fn simd_dot_products_equal_the_16_lane_reference_bit_for_bit() {
+    let mut r = Rng(21);
+    let mut checked = 0;
+    for n in [16usize, 32, 64, 128, 256] {
+        for _ in 0..50 {
+            let a = r.vec(n, 3.0);
+            let b = r.vec(n, 3.0);
+            let want = dot_lanes(&a, &b).to_bits();
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: feature checked; equal lengths, multiple of 16.
+                    assert_eq!(unsafe { mobilemoe_ops::kernels::attn_dot::dot_avx512(&a, &b) }.to_bits(), want);
+                    checked += 1;
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { mobilemoe_ops::kernels::attn_dot::dot_avx2(&a, &b) }.to_bits(), want);
+                    checked += 1;
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                // SAFETY: NEON is baseline; equal lengths, multiple of 16.
+                assert_eq!(unsafe { mobilemoe_ops::kernels::attn_dot::dot_neon(&a, &b) }.to_bits(), want);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no SIMD dot product was checked on this CPU");
+}
+
+#[test]
+fn fp16_conversion_is_exact_for_every_value() {
+    for bits in 0..=u16::MAX {
+        let want = half::f16::from_bits(bits).to_f32();
+        let got = f16_bits_to_f32(bits);
+        assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+    }
+}
