@@ -11,9 +11,12 @@ sys.path.insert(0, str(ROOT))
 from mobilemoe_export import _lib  # noqa: E402
 
 LIB = _lib.lib_available()
-if not LIB:
-    # Without the Rust library the eager ops run on the pure-PyTorch reference.
-    os.environ.setdefault("MOBILEMOE_REFERENCE_FALLBACK", "1")
+# Under `make test` (MOBILEMOE_NO_SKIP=1) nothing may be skipped and the Rust library must exist:
+# the ops must not silently run the pure-PyTorch reference and be compared with itself.
+NO_SKIP = os.environ.get("MOBILEMOE_NO_SKIP", "") not in ("", "0")
+if not LIB and NO_SKIP:
+    pytest.exit(f"MOBILEMOE_NO_SKIP is set but the Rust library is missing ({_lib.lib_path()}): run `make build`",
+                returncode=1)
 
 torch.set_num_threads(2)
 
@@ -23,3 +26,13 @@ needs_lib = pytest.mark.skipif(not LIB, reason="libmobilemoe_executorch.so not b
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under MOBILEMOE_NO_SKIP a skipped test is a failure (a missing prerequisite must fail)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if NO_SKIP and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under MOBILEMOE_NO_SKIP: {rep.longrepr}"

@@ -3327,7 +3327,7 @@ impl<'a> Graph<'a> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(Graph::VT_VERSION, Some(2)).unwrap()}
+    unsafe { self._tab.get::<u32>(Graph::VT_VERSION, Some(1)).unwrap()}
   }
   #[inline]
   pub fn tensors(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tensor<'a>>>> {
@@ -3395,7 +3395,7 @@ impl<'a> Default for GraphArgs<'a> {
   #[inline]
   fn default() -> Self {
     GraphArgs {
-      version: 2,
+      version: 1,
       tensors: None,
       nodes: None,
       inputs: None,
@@ -3412,7 +3412,7 @@ pub struct GraphBuilder<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> {
 impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> GraphBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_version(&mut self, version: u32) {
-    self.fbb_.push_slot::<u32>(Graph::VT_VERSION, version, 2);
+    self.fbb_.push_slot::<u32>(Graph::VT_VERSION, version, 1);
   }
   #[inline]
   pub fn add_tensors(&mut self, tensors: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<Tensor<'b >>>>) {

@@ -33,7 +33,7 @@ class Graph(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
-        return 2
+        return 1
 
     # Graph
     def Tensors(self, j):
@@ -170,7 +170,7 @@ def Start(builder):
     GraphStart(builder)
 
 def GraphAddVersion(builder, version):
-    builder.PrependUint32Slot(0, version, 2)
+    builder.PrependUint32Slot(0, version, 1)
 
 def AddVersion(builder, version):
     GraphAddVersion(builder, version)

@@ -1,0 +1,16 @@
+"""Cross-language Python tests: under `make test` (MOBILEMOE_NO_SKIP=1) a skip is a failure."""
+
+import os
+
+import pytest
+
+NO_SKIP = os.environ.get("MOBILEMOE_NO_SKIP", "") not in ("", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if NO_SKIP and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under MOBILEMOE_NO_SKIP: {rep.longrepr}"
