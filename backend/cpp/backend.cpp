@@ -18,6 +18,7 @@
 #include <executorch/runtime/kernel/kernel_runtime_context.h>
 #include <executorch/runtime/kernel/operator_registry.h>
 #include <executorch/runtime/platform/log.h>
+#include <executorch/runtime/platform/platform.h>
 
 #include "mobilemoe.h"
 #include "mobilemoe_ops_gen.h"
@@ -392,8 +393,22 @@ bool kernel_registered(const char* name) {
   return false;
 }
 
+// ExecuTorch's log lines go to Rust (backend/src/logging.rs): quiet by default, shown with
+// `mobilemoe -v`, and emitted as `tracing` events; never printed in the middle of generated text.
+void emit_log_to_rust(et_timestamp_t /*timestamp*/, et_pal_log_level_t level, const char* filename,
+                      const char* /*function*/, size_t line, const char* message, size_t length) {
+  try {
+    runtime_log(static_cast<uint8_t>(level), rust::Str(filename ? filename : ""), line,
+                rust::Slice<const uint8_t>(reinterpret_cast<const uint8_t*>(message), message ? length : 0));
+  } catch (...) {
+    // never unwind into ExecuTorch
+  }
+}
+
 int32_t do_register() {
   int32_t rc = 0;
+  executorch::runtime::register_pal(
+      executorch::runtime::PalImpl::create(&emit_log_to_rust, __FILE__));
   if (executorch::runtime::get_backend_class(kBackendName) == nullptr) {
     Error e = executorch::runtime::register_backend(Backend{kBackendName, &backend_instance()});
     if (e != Error::Ok) {

@@ -3,6 +3,7 @@
 //! catch and map to an `executorch::runtime::Error`).
 
 use crate::delegate::{Delegate, Input};
+use crate::logging::runtime_log;
 
 #[cxx::bridge(namespace = "mobilemoe")]
 pub mod ffi {
@@ -48,6 +49,8 @@ pub mod ffi {
     }
 
     extern "Rust" {
+        /// ExecuTorch's PAL log hook (backend.cpp) forwards every runtime log line here.
+        fn runtime_log(level: u8, file: &str, line: usize, msg: &[u8]);
         type Delegate;
         unsafe fn delegate_init(data: *const u8, len: usize) -> Result<Box<Delegate>>;
         fn delegate_num_inputs(d: &Delegate) -> usize;

@@ -163,10 +163,10 @@ impl Delegate {
             });
         }
         if copied > 0 {
-            eprintln!(
-                "[mobilemoe] delegate blob is not 4-byte aligned in memory: copied {copied} f32 constants ({copied_bytes} bytes) once at init; \
+            crate::logging::warn(&format!(
+                "delegate blob is not 4-byte aligned in memory: copied {copied} f32 constants ({copied_bytes} bytes) once at init; \
                  the u8 weights are still used in place"
-            );
+            ));
         }
         let (slot_of, n_slots) = plan_slots(&graph);
         let mut kv = Vec::new();

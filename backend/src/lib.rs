@@ -17,6 +17,7 @@ mod program_generated;
 pub mod bridge;
 pub mod capi;
 pub mod delegate;
+pub mod logging;
 pub mod profiling;
 pub mod pte;
 pub mod runtime;

@@ -3,7 +3,16 @@
 Public API: :func:`quantize_moe`, :func:`prepare_qat`, :func:`export_pte`, :func:`load_runtime`.
 """
 
-from ._lib import load_runtime
+import logging as _logging
+import warnings as _warnings
+
+# Known-harmless noise of the pinned dependencies, silenced at its source: torchao 0.18 registers an
+# Enum with torch's pytree (a deprecation notice logged once per process), and ExecuTorch's emitter
+# warns about mutated buffers, which is how the KV cache of the per-op export path works.
+_logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
+_warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+
+from ._lib import load_runtime  # noqa: E402
 from . import ops  # noqa: F401  (defines torch.ops.mobilemoe.*)
 from .moe_block import MoEFeedForward, SharedExpert
 from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe

@@ -10,6 +10,10 @@ use std::time::Instant;
 #[derive(Parser)]
 #[command(name = "mobilemoe", version, about = "Inspect, run and benchmark ExecuTorch .pte programs with the MobileMoE backend")]
 struct Cli {
+    /// Show the ExecuTorch runtime's log lines (-v: info and warnings, -vv: debug); errors are
+    /// always shown.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -128,6 +132,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    mobilemoe_executorch::logging::set_verbosity(cli.verbose);
     // --trace / --stats / --stats-json (src/profiling/cli.rs)
     let profile = match &cli.cmd {
         Cmd::Run(a) => a.profile.clone(),

@@ -33,7 +33,10 @@ pub fn check_blob(blob: &[u8]) {
         if let Some(r) = &t.data {
             let c = g.constant(blob, i).expect("constant in range");
             assert_eq!(c.len(), r.len());
-            assert_eq!(Some(c.len()), numel(&t.shape).and_then(|n| n.checked_mul(mobilemoe_schema::dtype_size(t.dtype).unwrap())));
+            assert_eq!(
+                Some(c.len()),
+                numel(&t.shape).and_then(|n| n.checked_mul(mobilemoe_schema::dtype_size(t.dtype).unwrap()))
+            );
         } else {
             assert!(!t.shape.is_empty());
         }
@@ -144,7 +147,19 @@ fn rng_vec(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
 
 /// A small MoE layer blob (+ optional linear after it), always valid.
 #[allow(clippy::too_many_arguments)]
-pub fn make_blob(d: usize, f: usize, e: usize, k: usize, fs: usize, score: ScoreFunc, bits: WeightBits, bias: bool, linear_n: usize, dynamic: bool, seed: u64) -> RawGraph {
+pub fn make_blob(
+    d: usize,
+    f: usize,
+    e: usize,
+    k: usize,
+    fs: usize,
+    score: ScoreFunc,
+    bits: WeightBits,
+    bias: bool,
+    linear_n: usize,
+    dynamic: bool,
+    seed: u64,
+) -> RawGraph {
     let group = 32;
     let mut r = Rng(seed);
     let spec = MoeSpec {
@@ -153,7 +168,13 @@ pub fn make_blob(d: usize, f: usize, e: usize, k: usize, fs: usize, score: Score
         shared_hidden: fs,
         group,
         bits,
-        router: RouterConfig { num_experts: e, top_k: k, score_func: score, renormalize: score != ScoreFunc::Softmax, route_scale: 1.0 },
+        router: RouterConfig {
+            num_experts: e,
+            top_k: k,
+            score_func: score,
+            renormalize: score != ScoreFunc::Softmax,
+            route_scale: 1.0,
+        },
         exact: seed % 2 == 1,
     };
     let (s13, s2) = (spec.w13_spec().unwrap(), spec.w2_spec().unwrap());
@@ -246,15 +267,46 @@ pub enum Field {
 #[derive(Arbitrary, Debug, Clone)]
 pub enum Mutation {
     /// Set node `node`'s field to a small-ish or raw value.
-    NodeField { node: u8, field: Field, value: i32 },
-    RouteScale { node: u8, value: Special },
-    Flags { node: u8, renormalize: bool, exact: bool },
-    TensorDim { tensor: u8, dim: u8, value: i64 },
-    TensorRank { tensor: u8, rank: u8 },
-    TensorDtype { tensor: u8, dtype: i8 },
-    TensorSegment { tensor: u8, segment: i32 },
-    TensorDynamic { tensor: u8, dynamic: bool },
-    Segment { segment: u8, offset: u64, size: u64 },
+    NodeField {
+        node: u8,
+        field: Field,
+        value: i32,
+    },
+    RouteScale {
+        node: u8,
+        value: Special,
+    },
+    Flags {
+        node: u8,
+        renormalize: bool,
+        exact: bool,
+    },
+    TensorDim {
+        tensor: u8,
+        dim: u8,
+        value: i64,
+    },
+    TensorRank {
+        tensor: u8,
+        rank: u8,
+    },
+    TensorDtype {
+        tensor: u8,
+        dtype: i8,
+    },
+    TensorSegment {
+        tensor: u8,
+        segment: i32,
+    },
+    TensorDynamic {
+        tensor: u8,
+        dynamic: bool,
+    },
+    Segment {
+        segment: u8,
+        offset: u64,
+        size: u64,
+    },
     Inputs(Vec<i32>),
     Outputs(Vec<i32>),
     Version(u32),
@@ -263,11 +315,17 @@ pub enum Mutation {
     DuplicateNode(u8),
     TruncateData(u32),
     /// Write `value` at `at` in the final bytes (header corruption, flatbuffer bit flips).
-    Poke { at: u32, value: u8 },
+    Poke {
+        at: u32,
+        value: u8,
+    },
     Truncate(u32),
     Extend(u16),
     /// Overwrite floats in the data area (NaN/inf weights and scales).
-    DataFloat { at: u32, value: Special },
+    DataFloat {
+        at: u32,
+        value: Special,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -279,7 +337,11 @@ pub struct StructuredInput {
 
 fn small(v: i32) -> i32 {
     // Mostly values near the valid ones; sometimes the raw i32.
-    if v & 0x100 != 0 { v } else { (v & 0xff) - 8 }
+    if v & 0x100 != 0 {
+        v
+    } else {
+        (v & 0xff) - 8
+    }
 }
 
 fn set_field(op: &mut RawOp, field: Field, v: i32) {
@@ -336,7 +398,9 @@ pub fn mutate(g: &mut RawGraph, bytes_muts: &mut Vec<Mutation>, m: &Mutation) {
     let nn = g.nodes.len();
     let nt = g.tensors.len();
     match m.clone() {
-        Mutation::NodeField { node, field, value } if nn > 0 => set_field(&mut g.nodes[node as usize % nn].op, field, small(value)),
+        Mutation::NodeField { node, field, value } if nn > 0 => {
+            set_field(&mut g.nodes[node as usize % nn].op, field, small(value))
+        }
         Mutation::RouteScale { node, value } if nn > 0 => {
             if let RawOp::MoeFfn(a) = &mut g.nodes[node as usize % nn].op {
                 a.route_scale = value.value();
@@ -361,9 +425,15 @@ pub fn mutate(g: &mut RawGraph, bytes_muts: &mut Vec<Mutation>, m: &Mutation) {
             let t = &mut g.tensors[tensor as usize % nt];
             t.shape.resize(rank as usize % 5, 1);
         }
-        Mutation::TensorDtype { tensor, dtype } if nt > 0 => g.tensors[tensor as usize % nt].dtype = fb::DType(dtype % 8),
-        Mutation::TensorSegment { tensor, segment } if nt > 0 => g.tensors[tensor as usize % nt].segment = small(segment),
-        Mutation::TensorDynamic { tensor, dynamic } if nt > 0 => g.tensors[tensor as usize % nt].dynamic_leading = dynamic,
+        Mutation::TensorDtype { tensor, dtype } if nt > 0 => {
+            g.tensors[tensor as usize % nt].dtype = fb::DType(dtype % 8)
+        }
+        Mutation::TensorSegment { tensor, segment } if nt > 0 => {
+            g.tensors[tensor as usize % nt].segment = small(segment)
+        }
+        Mutation::TensorDynamic { tensor, dynamic } if nt > 0 => {
+            g.tensors[tensor as usize % nt].dynamic_leading = dynamic
+        }
         Mutation::Segment { segment, offset, size } if !g.segments.is_empty() => {
             let l = g.segments.len();
             let s = &mut g.segments[segment as usize % l];

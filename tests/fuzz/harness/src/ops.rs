@@ -12,9 +12,13 @@ use crate::gen::*;
 use arbitrary::{Arbitrary, Unstructured};
 use mobilemoe_ops::act::QuantActs;
 use mobilemoe_ops::kernels::OutPtr;
+use mobilemoe_ops::moe::{exp_f32, sigmoid}; // the library's deterministic exp: same scores, same order
 use mobilemoe_ops::quant::{self, MatrixSpec, PackedRef, WeightBits};
 use mobilemoe_ops::routing::{self, RouterConfig, ScoreFunc};
-use mobilemoe_ops::{linear, moe_ffn, KernelKind, Kernels, LinearScratch, MoeScratch, MoeSpec, MoeWeights, OpsError, SharedExpert, ThreadPool};
+use mobilemoe_ops::{
+    linear, moe_ffn, KernelKind, Kernels, LinearScratch, MoeScratch, MoeSpec, MoeWeights, OpsError, SharedExpert,
+    ThreadPool,
+};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -147,7 +151,13 @@ pub fn ops_matrix_spec(data: &[u8]) {
     let (qq, ss) = quant::quantize_rows(&w, spec).expect("sizes match");
     if let Some(i) = ss.iter().position(|&v| !(v >= f32::MIN_POSITIVE)) {
         let g = spec.groups();
-        panic!("scale {} below f32::MIN_POSITIVE or NaN for row {} group {}: {:?}", ss[i], i / g, i % g, &w[(i / g) * k + (i % g) * spec.group..][..spec.group]);
+        panic!(
+            "scale {} below f32::MIN_POSITIVE or NaN for row {} group {}: {:?}",
+            ss[i],
+            i / g,
+            i % g,
+            &w[(i / g) * k + (i % g) * spec.group..][..spec.group]
+        );
     }
     let pm = quant::PackedMatrix::quantize(&w, spec).expect("quantize");
     let (q3, s3) = quant::unpack(&pm.as_ref());
@@ -210,7 +220,7 @@ fn selection_scores(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) ->
         ScoreFunc::Softmax => logits.to_vec(),
         ScoreFunc::SoftmaxAll => {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut v: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+            let mut v: Vec<f32> = logits.iter().map(|&l| exp_f32(l - max)).collect();
             let sum: f32 = v.iter().fold(0f32, |a, &b| a + b);
             v.iter_mut().for_each(|s| *s /= sum);
             v
@@ -219,7 +229,7 @@ fn selection_scores(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) ->
             .iter()
             .enumerate()
             .map(|(i, &l)| {
-                let s = 1.0 / (1.0 + (-l).exp());
+                let s = sigmoid(l);
                 match bias {
                     Some(b) => s + b[i],
                     None => s,
@@ -341,15 +351,22 @@ pub fn ops_kernels(data: &[u8]) {
     let mut qa = QuantActs::default();
     qa.quantize(&x, m, k, g).unwrap();
     if let Some(raw) = &inp.raw_q {
-        // Arbitrary int8 activations; in contract ([-127, 127]) unless the seed is odd.
-        let bytes = raw.make(m * k);
-        for (q, b) in qa.q.iter_mut().zip(bytes) {
-            *q = if raw.seed & 1 == 1 { b as i8 } else { (b as i8).max(-127) };
+        // Arbitrary int8 activations and zero points (all of [-128, 127] is in contract), with
+        // `gsum = sum(q - zp)` per group as `QuantActs` computes it, unless the seed is odd: then
+        // `gsum = sum(q)` (out of contract: SIMD results may differ, but must stay memory-safe).
+        let bytes = raw.make(m * k + m);
+        let (qb, zb) = bytes.split_at(m * k);
+        for (q, &b) in qa.q.iter_mut().zip(qb) {
+            *q = b as i8;
+        }
+        for (z, &b) in qa.zp.iter_mut().zip(zb) {
+            *z = b as i8 as i32;
         }
         let ng = k / g;
         for i in 0..m {
+            let zp = if raw.seed & 1 == 1 { 0 } else { qa.zp[i] };
             for gg in 0..ng {
-                qa.gsum[i * ng + gg] = qa.q[i * k + gg * g..i * k + (gg + 1) * g].iter().map(|&v| v as i32).sum();
+                qa.gsum[i * ng + gg] = qa.q[i * k + gg * g..i * k + (gg + 1) * g].iter().map(|&v| v as i32 - zp).sum();
             }
         }
     }
@@ -357,8 +374,10 @@ pub fn ops_kernels(data: &[u8]) {
     let full = qa.as_ref();
     let mut a = full;
     let mut xs: &[f32] = &x;
+    let bad_zp = [200i32];
     let corrupt = inp.corrupt % 16;
     match corrupt {
+        7 if m > 0 => a.zp = &full.zp[1..],
         8 => a.group = g * 2,
         9 if m > 0 => a.q = &full.q[1..],
         10 if m > 0 => a.gsum = &full.gsum[1..],
@@ -366,12 +385,17 @@ pub fn ops_kernels(data: &[u8]) {
         12 => a.m = m + 1,
         13 => a.k = k + g,
         14 if m > 0 => xs = &x[1..],
+        15 if m == 1 => a.zp = &bad_zp, // a zero point outside [-128, 127]
         _ => {}
     }
-    let acts_ok = a.group == g && a.k == k && a.q.len() == a.m * a.k && a.scale.len() == a.m && a.gsum.len() == a.m * (a.k / a.group);
-    let geom_ok = |mm: usize| {
-        t0 <= t1 && t1 <= tiles && ldo >= n && (mm == 0 || ((mm - 1) * ldo + n) <= out_len)
-    };
+    let acts_ok = a.group == g
+        && a.k == k
+        && a.q.len() == a.m * a.k
+        && a.scale.len() == a.m
+        && a.zp.len() == a.m
+        && a.zp.iter().all(|z| (-128..=127).contains(z))
+        && a.gsum.len() == a.m * (a.k / a.group);
+    let geom_ok = |mm: usize| t0 <= t1 && t1 <= tiles && ldo >= n && (mm == 0 || ((mm - 1) * ldo + n) <= out_len);
     let expect_ok = if inp.exact { geom_ok(m) && xs.len() == m * k } else { geom_ok(a.m) && acts_ok };
 
     let mut reference: Option<Vec<f32>> = None;
@@ -467,14 +491,34 @@ pub fn ops_linear(data: &[u8]) {
     let w = PackedRef { spec, data: &wd, scales: &ws };
     let expect_ok = valid && wok && sok && xok && ook && (bias.is_none() || bok);
     let mut out = vec![0f32; ol];
-    let r = linear(&w, bias.as_deref(), &x, m, &mut out, inp.exact, &mut LinearScratch::default(), pool(inp.two_threads), &Kernels::best());
+    let r = linear(
+        &w,
+        bias.as_deref(),
+        &x,
+        m,
+        &mut out,
+        inp.exact,
+        &mut LinearScratch::default(),
+        pool(inp.two_threads),
+        &Kernels::best(),
+    );
     assert_eq!(r.is_ok(), expect_ok, "linear: {r:?}");
     if r.is_err() {
         return;
     }
     let mut out2 = vec![0f32; ol];
-    linear(&w, bias.as_deref(), &x, m, &mut out2, inp.exact, &mut LinearScratch::default(), pool(!inp.two_threads), &scalar())
-        .expect("same call with scalar kernels");
+    linear(
+        &w,
+        bias.as_deref(),
+        &x,
+        m,
+        &mut out2,
+        inp.exact,
+        &mut LinearScratch::default(),
+        pool(!inp.two_threads),
+        &scalar(),
+    )
+    .expect("same call with scalar kernels");
     if let Some(p) = same_bits(&out, &out2) {
         panic!("linear: best kernels vs scalar differ at {p}: {} vs {}", out[p], out2[p]);
     }
@@ -621,7 +665,8 @@ pub fn ops_moe_ffn(data: &[u8]) {
         // Shared weights for the shapes implied by `fs` (or a small made-up shape when fs == 0).
         // fs == 0: weights of a valid shape for this group (the call must then be rejected).
         let fsx = if fs == 0 { mult(inp.shared_sel / 8) } else { fs };
-        let (a, b) = (MatrixSpec::new(2 * fsx.min(1 << 20), d.max(1), g, bits), MatrixSpec::new(d.max(1), fsx, g, bits));
+        let (a, b) =
+            (MatrixSpec::new(2 * fsx.min(1 << 20), d.max(1), g, bits), MatrixSpec::new(d.max(1), fsx, g, bits));
         if let (Ok(sa), Ok(sb)) = (a, b) {
             if sa.data_bytes() <= MOE_WEIGHT_BYTES && sb.data_bytes() <= MOE_WEIGHT_BYTES {
                 let l13 = opt_len(Some(sa.data_bytes()), 8);
@@ -629,7 +674,15 @@ pub fn ops_moe_ffn(data: &[u8]) {
                 let l2 = opt_len(Some(sb.data_bytes()), 10);
                 let l2s = opt_len(Some(sb.scale_count()), 11);
                 let gate = inp.shared_gate.as_ref().map(|gf| gf.make(opt_len(Some(d), 12)));
-                sh = Some((sa, inp.sh13.make(l13), inp.sh2.make_scales(l13s), sb, inp.sh13.make(l2), inp.sh2.make_scales(l2s), gate));
+                sh = Some((
+                    sa,
+                    inp.sh13.make(l13),
+                    inp.sh2.make_scales(l13s),
+                    sb,
+                    inp.sh13.make(l2),
+                    inp.sh2.make_scales(l2s),
+                    gate,
+                ));
             }
         }
     }
@@ -667,19 +720,26 @@ pub fn ops_moe_ffn(data: &[u8]) {
     let expect_ok = spec_ok && all_ok && opt_ok && shared_consistent;
     let mut out = vec![0f32; b.out_len];
     let r = moe_ffn(&spec, &w, &b.x, t, &mut out, &mut MoeScratch::default(), pool(inp.two_threads), &Kernels::best());
-    assert_eq!(r.is_ok(), expect_ok, "moe_ffn: {r:?} (spec_ok {spec_ok}, lens {all_ok} {opt_ok}, shared {shared_consistent})");
+    assert_eq!(
+        r.is_ok(),
+        expect_ok,
+        "moe_ffn: {r:?} (spec_ok {spec_ok}, lens {all_ok} {opt_ok}, shared {shared_consistent})"
+    );
     if r.is_err() {
         return;
     }
     // Same call: scalar kernels, the other pool, fresh scratch -> same bits.
     let mut out2 = vec![0f32; b.out_len];
-    moe_ffn(&spec, &w, &b.x, t, &mut out2, &mut MoeScratch::default(), pool(!inp.two_threads), &scalar()).expect("scalar run");
+    moe_ffn(&spec, &w, &b.x, t, &mut out2, &mut MoeScratch::default(), pool(!inp.two_threads), &scalar())
+        .expect("scalar run");
     if let Some(p) = same_bits(&out, &out2) {
         panic!("moe_ffn: best kernels vs scalar differ at {p}: {} vs {}", out[p], out2[p]);
     }
     // Same call on a scratch reused across fuzz iterations (grow-only buffers with stale contents).
     let mut out3 = vec![0f32; b.out_len];
-    REUSED.with(|s| moe_ffn(&spec, &w, &b.x, t, &mut out3, &mut s.borrow_mut(), pool(true), &Kernels::best())).expect("reused scratch run");
+    REUSED
+        .with(|s| moe_ffn(&spec, &w, &b.x, t, &mut out3, &mut s.borrow_mut(), pool(true), &Kernels::best()))
+        .expect("reused scratch run");
     if let Some(p) = same_bits(&out, &out3) {
         panic!("moe_ffn: reused scratch differs at {p}: {} vs {}", out[p], out3[p]);
     }
