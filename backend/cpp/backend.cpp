@@ -27,6 +27,18 @@
 namespace mobilemoe {
 namespace {
 
+// The ExecuTorch error for a Rust error message (backend/src/bridge.rs prefixes the kinds that are
+// not a bad input): a panic is Internal, an unsupported dtype/op NotSupported, anything else (bad
+// shapes, positions, token ids) InvalidArgument.
+executorch::runtime::Error error_kind(const char* what) {
+  using executorch::runtime::Error;
+  if (std::strncmp(what, "internal error", 14) == 0) return Error::Internal;
+  if (std::strstr(what, "not supported") != nullptr) return Error::NotSupported;
+  if (std::strstr(what, "out of memory") != nullptr) return Error::MemoryAllocationFailed;
+  return Error::InvalidArgument;
+}
+
+
 using executorch::aten::ScalarType;
 using executorch::aten::SizesType;
 using executorch::aten::Tensor;
@@ -181,9 +193,12 @@ class MobileMoEBackend final : public BackendInterface {
                        rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
                        rust::Slice<const size_t>(out_numels.data(), out_numels.size()));
       return Error::Ok;
+    } catch (const std::bad_alloc&) {
+      ET_LOG(Error, "MobileMoEBackend::execute: out of memory");
+      return Error::MemoryAllocationFailed;
     } catch (const std::exception& e) {
       ET_LOG(Error, "MobileMoEBackend::execute: %s", e.what());
-      return Error::InvalidArgument;
+      return error_kind(e.what());
     } catch (...) {
       ET_LOG(Error, "MobileMoEBackend::execute: unknown exception");
       return Error::Internal;
