@@ -39,6 +39,27 @@ def infer_dynamic_shapes(example_args: Sequence[Any], max_tokens: int = 256, min
     return tuple(specs)
 
 
+def _check_dynamic_dims(ep, dynamic_shapes) -> None:
+    """Fail loudly if a dimension requested dynamic came out static (a .pte that only accepts the
+    example length would fail at run time on any other one)."""
+    if not isinstance(dynamic_shapes, (tuple, list)):
+        return
+    sig = ep.graph_signature
+    user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in set(sig.user_inputs)]
+    for i, (spec, node) in enumerate(zip(dynamic_shapes, user)):
+        if not isinstance(spec, dict):
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for dim in spec:
+            if dim < val.dim() and not isinstance(val.shape[dim], torch.SymInt):
+                raise RuntimeError(
+                    f"export_pte: dimension {dim} of input {i} ({node.name}) was requested dynamic but the lowered "
+                    f"program specialised it to {val.shape[dim]}: the .pte would reject every other token count. "
+                    f"Some op in the model forces a static size (e.g. a reshape to a constant or .item())")
+
+
 def export_pte(
     model: torch.nn.Module,
     example_args: Union[Tuple[Any, ...], Any],
@@ -99,6 +120,7 @@ def export_pte(
         partitioner=partitioners,
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
+    _check_dynamic_dims(edge.exported_program(), dynamic_shapes)
     et = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

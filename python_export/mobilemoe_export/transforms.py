@@ -169,9 +169,20 @@ def extract_moe(m: nn.Module, name: str = "", live: bool = False) -> Optional[Mo
     """
     name = name or type(m).__name__
     spec = _extract_moe(m, name, live)
+    if spec is None:
+        return None
     qat = getattr(m, "_mobilemoe_qat", None)
-    if spec is not None and qat is not None:
+    if qat is not None:
         spec.group_size, spec.weight_bits, spec.output = qat.group_size, qat.weight_bits, qat.output
+    elif isinstance(getattr(m, "experts", None), nn.Module) and spec.group_size is None:
+        # nn.Linear experts prepared by torchao's QAT: convert with the group size they trained with
+        cfgs = {_qat_linear_config(lin) for lin in m.experts.modules() if isinstance(lin, nn.Linear)}
+        cfgs.discard(None)
+        if len(cfgs) > 1:
+            raise ValueError(f"{name}: experts fake-quantized with different (group size, bits): {sorted(cfgs)}")
+        if cfgs:
+            gs, bits = cfgs.pop()
+            spec.group_size, spec.weight_bits = gs or spec.group_size, bits or spec.weight_bits
     return spec
 
 
@@ -252,8 +263,18 @@ def _extract_moe(m: nn.Module, name: str, live: bool) -> Optional[MoESpec]:
     shared_mod = getattr(m, "shared_experts", None) or getattr(m, "shared_expert", None)
     if bias is not None or scoring == "sigmoid":
         # DeepSeek-V3-like
-        n_group = getattr(gate, "n_group", getattr(m, "n_group", 1)) or 1
-        topk_group = getattr(gate, "topk_group", getattr(m, "topk_group", n_group)) or n_group
+        # transformers 5 stores the group count as `num_group` on the router (older: `n_group`);
+        # read every spelling, on the block, the router and its config, so that group-limited
+        # routing is refused instead of silently ignored.
+        def _attr(names, default):
+            for holder in (gate, m, getattr(gate, "config", None), getattr(m, "config", None)):
+                for nm in names:
+                    v = getattr(holder, nm, None) if holder is not None else None
+                    if v is not None:
+                        return v
+            return default
+        n_group = int(_attr(("n_group", "num_group", "num_groups", "n_groups"), 1) or 1)
+        topk_group = int(_attr(("topk_group", "num_topk_group", "topk_groups"), n_group) or n_group)
         if n_group > 1 and topk_group < n_group:
             raise ValueError(
                 f"{name}: group-limited routing (n_group={n_group}, topk_group={topk_group}) is not "
