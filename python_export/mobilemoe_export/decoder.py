@@ -19,6 +19,8 @@ Supported inputs: this project's :class:`~mobilemoe_export.models.Transformer` (
 
 from __future__ import annotations
 
+import copy
+import weakref
 from typing import Optional, Tuple
 
 import numpy as np
@@ -74,6 +76,22 @@ class DecoderAttention(nn.Module):
         # eager-mode cache (the delegate allocates its own); a plain attribute, not a buffer, so
         # that it is not serialised into the .pte
         self.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, kv_fp16)
+        # the eager cache lives as long as this module
+        weakref.finalize(self, decoder_ops.KV_CACHES.pop, self.cache_id, None)
+
+    def __deepcopy__(self, memo):
+        # a copy gets its own eager KV cache (sharing one would interleave two sequences)
+        cls = self.__class__
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            setattr(new, k, copy.deepcopy(v, memo))
+        k, v = decoder_ops.KV_CACHES[self.cache_id]
+        new.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, self.kv_fp16)
+        decoder_ops.KV_CACHES[new.cache_id][0].copy_(k)
+        decoder_ops.KV_CACHES[new.cache_id][1].copy_(v)
+        weakref.finalize(new, decoder_ops.KV_CACHES.pop, new.cache_id, None)
+        return new
 
     def reset_cache(self) -> None:
         for t in decoder_ops.KV_CACHES[self.cache_id]:
