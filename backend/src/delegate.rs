@@ -34,6 +34,9 @@ struct RunState {
     slots: Vec<Vec<f32>>,
     /// One KV cache per Attention node, in node order.
     kv: Vec<KvCache>,
+    /// Address tables of one call (pointer as usize, length), kept to avoid reallocating them.
+    loc: Vec<Option<(usize, usize)>>,
+    int_loc: Vec<Option<(usize, usize)>>,
     /// Shapes of the last call, reused while the input shapes repeat (decode).
     shapes_key: Vec<Vec<i64>>,
     shapes: Vec<Option<Vec<i64>>>,
@@ -313,16 +316,21 @@ impl Delegate {
             }
         }
         // Where each activation lives: (ptr, len). Inputs, outputs, or a slot.
-        let mut loc: Vec<Option<(*mut f32, usize)>> = vec![None; g.tensors.len()];
-        let mut ints: Vec<Option<&[i64]>> = vec![None; g.tensors.len()];
+        // (address tables reused from the state: no allocation per call)
+        let mut loc = std::mem::take(&mut st.loc);
+        loc.clear();
+        loc.resize(g.tensors.len(), None);
+        let mut int_loc = std::mem::take(&mut st.int_loc);
+        int_loc.clear();
+        int_loc.resize(g.tensors.len(), None);
         for (&id, (data, _)) in g.inputs.iter().zip(inputs) {
             match data {
-                Input::F32(d) => loc[id] = Some((d.as_ptr() as *mut f32, d.len())),
-                Input::I64(d) => ints[id] = Some(d),
+                Input::F32(d) => loc[id] = Some((d.as_ptr() as usize, d.len())),
+                Input::I64(d) => int_loc[id] = Some((d.as_ptr() as usize, d.len())),
             }
         }
         for (&id, o) in g.outputs.iter().zip(outputs.iter_mut()) {
-            loc[id] = Some((o.as_mut_ptr(), o.len()));
+            loc[id] = Some((o.as_mut_ptr() as usize, o.len()));
         }
         for n in &g.nodes {
             let id = n.op.out();
@@ -332,7 +340,7 @@ impl Delegate {
                 if buf.len() < len {
                     buf.resize(len, 0.0);
                 }
-                loc[id] = Some((buf.as_mut_ptr(), len));
+                loc[id] = Some((buf.as_mut_ptr() as usize, len));
             }
         }
         let pool = ThreadPool::global();
@@ -341,12 +349,14 @@ impl Delegate {
         let layer0 = if n_moe > 0 { crate::profiling::layer_base(self as *const Self as usize, n_moe) } else { 0 };
         let mut moe_i = 0i64;
         let mut attn_i = 0usize;
+        // SAFETY: int_loc holds (pointer, length) of I64 graph inputs borrowed for this call.
+        let ints = |id: usize| -> Option<&[i64]> { int_loc[id].map(|(p, l)| unsafe { std::slice::from_raw_parts(p as *const i64, l) }) };
         let get = |id: usize, what: &str, name: &str| -> Result<&[f32], String> {
             let (p, l) = loc[id].ok_or_else(|| format!("node {name}: {what} has no buffer"))?;
             // SAFETY: p..p+l is an input, an output or a slot buffer that outlives this call; a
             // node never reads the buffer it writes (slots are assigned after inputs are freed
             // only for later nodes; see plan_slots and the checks in schema::read).
-            Ok(unsafe { std::slice::from_raw_parts(p, l) })
+            Ok(unsafe { std::slice::from_raw_parts(p as *const f32, l) })
         };
         for n in &g.nodes {
             let name = n.name.as_str();
@@ -354,7 +364,7 @@ impl Delegate {
             // SAFETY: the output buffer is distinct from every input buffer of this node (the
             // slot plan never gives a node's output the slot of a tensor it reads; graph inputs
             // and outputs are distinct tensors with distinct caller buffers).
-            let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(op, ol) };
+            let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(op as *mut f32, ol) };
             let res = match &n.op {
                 NodeOp::MoeFfn(m) => {
                     let x = get(m.x, "x", name)?;
@@ -392,7 +402,7 @@ impl Delegate {
                     linear(&w, l.bias.map(|b| self.f32c(b)), x, rows, out, l.exact, &mut st.lin, &pool, &self.kernels)
                 }
                 NodeOp::Embedding(e) => {
-                    let toks = ints[e.tokens].ok_or_else(|| format!("node {name}: tokens must be an I64 graph input"))?;
+                    let toks = ints(e.tokens).ok_or_else(|| format!("node {name}: tokens must be an I64 graph input"))?;
                     let w = self.packed(e.spec, e.weight, e.scales)?;
                     embedding(&w, toks, out)
                 }
@@ -403,7 +413,7 @@ impl Delegate {
                 NodeOp::Add(a) => add(get(a.a, "a", name)?, get(a.b, "b", name)?, out),
                 NodeOp::Attention(a) => {
                     let x = get(a.x, "x", name)?;
-                    let pos = ints[a.input_pos].ok_or_else(|| format!("node {name}: input_pos must be an I64 graph input"))?;
+                    let pos = ints(a.input_pos).ok_or_else(|| format!("node {name}: input_pos must be an I64 graph input"))?;
                     let w = AttentionWeights {
                         wqkv: self.packed(a.qkv_spec, a.wqkv, a.wqkv_scales)?,
                         wo: self.packed(a.wo_spec, a.wo, a.wo_scales)?,
@@ -430,6 +440,8 @@ impl Delegate {
             };
             res.map_err(|e| format!("node {} ({}): {e}", n.name, n.op.kind()))?;
         }
+        st.loc = loc;
+        st.int_loc = int_loc;
         Ok(())
     }
 }
