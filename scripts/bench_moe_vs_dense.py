@@ -99,7 +99,8 @@ def weight_bytes(cfg: models.ModelConfig, group: int, bits: int) -> dict:
 # Export (cached)
 # --------------------------------------------------------------------------------------------
 def export_name(preset: str, layers: int, seq: int, group: int, bits: int, kind: str, seed: int) -> str:
-    return f"{preset}_L{layers}_seq{seq}_g{group}_int{bits}_{kind}_seed{seed}.pte"
+    # "_whole": whole-decoder delegate exports (blob v2); older cached per-op exports are not reused
+    return f"{preset}_L{layers}_seq{seq}_g{group}_int{bits}_{kind}_seed{seed}_whole.pte"
 
 
 def ensure_export(args, kind: str, layers: int) -> Path:
