@@ -205,3 +205,21 @@ def test_executorch_llama_unsupported_features_are_named():
 
     with pytest.raises(UnsupportedModuleError, match="use_qk_norm"):
         decoder.lower_decoder(_et_llama(use_qk_norm=True))
+
+
+@pytest.mark.parametrize("preset", ["S", "M", "L"])
+def test_preset_geometries_pte_equals_eager(tmp_path, preset):
+    """Every preset's attention/FFN geometry (S: 16 heads / 4 KV heads, M: 20 / 4 — 5 query heads
+    per KV head, the generic attention path —, L: 24 / 6), one layer, a small vocabulary and fewer
+    experts for M/L to keep the test fast: .pte == eager bit for bit over 16 greedy steps."""
+    import mobilemoe_export as mm
+    from mobilemoe_export import decoder, models
+
+    over = dict(n_layers=1, vocab_size=1024, max_seq_len=128)
+    if preset != "S":
+        over["num_experts"] = 8
+    m = models.build_model(models.get_config(preset, **over), seed=1)
+    dec = decoder.lower_decoder(m)
+    path = tmp_path / f"{preset}.pte"
+    mm.export_pte(dec, dec.example_inputs(4), path)
+    _greedy_parity(dec, path, steps=16)
