@@ -46,6 +46,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -78,7 +79,7 @@ def cmake_options(native: bool) -> list[str]:
         "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
         f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}",
         "-DGGML_CUDA=OFF", "-DGGML_VULKAN=OFF", "-DGGML_METAL=OFF", "-DGGML_BLAS=OFF",
-        "-DGGML_OPENMP=ON",
+        "-DGGML_OPENMP=ON", "-DGGML_CCACHE=OFF",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
         "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF",
     ]
@@ -513,7 +514,9 @@ def main() -> None:
         timings[f"bench_{q}_s"] = round(time.time() - t0, 1)
         for r in rows:
             results.append({
-                "quant": q, "test": test_name(r), "tok_s": r.get("avg_ts"), "tok_s_stdev": r.get("stdev_ts"),
+                "quant": q, "test": test_name(r), "tok_s": r.get("avg_ts"),
+                "tok_s_stdev": r.get("stddev_ts", r.get("stdev_ts")),
+                "tok_s_median": statistics.median(r["samples_ts"]) if r.get("samples_ts") else None,
                 "samples_tok_s": r.get("samples_ts"), "peak_rss_mib": round(rss_mib, 1),
                 "model_size_bytes": r.get("model_size"), "gguf": str(path), "raw": r,
             })
@@ -526,13 +529,14 @@ def main() -> None:
              f"MobileMoE-S shape ({args.layers} layers, deepseek arch, random weights), "
              f"{args.threads} threads, {lm}, r={args.reps}; CPU: {first.get('cpu_info') or cpu_model()}; "
              f"load average before/after: {load_before} / {load_after}")
-    lines = [f"<!-- {title} -->", "",
-             "| model | quant | size | test | tok/s | peak RSS |", "|---|---|---|---|---|---|"]
+    lines = ["| model | quant | size | test | tok/s (mean ± sd) | median | peak RSS |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         size = f"{r['model_size_bytes'] / 2**20:.0f} MiB" if r["model_size_bytes"] else ""
         sd = f" ± {r['tok_s_stdev']:.2f}" if r["tok_s_stdev"] is not None else ""
+        med = f"{r['tok_s_median']:.2f}" if r["tok_s_median"] is not None else ""
         lines.append(f"| S shape, {args.layers} L | {r['quant']} | {size} | {r['test']} | "
-                     f"{r['tok_s']:.2f}{sd} | {r['peak_rss_mib']:.0f} MiB |")
+                     f"{r['tok_s']:.2f}{sd} | {med} | {r['peak_rss_mib']:.0f} MiB |")
     table = "\n".join(lines)
     print()
     print(title)

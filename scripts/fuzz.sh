@@ -69,7 +69,7 @@ if [ "$mode" = cmin ]; then
     before=$(ls "$dst" | wc -l)
     # Named seeds (anything but libFuzzer's 40-hex-digit names: real .pte files, valid blobs) stay.
     rm -rf "$tmp/named"; mkdir -p "$tmp/named"
-    find "$dst" -maxdepth 1 -type f ! -regex '.*/[0-9a-f]\{40\}' -exec cp {} "$tmp/named/" \;
+    find "$dst" -maxdepth 1 -type f -regextype posix-extended ! -regex '.*/[0-9a-f]{40}' -exec cp {} "$tmp/named/" \;
     # cargo fuzz cmin minimises one folder in place: gather the checked-in and the grown inputs there.
     cp -n "$FUZZ_WORK/corpus/$t"/* "$dst"/ 2>/dev/null || true
     merged=$(ls "$dst" | wc -l)

@@ -142,9 +142,9 @@ def specialisation(model, tok, held_works):
             ids += head + body
             cls += ["name"] * len(head) + [kind] * len(body)
     ids.append(eos)
-    cls.append("other")
+    cls.append("other")  # not counted
     L, E = model.cfg.n_layers, model.cfg.num_experts
-    counts = {c: np.zeros((L, E)) for c in set(cls)}
+    counts = {c: np.zeros((L, E)) for c in set(cls) - {"other"}}
     n = (len(ids) - 1) // CTX
     arr = np.asarray(ids[: n * CTX], dtype=np.int64).reshape(n, CTX)
     carr = np.asarray(cls[: n * CTX]).reshape(n, CTX)
@@ -171,17 +171,43 @@ def specialisation(model, tok, held_works):
         "tv_verse_half_vs_half": tv(dist["verse_a"], dist["verse_b"]).round(4).tolist(),
         "tv_names_vs_speech": tv(dist["name"], speech_d).round(4).tolist(),
     }
-    # the most name-specific expert and the most prose-specific expert per layer
+    # per layer: the expert whose share grows most (percentage points) on speaker names vs speech,
+    # and on prose vs verse
     res["name_expert"] = []
     res["prose_expert"] = []
     for li in range(L):
-        e = int(np.argmax(dist["name"][li] / np.maximum(speech_d[li], 1e-9)))
+        e = int(np.argmax(dist["name"][li] - speech_d[li]))
         res["name_expert"].append({"layer": li, "expert": e, "share_of_name_tokens": round(float(dist["name"][li, e]), 4),
                                    "share_of_speech_tokens": round(float(speech_d[li, e]), 4)})
-        e = int(np.argmax(dist["prose"][li] / np.maximum(verse_d[li], 1e-9)))
+        e = int(np.argmax(dist["prose"][li] - verse_d[li]))
         res["prose_expert"].append({"layer": li, "expert": e, "share_of_prose": round(float(dist["prose"][li, e]), 4),
                                     "share_of_verse": round(float(verse_d[li, e]), 4)})
+    res["dist"] = {"name": dist["name"].round(4).tolist(), "prose": dist["prose"].round(4).tolist(),
+                   "verse": verse_d.round(4).tolist(), "speech": speech_d.round(4).tolist()}
     return res
+
+
+def instruction_eval(paths, tok, held, n=300, tag="heldout"):
+    """On held-out instructions (Macbeth/Tempest speakers, never trained on): answer loss and the
+    share whose greedy answer starts with the requested ``SPEAKER:`` heading (teacher-forced greedy
+    = what greedy generation would produce for those tokens)."""
+    exs = D.encode_instructions(tok, D.instruction_examples(held), 256, tag)[:n]
+    out = {}
+    for name, path in paths.items():
+        m = models.load_checkpoint(path)
+        tot, cnt, ok = 0.0, 0, 0
+        with torch.no_grad():
+            for ids, start in exs:
+                t = torch.from_numpy(ids.astype(np.int64))[None]
+                lg = T.lm_forward(m, t[:, :-1], qat=(name == "qat"))[0]
+                tgt = t[0, 1:]
+                tot += F.cross_entropy(lg[start - 1:], tgt[start - 1:], reduction="sum").item()
+                cnt += len(tgt) - (start - 1)
+                head = tok.decode(ids[start:].tolist()).split("\n")[0]
+                nh = len(tok.encode(head + "\n").ids)
+                ok += bool((lg[start - 1:start - 1 + nh].argmax(-1) == tgt[start - 1:start - 1 + nh]).all())
+        out[name] = {"answer_loss": tot / cnt, "speaker_correct": ok / len(exs), "n": len(exs)}
+    return out
 
 
 def main(argv=None) -> int:
@@ -191,8 +217,22 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=DOCS)
+    ap.add_argument("--rerender", action="store_true",
+                    help="recompute only the specialisation analysis and re-render docs/quality.md from quality.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rerender:
+        R = json.loads((args.out / "quality.json").read_text())
+        tok = load_tokenizer()
+        _, held = D.split_works(D.load_works())
+        R["specialisation"] = specialisation(models.load_checkpoint(args.run / "qat_model.pt"), tok, held)
+        R["instructions"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok, held)
+        R["instructions_train"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok,
+                                                  [w for w in D.load_works() if w.key not in D.HELD_OUT], tag="full")
+        (args.out / "quality.json").write_text(json.dumps(R, indent=1))
+        (args.out / "quality.md").write_text(render(R))
+        print(render(R))
+        return 0
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,6 +389,9 @@ def main(argv=None) -> int:
     plt.close(fig)
 
     R["specialisation"] = specialisation(qmodel, tok, held)
+    R["instructions"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok, held)
+    R["instructions_train"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok,
+                                              [w for w in D.load_works() if w.key not in D.HELD_OUT], tag="full")
 
     # samples from the shipped .pte path (the export CLI, as make demo does)
     samples = {}
@@ -413,7 +456,7 @@ def render(R) -> str:
     L.append(f"Specialisation: routing of the held-out speeches ({tk['verse_a'] + tk['verse_b']:,} verse tokens, "
              f"{tk['prose']:,} prose tokens, {tk['name']:,} speaker-heading tokens); total-variation distance between "
              "expert distributions per layer (0 = same routing, 1 = disjoint experts):\n")
-    L.append("| layer | verse vs prose | verse half A vs half B (control) | speaker-name tokens vs speech | most name-specific expert: share of name tokens / of speech tokens | most prose-specific expert: share of prose / of verse |")
+    L.append("| layer | verse vs prose | verse half A vs half B (control) | speaker-name tokens vs speech | expert gaining most on names: its share of name-token slots / of speech slots | expert gaining most on prose: share of prose slots / of verse slots |")
     L.append("|---|---|---|---|---|---|")
     for li in range(len(sp["tv_verse_vs_prose"])):
         ne, pe = sp["name_expert"][li], sp["prose_expert"][li]
@@ -422,6 +465,19 @@ def render(R) -> str:
                  f"{ne['share_of_speech_tokens'] * 100:.1f}% | e{pe['expert']}: {pe['share_of_prose'] * 100:.1f}% / "
                  f"{pe['share_of_verse'] * 100:.1f}% |")
     L.append("")
+    if "instructions" in R:
+        I = R["instructions"]
+        L.append(f"Instruction following on {I['sft']['n']} held-out instructions (Macbeth/Tempest speakers, never seen in "
+                 "training): answer loss, and the share whose greedy answer starts with the requested `SPEAKER:`:\n")
+        J = R.get("instructions_train")
+        L.append("| model | held-out: answer loss | held-out: speaker heading correct |"
+                 + (" training-set instructions: answer loss | speaker correct |" if J else ""))
+        L.append("|---|---|---|" + ("---|---|" if J else ""))
+        for k, lab in (("mid", "after stage 2 (no instruction tuning)"), ("sft", "after stage 3 (SFT), fp32"),
+                       ("qat", "after stage 4 (QAT), fake-quant INT4")):
+            L.append(f"| {lab} | {I[k]['answer_loss']:.4f} | {I[k]['speaker_correct'] * 100:.1f}% |"
+                     + (f" {J[k]['answer_loss']:.4f} | {J[k]['speaker_correct'] * 100:.1f}% |" if J else ""))
+        L.append("")
     L.append("Recipe time (CPU time of the 1-thread training process, sum of stages): " + ", ".join(
         f"{s} {v / 60:.1f} min" for s, v in R["stage_seconds"].items()) + f"; total {R['recipe_minutes']} min.\n")
     L.append("Samples (the shipped model's `.pte`, ExecuTorch runtime):\n")

@@ -422,8 +422,6 @@ void emit_log_to_rust(et_timestamp_t /*timestamp*/, et_pal_log_level_t level, co
 
 int32_t do_register() {
   int32_t rc = 0;
-  executorch::runtime::register_pal(
-      executorch::runtime::PalImpl::create(&emit_log_to_rust, __FILE__));
   if (executorch::runtime::get_backend_class(kBackendName) == nullptr) {
     Error e = executorch::runtime::register_backend(Backend{kBackendName, &backend_instance()});
     if (e != Error::Ok) {
@@ -447,6 +445,17 @@ int32_t do_register() {
 }
 
 }  // namespace
+
+// Installed by the Rust runner (runtime.rs) only: inside Python the pybindings own the log.
+void install_runtime_log_hook() {
+  static std::once_flag once;
+  try {
+    std::call_once(once, [] {
+      executorch::runtime::register_pal(executorch::runtime::PalImpl::create(&emit_log_to_rust, __FILE__));
+    });
+  } catch (...) {
+  }
+}
 
 int32_t register_all() {
   static std::once_flag once;

@@ -56,6 +56,7 @@ struct OutputValue;
 
 // Registration (backend.cpp). Idempotent; returns 0 on success.
 int32_t register_all();
+void install_runtime_log_hook();
 bool is_backend_registered(rust::Str name);
 rust::Vec<rust::String> registered_backends();
 bool is_operator_registered(rust::Str name);

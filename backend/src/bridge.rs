@@ -81,6 +81,8 @@ pub mod ffi {
         include!("mobilemoe.h");
 
         fn register_all() -> i32;
+        /// Routes ExecuTorch's log lines to `logging::runtime_log` (the Rust runner calls it).
+        fn install_runtime_log_hook();
         fn is_backend_registered(name: &str) -> bool;
         fn registered_backends() -> Vec<String>;
         fn is_operator_registered(name: &str) -> bool;

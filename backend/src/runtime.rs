@@ -115,6 +115,7 @@ impl Program {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         crate::register().map_err(RuntimeError::Runtime)?;
+        ffi::install_runtime_log_hook();
         let info = crate::pte::inspect(path)?;
         let registered = crate::registered_backends();
         let missing: Vec<String> = info.backend_ids().into_iter().filter(|b| !ffi::is_backend_registered(b)).collect();
