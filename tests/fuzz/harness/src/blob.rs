@@ -87,6 +87,18 @@ pub fn run_delegate(d: &Delegate, g: &mobilemoe_schema::Graph, seed: u64) {
                     }
                     s[0] = tok;
                 }
+                // token ids / positions (I64) vary in their last dimension too
+                if t.dtype == mobilemoe_schema::fb::DType::I64 {
+                    let r = s.len();
+                    if let Some(last) = s.last_mut() {
+                        if *last < 0 || tokens.is_some() {
+                            *last = tokens.unwrap_or(2);
+                        }
+                    }
+                    if r >= 2 {
+                        s[0] = 1;
+                    }
+                }
                 s
             })
             .collect();
@@ -96,6 +108,32 @@ pub fn run_delegate(d: &Delegate, g: &mobilemoe_schema::Graph, seed: u64) {
         let srefs: Vec<&[i64]> = shapes.iter().map(|s| s.as_slice()).collect();
         let Ok(oshapes) = d.output_shapes(&srefs) else { continue };
         if oshapes.iter().any(|s| numel(s).is_none_or(|n| n > 1 << 18)) {
+            continue;
+        }
+        let has_int = g.inputs.iter().any(|&i| g.tensors[i].dtype == mobilemoe_schema::fb::DType::I64);
+        if has_int {
+            // A whole-decoder graph: token ids 0/1 and positions 0..n (valid for any vocabulary >= 2
+            // and cache >= n); the call may still fail cleanly (e.g. a cache shorter than n), but
+            // must not panic or crash.
+            let ints: Vec<Vec<i64>> = shapes.iter().map(|s| (0..numel(s).unwrap() as i64).map(|v| v % 2).collect()).collect();
+            let xs: Vec<Vec<f32>> = shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();
+            let inputs: Vec<(mobilemoe_executorch::delegate::Input<'_>, &[i64])> = g
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let data = if g.tensors[i].dtype == mobilemoe_schema::fb::DType::I64 {
+                        mobilemoe_executorch::delegate::Input::I64(&ints[k])
+                    } else {
+                        mobilemoe_executorch::delegate::Input::F32(&xs[k])
+                    };
+                    (data, shapes[k].as_slice())
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = oshapes.iter().map(|s| vec![0f32; numel(s).unwrap()]).collect();
+            let mut orefs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let _ = d.execute_typed(&inputs, &mut orefs);
+            let _ = d.execute_typed(&inputs, &mut orefs); // a second call: the KV cache advanced state
             continue;
         }
         let xs: Vec<Vec<f32>> = shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();

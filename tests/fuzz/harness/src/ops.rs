@@ -728,12 +728,16 @@ pub fn ops_moe_ffn(data: &[u8]) {
     if r.is_err() {
         return;
     }
-    // Same call: scalar kernels, the other pool, fresh scratch -> same bits.
+    // Same call on the other pool with a fresh scratch -> same bits. Against the scalar kernels on 1
+    // valid call in 4 (by the activations' seed): under ASan + coverage the scalar reference costs
+    // several times the rest of an iteration, and ops_kernels checks every kernel call against it.
+    let vs_scalar = inp.x.seed % 4 == 0;
+    let ks2 = if vs_scalar { scalar() } else { Kernels::best() };
     let mut out2 = vec![0f32; b.out_len];
-    moe_ffn(&spec, &w, &b.x, t, &mut out2, &mut MoeScratch::default(), pool(!inp.two_threads), &scalar())
-        .expect("scalar run");
+    moe_ffn(&spec, &w, &b.x, t, &mut out2, &mut MoeScratch::default(), pool(!inp.two_threads), &ks2)
+        .expect("same call, other kernels/pool");
     if let Some(p) = same_bits(&out, &out2) {
-        panic!("moe_ffn: best kernels vs scalar differ at {p}: {} vs {}", out[p], out2[p]);
+        panic!("moe_ffn: best kernels vs {:?} (other pool) differ at {p}: {} vs {}", ks2.kind, out[p], out2[p]);
     }
     // Same call on a scratch reused across fuzz iterations (grow-only buffers with stale contents).
     let mut out3 = vec![0f32; b.out_len];
