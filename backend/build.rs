@@ -37,9 +37,7 @@ fn find_executorch(workspace: &Path, need_lib: bool) -> PathBuf {
         }
     };
     for c in &candidates {
-        if c.join("include/executorch/runtime/backend/interface.h").is_file()
-            && (!need_lib || c.join("lib/libexecutorch.so").is_file())
-        {
+        if c.join("include/executorch/runtime/backend/interface.h").is_file() && (!need_lib || c.join("lib/libexecutorch.so").is_file()) {
             return c.clone();
         }
     }
@@ -154,11 +152,7 @@ fn main() {
     } else {
         let lib = env::var_os("EXECUTORCH_LIB_DIR").map(PathBuf::from);
         if let Some(l) = &lib {
-            assert!(
-                l.join("libexecutorch.so").is_file(),
-                "mobilemoe-backend: EXECUTORCH_LIB_DIR={} has no libexecutorch.so",
-                l.display()
-            );
+            assert!(l.join("libexecutorch.so").is_file(), "mobilemoe-backend: EXECUTORCH_LIB_DIR={} has no libexecutorch.so", l.display());
         }
         (find_executorch(&workspace, false), lib)
     };
@@ -178,9 +172,7 @@ fn main() {
         // Without an explicit CXX for the target, cc-rs would fall back to a plain `CXX` (the
         // host's compiler) if one is set: use the Debian cross compiler's name instead.
         let tu = target.replace('-', "_");
-        let set = [format!("CXX_{target}"), format!("CXX_{tu}"), "TARGET_CXX".to_string()]
-            .iter()
-            .any(|v| env::var_os(v).is_some());
+        let set = [format!("CXX_{target}"), format!("CXX_{tu}"), "TARGET_CXX".to_string()].iter().any(|v| env::var_os(v).is_some());
         if !set {
             let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap();
             b.compiler(format!("{arch}-linux-gnu-g++"));

@@ -31,20 +31,14 @@ fn main() {
 
 fn host() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let repo = manifest
-        .join("../..")
-        .canonicalize()
-        .unwrap_or_else(|_| manifest.join("../.."));
+    let repo = manifest.join("../..").canonicalize().unwrap_or_else(|_| manifest.join("../.."));
     let mut candidates: Vec<PathBuf> = env::var_os("EXECUTORCH_DIR").map(PathBuf::from).into_iter().collect();
     if let Ok(rd) = std::fs::read_dir(repo.join(".venv/lib")) {
         for e in rd.flatten() {
             candidates.push(e.path().join("site-packages/executorch"));
         }
     }
-    let Some(et) = candidates
-        .iter()
-        .find(|c| c.join("lib/libexecutorch_kernels_optimized.so").is_file())
-    else {
+    let Some(et) = candidates.iter().find(|c| c.join("lib/libexecutorch_kernels_optimized.so").is_file()) else {
         // mobilemoe-backend's own build script reports the missing wheel with instructions.
         println!("cargo:warning=executorch wheel not found in {candidates:?}: the aten kernels are not linked");
         return;
@@ -58,14 +52,12 @@ fn host() {
 }
 
 fn android() {
-    let prefix = env::var_os("EXECUTORCH_ANDROID_PREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "\n\nmobilemoe-jni: set EXECUTORCH_ANDROID_PREFIX to ExecuTorch's Android install prefix \
+    let prefix = env::var_os("EXECUTORCH_ANDROID_PREFIX").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "\n\nmobilemoe-jni: set EXECUTORCH_ANDROID_PREFIX to ExecuTorch's Android install prefix \
              (e.g. executorch/cmake-out-android-arm64-v8a, with include/ and lib/*.a); see docs/android.md.\n\n"
-            )
-        });
+        )
+    });
     let lib = prefix.join("lib");
     let archives = list_archives(&lib);
     assert!(
@@ -88,18 +80,11 @@ fn android() {
     println!("cargo:rustc-link-lib=log");
     println!("cargo:rustc-link-lib=c++_shared");
     // cargo-ndk: ship libc++_shared.so in the same jniLibs/<abi>/ folder as our library.
-    if let (Some(out), Some(sysroot_libs)) = (
-        env::var_os("CARGO_NDK_OUTPUT_PATH"),
-        env::var_os("CARGO_NDK_SYSROOT_LIBS_PATH"),
-    ) {
+    if let (Some(out), Some(sysroot_libs)) = (env::var_os("CARGO_NDK_OUTPUT_PATH"), env::var_os("CARGO_NDK_SYSROOT_LIBS_PATH")) {
         let abi = env::var("CARGO_NDK_ANDROID_TARGET").unwrap_or_else(|_| "arm64-v8a".into());
         let dst = Path::new(&out).join(abi);
         std::fs::create_dir_all(&dst).expect("create jniLibs/<abi>");
-        std::fs::copy(
-            Path::new(&sysroot_libs).join("libc++_shared.so"),
-            dst.join("libc++_shared.so"),
-        )
-        .expect("copy libc++_shared.so");
+        std::fs::copy(Path::new(&sysroot_libs).join("libc++_shared.so"), dst.join("libc++_shared.so")).expect("copy libc++_shared.so");
     }
 }
 
@@ -110,9 +95,7 @@ fn list_archives(dir: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix("lib")
-                .and_then(|s| s.strip_suffix(".a"))
-                .map(str::to_string)
+            n.strip_prefix("lib").and_then(|s| s.strip_suffix(".a")).map(str::to_string)
         })
         .collect();
     v.sort();

@@ -224,9 +224,8 @@ unsafe fn delegate_execute_profiled(
 ) -> Result<Vec<ffi::PhaseRecord>, String> {
     let t0 = crate::profiling::now_ns();
     // SAFETY: caller contract (same as delegate_execute).
-    let (r, events) = crate::profiling::phases::capture(|| unsafe {
-        delegate_execute(d, in_ptrs, in_dtypes, in_dims, in_ranks, out_ptrs, out_numels)
-    });
+    let (r, events) =
+        crate::profiling::phases::capture(|| unsafe { delegate_execute(d, in_ptrs, in_dtypes, in_dims, in_ranks, out_ptrs, out_numels) });
     r?;
     Ok(events
         .into_iter()

@@ -283,8 +283,13 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
 pub unsafe extern "C" fn mobilemoe_int4_linear(args: *const MobileMoeLinearArgs) -> i32 {
     ffi_guard("mobilemoe_int4_linear", || {
         let a = unsafe { args.as_ref() }.ok_or("null args")?;
-        let spec = MatrixSpec::new(pos("out_features", a.out_features)?, pos("in_features", a.in_features)?, pos("group_size", a.group_size)?, bits(a.weight_bits)?)
-            .map_err(|e| e.to_string())?;
+        let spec = MatrixSpec::new(
+            pos("out_features", a.out_features)?,
+            pos("in_features", a.in_features)?,
+            pos("group_size", a.group_size)?,
+            bits(a.weight_bits)?,
+        )
+        .map_err(|e| e.to_string())?;
         let rows = len_of("rows", a.rows)?;
         unsafe {
             let w = PackedRef::new(spec, slice("weight", a.weight, a.weight_len)?, slice("scales", a.scales, a.scales_len)?)
@@ -322,7 +327,8 @@ pub unsafe extern "C" fn mobilemoe_pack_weights(
     scales_out_len: u64,
 ) -> i32 {
     ffi_guard("mobilemoe_pack_weights", || {
-        let spec = MatrixSpec::new(pos("n", n)?, pos("k", k)?, pos("group_size", group_size)?, bits(weight_bits)?).map_err(|e| e.to_string())?;
+        let spec =
+            MatrixSpec::new(pos("n", n)?, pos("k", k)?, pos("group_size", group_size)?, bits(weight_bits)?).map_err(|e| e.to_string())?;
         unsafe {
             let q = slice("q", q, q_len)?;
             let s = slice("scales", scales, scales_len)?;
@@ -484,8 +490,19 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                 let x = f(0, "x")?;
                 let rows = x.len() / w.spec.k;
                 DENSE_SCRATCH.with(|s| {
-                    dec::lm_head_last(x, rows, f(1, "norm_weight")?, floats[0] as f32, &w, ints[4] != 0, out, &mut s.borrow_mut(), &pool, kernels())
-                        .map_err(|e| e.to_string())
+                    dec::lm_head_last(
+                        x,
+                        rows,
+                        f(1, "norm_weight")?,
+                        floats[0] as f32,
+                        &w,
+                        ints[4] != 0,
+                        out,
+                        &mut s.borrow_mut(),
+                        &pool,
+                        kernels(),
+                    )
+                    .map_err(|e| e.to_string())
                 })
             }
             other => Err(format!("unknown decoder op {other}")),

@@ -304,7 +304,10 @@ impl Delegate {
                 return Err(format!("input {i}: {} values for shape {s:?}", data.len()));
             }
             let want = g.tensors[id].dtype;
-            let ok = matches!((data, want), (Input::F32(_), mobilemoe_schema::fb::DType::F32) | (Input::I64(_), mobilemoe_schema::fb::DType::I64));
+            let ok = matches!(
+                (data, want),
+                (Input::F32(_), mobilemoe_schema::fb::DType::F32) | (Input::I64(_), mobilemoe_schema::fb::DType::I64)
+            );
             if !ok {
                 return Err(format!("input {i}: dtype does not match the graph's {want:?}"));
             }
@@ -370,8 +373,12 @@ impl Delegate {
                     let x = get(m.x, "x", name)?;
                     let shared = match &m.shared {
                         Some(s) => Some(SharedExpert {
-                            w13: PackedRef::new(m.spec.shared_w13_spec().map_err(|e| e.to_string())?, self.u8c(s.w13), self.f32c(s.w13_scales))
-                                .map_err(|e| e.to_string())?,
+                            w13: PackedRef::new(
+                                m.spec.shared_w13_spec().map_err(|e| e.to_string())?,
+                                self.u8c(s.w13),
+                                self.f32c(s.w13_scales),
+                            )
+                            .map_err(|e| e.to_string())?,
                             w2: PackedRef::new(m.spec.shared_w2_spec().map_err(|e| e.to_string())?, self.u8c(s.w2), self.f32c(s.w2_scales))
                                 .map_err(|e| e.to_string())?,
                             gate: s.gate.map(|gid| self.f32c(gid)),

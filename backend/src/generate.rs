@@ -194,11 +194,19 @@ pub struct GenerationStats {
 
 impl GenerationStats {
     pub fn prefill_tok_s(&self) -> f64 {
-        if self.prefill_s > 0.0 { self.prompt_tokens as f64 / self.prefill_s } else { f64::NAN }
+        if self.prefill_s > 0.0 {
+            self.prompt_tokens as f64 / self.prefill_s
+        } else {
+            f64::NAN
+        }
     }
     pub fn decode_tok_s(&self) -> f64 {
         let n = self.generated_tokens.saturating_sub(1);
-        if n > 0 && self.decode_s > 0.0 { n as f64 / self.decode_s } else { f64::NAN }
+        if n > 0 && self.decode_s > 0.0 {
+            n as f64 / self.decode_s
+        } else {
+            f64::NAN
+        }
     }
     /// The two lines printed by both the Python and the Rust `generate` commands.
     pub fn report(&self) -> String {
@@ -242,9 +250,7 @@ pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
@@ -369,7 +375,8 @@ impl PteModel {
         let path = path.as_ref();
         let mut prog = crate::runtime::Program::load(path).map_err(|e| e.to_string())?;
         let meta = prog.method(method).map_err(|e| e.to_string())?.meta().clone();
-        let bad = |m: &str| format!("{}: {m} (expected forward(tokens int64 [1, S], input_pos int64 [S]) -> float32 logits)", path.display());
+        let bad =
+            |m: &str| format!("{}: {m} (expected forward(tokens int64 [1, S], input_pos int64 [S]) -> float32 logits)", path.display());
         if meta.inputs.len() != 2 || meta.outputs.is_empty() {
             return Err(bad(&format!("method {method} has {} inputs / {} outputs", meta.inputs.len(), meta.outputs.len())));
         }

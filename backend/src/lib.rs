@@ -17,12 +17,12 @@ mod program_generated;
 pub mod bridge;
 pub mod capi;
 pub mod delegate;
+pub mod generate;
 pub mod logging;
 pub mod profiling;
 pub mod pte;
 pub mod runtime;
 pub mod tokenizer;
-pub mod generate;
 
 pub use capi::{MobileMoeFfnArgs, MobileMoeLinearArgs};
 

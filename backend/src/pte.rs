@@ -117,7 +117,8 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<PteInfo, PteError> {
         return Err(not(format!("program size {program_size} exceeds the file size {}", bytes.len())));
     }
     let opts = flatbuffers::VerifierOptions { max_tables: 100_000_000, max_apparent_size: 1 << 40, ..Default::default() };
-    let p = et::root_as_program_with_opts(&opts, &bytes[..program_size as usize]).map_err(|e| not(format!("flatbuffer verification failed: {e}")))?;
+    let p = et::root_as_program_with_opts(&opts, &bytes[..program_size as usize])
+        .map_err(|e| not(format!("flatbuffer verification failed: {e}")))?;
     let segments: Vec<(u64, u64)> = p.segments().iter().flatten().map(|s| (s.offset(), s.size_())).collect();
     let inline = p.backend_delegate_data();
     let mut methods = vec![];
@@ -134,7 +135,11 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<PteInfo, PteError> {
             .flatten()
             .map(|o| {
                 let (n, ov) = (o.name().unwrap_or(""), o.overload().unwrap_or(""));
-                if ov.is_empty() { n.to_string() } else { format!("{n}.{ov}") }
+                if ov.is_empty() {
+                    n.to_string()
+                } else {
+                    format!("{n}.{ov}")
+                }
             })
             .collect();
         let mut delegates = vec![];
@@ -228,12 +233,7 @@ impl fmt::Display for PteInfo {
             Some((idx, offs)) if !offs.is_empty() => {
                 let seg_size = self.segments.get(*idx as usize).map(|s| s.1);
                 let sizes = constant_sizes(seg_size, offs);
-                writeln!(
-                    f,
-                    "constant segment : segment {idx}, {} constants, {} bytes in total",
-                    offs.len(),
-                    seg_size.unwrap_or(0)
-                )?;
+                writeln!(f, "constant segment : segment {idx}, {} constants, {} bytes in total", offs.len(), seg_size.unwrap_or(0))?;
                 let mut sorted = sizes.clone();
                 sorted.sort_unstable_by(|a, b| b.cmp(a));
                 writeln!(f, "  largest        : {:?}", &sorted[..sorted.len().min(8)])?;

@@ -86,14 +86,7 @@ impl QuantActs {
     pub fn quantize_row_at(&mut self, i: usize, x: &[f32]) {
         let (k, g) = (self.k, self.group);
         let ng = k / g;
-        quantize_row(
-            x,
-            g,
-            &mut self.q[i * k..(i + 1) * k],
-            &mut self.scale[i],
-            &mut self.zp[i],
-            &mut self.gsum[i * ng..(i + 1) * ng],
-        );
+        quantize_row(x, g, &mut self.q[i * k..(i + 1) * k], &mut self.scale[i], &mut self.zp[i], &mut self.gsum[i * ng..(i + 1) * ng]);
     }
     /// Copy row `src` of `other` into row `dst` of `self` (gather for the grouped GEMM).
     pub fn copy_row_from(&mut self, dst: usize, other: &QuantActs, src: usize) {

@@ -327,26 +327,15 @@ pub fn attention(
     check_len("rope sin table", spec.max_seq_len * half, w.sin.len())?;
     let qkv_w = spec.qkv_width();
     if w.wqkv.spec.n != qkv_w || w.wqkv.spec.k != d {
-        return Err(OpsError::Invalid(format!(
-            "attention: wqkv is {}x{}, expected {qkv_w}x{d}",
-            w.wqkv.spec.n, w.wqkv.spec.k
-        )));
+        return Err(OpsError::Invalid(format!("attention: wqkv is {}x{}, expected {qkv_w}x{d}", w.wqkv.spec.n, w.wqkv.spec.k)));
     }
     if w.wo.spec.n != d || w.wo.spec.k != spec.q_width() {
-        return Err(OpsError::Invalid(format!(
-            "attention: wo is {}x{}, expected {d}x{}",
-            w.wo.spec.n,
-            w.wo.spec.k,
-            spec.q_width()
-        )));
+        return Err(OpsError::Invalid(format!("attention: wo is {}x{}, expected {d}x{}", w.wo.spec.n, w.wo.spec.k, spec.q_width())));
     }
     let mut max_pos = 0usize;
     for &p in positions {
         if p < 0 || p as usize >= spec.max_seq_len {
-            return Err(OpsError::Invalid(format!(
-                "attention: position {p} outside the KV cache (0..{})",
-                spec.max_seq_len
-            )));
+            return Err(OpsError::Invalid(format!("attention: position {p} outside the KV cache (0..{})", spec.max_seq_len)));
         }
         max_pos = max_pos.max(p as usize);
     }
@@ -461,7 +450,17 @@ fn fixed_avx512_shape(kind: crate::KernelKind, hd: usize, rep: usize) -> bool {
 /// The AVX-512 kernel specialised on (head_dim, rep), reading K/V rows of either element type;
 /// false if there is none for this shape (then nothing was written).
 #[allow(clippy::too_many_arguments, unused_variables)]
-fn sdpa_fixed<T: KvElem>(hd: usize, rep: usize, q: &[f32], k: &[T], v: &[T], n_ctx: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> bool {
+fn sdpa_fixed<T: KvElem>(
+    hd: usize,
+    rep: usize,
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    n_ctx: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::attn_dot::sdpa_avx512_fixed as f;

@@ -37,7 +37,5 @@ pub fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> 
 
 /// Checked product of dimensions.
 pub fn mul_dims(what: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or(OpsError::Overflow { what })
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or(OpsError::Overflow { what })
 }

@@ -127,11 +127,7 @@ impl<'a> MoeWeights<'a> {
     pub fn bytes_read(spec: &MoeSpec, distinct_experts: usize) -> usize {
         let bytes = |s: Result<MatrixSpec>| s.map(|s| s.total_bytes()).unwrap_or(0);
         let per = bytes(spec.w13_spec()).saturating_add(bytes(spec.w2_spec()));
-        let shared = if spec.shared_hidden > 0 {
-            bytes(spec.shared_w13_spec()).saturating_add(bytes(spec.shared_w2_spec()))
-        } else {
-            0
-        };
+        let shared = if spec.shared_hidden > 0 { bytes(spec.shared_w13_spec()).saturating_add(bytes(spec.shared_w2_spec())) } else { 0 };
         // Saturating: an unvalidated spec with huge dims must not panic (this is a statistic).
         let router = spec.router.num_experts.saturating_mul(spec.dim).saturating_mul(4);
         distinct_experts.saturating_mul(per).saturating_add(shared).saturating_add(router)
@@ -197,7 +193,11 @@ fn tile_block(total_tiles: usize, rows: usize, threads: usize) -> usize {
     let target_items = threads * 8;
     let per = total_tiles.div_ceil(target_items).max(1);
     // Many rows per item: smaller blocks are fine; few rows: keep at least 2 tiles.
-    if rows >= 32 { per.clamp(1, 8) } else { per.clamp(2, 16) }
+    if rows >= 32 {
+        per.clamp(1, 8)
+    } else {
+        per.clamp(2, 16)
+    }
 }
 
 /// Runs the fused MoE FFN on `x[t, D]` into `out[t, D]`.
@@ -502,14 +502,11 @@ fn swiglu_quantize(pool: &ThreadPool, h: &[f32], f: usize, act: &mut [f32], qa: 
     let group = qa.as_ref().map_or(f, |q| q.group);
     let ng = f / group;
     if let Some(q) = &qa {
-        assert!(
-            q.k == f && q.q.len() >= rows * f && q.scale.len() >= rows && q.zp.len() >= rows && q.gsum.len() >= rows * ng
-        );
+        assert!(q.k == f && q.q.len() >= rows * f && q.scale.len() >= rows && q.zp.len() >= rows && q.gsum.len() >= rows * ng);
     }
     let act_p = SyncPtr(act.as_mut_ptr());
-    let q_p = qa.map(|q| {
-        (SyncPtr(q.q.as_mut_ptr()), SyncPtr(q.scale.as_mut_ptr()), SyncPtr(q.zp.as_mut_ptr()), SyncPtr(q.gsum.as_mut_ptr()))
-    });
+    let q_p =
+        qa.map(|q| (SyncPtr(q.q.as_mut_ptr()), SyncPtr(q.scale.as_mut_ptr()), SyncPtr(q.zp.as_mut_ptr()), SyncPtr(q.gsum.as_mut_ptr())));
     pool.run(items, &|it| {
         let (r0, r1) = (it * blk, ((it + 1) * blk).min(rows));
         // SAFETY: item `it` alone touches rows r0..r1 (disjoint across items) of `act` (rows*f),

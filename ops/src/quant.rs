@@ -78,9 +78,7 @@ impl MatrixSpec {
         // Make sure every derived size fits in usize once, so later arithmetic cannot overflow:
         // padded rows x K, and data bytes + scale bytes (`total_bytes`, INT8: ~1.06 x that).
         mul_dims("packed weight bytes", &[spec.tiles(), TILE_ROWS, k])?;
-        spec.data_bytes()
-            .checked_add(4 * spec.scale_count())
-            .ok_or(OpsError::Overflow { what: "packed weight + scale bytes" })?;
+        spec.data_bytes().checked_add(4 * spec.scale_count()).ok_or(OpsError::Overflow { what: "packed weight + scale bytes" })?;
         Ok(spec)
     }
     pub fn tiles(&self) -> usize {
@@ -204,17 +202,20 @@ pub fn pack(q: &[i8], scales: &[f32], spec: MatrixSpec) -> Result<PackedMatrix> 
     check_len("weight scales", spec.n * spec.groups(), scales.len())?;
     let (qmin, qmax) = (spec.bits.qmin(), spec.bits.qmax());
     if let Some(bad) = q.iter().find(|&&v| (v as i32) < qmin || (v as i32) > qmax) {
-        return Err(OpsError::Invalid(format!(
-            "integer weight {bad} outside [{qmin}, {qmax}] for {}-bit weights",
-            spec.bits.bits()
-        )));
+        return Err(OpsError::Invalid(format!("integer weight {bad} outside [{qmin}, {qmax}] for {}-bit weights", spec.bits.bits())));
     }
     let ng = spec.groups();
     let cpg = spec.chunks_per_group();
     let cb = spec.bits.chunk_bytes();
     let mut data = vec![0u8; spec.data_bytes()];
     let mut packed_scales = vec![0f32; spec.scale_count()];
-    let get = |row: usize, k: usize| -> i32 { if row < spec.n { q[row * spec.k + k] as i32 } else { 0 } };
+    let get = |row: usize, k: usize| -> i32 {
+        if row < spec.n {
+            q[row * spec.k + k] as i32
+        } else {
+            0
+        }
+    };
     for t in 0..spec.tiles() {
         for g in 0..ng {
             for r in 0..TILE_ROWS {

@@ -31,8 +31,7 @@ fn matvec(q: &[i8], s: &[f32], n: usize, k: usize, group: usize, x: &[f32], exac
         for (r, yr) in y.iter_mut().enumerate() {
             let mut acc = 0f32;
             for g in 0..ng {
-                let isum: i32 =
-                    (g * group..(g + 1) * group).map(|kk| (qa[kk] as i32 - zp) * q[r * k + kk] as i32).sum();
+                let isum: i32 = (g * group..(g + 1) * group).map(|kk| (qa[kk] as i32 - zp) * q[r * k + kk] as i32).sum();
                 acc = (isum as f32).mul_add(s[r * ng + g], acc);
             }
             *yr = acc * sa;

@@ -247,14 +247,7 @@ pub fn route(
     }
     router_logits(x, t, d, router_w, e, logits);
     for i in 0..t {
-        route_token(
-            cfg,
-            &logits[i * e..(i + 1) * e],
-            expert_bias,
-            scratch,
-            &mut ids[i * k..(i + 1) * k],
-            &mut weights[i * k..(i + 1) * k],
-        );
+        route_token(cfg, &logits[i * e..(i + 1) * e], expert_bias, scratch, &mut ids[i * k..(i + 1) * k], &mut weights[i * k..(i + 1) * k]);
     }
     Ok(())
 }

@@ -11,9 +11,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
-use std::time::{Duration, Instant};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
@@ -72,10 +72,7 @@ impl ThreadPool {
         let handles = (1..threads)
             .map(|i| {
                 let s = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("mobilemoe-worker-{i}"))
-                    .spawn(move || worker(s))
-                    .expect("spawn worker thread")
+                std::thread::Builder::new().name(format!("mobilemoe-worker-{i}")).spawn(move || worker(s)).expect("spawn worker thread")
             })
             .collect();
         Self { shared, threads, handles, busy: Mutex::new(()) }
@@ -251,7 +248,12 @@ mod tests {
     #[test]
     fn panic_is_reported_and_pool_survives() {
         let pool = ThreadPool::new(2);
-        assert_eq!(pool.run(10, &|i| if i == 5 { panic!("boom") }), Err(JobPanicked));
+        assert_eq!(
+            pool.run(10, &|i| if i == 5 {
+                panic!("boom")
+            }),
+            Err(JobPanicked)
+        );
         let count = AtomicUsize::new(0);
         pool.run(10, &|_| {
             count.fetch_add(1, Relaxed);

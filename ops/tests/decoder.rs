@@ -69,9 +69,8 @@ fn naive_attention(
         let mut ctx = vec![0.0f64; hq * hd];
         for h in 0..hq {
             let g = h / (hq / hkv);
-            let sc: Vec<f64> = (0..=p)
-                .map(|t| (0..hd).map(|i| q[h * hd + i] * ks[t][g * hd + i]).sum::<f64>() / (hd as f64).sqrt())
-                .collect();
+            let sc: Vec<f64> =
+                (0..=p).map(|t| (0..hd).map(|i| q[h * hd + i] * ks[t][g * hd + i]).sum::<f64>() / (hd as f64).sqrt()).collect();
             let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
             let z: f64 = e.iter().sum();

@@ -78,7 +78,13 @@ fn check_case(n: usize, kg: usize, group: usize, int8: bool, m: usize, tlo: usiz
     let x: Vec<f32> = (0..m * k)
         .map(|i| match r.next() % 16 {
             0 => 0.0,
-            1 => if i % 2 == 0 { 100.0 } else { -100.0 },
+            1 => {
+                if i % 2 == 0 {
+                    100.0
+                } else {
+                    -100.0
+                }
+            }
             _ => r.f() * 3.0,
         })
         .collect();

@@ -24,12 +24,7 @@ fn same(a: f32, b: f32) -> bool {
 
 /// Runs `f` for the scalar kernel and every SIMD kernel into sentinel-filled buffers with row
 /// stride `ldo`, and checks equality (including untouched columns).
-fn check_all(
-    name: &str,
-    m: usize,
-    ldo: usize,
-    mut f: impl FnMut(&Kernels, OutPtr) -> bool,
-) -> Result<(), TestCaseError> {
+fn check_all(name: &str, m: usize, ldo: usize, mut f: impl FnMut(&Kernels, OutPtr) -> bool) -> Result<(), TestCaseError> {
     let len = if m == 0 { 0 } else { (m - 1) * ldo + ldo };
     let mut want = vec![SENTINEL; len];
     prop_assert!(f(&scalar(), OutPtr::new(&mut want, ldo)), "scalar call rejected");
@@ -146,15 +141,20 @@ fn extremes_are_exact() {
                     .map(|i| match (pattern + i / k) % 3 {
                         0 => -128,
                         1 => 127,
-                        _ => if i % 2 == 0 { 127 } else { -128 },
+                        _ => {
+                            if i % 2 == 0 {
+                                127
+                            } else {
+                                -128
+                            }
+                        }
                     })
                     .collect();
                 // Zero points at both ends of the range (|qa - zp| up to 255) and in between.
                 let zp: Vec<i32> = (0..m as i32).map(|i| [127, -128, 0, 5, -77][(i as usize + pattern) % 5]).collect();
                 let ng = k / group;
-                let gsum: Vec<i32> = (0..m * ng)
-                    .map(|j| qv[j * group..(j + 1) * group].iter().map(|&v| v as i32 - zp[j / ng]).sum())
-                    .collect();
+                let gsum: Vec<i32> =
+                    (0..m * ng).map(|j| qv[j * group..(j + 1) * group].iter().map(|&v| v as i32 - zp[j / ng]).sum()).collect();
                 let scale: Vec<f32> = (0..m).map(|i| 0.5 + i as f32).collect();
                 let a = QuantActsRef { m, k, group, q: &qv, scale: &scale, zp: &zp, gsum: &gsum };
                 let mut want = vec![0f32; m * n];
@@ -197,7 +197,7 @@ fn q8_zero_point_and_scale_edge_paths() {
                     let mut x = r.vec(m * k, 1.0);
                     for (i, row) in x.chunks_mut(k).enumerate() {
                         match (i + pattern) % 4 {
-                            0 => row.iter_mut().for_each(|v| *v = v.abs()), // zp = -128
+                            0 => row.iter_mut().for_each(|v| *v = v.abs()),  // zp = -128
                             1 => row.iter_mut().for_each(|v| *v = -v.abs()), // zp = 127
                             2 => row[0] = 50.0,
                             _ => {}

@@ -4,7 +4,19 @@ use common::*;
 use mobilemoe_ops::*;
 use proptest::prelude::*;
 
-fn spec(d: usize, f: usize, e: usize, k: usize, fs: usize, group: usize, bits: WeightBits, sf: ScoreFunc, renorm: bool, scale: f32, exact: bool) -> MoeSpec {
+fn spec(
+    d: usize,
+    f: usize,
+    e: usize,
+    k: usize,
+    fs: usize,
+    group: usize,
+    bits: WeightBits,
+    sf: ScoreFunc,
+    renorm: bool,
+    scale: f32,
+    exact: bool,
+) -> MoeSpec {
     MoeSpec {
         dim: d,
         hidden: f,

@@ -315,18 +315,10 @@ pub fn parse_header(blob: &[u8]) -> Result<Header> {
     match fb_end {
         Some(end) if h.flatbuffer_size >= 8 && end <= len => {
             if h.data_offset < end {
-                return Err(BlobError::Header(format!(
-                    "data offset {} overlaps the flatbuffer (which ends at {end})",
-                    h.data_offset
-                )));
+                return Err(BlobError::Header(format!("data offset {} overlaps the flatbuffer (which ends at {end})", h.data_offset)));
             }
         }
-        _ => {
-            return Err(BlobError::Header(format!(
-                "flatbuffer size {} out of range (blob is {len} bytes)",
-                h.flatbuffer_size
-            )))
-        }
+        _ => return Err(BlobError::Header(format!("flatbuffer size {} out of range (blob is {len} bytes)", h.flatbuffer_size))),
     }
     if h.data_offset % DATA_ALIGN as u64 != 0 {
         return Err(BlobError::Header(format!("data offset {} is not a multiple of {DATA_ALIGN}", h.data_offset)));
@@ -342,7 +334,9 @@ pub fn flatbuffer_root<'a>(blob: &'a [u8], h: &Header) -> Result<fb::Graph<'a>> 
     let start = h.flatbuffer_offset as usize;
     let fbuf = &blob[start..start + h.flatbuffer_size as usize];
     if !fb::graph_buffer_has_identifier(fbuf) {
-        return Err(BlobError::Flatbuffer("missing file identifier \"MMOE\" (finish the flatbuffer with file_identifier=b\"MMOE\")".into()));
+        return Err(BlobError::Flatbuffer(
+            "missing file identifier \"MMOE\" (finish the flatbuffer with file_identifier=b\"MMOE\")".into(),
+        ));
     }
     let opts = flatbuffers::VerifierOptions { max_tables: 10_000_000, max_apparent_size: 1 << 31, ..Default::default() };
     fb::root_as_graph_with_opts(&opts, fbuf).map_err(|e| BlobError::Flatbuffer(e.to_string()))
@@ -384,8 +378,7 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
         // -1 marks a varying leading dimension of a dynamic_leading activation; otherwise >= 0.
         for (k, &d) in shape.iter().enumerate() {
             // (token ids and positions, I64, may vary in their last dimension too)
-            let varying_ok =
-                d == -1 && t.dynamic_leading() && t.segment() == -1 && (k + 1 < shape.len() || dtype == fb::DType::I64);
+            let varying_ok = d == -1 && t.dynamic_leading() && t.segment() == -1 && (k + 1 < shape.len() || dtype == fb::DType::I64);
             if d < 0 && !varying_ok {
                 return invalid(format!("tensor {i}: invalid dimension {d} in shape {shape:?}"));
             }
@@ -397,10 +390,7 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
                 if t.dynamic_leading() {
                     return invalid(format!("tensor {i}: a constant cannot have dynamic_leading"));
                 }
-                let bytes = shape
-                    .iter()
-                    .try_fold(esize as u64, |acc, &d| acc.checked_mul(d as u64))
-                    .filter(|&b| b == r.len() as u64);
+                let bytes = shape.iter().try_fold(esize as u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&b| b == r.len() as u64);
                 if bytes.is_none() {
                     return invalid(format!(
                         "tensor {i}: shape {shape:?} x {esize} bytes does not match its segment {s} of {} bytes",
@@ -424,7 +414,13 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
             invalid(format!("{what}: tensor id {v} out of range (0..{nt})"))
         }
     };
-    let opt_id = |what: &str, v: i32| -> Result<Option<usize>> { if v == -1 { Ok(None) } else { id(what, v).map(Some) } };
+    let opt_id = |what: &str, v: i32| -> Result<Option<usize>> {
+        if v == -1 {
+            Ok(None)
+        } else {
+            id(what, v).map(Some)
+        }
+    };
 
     let mut inputs = Vec::new();
     for v in root.inputs().iter().flatten() {
@@ -693,7 +689,12 @@ fn check_linear(
     let bits = map_ops(ctx, WeightBits::from_bits(l.weight_bits().max(0) as usize))?;
     let spec = map_ops(
         ctx,
-        MatrixSpec::new(pos(ctx, "out_features", l.out_features())?, pos(ctx, "in_features", l.in_features())?, pos(ctx, "group_size", l.group_size())?, bits),
+        MatrixSpec::new(
+            pos(ctx, "out_features", l.out_features())?,
+            pos(ctx, "in_features", l.in_features())?,
+            pos(ctx, "group_size", l.group_size())?,
+            bits,
+        ),
     )?;
     let n = LinearNode {
         x: id(&c("x"), l.x())?,
@@ -718,11 +719,23 @@ fn spec_of(ctx: &dyn Fn(&str) -> String, what: &str, n: i32, k: i32, group: i32,
     let bits = map_ops(ctx, WeightBits::from_bits(bits.max(0) as usize))?;
     map_ops(
         ctx,
-        MatrixSpec::new(pos(ctx, &format!("{what} rows"), n)?, pos(ctx, &format!("{what} columns"), k)?, pos(ctx, "group_size", group)?, bits),
+        MatrixSpec::new(
+            pos(ctx, &format!("{what} rows"), n)?,
+            pos(ctx, &format!("{what} columns"), k)?,
+            pos(ctx, "group_size", group)?,
+            bits,
+        ),
     )
 }
 
-fn expect_packed(tensors: &[TensorDesc], ctx: &dyn Fn(&str) -> String, what: &str, data: usize, scales: usize, spec: MatrixSpec) -> Result<()> {
+fn expect_packed(
+    tensors: &[TensorDesc],
+    ctx: &dyn Fn(&str) -> String,
+    what: &str,
+    data: usize,
+    scales: usize,
+    spec: MatrixSpec,
+) -> Result<()> {
     expect_const(tensors, ctx, what, data, fb::DType::U8, &[spec.data_bytes()])?;
     expect_const(tensors, ctx, &format!("{what}_scales"), scales, fb::DType::F32, &[spec.scale_count()])
 }

@@ -41,15 +41,7 @@ pub struct RawGraph {
 
 impl Default for RawGraph {
     fn default() -> Self {
-        Self {
-            version: FORMAT_VERSION,
-            tensors: vec![],
-            nodes: vec![],
-            inputs: vec![],
-            outputs: vec![],
-            segments: vec![],
-            data: vec![],
-        }
+        Self { version: FORMAT_VERSION, tensors: vec![], nodes: vec![], inputs: vec![], outputs: vec![], segments: vec![], data: vec![] }
     }
 }
 
@@ -83,7 +75,9 @@ impl RawGraph {
                 let name = fbb.create_string(&n.name);
                 let (op_type, op) = match &n.op {
                     RawOp::MoeFfn(a) => (fb::Op::MoeFfn, Some(fb::MoeFfn::create(&mut fbb, &copy_moe(a)).as_union_value())),
-                    RawOp::Int4Linear(a) => (fb::Op::Int4Linear, Some(fb::Int4Linear::create(&mut fbb, &fb::Int4LinearArgs { ..*a }).as_union_value())),
+                    RawOp::Int4Linear(a) => {
+                        (fb::Op::Int4Linear, Some(fb::Int4Linear::create(&mut fbb, &fb::Int4LinearArgs { ..*a }).as_union_value()))
+                    }
                     RawOp::Unknown(tag) => {
                         // Any table will do as the payload of an unknown tag.
                         let t = fb::Int4Linear::create(&mut fbb, &fb::Int4LinearArgs::default());

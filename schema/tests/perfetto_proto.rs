@@ -37,9 +37,7 @@ fn wire_field_numbers() {
             name_field: Some(track_event::NameField::Name("x".into())),
             ..Default::default()
         })),
-        optional_trusted_packet_sequence_id: Some(
-            trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(3),
-        ),
+        optional_trusted_packet_sequence_id: Some(trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(3)),
         ..Default::default()
     };
     let b = p.encode_to_vec();

@@ -33,11 +33,7 @@ pub struct Engine {
 
 /// `mobilemoe-jni <version> (blob format <n>)`.
 pub fn version() -> String {
-    format!(
-        "mobilemoe-jni {} (blob format {})",
-        env!("CARGO_PKG_VERSION"),
-        mobilemoe_executorch::capi::mobilemoe_version()
-    )
+    format!("mobilemoe-jni {} (blob format {})", env!("CARGO_PKG_VERSION"), mobilemoe_executorch::capi::mobilemoe_version())
 }
 
 impl Engine {
@@ -51,9 +47,7 @@ impl Engine {
             0 if std::env::var_os("MOBILEMOE_THREADS").is_none() => performance_cores().unwrap_or(0),
             n => n,
         };
-        if threads > 0
-            && mobilemoe_executorch::capi::mobilemoe_set_num_threads(threads.min(i32::MAX as usize) as i32) != 0
-        {
+        if threads > 0 && mobilemoe_executorch::capi::mobilemoe_set_num_threads(threads.min(i32::MAX as usize) as i32) != 0 {
             return Err(format!("cannot use {threads} threads"));
         }
         let model = PteModel::load(model).map_err(|e| if e.contains(model) { e } else { format!("{model}: {e}") })?;
@@ -75,11 +69,7 @@ impl Engine {
         let ids = self.tokenizer.encode(prompt);
         let cfg = GenerateConfig {
             max_new_tokens: params.max_new_tokens,
-            sampling: SamplingConfig {
-                temperature: params.temperature as f64,
-                top_p: 1.0,
-                seed: params.seed,
-            },
+            sampling: SamplingConfig { temperature: params.temperature as f64, top_p: 1.0, seed: params.seed },
             eos_id: self.tokenizer.eos_id(),
         };
         let tokenizer = &self.tokenizer;
@@ -129,10 +119,7 @@ mod tests {
         let sd8g2 = [2016000, 2016000, 2016000, 2803200, 2803200, 2803200, 2803200, 3187200];
         assert_eq!(super::big_cores(&sd8g2), Some(5));
         // 2 big + 6 little.
-        assert_eq!(
-            super::big_cores(&[1800000, 1800000, 1800000, 1800000, 1800000, 1800000, 2400000, 2400000]),
-            Some(2)
-        );
+        assert_eq!(super::big_cores(&[1800000, 1800000, 1800000, 1800000, 1800000, 1800000, 2400000, 2400000]), Some(2));
         // Homogeneous: keep the pool's default.
         assert_eq!(super::big_cores(&[3000000; 4]), None);
         assert_eq!(super::big_cores(&[]), None);

@@ -54,9 +54,7 @@ fn java_string(env: &mut JNIEnv, s: &JString) -> Result<String, String> {
     if s.is_null() {
         return Err("null string".into());
     }
-    env.get_string(s)
-        .map(Into::into)
-        .map_err(|e| format!("invalid Java string: {e}"))
+    env.get_string(s).map(Into::into).map_err(|e| format!("invalid Java string: {e}"))
 }
 
 /// # Safety
@@ -67,15 +65,10 @@ unsafe fn engine_mut<'a>(handle: jlong) -> Option<&'a mut Engine> {
 }
 
 #[no_mangle]
-pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeVersion<'local>(
-    mut env: JNIEnv<'local>,
-    _class: JClass<'local>,
-) -> jstring {
-    guarded(&mut env, std::ptr::null_mut(), |env| {
-        match env.new_string(engine::version()) {
-            Ok(s) => s.into_raw(),
-            Err(_) => std::ptr::null_mut(),
-        }
+pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeVersion<'local>(mut env: JNIEnv<'local>, _class: JClass<'local>) -> jstring {
+    guarded(&mut env, std::ptr::null_mut(), |env| match env.new_string(engine::version()) {
+        Ok(s) => s.into_raw(),
+        Err(_) => std::ptr::null_mut(),
     })
 }
 
@@ -107,11 +100,7 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeLoad<'local>(
 }
 
 #[no_mangle]
-pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeFree<'local>(
-    mut env: JNIEnv<'local>,
-    _class: JClass<'local>,
-    handle: jlong,
-) {
+pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeFree<'local>(mut env: JNIEnv<'local>, _class: JClass<'local>, handle: jlong) {
     guarded(&mut env, (), |_| {
         if handle != 0 {
             // SAFETY: see engine_mut; Java zeroes its handle before calling this, so this runs once.
@@ -164,12 +153,7 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeEncode<'local>(
 /// `Err(())` = a Java exception is pending.
 fn call_on_token(env: &mut JNIEnv, callback: &JObject, id: u32, piece: &str) -> Result<bool, ()> {
     let jpiece = env.new_string(piece).map_err(|_| ())?;
-    let r = env.call_method(
-        callback,
-        "onToken",
-        "(ILjava/lang/String;)Z",
-        &[JValue::Int(id as jint), JValue::Object(&jpiece)],
-    );
+    let r = env.call_method(callback, "onToken", "(ILjava/lang/String;)Z", &[JValue::Int(id as jint), JValue::Object(&jpiece)]);
     // One local reference per token: release it, a long generation would overflow the table.
     let _ = env.delete_local_ref(jpiece);
     match r.and_then(|v| v.z()) {
@@ -211,23 +195,15 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeGenerate<'local>(
                 return std::ptr::null_mut();
             }
         };
-        let params = GenerateParams {
-            max_new_tokens: max_new_tokens.max(0) as usize,
-            temperature,
-            seed: seed as u64,
-        };
+        let params = GenerateParams { max_new_tokens: max_new_tokens.max(0) as usize, temperature, seed: seed as u64 };
         let mut java_failed = false;
-        let result = engine.generate(
-            &prompt,
-            &params,
-            &mut |id, piece| match call_on_token(env, &callback, id, piece) {
-                Ok(keep_going) => keep_going,
-                Err(()) => {
-                    java_failed = true;
-                    false
-                }
-            },
-        );
+        let result = engine.generate(&prompt, &params, &mut |id, piece| match call_on_token(env, &callback, id, piece) {
+            Ok(keep_going) => keep_going,
+            Err(()) => {
+                java_failed = true;
+                false
+            }
+        });
         if java_failed {
             return std::ptr::null_mut(); // the callback's exception is pending
         }

@@ -239,19 +239,38 @@ fn read_npy(path: &Path) -> Res<Input> {
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
         return Err(bad("missing magic"));
     }
-    let (hlen, hstart) = if b[6] == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12) };
-    let header = std::str::from_utf8(b.get(hstart..hstart + hlen).ok_or_else(|| bad("truncated header"))?).map_err(|_| bad("header not utf-8"))?;
+    let (hlen, hstart) = if b[6] == 1 {
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
+    };
+    let header =
+        std::str::from_utf8(b.get(hstart..hstart + hlen).ok_or_else(|| bad("truncated header"))?).map_err(|_| bad("header not utf-8"))?;
     if header.contains("'fortran_order': True") {
         return Err(bad("fortran order is not supported"));
     }
     let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).ok_or_else(|| bad("no descr"))?;
-    let shape_s = header.split("'shape':").nth(1).and_then(|s| s.split('(').nth(1)).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<i64> = shape_s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse::<i64>().map_err(|_| bad("bad shape"))).collect::<Res<_>>()?;
+    let shape_s = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<i64> = shape_s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<i64>().map_err(|_| bad("bad shape")))
+        .collect::<Res<_>>()?;
     let data = &b[hstart + hlen..];
     let n: usize = dims.iter().map(|&d| d as usize).product();
     match descr {
-        "<f4" if data.len() >= 4 * n => Ok(Input::F32(data.chunks_exact(4).take(n).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), dims)),
-        "<i8" if data.len() >= 8 * n => Ok(Input::I64(data.chunks_exact(8).take(n).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(), dims)),
+        "<f4" if data.len() >= 4 * n => {
+            Ok(Input::F32(data.chunks_exact(4).take(n).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), dims))
+        }
+        "<i8" if data.len() >= 8 * n => {
+            Ok(Input::I64(data.chunks_exact(8).take(n).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(), dims))
+        }
         d => Err(bad(&format!("dtype {d} with {} data bytes for shape {dims:?} (float32 '<f4' or int64 '<i8')", data.len()))),
     }
 }
@@ -290,7 +309,11 @@ fn load_inputs(meta: &MethodMeta, files: &[PathBuf], tokens: usize) -> Res<Vec<I
             let b = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
             let last = meta.inputs[i].dims.last().copied().unwrap_or(1).max(1) as usize;
             if b.len() % (4 * last) != 0 {
-                return Err(format!("{}: {} bytes is not a multiple of 4 x {last} (raw float32 rows of the input's last dimension)", f.display(), b.len()));
+                return Err(format!(
+                    "{}: {} bytes is not a multiple of 4 x {last} (raw float32 rows of the input's last dimension)",
+                    f.display(),
+                    b.len()
+                ));
             }
             let data: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             let rows = data.len() / last;
@@ -320,7 +343,13 @@ fn set_inputs(m: &mut mobilemoe_executorch::runtime::Method<'_>, inputs: &[Input
 }
 
 fn fmt_meta(meta: &MethodMeta) -> String {
-    let f = |v: &mobilemoe_executorch::runtime::ValueMeta| if v.is_tensor { format!("{}{:?}", dtype::name(v.dtype), v.dims) } else { format!("tag{}", v.tag) };
+    let f = |v: &mobilemoe_executorch::runtime::ValueMeta| {
+        if v.is_tensor {
+            format!("{}{:?}", dtype::name(v.dtype), v.dims)
+        } else {
+            format!("tag{}", v.tag)
+        }
+    };
     format!(
         "inputs [{}] -> outputs [{}]",
         meta.inputs.iter().map(f).collect::<Vec<_>>().join(", "),
@@ -383,7 +412,11 @@ fn bench_llm(a: &BenchArgs) -> Res<()> {
     let rss0 = peak_rss();
     let mut model = PteModel::load_method(&a.common.model, &a.common.method)?;
     let (max_len, vocab) = (model.max_seq_len(), model.vocab_size());
-    println!("{}: language model, max_seq_len {max_len}, vocabulary {vocab}, {} threads", a.common.model.display(), mobilemoe_ops::ThreadPool::global().threads());
+    println!(
+        "{}: language model, max_seq_len {max_len}, vocabulary {vocab}, {} threads",
+        a.common.model.display(),
+        mobilemoe_ops::ThreadPool::global().threads()
+    );
     let mut rng = Rng::new(1234);
     let mut ids = |n: usize| -> Vec<i64> { (0..n).map(|_| (rng.next_u64() % vocab as u64) as i64).collect() };
     let pos = |a: usize, b: usize| -> Vec<i64> { (a as i64..b as i64).collect() };
@@ -401,7 +434,15 @@ fn bench_llm(a: &BenchArgs) -> Res<()> {
         }
         times.sort_by(|x, y| x.partial_cmp(y).unwrap());
         let med = times[times.len() / 2];
-        println!("{:<16} {:>9} {:>8} {:>11.2} {:>11.3} {:>11.1}", format!("prefill-{p}"), 0, p, med, med / p as f64, p as f64 / (med / 1e3));
+        println!(
+            "{:<16} {:>9} {:>8} {:>11.2} {:>11.3} {:>11.1}",
+            format!("prefill-{p}"),
+            0,
+            p,
+            med,
+            med / p as f64,
+            p as f64 / (med / 1e3)
+        );
     }
     for &d in &a.depths {
         let n = a.decode_tokens.max(1);
@@ -427,7 +468,15 @@ fn bench_llm(a: &BenchArgs) -> Res<()> {
         let total: f64 = step_ms.iter().sum();
         step_ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
         let med = step_ms[n / 2];
-        println!("{:<16} {:>9} {:>8} {:>11.3} {:>11.3} {:>11.1}", format!("decode @{d}"), format!("{d}..{}", d + n), n, med, total / n as f64, n as f64 / (total / 1e3));
+        println!(
+            "{:<16} {:>9} {:>8} {:>11.3} {:>11.3} {:>11.1}",
+            format!("decode @{d}"),
+            format!("{d}..{}", d + n),
+            n,
+            med,
+            total / n as f64,
+            n as f64 / (total / 1e3)
+        );
     }
     let rss = peak_rss();
     println!("peak RSS: {:.1} MiB (before loading the program: {:.1} MiB)", rss as f64 / 1048576.0, rss0 as f64 / 1048576.0);

@@ -13,8 +13,8 @@
 
 use super::recorder::{kind, RawEvent, Recording};
 use mobilemoe_schema::perfetto::{
-    debug_annotation, trace_packet, track_event, DebugAnnotation, EventName, InternedData, ProcessDescriptor,
-    ThreadDescriptor, Trace, TracePacket, TrackDescriptor, TrackEvent,
+    debug_annotation, trace_packet, track_event, DebugAnnotation, EventName, InternedData, ProcessDescriptor, ThreadDescriptor, Trace,
+    TracePacket, TrackDescriptor, TrackEvent,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -81,11 +81,7 @@ impl Recording {
         let mut p = TracePacket {
             data: Some(trace_packet::Data::TrackDescriptor(TrackDescriptor {
                 uuid: Some(puuid),
-                process: Some(ProcessDescriptor {
-                    pid: Some(self.pid),
-                    cmdline: vec![],
-                    process_name: Some(self.process_name.clone()),
-                }),
+                process: Some(ProcessDescriptor { pid: Some(self.pid), cmdline: vec![], process_name: Some(self.process_name.clone()) }),
                 ..Default::default()
             })),
             ..Default::default()

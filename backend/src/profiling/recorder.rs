@@ -270,12 +270,7 @@ impl PerfettoRecorder {
             let mut v = b.events.lock().unwrap_or_else(|e| e.into_inner());
             let events = std::mem::replace(&mut *v, Vec::with_capacity(self.shared.capacity));
             drop(v);
-            out.threads.push(ThreadEvents {
-                tid: b.tid,
-                name: b.name.clone(),
-                events,
-                dropped: b.dropped.swap(0, Ordering::Relaxed),
-            });
+            out.threads.push(ThreadEvents { tid: b.tid, name: b.name.clone(), events, dropped: b.dropped.swap(0, Ordering::Relaxed) });
         }
         out
     }

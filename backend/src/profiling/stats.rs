@@ -110,10 +110,8 @@ impl Stats {
             let mut stack: Vec<Open> = Vec::new();
             for (e, args) in balanced(&th.events) {
                 if e.kind == kind::BEGIN {
-                    let own = args
-                        .iter()
-                        .find(|a| a.name == "layer" && matches!(a.kind, kind::ARG_I64 | kind::ARG_U64))
-                        .map(|a| a.val as i64);
+                    let own =
+                        args.iter().find(|a| a.name == "layer" && matches!(a.kind, kind::ARG_I64 | kind::ARG_U64)).map(|a| a.val as i64);
                     let layer = own.or_else(|| stack.last().and_then(|o| o.layer));
                     let parent_is_moe = stack.last().map(|o| o.name == "moe_ffn").unwrap_or(false);
                     stack.push(Open { name: e.name, ts: e.ts, layer, parent_is_moe });
@@ -206,8 +204,7 @@ impl Stats {
                 let mean = tot as f64 / n as f64;
                 let mut idx: Vec<usize> = (0..r.tokens_per_expert.len()).collect();
                 idx.sort_by(|&a, &b| r.tokens_per_expert[b].cmp(&r.tokens_per_expert[a]).then(a.cmp(&b)));
-                let top: Vec<String> =
-                    idx.iter().take(4).map(|&i| format!("{i}:{}", r.tokens_per_expert[i])).collect();
+                let top: Vec<String> = idx.iter().take(4).map(|&i| format!("{i}:{}", r.tokens_per_expert[i])).collect();
                 let _ = writeln!(
                     o,
                     "{:>6} {:>6} {:>8} {:>3}/{:<2} {:>6} {:>6} {:>8.2} {:>8.2}  {}",
@@ -274,14 +271,7 @@ impl Stats {
 }
 
 fn row(o: &mut String, name: &str, t: &LayerTimes, phases: &[String]) {
-    let _ = write!(
-        o,
-        "{:>6} {:>6} {:>10.3} {:>9.1}",
-        name,
-        t.calls,
-        t.moe_ns as f64 / 1e6,
-        t.moe_ns as f64 / 1e3 / t.calls.max(1) as f64
-    );
+    let _ = write!(o, "{:>6} {:>6} {:>10.3} {:>9.1}", name, t.calls, t.moe_ns as f64 / 1e6, t.moe_ns as f64 / 1e3 / t.calls.max(1) as f64);
     let mut covered = 0u64;
     for p in phases {
         let v = t.phase_ns.get(p).copied().unwrap_or(0);

@@ -23,9 +23,7 @@ fn parse() -> Result<Args, String> {
         match k.as_str() {
             "--threads" => a.threads = v()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--iters" => a.iters = v()?.parse().map_err(|e| format!("--iters: {e}"))?,
-            "--depths" => {
-                a.depths = v()?.split(',').map(|s| s.parse().map_err(|e| format!("--depths: {e}"))).collect::<Result<_, _>>()?
-            }
+            "--depths" => a.depths = v()?.split(',').map(|s| s.parse().map_err(|e| format!("--depths: {e}"))).collect::<Result<_, _>>()?,
             "--kv" => {
                 a.kv = match v()?.as_str() {
                     "fp16" => KvDType::F16,
@@ -60,7 +58,8 @@ fn time(iters: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn packed(n: usize, k: usize, seed: u32) -> PackedMatrix {
-    let w: Vec<f32> = (0..n * k).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0) - 0.5).collect();
+    let w: Vec<f32> =
+        (0..n * k).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0) - 0.5).collect();
     PackedMatrix::quantize(&w, MatrixSpec::new(n, k, 32, WeightBits::Int4).unwrap()).unwrap()
 }
 
@@ -75,7 +74,15 @@ fn main() {
     let pool = ThreadPool::new(a.threads);
     let kernels = Kernels::best();
     let (d, hq, hkv, hd, max_seq, vocab) = (1024, 16, 4, 64, 2048, 32000);
-    let spec = AttentionSpec { dim: d, n_heads: hq, n_kv_heads: hkv, head_dim: hd, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: false };
+    let spec = AttentionSpec {
+        dim: d,
+        n_heads: hq,
+        n_kv_heads: hkv,
+        head_dim: hd,
+        max_seq_len: max_seq,
+        rope: RopeStyle::HalfSplit,
+        exact: false,
+    };
     let wqkv = packed(spec.qkv_width(), d, 1);
     let wo = packed(d, spec.q_width(), 2);
     let cos = vec![0.5f32; max_seq * hd / 2];
@@ -114,9 +121,8 @@ fn main() {
     let head = packed(vocab, d, 3);
     let mut logits = vec![0.0f32; vocab];
     let mut ds = DenseScratch::default();
-    let (mn, md) = time(a.iters.min(50), || {
-        lm_head_last(&x, 1, &nw, 1e-5, &head.as_ref(), false, &mut logits, &mut ds, &pool, &kernels).unwrap()
-    });
+    let (mn, md) =
+        time(a.iters.min(50), || lm_head_last(&x, 1, &nw, 1e-5, &head.as_ref(), false, &mut logits, &mut ds, &pool, &kernels).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "lm_head (32000 x 1024)", mn, md);
     let (mn, md) = time(a.iters, || embedding(&head.as_ref(), &[12345], &mut out).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "embedding (1 token)", mn, md);

@@ -83,7 +83,11 @@ fn llc_bytes() -> usize {
             best = best.max(n * mul);
         }
     }
-    if best == 0 { 32 << 20 } else { best }
+    if best == 0 {
+        32 << 20
+    } else {
+        best
+    }
 }
 
 struct Rng(u64);
@@ -128,13 +132,7 @@ fn moe_spec(l: &LayerShape) -> MoeSpec {
         shared_hidden: l.fs,
         group: 32,
         bits: WeightBits::Int4,
-        router: RouterConfig {
-            num_experts: l.e,
-            top_k: l.k,
-            score_func: ScoreFunc::Sigmoid,
-            renormalize: true,
-            route_scale: 1.0,
-        },
+        router: RouterConfig { num_experts: l.e, top_k: l.k, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
         exact: false,
     }
 }
@@ -241,7 +239,11 @@ fn process_cpu_s() -> f64 {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 /// Streaming-read bandwidth (bytes/s) of `buf` with the pool's threads: median of `passes`.
@@ -436,7 +438,10 @@ fn main() {
             // so memory is copies x bytes touched), and each copy routes to different expert slots
             // (router rows rotated), so no two copies share touched pages.
             let want_copies = if with_cold {
-                (2 * llc).div_ceil(bytes.max(1)).saturating_add(1).clamp(2, (if quick { 512usize << 20 } else { 6usize << 30 }) / bytes.max(1))
+                (2 * llc)
+                    .div_ceil(bytes.max(1))
+                    .saturating_add(1)
+                    .clamp(2, (if quick { 512usize << 20 } else { 6usize << 30 }) / bytes.max(1))
             } else {
                 1
             };
@@ -463,19 +468,8 @@ fn main() {
                     variants.push(("cold", want_copies));
                 }
                 for (variant, nc) in variants {
-                    let (ms, ms_min, iters, cpu_ms) = time_calls(
-                        &spec,
-                        &copies[..nc],
-                        x,
-                        t,
-                        out,
-                        &mut scratch,
-                        &pool,
-                        &ks,
-                        budget_s,
-                        if quick { 5 } else { 11 },
-                        20_000,
-                    );
+                    let (ms, ms_min, iters, cpu_ms) =
+                        time_calls(&spec, &copies[..nc], x, t, out, &mut scratch, &pool, &ks, budget_s, if quick { 5 } else { 11 }, 20_000);
                     let row = Row {
                         layer: shape.name,
                         variant,

@@ -25,13 +25,7 @@ fn main() {
         shared_hidden: 1024,
         group: 32,
         bits: WeightBits::Int4,
-        router: RouterConfig {
-            num_experts: 32,
-            top_k: 4,
-            score_func: ScoreFunc::Sigmoid,
-            renormalize: true,
-            route_scale: 1.0,
-        },
+        router: RouterConfig { num_experts: 32, top_k: 4, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
         exact: false,
     };
     let mut s = 0x1234_5678_9abc_def1u64;

@@ -46,7 +46,13 @@ macro_rules! sdot_lane {
 /// with `W`, also the weight row sums into `w32`.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn sdot_window<const I4: bool, const MB: usize, const W: bool>(acc: &mut [[int32x4_t; 4]; MB], w32: &mut [int32x4_t; 4], p: *const u8, cb: usize, av: &[int8x16_t; MB]) {
+pub(crate) unsafe fn sdot_window<const I4: bool, const MB: usize, const W: bool>(
+    acc: &mut [[int32x4_t; 4]; MB],
+    w32: &mut [int32x4_t; 4],
+    p: *const u8,
+    cb: usize,
+    av: &[int8x16_t; MB],
+) {
     let ones = vdupq_n_s8(1);
     macro_rules! chunk {
         ($c:literal) => {
@@ -74,7 +80,17 @@ pub(crate) unsafe fn sdot_window<const I4: bool, const MB: usize, const W: bool>
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize, wbuf: *mut i32) {
+pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(
+    geo: &Geo,
+    wt: *const u8,
+    st: *const f32,
+    a: &QuantActsRef<'_>,
+    i0: usize,
+    out: &OutPtr,
+    n0: usize,
+    nvalid: usize,
+    wbuf: *mut i32,
+) {
     let zf = vdupq_n_f32(0.0);
     let zi = vdupq_n_s32(0);
     let mut accf = [[zf; 4]; MB];

@@ -76,7 +76,13 @@ macro_rules! sdot_lane0 {
 /// `W`, also the weight row sums into `w32`.
 #[inline]
 #[target_feature(enable = "neon,dotprod,i8mm")]
-unsafe fn smmla_step<const I4: bool, const NP: usize, const W: bool>(acc: &mut [[int32x4_t; 8]; NP], w32: &mut [int32x4_t; 4], p: *const u8, cb: usize, av: &[int8x16_t; NP]) {
+unsafe fn smmla_step<const I4: bool, const NP: usize, const W: bool>(
+    acc: &mut [[int32x4_t; 8]; NP],
+    w32: &mut [int32x4_t; 4],
+    p: *const u8,
+    cb: usize,
+    av: &[int8x16_t; NP],
+) {
     let a = load_chunk(p, I4);
     let b = load_chunk(p.add(cb), I4);
     let ones = vdupq_n_s8(1);
@@ -100,7 +106,17 @@ unsafe fn smmla_step<const I4: bool, const NP: usize, const W: bool>(acc: &mut [
 #[inline]
 #[target_feature(enable = "neon,dotprod,i8mm")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn q8_block_pairs<const I4: bool, const NP: usize, const WM: u8>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize, wbuf: *mut i32) {
+unsafe fn q8_block_pairs<const I4: bool, const NP: usize, const WM: u8>(
+    geo: &Geo,
+    wt: *const u8,
+    st: *const f32,
+    a: &QuantActsRef<'_>,
+    i0: usize,
+    out: &OutPtr,
+    n0: usize,
+    nvalid: usize,
+    wbuf: *mut i32,
+) {
     let zf = vdupq_n_f32(0.0);
     let zi = vdupq_n_s32(0);
     // accf[pair][token]: fp32 accumulators of one token (4 row quads).

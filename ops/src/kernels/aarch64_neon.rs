@@ -175,7 +175,17 @@ pub(crate) fn with_wsum<R>(geo: &Geo, f: impl FnOnce(*mut i32) -> R) -> R {
 /// Baseline block of MB tokens x one tile (`WM`, `wbuf`: see `wsum_group`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(geo: &Geo, wt: *const u8, st: *const f32, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, n0: usize, nvalid: usize, wbuf: *mut i32) {
+unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(
+    geo: &Geo,
+    wt: *const u8,
+    st: *const f32,
+    a: &QuantActsRef<'_>,
+    i0: usize,
+    out: &OutPtr,
+    n0: usize,
+    nvalid: usize,
+    wbuf: *mut i32,
+) {
     let zf = vdupq_n_f32(0.0);
     let z16 = vdupq_n_s16(0);
     let zi = vdupq_n_s32(0);
@@ -309,7 +319,16 @@ unsafe fn fma_quad(part: &mut float32x4_t, wk: &[float32x4_t; 4], x: float32x4_t
 }
 
 #[inline(always)]
-unsafe fn f32_block<const I4: bool, const MB: usize>(geo: &Geo, wt: *const u8, st: *const f32, x: &[f32], i0: usize, out: &OutPtr, n0: usize, nvalid: usize) {
+unsafe fn f32_block<const I4: bool, const MB: usize>(
+    geo: &Geo,
+    wt: *const u8,
+    st: *const f32,
+    x: &[f32],
+    i0: usize,
+    out: &OutPtr,
+    n0: usize,
+    nvalid: usize,
+) {
     let zf = vdupq_n_f32(0.0);
     let mut accf = [[zf; 4]; MB];
     let tr = vld1q_u8(TRANSPOSE4X4.as_ptr());

@@ -10,14 +10,14 @@ use crate::act::QuantActsRef;
 use crate::quant::PackedRef;
 use std::ops::Range;
 
-pub mod attn_dot;
-pub mod scalar;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_dotprod;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_i8mm;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_neon;
+pub mod attn_dot;
+pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
@@ -130,8 +130,7 @@ impl KernelKind {
     pub fn from_name(s: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|k| k.name() == s)
     }
-    pub const ALL: [KernelKind; 6] =
-        [Self::Scalar, Self::Avx2, Self::Avx512Vnni, Self::Neon, Self::NeonDotprod, Self::NeonI8mm];
+    pub const ALL: [KernelKind; 6] = [Self::Scalar, Self::Avx2, Self::Avx512Vnni, Self::Neon, Self::NeonDotprod, Self::NeonI8mm];
 
     /// Whether this CPU can run the kernel.
     pub fn supported(self) -> bool {
@@ -171,15 +170,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx2 => Self { kind, gemm_q8: x86_avx2::gemm_q8, gemm_f32: x86_avx2::gemm_f32 },
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx512Vnni => {
-                Self { kind, gemm_q8: x86_avx512::gemm_q8, gemm_f32: x86_avx512::gemm_f32 }
-            }
+            KernelKind::Avx512Vnni => Self { kind, gemm_q8: x86_avx512::gemm_q8, gemm_f32: x86_avx512::gemm_f32 },
             #[cfg(target_arch = "aarch64")]
             KernelKind::Neon => Self { kind, gemm_q8: aarch64_neon::gemm_q8, gemm_f32: aarch64_neon::gemm_f32 },
             #[cfg(target_arch = "aarch64")]
-            KernelKind::NeonDotprod => {
-                Self { kind, gemm_q8: aarch64_dotprod::gemm_q8, gemm_f32: aarch64_dotprod::gemm_f32 }
-            }
+            KernelKind::NeonDotprod => Self { kind, gemm_q8: aarch64_dotprod::gemm_q8, gemm_f32: aarch64_dotprod::gemm_f32 },
             #[cfg(target_arch = "aarch64")]
             KernelKind::NeonI8mm => Self { kind, gemm_q8: aarch64_i8mm::gemm_q8, gemm_f32: aarch64_i8mm::gemm_f32 },
             _ => return None,
@@ -197,11 +192,7 @@ impl Kernels {
         // The last available set, except that `neon-i8mm` is not preferred over `neon-dotprod`:
         // its smmla path executes as many or more instructions (docs/aarch64.md: equal at decode,
         // 4% more for prefill), so the fastest path per phase is sdot today.
-        Self::available()
-            .into_iter()
-            .filter(|k| k.kind != KernelKind::NeonI8mm)
-            .last()
-            .expect("scalar is always available")
+        Self::available().into_iter().filter(|k| k.kind != KernelKind::NeonI8mm).last().expect("scalar is always available")
     }
 
     /// Every kernel set this CPU supports, slowest (scalar) first.

@@ -167,11 +167,7 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
     // INT4 mask: 0x0F in the low 256 bits, 0xF0 in the high 256 bits.
     let nib_mask = _mm512_inserti64x4::<1>(_mm512_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
     // Correction multipliers as left shifts of -gsum: 8 = 1<<3 (low lanes), 128 = 1<<7 (high lanes).
-    let corr_sh = if INT8 {
-        _mm512_set1_epi32(7)
-    } else {
-        _mm512_inserti64x4::<1>(_mm512_set1_epi32(3), _mm256_set1_epi32(7))
-    };
+    let corr_sh = if INT8 { _mm512_set1_epi32(7) } else { _mm512_inserti64x4::<1>(_mm512_set1_epi32(3), _mm256_set1_epi32(7)) };
     let flip = _mm512_set1_epi8(0x80u8 as i8);
     let ones = _mm512_set1_epi8(1);
     // W_FUSED: -zp as s8 (zp != -128), one token.

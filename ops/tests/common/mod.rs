@@ -55,16 +55,7 @@ impl Layer {
                 shared_gate.then(|| r.vec(d, 0.5)),
             )
         });
-        Self {
-            router_w: r.vec(e * d, 0.5),
-            bias: with_bias.then(|| r.vec(e, 0.2)),
-            spec,
-            w13,
-            w13_s,
-            w2,
-            w2_s,
-            shared,
-        }
+        Self { router_w: r.vec(e * d, 0.5), bias: with_bias.then(|| r.vec(e, 0.2)), spec, w13, w13_s, w2, w2_s, shared }
     }
     pub fn weights(&self) -> MoeWeights<'_> {
         MoeWeights {

@@ -572,7 +572,7 @@ thread_local! {
 }
 
 /// Multiply-adds per `moe_ffn` call in ops_moe_ffn (small claimed token counts), see there.
-pub const MOE_MACS: usize = 1 << 14;
+pub const MOE_MACS: usize = 1 << 13;
 /// Largest stacked expert weight (bytes) ops_moe_ffn passes with a matching length.
 pub const MOE_WEIGHT_BYTES: usize = 1 << 13;
 
@@ -598,6 +598,7 @@ pub fn ops_moe_ffn(data: &[u8]) {
         _ => (mult(inp.shared_sel / 8), false),
     };
     let per_token = (k.saturating_mul(3).saturating_mul(f)).saturating_add(fs.saturating_mul(3)).saturating_mul(d);
+    // (one token is always allowed: its cost is bounded by MOE_WEIGHT_BYTES)
     if inp.tokens.sel < 248 && t > 1 && t.saturating_mul(per_token) > MOE_MACS {
         t = (MOE_MACS / per_token.max(1)).max(1);
     }
