@@ -5,7 +5,7 @@ PY := .venv/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test build venv bench test-rust test-python test-aarch64 test-android test-robustness test-fuzz fuzz clean help
+.PHONY: demo test build venv bench lint test-rust test-python test-aarch64 test-android test-robustness test-fuzz fuzz clean help
 
 help:
 	@echo "make demo          run the main job on the embedded default model"
@@ -30,8 +30,15 @@ test test-rust test-python test-robustness: export MOBILEMOE_NO_SKIP := 1
 test: build test-rust test-python test-robustness test-fuzz test-aarch64 test-android
 	@echo "make test: all suites passed (nothing skipped: MOBILEMOE_NO_SKIP=1)"
 
-test-rust: build
+test-rust: build lint
 	$(CARGO) test --release --workspace
+
+# Formatting (rustfmt.toml) and clippy with warnings as errors; ruff over the Python sources.
+lint:
+	@command -v rustfmt >/dev/null || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 test-python: build
 	@scripts/run_pytest.sh

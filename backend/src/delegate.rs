@@ -235,10 +235,8 @@ impl Delegate {
             let os = n.op.out_shape(xs).ok_or_else(|| format!("node {}: input shape {xs:?} has too low a rank", n.name))?;
             let rows = numel(xs)? / n.op.in_features().max(1);
             match &n.op {
-                NodeOp::Add(a) => {
-                    if shapes[a.b].as_deref() != Some(xs) {
-                        return Err(format!("node {}: operands have shapes {xs:?} and {:?}", n.name, shapes[a.b]));
-                    }
+                NodeOp::Add(a) if shapes[a.b].as_deref() != Some(xs) => {
+                    return Err(format!("node {}: operands have shapes {xs:?} and {:?}", n.name, shapes[a.b]));
                 }
                 NodeOp::Attention(a) => {
                     let ps = shapes[a.input_pos].as_deref().unwrap_or(&[]);

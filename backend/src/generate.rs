@@ -412,6 +412,11 @@ impl LanguageModel for PteModel {
 }
 
 #[cfg(test)]
+const RNG_SEED0: [u64; 3] = [8916199331640804048, 16032783972208265725, 12954103179475586193];
+#[cfg(test)]
+const RNG_SEED42_F64: f64 = 0.1941059175341826;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -516,8 +521,3 @@ mod tests {
         assert_eq!(sample(&[f32::NAN, 0.5, f32::NAN], &c, &mut rng), 1);
     }
 }
-
-#[cfg(test)]
-const RNG_SEED0: [u64; 3] = [8916199331640804048, 16032783972208265725, 12954103179475586193];
-#[cfg(test)]
-const RNG_SEED42_F64: f64 = 0.1941059175341826;

@@ -630,7 +630,7 @@ impl Tokenizer {
             for i in 0..syms.len().saturating_sub(1) {
                 // lookups allocate a key; words are short
                 if let Some(&r) = self.merges.get(&(syms[i].clone(), syms[i + 1].clone())) {
-                    if best.map_or(true, |(br, _)| r < br) {
+                    if !matches!(best, Some((br, _)) if r >= br) {
                         best = Some((r, i));
                     }
                 }
@@ -727,7 +727,9 @@ impl StreamDecoder {
     }
 }
 
+// The generated Unicode tables stay at the end of the file, after the tests.
 #[cfg(test)]
+#[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
 

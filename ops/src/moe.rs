@@ -613,7 +613,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 0.5); // Cephes writes 5.0000001e-1, which is 0.5 in f32
     let p = p.mul_add(r * r, r) + 1.0;
     // 2^n as two normal powers of two (n in [-126, 128]): exact scaling, one final rounding.
     // n from the low mantissa bits of tn (tn = 1.5*2^23 + n exactly): integer ops only, so this

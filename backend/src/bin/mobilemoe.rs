@@ -425,7 +425,7 @@ fn bench_llm(a: &BenchArgs) -> Res<()> {
         let p = a.prefill.min(max_len);
         let prompt = ids(p);
         let mut times = Vec::new();
-        for i in 0..a.warmup.min(2) + a.iters.min(10).max(1) {
+        for i in 0..a.warmup.min(2) + a.iters.clamp(1, 10) {
             let t0 = Instant::now();
             model.forward(&prompt, &pos(0, p))?;
             if i >= a.warmup.min(2) {

@@ -192,7 +192,7 @@ impl Kernels {
         // The last available set, except that `neon-i8mm` is not preferred over `neon-dotprod`:
         // its smmla path executes as many or more instructions (docs/aarch64.md: equal at decode,
         // 4% more for prefill), so the fastest path per phase is sdot today.
-        Self::available().into_iter().filter(|k| k.kind != KernelKind::NeonI8mm).last().expect("scalar is always available")
+        Self::available().into_iter().rev().find(|k| k.kind != KernelKind::NeonI8mm).expect("scalar is always available")
     }
 
     /// Every kernel set this CPU supports, slowest (scalar) first.

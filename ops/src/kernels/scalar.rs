@@ -7,6 +7,9 @@ use crate::quant::{packed_q, packed_scale, PackedRef};
 use std::ops::Range;
 
 /// Q8 reference. # Safety: see `GemmQ8Fn`.
+///
+/// # Safety
+/// `kernels::check_call` holds for these arguments (the dispatcher checks it before every call).
 pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
     let spec = w.spec;
     let (k, g_sz, ng) = (spec.k, spec.group, spec.groups());
@@ -30,6 +33,9 @@ pub unsafe fn gemm_q8(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'
 }
 
 /// Exact fp32 reference. # Safety: see `GemmF32Fn`.
+///
+/// # Safety
+/// `kernels::check_call` holds for these arguments (the dispatcher checks it before every call).
 pub unsafe fn gemm_f32(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
     let spec = w.spec;
     let (k, g_sz, ng) = (spec.k, spec.group, spec.groups());

@@ -16,8 +16,8 @@
 //! - INT8: bytes are sign-extended to i16 (weights once per chunk, activations as `qa - zp`, which
 //!   fits i16) and multiplied by `vpmaddwd` (|products| <= 128*255, exact pairs in i32): no offsets,
 //!   no saturation; a `vphaddd` + `vpermq` at the group end turns the (row, k pair) lanes into rows.
-//! Every sum is an exact integer below 2^24, so the conversion to f32 is exact, and
-//! `acc = fma(isum, scale, acc)` per group then `acc * s_a` reproduces the scalar reference.
+//!   Every sum is an exact integer below 2^24, so the conversion to f32 is exact, and
+//!   `acc = fma(isum, scale, acc)` per group then `acc * s_a` reproduces the scalar reference.
 //!
 //! F32 path: weights unpacked to signed bytes, each column sign-extended to i32 and converted
 //! (exact); `part = fma(x[k], q, part)` for k in order, `acc = fma(part, scale, acc)` per group.

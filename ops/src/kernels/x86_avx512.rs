@@ -24,7 +24,7 @@
 //! - INT4 high lanes: instead of shifting every token's 16x sum back, 1/16 is folded into the
 //!   scales (`fma(16 isum, s/16, acc) == fma(isum, s, acc)` when `s/16` is exact, i.e. s >= 2^-122;
 //!   groups with a smaller scale take the shift).
-//! Then per group `acc = fma(isum as f32, scale, acc)` and at the end `acc * s_a`: the scalar order.
+//!   Then per group `acc = fma(isum as f32, scale, acc)` and at the end `acc * s_a`: the scalar order.
 //!
 //! F32 path: weights are unpacked to signed bytes, one column at a time sign-extended to i32 and
 //! converted (exact), and `part = fma(x[k], q, part)` runs over k in order, then
