@@ -34,11 +34,12 @@ test-rust: build lint
 	$(CARGO) test --release --workspace
 
 # Formatting (rustfmt.toml) and clippy with warnings as errors; ruff over the Python sources.
-lint:
+lint: venv
 	@command -v rustfmt >/dev/null || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(PY) -m ruff check python_export scripts tests
 
 test-python: build
 	@scripts/run_pytest.sh

@@ -28,7 +28,6 @@ import json
 import math
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np

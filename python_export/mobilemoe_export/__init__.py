@@ -13,10 +13,10 @@ _logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
 _warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
 
 from ._lib import load_runtime  # noqa: E402
-from . import ops  # noqa: F401  (defines torch.ops.mobilemoe.*)
-from .moe_block import MoEFeedForward, SharedExpert
-from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe
-from .qat import fake_quantize_activations, fake_quantize_weight, prepare_qat, remove_qat
+from . import ops  # noqa: F401, E402  (defines torch.ops.mobilemoe.*)
+from .moe_block import MoEFeedForward, SharedExpert  # noqa: E402
+from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe  # noqa: E402
+from .qat import fake_quantize_activations, fake_quantize_weight, prepare_qat, remove_qat  # noqa: E402
 
 
 def __getattr__(name):

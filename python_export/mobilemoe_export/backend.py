@@ -8,7 +8,6 @@ it is current; regenerate with ``python -m mobilemoe_export.backend --regen``).
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import sys

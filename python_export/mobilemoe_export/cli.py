@@ -347,7 +347,7 @@ def main(argv=None) -> int:
         print(f"  delegated calls        {ps['delegate_calls']} -> {', '.join(ps['backends']) or '-'}"
               f" (+ {ps['custom_op_calls']} custom-op calls)")
     print(f"  other kernel calls     {ps['kernel_calls'] - ps['custom_op_calls']}")
-    print(f"  time                   " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    print("  time                   " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     return 0
 
 

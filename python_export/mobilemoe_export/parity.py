@@ -8,7 +8,6 @@ import sys
 
 import torch
 
-from . import models
 from .cli import build_parser as export_parser, build_from_args, lower_like_export, quantize
 from .generate import PteModel, generate_tokens, load_tokenizer
 
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     ran = generate_tokens(pte, ids, args.tokens, pte.max_seq_len)
     same = sum(a == b for a, b in zip(eager.tokens, ran.tokens))
     first_diff = next((i for i, (a, b) in enumerate(zip(eager.tokens, ran.tokens)) if a != b), None)
-    print(f"parity: greedy tokens, eager PyTorch (quantized, Rust kernels) vs .pte on the ExecuTorch runtime:")
+    print("parity: greedy tokens, eager PyTorch (quantized, Rust kernels) vs .pte on the ExecuTorch runtime:")
     print(f"  eager: {eager.tokens}")
     print(f"  .pte : {ran.tokens}")
     ok = same == args.tokens == len(eager.tokens) == len(ran.tokens)

@@ -40,7 +40,6 @@ evaluation), with the gradients of the fake-quantized path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

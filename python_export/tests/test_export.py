@@ -9,7 +9,6 @@ import torch
 
 import blocks
 import mobilemoe_export as mm
-from conftest import needs_lib
 from test_transforms import D, E, F, K, et_block, own_block
 
 PKG = Path(mm.__file__).resolve().parent
