@@ -482,6 +482,8 @@ def quantize_moe(
     probe: bool = True,
 ) -> nn.Module:
     """Replace, in place, every recognised MoE block of ``model`` with a :class:`MobileMoEFFN`.
+    **Use the return value**: for a model it is ``model`` itself; for a bare MoE block (not inside a
+    model) it is the replacement block.
 
     With ``dense_linears=True`` every remaining ``nn.Linear`` (including torchao QAT
     fake-quantized linears) becomes a :class:`MobileMoELinear`; linears whose in_features is not
@@ -491,6 +493,17 @@ def quantize_moe(
     Returns ``model``.
     """
     quant.check_matrix(1, group_size, group_size, weight_bits, "quantize_moe")
+    # A bare MoE block (not inside a model): its replacement is returned (the caller must use the
+    # return value; there is no parent to swap it into).
+    if not isinstance(model, (MobileMoEFFN, MobileMoELinear)):
+        try:
+            root_spec = extract_moe(model, type(model).__name__)
+        except Exception as e:
+            raise UnsupportedModuleError(f"quantize_moe: {type(model).__name__}: {e}") from e
+        if root_spec is not None:
+            if probe and root_spec.output == "same" and not _is_et_quantized_moe(model):
+                root_spec.output = _probe_output(model, root_spec.router_weight.shape[1]) or "same"
+            return MobileMoEFFN(root_spec, group_size, weight_bits, exact=exact, name=type(model).__name__)
     plan: List[Tuple[nn.Module, str, str, nn.Module]] = []
     errors: List[str] = []
 

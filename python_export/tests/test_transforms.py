@@ -186,3 +186,17 @@ def test_dtype_roundtrip_keeps_buffers():
     assert model[0].router_weight.dtype == torch.float32 and model[0].w13.dtype == torch.uint8
     y = model(torch.randn(2, D, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16
+
+
+def test_bare_block_returns_its_replacement():
+    """quantize_moe on a bare MoE block (not inside a model) returns the replacement block."""
+    import mobilemoe_export as mm
+    from mobilemoe_export.moe_block import MoEFeedForward
+
+    torch.manual_seed(0)
+    b = MoEFeedForward(dim=64, hidden_dim=32, num_experts=4, top_k=2, shared_hidden_dim=32)
+    q = mm.quantize_moe(b)
+    assert isinstance(q, mm.MobileMoEFFN)
+    x = torch.randn(1, 3, 64)
+    rel = ((q(x) - b(x)).norm() / b(x).norm()).item()
+    assert rel < 0.3, rel  # INT4 g32 of random weights
