@@ -57,6 +57,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG)
+SDIST_SHA256 = {"0.3.36": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"}
 GGUF_VERSION = "0.19.0"
 CMAKE_PIP_SPEC = "cmake>=3.21"
 
@@ -175,7 +176,10 @@ def fetch_source(cache: Path, version: str) -> Path:
         if not cands:
             raise SystemExit(f"pip download did not produce {sdist}")
         sdist = cands[0]
-    log(f"unpacking {sdist.name}")
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    if version in SDIST_SHA256 and digest != SDIST_SHA256[version]:
+        raise SystemExit(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256[version]}: delete it and retry")
+    log(f"unpacking {sdist.name} (sha256 {digest[:16]}...)")
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix="unpack-"))
     with tarfile.open(sdist) as tf:
         if hasattr(tarfile, "data_filter"):

@@ -490,16 +490,13 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
             other => return invalid(ctx(&format!("has unknown op type {}", other.0))),
         };
         let out = op.out();
+        if defined[out] {
+            return invalid(ctx(&format!("writes tensor {out}, which is a graph input or already written")));
+        }
         for x in op.inputs() {
             if !defined[x] {
                 return invalid(ctx(&format!("reads activation {x} before anything writes it")));
             }
-            if x == out {
-                return invalid(ctx(&format!("reads and writes tensor {out}")));
-            }
-        }
-        if defined[out] {
-            return invalid(ctx(&format!("writes tensor {out}, which is a graph input or already written")));
         }
         let x = op.x();
         let (xt, ot) = (&tensors[x], &tensors[out]);

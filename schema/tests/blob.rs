@@ -36,7 +36,7 @@ fn valid_blob_round_trips() {
     let bytes = builder(&l).finish();
     let g = parse(&bytes).unwrap();
     assert_eq!(g.nodes.len(), 2);
-    assert_eq!(g.header.version, 1);
+    assert_eq!(g.header.version, mobilemoe_schema::FORMAT_VERSION);
     assert_eq!(g.header.data_offset % 64, 0);
     match &g.nodes[0].op {
         NodeOp::MoeFfn(m) => {
@@ -61,15 +61,23 @@ fn bad_magic() {
 
 #[test]
 fn wrong_version() {
-    let mut b = raw().to_bytes();
-    b[4] = 2;
-    assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: 2 });
-    // Header says 1 but the graph says 3.
+    for v in [0u32, 3, 255] {
+        let mut b = raw().to_bytes();
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: v });
+    }
+    // Header says 2 but the graph says 3: refused with a message naming both.
     let mut g = raw();
     g.version = 3;
     let mut b = g.to_bytes();
-    b[4..8].copy_from_slice(&1u32.to_le_bytes());
-    assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: 3 });
+    b[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let e = parse(&b).unwrap_err().to_string();
+    assert!(e.contains("graph version 3") && e.contains("header's 2"), "{e}");
+    // A version-1 blob (MoeFfn/Int4Linear only) still reads.
+    let mut g = raw();
+    g.version = 1;
+    let b = g.to_bytes();
+    assert_eq!(parse(&b).unwrap().header.version, 1);
 }
 
 #[test]
@@ -144,7 +152,7 @@ fn bad_attributes_and_graph_structure() {
     assert!(with(|g| moe(g).route_scale = f32::NAN).contains("route_scale"));
     assert!(with(|g| moe(g).score_func = fb::ScoreFunc(9)).contains("score_func"));
     assert!(with(|g| moe(g).shared_w2 = -1).contains("shared expert"));
-    assert!(with(|g| g.nodes[0].op = RawOp::Unknown(7)).contains("unknown op type"));
+    assert!(with(|g| g.nodes[0].op = RawOp::Unknown(42)).contains("unknown op type"));
     assert!(with(|g| g.nodes.swap(0, 1)).contains("before anything writes it"));
     assert!(with(|g| g.outputs.clear()).contains("no outputs"));
     assert!(with(|g| g.tensors[0].segment = 0).contains("tensor 0"));

@@ -115,8 +115,10 @@ pub fn run_delegate(d: &Delegate, g: &mobilemoe_schema::Graph, seed: u64) {
             // A whole-decoder graph: token ids 0/1 and positions 0..n (valid for any vocabulary >= 2
             // and cache >= n); the call may still fail cleanly (e.g. a cache shorter than n), but
             // must not panic or crash.
-            let ints: Vec<Vec<i64>> = shapes.iter().map(|s| (0..numel(s).unwrap() as i64).map(|v| v % 2).collect()).collect();
-            let xs: Vec<Vec<f32>> = shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();
+            let ints: Vec<Vec<i64>> =
+                shapes.iter().map(|s| (0..numel(s).unwrap() as i64).map(|v| v % 2).collect()).collect();
+            let xs: Vec<Vec<f32>> =
+                shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();
             let inputs: Vec<(mobilemoe_executorch::delegate::Input<'_>, &[i64])> = g
                 .inputs
                 .iter()
