@@ -75,7 +75,10 @@ impl QuantActs {
     }
     /// Quantize `x[m, k]` (row-major) into `self`.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, group: usize) -> Result<()> {
-        check_len("activations", m * k, x.len())?;
+        check_len("activations", crate::error::mul_dims("activations", &[m, k])?, x.len())?;
+        if group == 0 || k % group != 0 {
+            return Err(crate::error::OpsError::GroupDoesNotDivideK { k, group });
+        }
         self.reset(m, k, group);
         for i in 0..m {
             self.quantize_row_at(i, &x[i * k..(i + 1) * k]);

@@ -253,7 +253,12 @@ impl AttentionSpec {
         if self.head_dim % 2 != 0 {
             return Err(OpsError::Invalid(format!("attention: head_dim {} must be even (RoPE)", self.head_dim)));
         }
-        mul_dims("attention qkv width", &[self.n_heads + 2 * self.n_kv_heads, self.head_dim])?;
+        let heads = self
+            .n_kv_heads
+            .checked_mul(2)
+            .and_then(|v| v.checked_add(self.n_heads))
+            .ok_or(OpsError::Overflow { what: "attention head count" })?;
+        mul_dims("attention qkv width", &[heads, self.head_dim])?;
         mul_dims("attention kv cache", &[self.n_kv_heads, self.max_seq_len, self.head_dim])?;
         Ok(())
     }
