@@ -7,4 +7,4 @@ dirs=()
 for d in python_export/tests tests; do
   [[ -d $d ]] && dirs+=("$d")
 done
-exec .venv/bin/python -m pytest -q "${dirs[@]}" "$@"
+exec .venv/bin/python -m pytest -q -p mobilemoe_export._pytest_no_skip "${dirs[@]}" "$@"

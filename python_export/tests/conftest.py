@@ -27,12 +27,3 @@ needs_lib = pytest.mark.skipif(not LIB, reason="libmobilemoe_executorch.so not b
 def _seed():
     torch.manual_seed(0)
 
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Under MOBILEMOE_NO_SKIP a skipped test is a failure (a missing prerequisite must fail)."""
-    outcome = yield
-    rep = outcome.get_result()
-    if NO_SKIP and rep.skipped and not hasattr(rep, "wasxfail"):
-        rep.outcome = "failed"
-        rep.longrepr = f"skipped under MOBILEMOE_NO_SKIP: {rep.longrepr}"

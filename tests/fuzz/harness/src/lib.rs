@@ -4,6 +4,7 @@
 //! `TARGETS` maps target names to harnesses for the corpus/regression replayer (`cargo test`).
 
 pub mod blob;
+pub mod decoder;
 #[cfg(feature = "backend")]
 pub mod capi;
 pub mod gen;
@@ -24,6 +25,7 @@ pub fn capi(data: &[u8]) {
     let _ = data;
 }
 
+pub use decoder::ops_decoder;
 pub use ops::{ops_kernels, ops_linear, ops_matrix_spec, ops_moe_ffn, ops_routing};
 
 /// (target name, harness) for every fuzz target.
@@ -33,6 +35,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("ops_kernels", ops_kernels),
     ("ops_linear", ops_linear),
     ("ops_moe_ffn", ops_moe_ffn),
+    ("ops_decoder", ops_decoder),
     ("blob_parse", blob_parse),
     ("blob_structured", blob_structured),
     ("pte_inspect", pte_inspect),

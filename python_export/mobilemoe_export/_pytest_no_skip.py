@@ -1,4 +1,6 @@
-"""Cross-language Python tests: under `make test` (MOBILEMOE_NO_SKIP=1) a skip is a failure."""
+"""pytest plugin used by `make test` (scripts/run_pytest.sh: `-p mobilemoe_export._pytest_no_skip`):
+with MOBILEMOE_NO_SKIP=1 a skipped test is reported as a failure, so a missing prerequisite cannot
+hide behind a green run."""
 
 import os
 

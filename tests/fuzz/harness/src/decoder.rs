@@ -1,0 +1,136 @@
+//! Harness for the whole-decoder ops of `mobilemoe-ops` (ops/src/decoder.rs): attention with its
+//! KV cache, RMSNorm, the INT4 embedding rows, the LM head and the dense SwiGLU FFN, on small
+//! arbitrary geometries, positions and token ids (in range or not). Asserts: `Ok` exactly when the
+//! input is valid, never a panic; on `Ok`, every kernel set and 1 vs 2 threads give the same bits;
+//! finite inputs give finite outputs.
+
+use crate::gen::Rng;
+use arbitrary::{Arbitrary, Unstructured};
+use mobilemoe_ops::decoder::{
+    attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionSpec, KvCache, KvDType, RopeStyle,
+};
+use mobilemoe_ops::quant::{MatrixSpec, PackedMatrix, WeightBits};
+use mobilemoe_ops::{Kernels, ThreadPool};
+
+#[derive(Arbitrary, Debug)]
+pub struct DecoderInput {
+    dim_groups: u8,
+    n_heads: u8,
+    n_kv_heads: u8,
+    half_dim: u8,
+    max_seq: u8,
+    positions: Vec<i16>,
+    steps: u8,
+    tokens: Vec<i16>,
+    vocab: u8,
+    kv_f16: bool,
+    interleaved: bool,
+    exact: bool,
+    seed: u64,
+}
+
+fn packed(r: &mut Rng, n: usize, k: usize) -> Option<PackedMatrix> {
+    let spec = MatrixSpec::new(n, k, 32, WeightBits::Int4).ok()?;
+    let w: Vec<f32> = (0..n * k).map(|_| r.f32() * 0.2).collect();
+    PackedMatrix::quantize(&w, spec).ok()
+}
+
+fn run_attention(inp: &DecoderInput, spec: &AttentionSpec, kernels: &Kernels, pool: &ThreadPool) -> Option<Vec<Vec<f32>>> {
+    let mut r = Rng(inp.seed | 1);
+    let wqkv = packed(&mut r, spec.qkv_width(), spec.dim)?;
+    let wo = packed(&mut r, spec.dim, spec.q_width())?;
+    let half = spec.head_dim / 2;
+    let cos: Vec<f32> = (0..spec.max_seq_len * half).map(|i| ((i % 97) as f32 * 0.1).cos()).collect();
+    let sin: Vec<f32> = (0..spec.max_seq_len * half).map(|i| ((i % 97) as f32 * 0.1).sin()).collect();
+    let w = mobilemoe_ops::decoder::AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
+    let mut cache = KvCache::new(if inp.kv_f16 { KvDType::F16 } else { KvDType::F32 }, spec.n_kv_heads, spec.max_seq_len, spec.head_dim).ok()?;
+    let mut scratch = Default::default();
+    let mut outs = vec![];
+    // a few calls that reuse the cache: the positions are split into chunks
+    let n = inp.positions.len().min(24);
+    let step = 1 + inp.steps as usize % 4;
+    let mut i = 0;
+    while i < n.max(1) {
+        let chunk: Vec<i64> = inp.positions[i.min(n)..(i + step).min(n)].iter().map(|&p| p as i64).collect();
+        let x: Vec<f32> = (0..chunk.len() * spec.dim).map(|_| r.f32()).collect();
+        let mut out = vec![0f32; chunk.len() * spec.dim];
+        let valid = chunk.iter().all(|&p| p >= 0 && (p as usize) < spec.max_seq_len);
+        let (mut kc, mut vc) = cache.views();
+        let res = attention(spec, &w, &x, &chunk, &mut kc, &mut vc, &mut out, &mut scratch, pool, kernels);
+        assert_eq!(res.is_ok(), valid, "attention accept/reject: positions {chunk:?}, spec {spec:?}: {res:?}");
+        if res.is_ok() {
+            assert!(out.iter().all(|v| v.is_finite()), "non-finite attention output");
+            outs.push(out);
+        }
+        i += step;
+    }
+    Some(outs)
+}
+
+pub fn ops_decoder(data: &[u8]) {
+    let Ok(inp) = DecoderInput::arbitrary_take_rest(Unstructured::new(data)) else { return };
+    let n_kv = 1 + inp.n_kv_heads as usize % 3;
+    let rep = 1 + inp.n_heads as usize % 5;
+    // head_dim: the specialised AVX-512 shapes (32, 64, 128) and others (generic path); the query
+    // width must be a multiple of the group (32) for `wo` to exist.
+    let mut hd = [32, 64, 128, 16, 48, 96, 8, 2 * (1 + inp.half_dim as usize % 40)][inp.half_dim as usize % 8];
+    if (n_kv * rep * hd) % 32 != 0 {
+        hd = 32;
+    }
+    let dim = 32 * (1 + inp.dim_groups as usize % 3);
+    let spec = AttentionSpec {
+        dim,
+        n_heads: n_kv * rep,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        max_seq_len: 1 + inp.max_seq as usize % 40,
+        rope: if inp.interleaved { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
+        exact: inp.exact,
+    };
+    assert!(spec.validate().is_ok());
+    let pool1 = crate::ops::pool(false);
+    let pool2 = crate::ops::pool(true);
+    // Attention: every kernel set and 1 vs 2 threads give the same bits (when the packed
+    // matrices exist: q width and dim must be multiples of the group).
+    let mut first: Option<Vec<Vec<f32>>> = None;
+    for ks in Kernels::available() {
+        for pool in [pool1, pool2] {
+            let Some(outs) = run_attention(&inp, &spec, &ks, pool) else { return };
+            match &first {
+                None => first = Some(outs),
+                Some(f) => assert!(
+                    f.iter().flatten().zip(outs.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "attention differs between kernel sets / thread counts ({:?})",
+                    ks.kind
+                ),
+            }
+        }
+    }
+    // Embedding, RMSNorm, LM head, SwiGLU on the same geometry.
+    let mut r = Rng(inp.seed ^ 0x5EED);
+    let vocab = 1 + inp.vocab as usize % 50;
+    let Some(table) = packed(&mut r, vocab, dim) else { return };
+    let toks: Vec<i64> = inp.tokens.iter().take(8).map(|&t| t as i64).collect();
+    let mut e = vec![0f32; toks.len() * dim];
+    let ok = toks.iter().all(|&t| t >= 0 && (t as usize) < vocab);
+    assert_eq!(embedding(&table.as_ref(), &toks, &mut e).is_ok(), ok, "embedding accept/reject {toks:?} vocab {vocab}");
+    let rows = toks.len().max(1);
+    let x: Vec<f32> = (0..rows * dim).map(|_| r.f32() * 4.0).collect();
+    let nw: Vec<f32> = (0..dim).map(|_| r.f32()).collect();
+    let mut y = vec![0f32; rows * dim];
+    rms_norm(&x, rows, &nw, 1e-5, &mut y).unwrap();
+    assert!(y.iter().all(|v| v.is_finite()));
+    assert!(rms_norm(&x, rows + 1, &nw, 1e-5, &mut y).is_err());
+    let mut logits = vec![0f32; vocab];
+    lm_head_last(&x, rows, &nw, 1e-5, &table.as_ref(), inp.exact, &mut logits, &mut Default::default(), pool2, &Kernels::best()).unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()));
+    assert!(lm_head_last(&x, 0, &nw, 1e-5, &table.as_ref(), inp.exact, &mut logits, &mut Default::default(), pool2, &Kernels::best()).is_err());
+    let f = 32;
+    if let (Some(w13), Some(w2)) = (packed(&mut r, 2 * f, dim), packed(&mut r, dim, f)) {
+        let mut o = vec![0f32; rows * dim];
+        swiglu_ffn(&w13.as_ref(), &w2.as_ref(), &x, rows, inp.exact, &mut o, &mut Default::default(), pool2, &Kernels::best()).unwrap();
+        assert!(o.iter().all(|v| v.is_finite()));
+        // swapped matrices are refused
+        assert!(swiglu_ffn(&w2.as_ref(), &w13.as_ref(), &x, rows, inp.exact, &mut o, &mut Default::default(), pool2, &Kernels::best()).is_err());
+    }
+}
