@@ -44,6 +44,38 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+}
+
+/// CPU seconds of the whole process (all threads).
+fn process_cpu_s() -> f64 {
+    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_PROCESS_CPUTIME_ID = 2 on Linux.
+    unsafe { clock_gettime(2, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// How long idle pool workers keep a core busy after the last job: CPU time burnt by the process
+/// while the caller sleeps 100 ms after a job (minus the caller's own ~0), per worker, median of 5.
+fn idle_spin_us(pool: &ThreadPool) -> f64 {
+    let mut v: Vec<f64> = (0..5)
+        .map(|_| {
+            pool.run(64, &|_| std::hint::black_box(())).unwrap();
+            let c0 = process_cpu_s();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (process_cpu_s() - c0) * 1e6 / (pool.threads().max(2) - 1) as f64
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[2]
+}
+
 fn time(iters: usize, mut f: impl FnMut()) -> (f64, f64) {
     f();
     let mut t: Vec<f64> = (0..iters)
@@ -126,4 +158,11 @@ fn main() {
     println!("{:<28} {:>10.1} {:>10.1}", "lm_head (32000 x 1024)", mn, md);
     let (mn, md) = time(a.iters, || embedding(&head.as_ref(), &[12345], &mut out).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "embedding (1 token)", mn, md);
+    if a.threads > 1 {
+        println!(
+            "idle workers after a job: {:.0} us of CPU per worker before sleeping (spin bound {} us, MOBILEMOE_SPIN_US)",
+            idle_spin_us(&pool),
+            mobilemoe_ops::threadpool::spin_time().as_micros()
+        );
+    }
 }
