@@ -216,6 +216,14 @@ fn main() {
         println!("cargo:rustc-link-arg-{kind}=-Wl,--pop-state");
     }
     println!("cargo:rustc-link-lib=dylib=executorch");
+    // $ORIGIN-relative first (target/release/{lib,bin} and target/release/deps/{tests} -> the
+    // repository's .venv), so that a built library keeps working when the checkout moves; the
+    // absolute path last (other target dirs). LD_LIBRARY_PATH overrides neither need.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_path_buf());
+    if let Some(rel) = repo.as_ref().and_then(|r| lib.strip_prefix(r).ok()) {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../{}", rel.display());
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../../{}", rel.display());
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
 }
