@@ -63,6 +63,8 @@ pub struct Delegate {
     graph: Graph,
     f32s: Vec<Option<F32Const>>,
     kernels: Kernels,
+    /// MoeFfn nodes in the graph (layer numbering for profiling).
+    n_moe: usize,
     /// `slot_of[tensor]`: the activation slot of an intermediate tensor (None: input, output,
     /// constant).
     slot_of: Vec<Option<usize>>,
@@ -182,7 +184,8 @@ impl Delegate {
             }
         }
         let state = RunState { slots: vec![Vec::new(); n_slots], kv, ..Default::default() };
-        Ok(Self { blob, graph, f32s, kernels: Kernels::best(), slot_of, state: Mutex::new(state) })
+        let n_moe = graph.nodes.iter().filter(|n| matches!(n.op, NodeOp::MoeFfn(_))).count();
+        Ok(Self { blob, graph, f32s, kernels: Kernels::best(), n_moe, slot_of, state: Mutex::new(state) })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -199,12 +202,6 @@ impl Delegate {
 
     fn u8c(&self, id: usize) -> &[u8] {
         self.graph.constant(self.bytes(), id).unwrap_or(&[])
-    }
-
-    /// Bytes of the KV caches this program holds.
-    pub fn kv_cache_bytes(&self) -> usize {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.kv.iter().map(|c| c.bytes()).sum()
     }
 
     /// Shapes of every tensor for the given input shapes (activations only).
@@ -267,10 +264,6 @@ impl Delegate {
     pub fn execute(&self, inputs: &[(&[f32], &[i64])], outputs: &mut [&mut [f32]]) -> Result<(), String> {
         let typed: Vec<(Input<'_>, &[i64])> = inputs.iter().map(|&(d, s)| (Input::F32(d), s)).collect();
         self.execute_typed(&typed, outputs)
-    }
-
-    fn f32_const(&self, id: usize) -> &[f32] {
-        self.f32c(id)
     }
 
     fn packed(&self, spec: MatrixSpec, data: usize, scales: usize) -> Result<PackedRef<'_>, String> {
@@ -345,7 +338,7 @@ impl Delegate {
             }
         }
         let pool = ThreadPool::global();
-        let n_moe = g.nodes.iter().filter(|n| matches!(n.op, NodeOp::MoeFfn(_))).count();
+        let n_moe = self.n_moe;
         // profiling (src/profiling): layer numbers for the `layer` span and routing statistics.
         let layer0 = if n_moe > 0 { crate::profiling::layer_base(self as *const Self as usize, n_moe) } else { 0 };
         let mut moe_i = 0i64;
@@ -371,14 +364,8 @@ impl Delegate {
                     let x = get(m.x, "x", name)?;
                     let shared = match &m.shared {
                         Some(s) => Some(SharedExpert {
-                            w13: PackedRef::new(
-                                m.spec.shared_w13_spec().map_err(|e| e.to_string())?,
-                                self.u8c(s.w13),
-                                self.f32c(s.w13_scales),
-                            )
-                            .map_err(|e| e.to_string())?,
-                            w2: PackedRef::new(m.spec.shared_w2_spec().map_err(|e| e.to_string())?, self.u8c(s.w2), self.f32c(s.w2_scales))
-                                .map_err(|e| e.to_string())?,
+                            w13: self.packed(m.spec.shared_w13_spec().map_err(|e| e.to_string())?, s.w13, s.w13_scales)?,
+                            w2: self.packed(m.spec.shared_w2_spec().map_err(|e| e.to_string())?, s.w2, s.w2_scales)?,
                             gate: s.gate.map(|gid| self.f32c(gid)),
                         }),
                         None => None,
@@ -413,7 +400,7 @@ impl Delegate {
                 }
                 NodeOp::RmsNorm(r) => {
                     let x = get(r.x, "x", name)?;
-                    rms_norm(x, x.len() / r.dim, self.f32_const(r.weight), r.eps, out)
+                    rms_norm(x, x.len() / r.dim, self.f32c(r.weight), r.eps, out)
                 }
                 NodeOp::Add(a) => add(get(a.a, "a", name)?, get(a.b, "b", name)?, out),
                 NodeOp::Attention(a) => {

@@ -382,23 +382,23 @@ pub fn attention(
         let scale = 1.0 / (hd as f32).sqrt();
         let kind = kernels.kind;
         let max_seq = spec.max_seq_len;
+        let rep = hq / hkv;
+        let fixed = fixed_avx512_shape(kind, hd, rep);
         pool.run(items, &|item| {
             let (g, b) = (item % hkv, item / hkv);
             let s0 = b * block;
             let s1 = ((b + 1) * block).min(t);
             let _ = &ctx_out;
-            let rep = hq / hkv;
             let n_ctx = positions[s0..s1].iter().map(|&p| p as usize + 1).max().unwrap_or(0);
             ATTN_TLS.with(|tls| {
                 let mut buf = tls.borrow_mut();
-                let conv = if matches!(kc, KvSlice::F16(_)) && !fixed_avx512_shape(kind, hd, rep) { 2 * n_ctx * hd } else { 0 };
+                let conv = if matches!(kc, KvSlice::F16(_)) && !fixed { 2 * n_ctx * hd } else { 0 };
                 let need = conv + rep * n_ctx + rep * hd;
                 if buf.len() < need {
                     buf.resize(need, 0.0);
                 }
                 let base = g * max_seq * hd;
-                let rep_ok = fixed_avx512_shape(kind, hd, rep);
-                if rep_ok {
+                if fixed {
                     // AVX-512 with a specialised shape: fp16 rows converted in registers.
                     for s in s0..s1 {
                         let p = positions[s] as usize;
@@ -787,15 +787,6 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
     check_len("add output", a.len(), out.len())?;
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         *o = x + y;
-    }
-    Ok(())
-}
-
-/// `a += b` elementwise (residual connection in place).
-pub fn add_assign(a: &mut [f32], b: &[f32]) -> Result<()> {
-    check_len("add rhs", a.len(), b.len())?;
-    for (o, &y) in a.iter_mut().zip(b) {
-        *o += y;
     }
     Ok(())
 }

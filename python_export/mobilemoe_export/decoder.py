@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import decoder_ops  # noqa: F401  (defines the ops)
+from . import models as _models
 from . import quant
 from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe
 
@@ -184,13 +185,9 @@ class MobileMoEDecoder(nn.Module):
         return torch.ops.mobilemoe.lm_head(h, self.norm, self.eps, self.head_weight, self.head_scales, self.vocab,
                                            self.group_size, self.weight_bits, self.exact)
 
-    def example_inputs(self, seq_len: int = 4):
-        seq_len = min(seq_len, self.cfg.max_seq_len)
-        return (torch.zeros(1, seq_len, dtype=torch.long), torch.arange(seq_len, dtype=torch.long))
-
-    def dynamic_shapes(self):
-        seq = torch.export.Dim("seq_len", min=1, max=self.cfg.max_seq_len)
-        return ({1: seq}, {0: seq})
+    # the same example inputs and dynamic token dimension as models.Transformer (both read only cfg)
+    example_inputs = _models.Transformer.example_inputs
+    dynamic_shapes = _models.Transformer.dynamic_shapes
 
 
 def _is_et_llama(model: nn.Module) -> bool:
@@ -312,15 +309,3 @@ def _et_llama_parts(model: nn.Module, ModelConfig):
         blocks.append((blk, blk.attention, blk.attention_norm.weight, blk.ffn_norm.weight, attr))
     tied = model.output.weight.data_ptr() == model.tok_embeddings.weight.data_ptr()
     return cfg, style, blocks, cos.contiguous(), sin.contiguous(), tied, model.norm.weight
-
-
-def decoder_kv_bytes(dec: MobileMoEDecoder) -> int:
-    """Bytes of all KV caches at ``max_seq_len``."""
-    c = dec.cfg
-    el = 2 if dec.layers[0].attention.kv_fp16 else 4
-    return 2 * c.n_layers * c.n_kv_heads * c.max_seq_len * c.head_dim * el
-
-
-def reset_decoder(dec: Optional[nn.Module]) -> None:
-    if isinstance(dec, MobileMoEDecoder):
-        dec.reset_cache()
