@@ -200,7 +200,8 @@ fn tile_block(total_tiles: usize, rows: usize, threads: usize) -> usize {
     }
 }
 
-/// Runs the fused MoE FFN on `x[t, D]` into `out[t, D]`.
+/// Runs the fused MoE FFN on `x[t, D]` into `out[t, D]`:
+/// route -> permute -> quantize/gather -> gate_up -> act -> down -> scatter (+ shared expert).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_ffn(
     spec: &MoeSpec,
@@ -214,193 +215,221 @@ pub fn moe_ffn(
 ) -> Result<()> {
     let _span = debug_span!("moe_ffn", tokens = t, experts = spec.router.num_experts, top_k = spec.router.top_k).entered();
     w.validate(spec)?;
-    let (s13, s2) = (spec.w13_spec()?, spec.w2_spec()?);
     let d = spec.dim;
-    let f = spec.hidden;
-    let e = spec.router.num_experts;
-    let k = spec.router.top_k;
-    let tk = mul_dims("tokens x top_k", &[t, k])?;
+    let tk = mul_dims("tokens x top_k", &[t, spec.router.top_k])?;
     check_len("moe input", mul_dims("moe input", &[t, d])?, x.len())?;
     check_len("moe output", mul_dims("moe output", &[t, d])?, out.len())?;
     if t == 0 {
         return Ok(());
     }
-    let s = scratch;
-    let threads = pool.threads();
+    let run = MoeRun { spec, w, x, t, tk, threads: pool.threads() };
+    scratch.route(&run)?;
+    scratch.permute(&run);
+    scratch.gather_activations(&run)?;
+    scratch.gate_up(&run, pool, kernels)?;
+    scratch.activate(&run, pool)?;
+    scratch.down(&run, pool, kernels)?;
+    scratch.scatter(&run, out);
+    Ok(())
+}
 
-    // route
-    {
+/// The arguments of one `moe_ffn` call, validated, shared by its steps.
+struct MoeRun<'c, 'w> {
+    spec: &'c MoeSpec,
+    w: &'c MoeWeights<'w>,
+    x: &'c [f32],
+    /// Tokens.
+    t: usize,
+    /// Tokens x top_k: the (token, choice) pairs.
+    tk: usize,
+    threads: usize,
+}
+
+impl MoeScratch {
+    /// Router logits -> top-k expert ids and weights per token.
+    fn route(&mut self, r: &MoeRun<'_, '_>) -> Result<()> {
         let _g = debug_span!("route").entered();
-        grow(&mut s.logits, t * e);
-        grow(&mut s.route_tmp, e);
-        grow(&mut s.ids, tk);
-        grow(&mut s.weights, tk);
+        let (t, e, tk) = (r.t, r.spec.router.num_experts, r.tk);
+        grow(&mut self.logits, t * e);
+        grow(&mut self.route_tmp, e);
+        grow(&mut self.ids, tk);
+        grow(&mut self.weights, tk);
         routing::route(
-            &spec.router,
-            x,
+            &r.spec.router,
+            r.x,
             t,
-            d,
-            w.router_w,
-            w.expert_bias,
-            &mut s.logits[..t * e],
-            &mut s.route_tmp[..e],
-            &mut s.ids[..tk],
-            &mut s.weights[..tk],
-        )?;
+            r.spec.dim,
+            r.w.router_w,
+            r.w.expert_bias,
+            &mut self.logits[..t * e],
+            &mut self.route_tmp[..e],
+            &mut self.ids[..tk],
+            &mut self.weights[..tk],
+        )
     }
 
-    // permute: counting sort of (token, choice) pairs by expert
-    {
+    /// Counting sort of the (token, choice) pairs by expert: per-expert counts and offsets, each
+    /// pair's slot (`pos`) and each slot's token (`pair_token`).
+    fn permute(&mut self, r: &MoeRun<'_, '_>) {
         let _g = debug_span!("permute").entered();
-        s.counts.clear();
-        s.counts.resize(e, 0);
-        for &id in &s.ids[..tk] {
-            s.counts[id as usize] += 1;
+        let (e, k, tk) = (r.spec.router.num_experts, r.spec.router.top_k, r.tk);
+        self.counts.clear();
+        self.counts.resize(e, 0);
+        for &id in &self.ids[..tk] {
+            self.counts[id as usize] += 1;
         }
-        s.offsets.clear();
-        s.offsets.resize(e + 1, 0);
+        self.offsets.clear();
+        self.offsets.resize(e + 1, 0);
         for j in 0..e {
-            s.offsets[j + 1] = s.offsets[j] + s.counts[j];
+            self.offsets[j + 1] = self.offsets[j] + self.counts[j];
         }
-        grow(&mut s.pos, tk);
-        grow(&mut s.pair_token, tk);
-        s.fill.clear();
-        s.fill.extend_from_slice(&s.offsets[..e]);
+        grow(&mut self.pos, tk);
+        grow(&mut self.pair_token, tk);
+        self.fill.clear();
+        self.fill.extend_from_slice(&self.offsets[..e]);
         for p in 0..tk {
-            let ex = s.ids[p] as usize;
-            let slot = s.fill[ex];
-            s.fill[ex] += 1;
-            s.pos[p] = slot;
-            s.pair_token[slot as usize] = (p / k) as u32;
+            let ex = self.ids[p] as usize;
+            let slot = self.fill[ex];
+            self.fill[ex] += 1;
+            self.pos[p] = slot;
+            self.pair_token[slot as usize] = (p / k) as u32;
         }
-        s.last_counts.clear();
-        s.last_counts.extend_from_slice(&s.counts);
+        self.last_counts.clear();
+        self.last_counts.extend_from_slice(&self.counts);
     }
 
-    // quantize / gather activations
-    let shared = w.shared;
-    let fs = spec.shared_hidden;
-    {
+    /// The experts' input rows in slot order: fp32 copies (exact path) or the tokens' Q8 rows.
+    fn gather_activations(&mut self, r: &MoeRun<'_, '_>) -> Result<()> {
         let _g = debug_span!("quantize").entered();
-        if spec.exact {
-            grow(&mut s.xg, tk * d);
+        let (d, tk) = (r.spec.dim, r.tk);
+        if r.spec.exact {
+            grow(&mut self.xg, tk * d);
             for p in 0..tk {
-                let tok = s.pair_token[p] as usize;
-                s.xg[p * d..(p + 1) * d].copy_from_slice(&x[tok * d..(tok + 1) * d]);
+                let tok = self.pair_token[p] as usize;
+                self.xg[p * d..(p + 1) * d].copy_from_slice(&r.x[tok * d..(tok + 1) * d]);
             }
         } else {
-            s.qx.quantize(x, t, d, spec.group)?;
-            s.qg.reset(tk, d, spec.group);
+            self.qx.quantize(r.x, r.t, d, r.spec.group)?;
+            self.qg.reset(tk, d, r.spec.group);
             for p in 0..tk {
-                let tok = s.pair_token[p] as usize;
-                s.qg.copy_row_from(p, &s.qx, tok);
+                let tok = self.pair_token[p] as usize;
+                self.qg.copy_row_from(p, &self.qx, tok);
             }
         }
+        Ok(())
     }
 
-    // gate_up: experts (over gathered rows) and the shared expert (over all tokens)
-    grow(&mut s.h, tk * 2 * f);
-    if shared.is_some() {
-        grow(&mut s.sh_h, t * 2 * fs);
-    }
-    {
+    /// `h = x @ w13^T` for the experts (over gathered rows) and the shared expert (all tokens),
+    /// as one pool job.
+    fn gate_up(&mut self, r: &MoeRun<'_, '_>, pool: &ThreadPool, kernels: &Kernels) -> Result<()> {
         let _g = debug_span!("gate_up").entered();
-        let tiles13 = (2 * f).div_ceil(16);
-        s.items.clear();
-        push_items(&mut s.items, &s.counts, &s.offsets, tiles13, threads);
+        let (t, d, f, fs, tk) = (r.t, r.spec.dim, r.spec.hidden, r.spec.shared_hidden, r.tk);
+        let (s13, shared) = (r.spec.w13_spec()?, r.w.shared);
+        grow(&mut self.h, tk * 2 * f);
         if shared.is_some() {
-            push_shared(&mut s.items, t, (2 * fs).div_ceil(16), threads);
+            grow(&mut self.sh_h, t * 2 * fs);
         }
-        let h_out = OutPtr::new(&mut s.h[..tk * 2 * f], 2 * f);
-        let sh_out = if shared.is_some() { Some(OutPtr::new(&mut s.sh_h[..t * 2 * fs], 2 * fs)) } else { None };
+        self.items.clear();
+        push_items(&mut self.items, &self.counts, &self.offsets, (2 * f).div_ceil(16), r.threads);
+        if shared.is_some() {
+            push_shared(&mut self.items, t, (2 * fs).div_ceil(16), r.threads);
+        }
+        let h_out = OutPtr::new(&mut self.h[..tk * 2 * f], 2 * f);
+        let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_h[..t * 2 * fs], 2 * fs)) } else { None };
+        let acts = if r.spec.exact { Acts::F32(&self.xg[..tk * d], r.x) } else { Acts::Q8(self.qg.as_ref(), self.qx.as_ref()) };
+        let w = r.w;
         run_gemms(
             pool,
             kernels,
-            &s.items,
+            &self.items,
             |m| if m == SHARED { shared.unwrap().w13 } else { w.expert_w13(s13, m as usize) },
-            if spec.exact { Acts::F32(&s.xg[..tk * d], x) } else { Acts::Q8(s.qg.as_ref(), s.qx.as_ref()) },
+            acts,
             h_out,
             sh_out,
-        )?;
+        )
     }
 
-    // act: SwiGLU, then requantize for the down projection
-    grow(&mut s.act, tk * f);
-    if shared.is_some() {
-        grow(&mut s.sh_act, t * fs);
-    }
-    {
+    /// SwiGLU of `h`, then (Q8 path) the per-row requantization for the down projection;
+    /// row-parallel over the pool (inline when small, e.g. decode).
+    fn activate(&mut self, r: &MoeRun<'_, '_>, pool: &ThreadPool) -> Result<()> {
         let _g = debug_span!("act").entered();
-        // Row-parallel over the pool (inline when small, e.g. decode).
-        let qh = if spec.exact {
+        let (t, f, fs, tk, group) = (r.t, r.spec.hidden, r.spec.shared_hidden, r.tk, r.spec.group);
+        grow(&mut self.act, tk * f);
+        let qh = if r.spec.exact {
             None
         } else {
-            s.qh.reset(tk, f, spec.group);
-            Some(&mut s.qh)
+            self.qh.reset(tk, f, group);
+            Some(&mut self.qh)
         };
-        swiglu_quantize(pool, &s.h[..tk * 2 * f], f, &mut s.act[..tk * f], qh)?;
-        if shared.is_some() {
-            let qsh = if spec.exact {
+        swiglu_quantize(pool, &self.h[..tk * 2 * f], f, &mut self.act[..tk * f], qh)?;
+        if r.w.shared.is_some() {
+            grow(&mut self.sh_act, t * fs);
+            let qsh = if r.spec.exact {
                 None
             } else {
-                s.qsh.reset(t, fs, spec.group);
-                Some(&mut s.qsh)
+                self.qsh.reset(t, fs, group);
+                Some(&mut self.qsh)
             };
-            swiglu_quantize(pool, &s.sh_h[..t * 2 * fs], fs, &mut s.sh_act[..t * fs], qsh)?;
+            swiglu_quantize(pool, &self.sh_h[..t * 2 * fs], fs, &mut self.sh_act[..t * fs], qsh)?;
         }
+        Ok(())
     }
 
-    // down
-    grow(&mut s.o, tk * d);
-    if shared.is_some() {
-        grow(&mut s.sh_o, t * d);
-    }
-    {
+    /// `o = act @ w2^T` for the experts and the shared expert, as one pool job.
+    fn down(&mut self, r: &MoeRun<'_, '_>, pool: &ThreadPool, kernels: &Kernels) -> Result<()> {
         let _g = debug_span!("down").entered();
-        let tiles2 = d.div_ceil(16);
-        s.items.clear();
-        push_items(&mut s.items, &s.counts, &s.offsets, tiles2, threads);
+        let (t, d, f, fs, tk) = (r.t, r.spec.dim, r.spec.hidden, r.spec.shared_hidden, r.tk);
+        let (s2, shared) = (r.spec.w2_spec()?, r.w.shared);
+        grow(&mut self.o, tk * d);
         if shared.is_some() {
-            push_shared(&mut s.items, t, tiles2, threads);
+            grow(&mut self.sh_o, t * d);
         }
-        let o_out = OutPtr::new(&mut s.o[..tk * d], d);
-        let sh_out = if shared.is_some() { Some(OutPtr::new(&mut s.sh_o[..t * d], d)) } else { None };
+        let tiles2 = d.div_ceil(16);
+        self.items.clear();
+        push_items(&mut self.items, &self.counts, &self.offsets, tiles2, r.threads);
+        if shared.is_some() {
+            push_shared(&mut self.items, t, tiles2, r.threads);
+        }
+        let o_out = OutPtr::new(&mut self.o[..tk * d], d);
+        let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_o[..t * d], d)) } else { None };
+        let acts = if r.spec.exact {
+            Acts::F32(&self.act[..tk * f], &self.sh_act[..if shared.is_some() { t * fs } else { 0 }])
+        } else {
+            Acts::Q8(self.qh.as_ref(), if shared.is_some() { self.qsh.as_ref() } else { self.qh.as_ref() })
+        };
+        let w = r.w;
         run_gemms(
             pool,
             kernels,
-            &s.items,
+            &self.items,
             |m| if m == SHARED { shared.unwrap().w2 } else { w.expert_w2(s2, m as usize) },
-            if spec.exact {
-                Acts::F32(&s.act[..tk * f], &s.sh_act[..if shared.is_some() { t * fs } else { 0 }])
-            } else {
-                Acts::Q8(s.qh.as_ref(), if shared.is_some() { s.qsh.as_ref() } else { s.qh.as_ref() })
-            },
+            acts,
             o_out,
             sh_out,
-        )?;
+        )
     }
 
-    // scatter: y[i] = sum_j w_ij * o[pos(i, j)]  (+ gate_i * shared(x_i))
-    {
+    /// `y[i] = sum_j w_ij * o[pos(i, j)]` (+ `gate_i * shared(x_i)`), choices in order.
+    fn scatter(&self, r: &MoeRun<'_, '_>, out: &mut [f32]) {
         let _g = debug_span!("scatter").entered();
-        for i in 0..t {
+        let (d, k) = (r.spec.dim, r.spec.router.top_k);
+        for i in 0..r.t {
             let y = &mut out[i * d..(i + 1) * d];
             y.fill(0.0);
             for j in 0..k {
-                let wt = s.weights[i * k + j];
-                let p = s.pos[i * k + j] as usize;
-                crate::act::fma_axpy(y, wt, &s.o[p * d..(p + 1) * d]);
+                let wt = self.weights[i * k + j];
+                let p = self.pos[i * k + j] as usize;
+                crate::act::fma_axpy(y, wt, &self.o[p * d..(p + 1) * d]);
             }
-            if let Some(sh) = shared {
+            if let Some(sh) = r.w.shared {
                 let g = match sh.gate {
-                    Some(gw) => sigmoid(routing::dot_f32(&x[i * d..(i + 1) * d], gw)),
+                    Some(gw) => sigmoid(routing::dot_f32(&r.x[i * d..(i + 1) * d], gw)),
                     None => 1.0,
                 };
-                crate::act::fma_axpy(y, g, &s.sh_o[i * d..(i + 1) * d]);
+                crate::act::fma_axpy(y, g, &self.sh_o[i * d..(i + 1) * d]);
             }
         }
     }
-    Ok(())
 }
 
 fn push_items(items: &mut Vec<GemmItem>, counts: &[u32], offsets: &[u32], tiles: usize, threads: usize) {
