@@ -7,6 +7,12 @@ Examples::
     python -m mobilemoe_export --preset S --dense-baseline total --out s_dense.pte
     python -m mobilemoe_export --checkpoint my.ckpt --out my.pte          # save_checkpoint() format
     python -m mobilemoe_export --module-file my_model.py [--checkpoint sd.pt] --out my.pte
+    python -m mobilemoe_export --hf ./olmoe-dir --max-seq-len 1024 --out olmoe.pte   # save_pretrained dir
+
+``--hf``: a Hugging Face ``save_pretrained`` directory (needs ``transformers``: the ``hf`` extra).
+Its MoE blocks and every other linear are quantized, the model is exported with a KV cache and a
+dynamic token dimension, and ``tokenizer.json`` + ``tokenizer_config.json`` (with the chat template)
+are written beside the ``.pte``, where ``mobilemoe_export.generate`` finds them.
 
 ``--module-file``: a Python file defining ``build_model()`` (or ``build_model(max_seq_len)``)
 returning an ``nn.Module`` with ``forward(tokens int64 [1, S], input_pos int64 [S])``; optionally
@@ -17,6 +23,7 @@ returning an ``nn.Module`` with ``forward(tokens int64 [1, S], input_pos int64 [
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -45,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--module-file", type=Path, help="Python file defining build_model() (see below)")
     src.add_argument("--checkpoint", type=Path,
                      help="models.save_checkpoint() file, or a state dict for --module-file")
+    src.add_argument("--hf", type=Path, metavar="DIR",
+                     help="Hugging Face save_pretrained directory (config.json, safetensors, tokenizer)")
     ap.add_argument("--dense-baseline", choices=["total", "active"],
                     help="with --preset: the dense baseline instead (FFN weights = MoE total or active)")
     ap.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128, 256])
@@ -95,15 +104,22 @@ def _load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
 
 def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any, Any]:
     """-> (model, config or None, example_args, dynamic_shapes)."""
-    n_src = sum(x is not None for x in (args.preset, args.module_file)) + (
+    hf = getattr(args, "hf", None)
+    n_src = sum(x is not None for x in (args.preset, args.module_file, hf)) + (
         1 if args.checkpoint is not None and args.module_file is None else 0)
     if n_src != 1:
-        raise SystemExit("error: give exactly one of --preset, --module-file [--checkpoint], --checkpoint")
+        raise SystemExit("error: give exactly one of --preset, --module-file [--checkpoint], --checkpoint, --hf")
     if args.dense_baseline and not args.preset:
         raise SystemExit("error: --dense-baseline needs --preset")
     if args.n_layers is not None and not args.preset:
         raise SystemExit("error: --n-layers needs --preset")
     cfg = None
+    if hf is not None:
+        from . import hf_export
+
+        hf_model = hf_export.load_hf_model(hf)
+        program = hf_export.HFCausalLMProgram(hf_model, args.max_seq_len or hf_export.default_max_seq_len(hf_model))
+        return program, None, program.example_inputs(), program.dynamic_shapes()
     if args.preset:
         cfg = models.get_config(args.preset)
         if args.max_seq_len:
@@ -251,8 +267,9 @@ def lower_like_export(model, args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    hf = getattr(args, "hf", None)
     if args.out is None:
-        name = args.preset or (args.module_file or args.checkpoint).stem
+        name = args.preset or (args.module_file or args.checkpoint or hf).resolve().stem
         if args.n_layers:
             name += f"_{args.n_layers}l"
         if args.dense_baseline:
@@ -271,7 +288,12 @@ def main(argv=None) -> int:
 
     t = phase(0)
     model, cfg, example_args, dyn = build_from_args(args)
-    counts = models.count_params(cfg) if cfg is not None else module_param_counts(model)
+    if hf is not None:
+        from . import hf_export
+
+        counts = hf_export.param_counts(model)
+    else:
+        counts = models.count_params(cfg) if cfg is not None else module_param_counts(model)
     times["build"] = time.perf_counter() - t
     bar.update(1)
 
@@ -291,8 +313,26 @@ def main(argv=None) -> int:
     if hasattr(model, "reset_cache"):
         model.reset_cache()
     model = lower_like_export(model, args)
-    export_pte(model, example_args, args.out, dynamic_shapes=dyn, delegate=not args.no_delegate,
-               dynamic_tokens=dyn is not None, whole_model=whole_model_of(args), kv_cache=args.kv_cache)
+    with contextlib.ExitStack() as stack:
+        if hf is not None:
+            from . import hf_export
+
+            stack.enter_context(hf_export.exportable(model.hf_config.model_type))
+        export_pte(model, example_args, args.out, dynamic_shapes=dyn, delegate=not args.no_delegate,
+                   dynamic_tokens=dyn is not None, whole_model=whole_model_of(args), kv_cache=args.kv_cache,
+                   strict=hf is not None)
+    hf_extra: Dict[str, Any] = {}
+    if hf is not None:
+        from . import hf_export
+
+        hf_export.check_pte_dynamic_tokens(args.out)
+        written = hf_export.write_tokenizer(hf, Path(args.out).resolve().parent)
+        if not written:
+            print(f"warning: {hf} has no tokenizer; none written beside {args.out}", file=sys.stderr)
+        text_cfg = model.hf_config.get_text_config()
+        hf_extra = {"hf_model_type": model.hf_config.model_type, "tokenizer": [Path(w).name for w in written],
+                    "eos_token_ids": hf_export.eos_token_ids(model.inner.model),
+                    "max_seq_len": model.max_seq_len, "vocab_size": int(text_cfg.vocab_size)}
     times["export"] = time.perf_counter() - t
     bar.update(1)
 
@@ -305,7 +345,7 @@ def main(argv=None) -> int:
 
     summary = {
         "out": str(args.out),
-        "model": cfg.name if cfg is not None else str(args.module_file or args.checkpoint),
+        "model": cfg.name if cfg is not None else str(args.module_file or args.checkpoint or hf),
         "config": cfg.to_dict() if cfg is not None else None,
         "params_total": counts["total"],
         "params_active_per_token": counts["active"],
@@ -323,6 +363,7 @@ def main(argv=None) -> int:
         "vocab_size": cfg.vocab_size if cfg is not None else None,
         "seconds": {k: round(v, 2) for k, v in times.items()},
     }
+    summary.update(hf_extra)
     sidecar = Path(str(args.out) + ".json")
     sidecar.write_text(json.dumps(summary, indent=1))
     if args.summary_json:

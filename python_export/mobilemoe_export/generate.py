@@ -1,7 +1,12 @@
 """Text generation with an exported MobileMoE ``.pte`` on the ExecuTorch Python runtime.
 
     python -m mobilemoe_export.generate MODEL.pte --prompt "Once upon a time" --max-new-tokens 32 \
-        [--tokenizer assets/tokenizer.json] [--temperature 0.8 --top-p 0.9 --seed 0]
+        [--tokenizer assets/tokenizer.json] [--temperature 0.8 --top-p 0.9 --seed 0] [--chat]
+
+Tokenizer: ``--tokenizer``, else the ``tokenizer.json`` beside the ``.pte`` (written there by
+``python -m mobilemoe_export --hf``), else the shipped one. The end-of-sequence token is the
+``eos_token`` of the ``tokenizer_config.json`` beside it, else ``<|endoftext|>``. ``--chat`` wraps
+the prompt in that config's chat template (a user turn plus the generation prompt).
 
 Prefill runs the whole prompt in one call (``tokens [1, P]``, ``input_pos = 0..P``), then decode
 feeds one token at a time (``input_pos = [p]``); the KV cache lives inside the program as mutable
@@ -14,7 +19,7 @@ No cache reset is needed between two generations with the same loaded program: a
 positions ``p..p+S`` overwrites those cache slots before reading them, and slots after the
 current position are masked.
 
-Sampling (identical in the Rust generator ``backend/src/generate.rs``, so that both give the same
+Sampling (identical in the Rust generator ``runner/src/generate.rs``, so that both give the same
 tokens for the same logits and seed): ``temperature <= 0`` is greedy (argmax, lowest index on
 ties). Otherwise, in f64: ``p_i = exp((l_i - max) / T)``, sort by ``p`` descending (index
 ascending on ties), keep the shortest prefix whose sum reaches ``top_p * sum(p)``, draw
@@ -29,6 +34,7 @@ first / decode time), peak RSS.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import resource
 import sys
@@ -149,7 +155,7 @@ def peak_rss_mb() -> float:
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-PREFILL_CHUNK = 256  # largest number of prompt tokens per prefill call (backend/src/generate.rs)
+PREFILL_CHUNK = 256  # largest number of prompt tokens per prefill call (runner/src/generate.rs)
 
 
 def generate_tokens(
@@ -280,12 +286,51 @@ def load_tokenizer(path=None):
     return Tokenizer.from_file(str(path or DEFAULT_TOKENIZER))
 
 
+def tokenizer_beside(pte) -> Optional[Path]:
+    """The ``tokenizer.json`` in the ``.pte``'s directory (a ``--hf`` export writes it there), or None."""
+    p = Path(pte).resolve().parent / "tokenizer.json"
+    return p if p.is_file() else None
+
+
+def _token_str(v) -> Optional[str]:
+    # tokenizer_config.json stores special tokens as strings or as AddedToken dicts
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def read_tokenizer_config(tokenizer_json) -> dict:
+    p = Path(tokenizer_json).parent / "tokenizer_config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def chat_prompt(tokenizer_config, user_text: str) -> str:
+    """``user_text`` as one user turn in the chat template of ``tokenizer_config`` (a path or a
+    dict), with the generation prompt appended, rendered as transformers does (jinja2)."""
+    cfg = tokenizer_config if isinstance(tokenizer_config, dict) else json.loads(Path(tokenizer_config).read_text())
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: transformers uses "default"
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if not template:
+        raise ValueError("the tokenizer config has no chat template")
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+
+    def raise_exception(msg):
+        raise ValueError(msg)
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
+        bos_token=_token_str(cfg.get("bos_token")) or "", eos_token=_token_str(cfg.get("eos_token")) or "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mobilemoe_export.generate",
                                  description="Generate text with a MobileMoE .pte on the ExecuTorch runtime "
                                              "(prefill + KV-cache decode), streaming tokens and timing stats.")
     ap.add_argument("model", type=Path, help=".pte exported by python -m mobilemoe_export")
-    ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="HF tokenizer.json (default: the shipped one)")
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="HF tokenizer.json (default: the one beside the .pte, else the shipped one)")
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -293,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
     ap.add_argument("--threads", type=int, default=None, help="MobileMoE kernel threads")
+    ap.add_argument("--chat", action="store_true",
+                    help="wrap the prompt in the chat template of the tokenizer_config.json beside the tokenizer")
     return ap
 
 
@@ -304,7 +351,16 @@ def main(argv=None) -> int:
     if not 0.0 < args.top_p <= 1.0:
         print("error: --top-p must be in (0, 1]", file=sys.stderr)
         return 2
-    tok = load_tokenizer(args.tokenizer)
+    tok_path = args.tokenizer or tokenizer_beside(args.model) or DEFAULT_TOKENIZER
+    tok = load_tokenizer(tok_path)
+    tok_cfg = read_tokenizer_config(tok_path)
+    prompt = args.prompt
+    if args.chat:
+        try:
+            prompt = chat_prompt(tok_cfg, args.prompt)
+        except ValueError as e:
+            print(f"error: --chat: {e} ({Path(tok_path).parent / 'tokenizer_config.json'})", file=sys.stderr)
+            return 2
     try:
         model = PteModel(args.model)
     except FileNotFoundError as e:
@@ -317,8 +373,9 @@ def main(argv=None) -> int:
     if tok.get_vocab_size() > model.vocab_size:
         print(f"warning: tokenizer vocabulary ({tok.get_vocab_size()}) is larger than the model's "
               f"({model.vocab_size})", file=sys.stderr)
-    ids = tok.encode(args.prompt).ids
-    eos = None if args.no_eos else tok.token_to_id(EOS_TOKEN)
+    # a chat template already spells out the special tokens it wants
+    ids = tok.encode(prompt, add_special_tokens=not args.chat).ids
+    eos = None if args.no_eos else tok.token_to_id(_token_str(tok_cfg.get("eos_token")) or EOS_TOKEN)
     if not ids or len(ids) > model.max_seq_len:
         try:  # the generator's own message, before anything is printed
             generate_tokens(model, ids, 1, model.max_seq_len)
@@ -326,7 +383,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     printer = StreamPrinter(tok)
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt)
     sys.stdout.flush()
     try:
         res = generate_tokens(model, ids, args.max_new_tokens, model.max_seq_len, temperature=args.temperature,

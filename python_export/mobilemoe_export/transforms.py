@@ -5,7 +5,10 @@ Recognised MoE blocks (see :func:`extract_moe`):
 1. ``mobilemoe_export.moe_block.MoEFeedForward`` (this project's own block);
 2. ExecuTorch's ``MOEFeedForward`` (``executorch.examples.models.llama.llama_transformer``);
 3. ExecuTorch's ``QuantizedMoEFFN`` (``.../source_transformation/moe.py``; torchao-packed buffers);
-4. Hugging Face-style blocks, by structure: Mixtral-like (``gate`` + ``experts[i].w1/w2/w3``),
+4. ``transformers``' own MoE blocks, by family (:mod:`mobilemoe_export.hf_families`: Mixtral,
+   Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3, GraniteMoe(+Shared); PhiMoE, Llama 4, group-limited
+   routing and unverified families are refused with the reason);
+5. other Hugging Face-style blocks, by structure: Mixtral-like (``gate`` + ``experts[i].w1/w2/w3``),
    Qwen-MoE / OLMoE-like (``gate`` + ``experts[i].gate_proj/up_proj/down_proj``, ``norm_topk_prob``,
    optional ``shared_expert`` + ``shared_expert_gate``), DeepSeek-like (``gate.weight`` +
    ``gate.e_score_correction_bias``, sigmoid, ``routed_scaling_factor``, ``shared_experts``), and
@@ -231,7 +234,13 @@ def _extract_moe(m: nn.Module, name: str, live: bool) -> Optional[MoESpec]:
         from .torchao_layout import spec_from_quantized_moe_ffn
 
         return spec_from_quantized_moe_ffn(m, name)
-    # (4) Hugging Face-style blocks
+    # (4) transformers' own MoE blocks: by family, with the routing read from its modeling file
+    from .hf_families import NOT_HF, extract_hf_moe
+
+    hf = extract_hf_moe(m, name, live)
+    if hf is not NOT_HF:
+        return hf
+    # (5) Hugging Face-style blocks outside transformers, by structure
     gate = getattr(m, "gate", None)
     experts = getattr(m, "experts", None)
     if gate is None or experts is None:

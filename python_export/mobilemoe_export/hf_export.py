@@ -1,0 +1,222 @@
+"""A Hugging Face ``save_pretrained`` directory -> a MobileMoE ``.pte`` (``python -m mobilemoe_export --hf``).
+
+The program has the interface of every MobileMoE ``.pte`` (``forward(tokens int64 [1, S],
+input_pos int64 [S]) -> logits [1, S, V]``, the KV cache inside as mutable buffers), so the Python
+and Rust generators run it unchanged. The KV cache is transformers' own ``StaticCache`` through
+``transformers.integrations.executorch.TorchExportableModuleWithStaticCache``; it is traced with
+``torch.export(strict=True)``, because the non-strict trace of transformers 5.24's cache breaks
+ExecuTorch's ``run_decompositions`` ("expected compiled_fn to be GraphModule").
+
+The tokenizer (``tokenizer.json``, ``tokenizer_config.json`` with the chat template inlined when the
+checkpoint has one) is written beside the ``.pte``: ``mobilemoe_export.generate`` (and the Rust
+``mobilemoe generate``) pick it up from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# ExecuTorch Tensor.shape_dynamism of a static input (schema/program.fbs: TensorShapeDynamism)
+_STATIC = 0
+
+
+def _require_transformers():
+    try:
+        import transformers
+    except ImportError as e:  # an optional extra of the package
+        raise SystemExit("error: --hf needs Hugging Face transformers: pip install 'mobilemoe-export[hf]'") from e
+    return transformers
+
+
+def load_hf_model(path) -> nn.Module:
+    """The causal LM of a ``save_pretrained`` directory, fp32, eval mode, with a static KV cache."""
+    transformers = _require_transformers()
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"error: {path} is not a save_pretrained directory (no config.json)")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.eval().requires_grad_(False)
+    text_cfg = model.config.get_text_config()
+    text_cfg.use_cache = True
+    model.generation_config.use_cache = True
+    model.generation_config.cache_implementation = "static"
+    return model
+
+
+class HFCausalLMProgram(nn.Module):
+    """``forward(tokens [1, S], input_pos [S]) -> logits [1, S, V]`` over a transformers causal LM
+    with a ``StaticCache`` of ``max_seq_len`` positions (written at ``input_pos``)."""
+
+    def __init__(self, model: nn.Module, max_seq_len: int) -> None:
+        super().__init__()
+        from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+        self.max_seq_len = int(max_seq_len)
+        self.hf_config = model.config
+        self.inner = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_seq_len)
+        self._fit_cache_to_the_model(model)
+
+    def _fit_cache_to_the_model(self, model: nn.Module) -> None:
+        """The wrapper sizes every cache layer from config (num_key_value_heads, head_dim), which is
+        wrong for attention that caches something else (DeepSeek's MLA: one latent "head" of
+        kv_lora_rank + rope dims). Size each layer from what one eager step actually caches."""
+        with torch.no_grad():
+            seen = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True).past_key_values
+        for i, (layer, got) in enumerate(zip(self.inner.static_cache.layers, getattr(seen, "layers", []))):
+            k, v = getattr(got, "keys", None), getattr(got, "values", None)
+            if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor) or not layer.supports_early_init:
+                continue
+            if (layer.keys.shape[1], layer.keys.shape[-1], layer.values.shape[-1]) == (k.shape[1], k.shape[-1], v.shape[-1]):
+                continue
+            layer.lazy_initialization(k[:, :, :0], v[:, :, :0])
+            self.inner.register_buffer(f"key_cache_{i}", layer.keys, persistent=False)
+            self.inner.register_buffer(f"value_cache_{i}", layer.values, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=tokens, cache_position=input_pos)
+
+    def example_inputs(self):
+        n = min(4, self.max_seq_len)
+        return torch.arange(1, n + 1, dtype=torch.long).reshape(1, n), torch.arange(n, dtype=torch.long)
+
+    def dynamic_shapes(self):
+        tokens = torch.export.Dim("tokens", min=1, max=self.max_seq_len)
+        return ({1: tokens}, {0: tokens})
+
+
+def _real_rotary_deepseek_v2():
+    """DeepSeek-V2's rotary embedding in real arithmetic. transformers computes it with complex
+    tensors (torch.polar, view_as_complex), for which ExecuTorch has no kernels ("kernel
+    'aten::polar.out' not found"); the same products on (cos, sin) pairs are the same numbers."""
+    from transformers.modeling_rope_utils import dynamic_rope_update
+    from transformers.models.deepseek_v2 import modeling_deepseek_v2 as mod
+
+    @dynamic_rope_update
+    def rotary_forward(self, x, position_ids):
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        return torch.stack((freqs.cos(), freqs.sin()), dim=-1) * self.attention_scaling  # [B, S, dim/2, 2]
+
+    def apply_rotary_emb(xq, xk, cos_sin):
+        cos_sin = cos_sin.unsqueeze(1).to(xq.device)
+        cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+
+        def rotate(x):
+            pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+            re, im = pairs[..., 0], pairs[..., 1]
+            return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(3).type_as(x)
+
+        return rotate(xq), rotate(xk)
+
+    return [(mod.DeepseekV2RotaryEmbedding, "forward", rotary_forward), (mod, "apply_rotary_emb", apply_rotary_emb)]
+
+
+# model_type -> the patches that make its forward exportable to ExecuTorch (same numbers)
+_EXPORT_PATCHES = {"deepseek_v2": _real_rotary_deepseek_v2}
+
+
+@contextlib.contextmanager
+def exportable(model_type: str):
+    """Within the block, the transformers code of ``model_type`` traces to ops ExecuTorch runs."""
+    patches = _EXPORT_PATCHES[model_type]() if model_type in _EXPORT_PATCHES else []
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+    try:
+        for owner, attr, new in patches:
+            setattr(owner, attr, new)
+        yield
+    finally:
+        for owner, attr, old in saved:
+            setattr(owner, attr, old)
+
+
+def default_max_seq_len(model: nn.Module, cap: int = 2048) -> int:
+    n = getattr(model.config.get_text_config(), "max_position_embeddings", None) or cap
+    return int(min(n, cap))
+
+
+def param_counts(model: nn.Module) -> Dict[str, int]:
+    """Total / active-per-token parameters (the unselected routed experts are inactive)."""
+    from .hf_families import VERIFIED_BLOCKS
+
+    total = sum(p.numel() for p in model.parameters())
+    inactive = 0
+    for m in model.modules():
+        ex = getattr(m, "experts", None)
+        if type(m).__name__ not in VERIFIED_BLOCKS or ex is None or not hasattr(ex, "gate_up_proj"):
+            continue
+        router = getattr(m, "gate", None) or getattr(m, "router", None)
+        e = ex.gate_up_proj.shape[0]
+        per_expert = (ex.gate_up_proj.numel() + ex.down_proj.numel()) // e
+        inactive += (e - int(router.top_k)) * per_expert
+    return {"total": total, "active": total - inactive}
+
+
+def check_pte_dynamic_tokens(path) -> None:
+    """Fail loudly if the written program's token input came out static: such a ``.pte`` rejects
+    every other prompt length at run time ("Attempted to resize a static tensor")."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(Path(path).read_bytes())
+    plan = getattr(pte, "program", pte).execution_plan[0]
+    for name, idx in zip(("tokens", "input_pos"), plan.inputs):
+        val = plan.values[idx].val
+        dyn = getattr(val, "shape_dynamism", None)
+        if dyn is None or int(dyn) == _STATIC:
+            raise RuntimeError(f"{path}: input {name} {list(val.sizes)} came out with a static token dimension; "
+                               f"the program would accept only that length")
+
+
+def write_tokenizer(hf_dir, out_dir) -> List[str]:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` (chat template inlined) of ``hf_dir``
+    into ``out_dir``; returns the written paths ([] if the checkpoint has no tokenizer)."""
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = hf_dir
+    if not (hf_dir / "tokenizer.json").is_file():
+        # a slow (e.g. SentencePiece) tokenizer only: let transformers convert it to tokenizer.json
+        transformers = _require_transformers()
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+        except Exception:
+            return []
+        src = out_dir / ".hf_tokenizer"
+        tok.save_pretrained(str(src))
+        if not (src / "tokenizer.json").is_file():
+            shutil.rmtree(src, ignore_errors=True)
+            return []
+    written = [str(shutil.copyfile(src / "tokenizer.json", out_dir / "tokenizer.json"))]
+    cfg: Dict[str, Any] = {}
+    if (src / "tokenizer_config.json").is_file():
+        cfg = json.loads((src / "tokenizer_config.json").read_text())
+    # transformers 5 saves the chat template as chat_template.jinja (or .json) beside the config
+    if not cfg.get("chat_template"):
+        if (src / "chat_template.jinja").is_file():
+            cfg["chat_template"] = (src / "chat_template.jinja").read_text()
+        elif (src / "chat_template.json").is_file():
+            cfg["chat_template"] = json.loads((src / "chat_template.json").read_text()).get("chat_template")
+    # special-token strings the generators need, from special_tokens_map.json if the config lacks them
+    stm = src / "special_tokens_map.json"
+    if stm.is_file():
+        for k, v in json.loads(stm.read_text()).items():
+            cfg.setdefault(k, v)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1, ensure_ascii=False))
+    written.append(str(out_dir / "tokenizer_config.json"))
+    if src != hf_dir:
+        shutil.rmtree(src, ignore_errors=True)
+    return written
+
+
+def eos_token_ids(model: nn.Module) -> List[int]:
+    """End-of-sequence ids of the checkpoint (generation config first, then the model config)."""
+    for holder in (getattr(model, "generation_config", None), model.config.get_text_config()):
+        v = getattr(holder, "eos_token_id", None) if holder is not None else None
+        if v is not None:
+            return [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+    return []
