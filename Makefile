@@ -39,7 +39,7 @@ lint: venv
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
-	$(PY) -m ruff check python_export scripts tests
+	$(PY) -m ruff check python_export scripts tests runner/tests
 
 test-python: build
 	@scripts/run_pytest.sh

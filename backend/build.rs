@@ -1,72 +1,14 @@
-//! Builds the C++ half (BackendInterface, custom-op kernels, runner) against the executorch wheel
-//! and generates the kernels' argument layout from `schema/ops.txt`.
-//!
-//! Target-aware:
-//! * host (TARGET == HOST): headers + `lib/libexecutorch.so` of the wheel (`EXECUTORCH_DIR` or
-//!   `.venv`), linked with an rpath to it.
-//! * Android (`*-linux-android`): headers from `$EXECUTORCH_ANDROID_PREFIX/include`; nothing of
-//!   ExecuTorch is linked here (no shared libexecutorch exists for Android: the static archives are
-//!   linked into the JNI library by `android_app/native/build.rs`). The C++ compiler is the one
-//!   cc-rs finds for the target (cargo-ndk sets `CXX_<target>` to the NDK's clang++).
-//! * other cross targets (e.g. `aarch64-unknown-linux-gnu`): headers from `EXECUTORCH_DIR`
-//!   (default: the host wheel's `include/`; the headers are arch-neutral), compiled with
-//!   `CXX_<target>` / `TARGET_CXX` or else `<arch>-linux-gnu-g++`. libexecutorch is linked only when
-//!   `EXECUTORCH_LIB_DIR` (a directory with that target's `libexecutorch.so`) is given; without
-//!   it the Rust + C++ objects and the rlib build, but the cdylib/bins/tests do not resolve
-//!   ExecuTorch's symbols.
+//! Builds the C++ half (BackendInterface, custom-op kernels) against ExecuTorch and generates the
+//! kernels' argument layout from `schema/ops.txt`. Where ExecuTorch comes from for each target,
+//! and the compile/link flags: `build_executorch.rs` (shared with the runner crate).
 
+#[path = "build_executorch.rs"]
+mod build_executorch;
+
+use build_executorch::ExecuTorch;
 use std::env;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
-/// The executorch wheel (or an `EXECUTORCH_DIR` laid out like it). `need_lib`: also require
-/// `lib/libexecutorch.so` (host builds, which link it); a cross build only takes the headers.
-fn find_executorch(workspace: &Path, need_lib: bool) -> PathBuf {
-    println!("cargo:rerun-if-env-changed=EXECUTORCH_DIR");
-    let candidates: Vec<PathBuf> = match env::var_os("EXECUTORCH_DIR") {
-        Some(d) => vec![PathBuf::from(d)],
-        None => {
-            let mut v = vec![workspace.join(".venv/lib/python3.11/site-packages/executorch")];
-            // Any python3.x venv layout.
-            if let Ok(rd) = std::fs::read_dir(workspace.join(".venv/lib")) {
-                for e in rd.flatten() {
-                    v.push(e.path().join("site-packages/executorch"));
-                }
-            }
-            v
-        }
-    };
-    for c in &candidates {
-        if c.join("include/executorch/runtime/backend/interface.h").is_file() && (!need_lib || c.join("lib/libexecutorch.so").is_file()) {
-            return c.clone();
-        }
-    }
-    let what = if need_lib { "headers + lib/libexecutorch.so" } else { "headers" };
-    panic!(
-        "\n\nmobilemoe-backend: the executorch wheel ({what}) was not found.\n\
-         Looked in: {candidates:?}\n\
-         Run `make venv` at the repository root (creates .venv with torch 2.14.0 + executorch 1.5.1),\n\
-         or set EXECUTORCH_DIR=<site-packages>/executorch.\n\n"
-    );
-}
-
-/// Android: the ExecuTorch install prefix built with the NDK (docs/android.md, step 1).
-fn find_android_prefix() -> PathBuf {
-    println!("cargo:rerun-if-env-changed=EXECUTORCH_ANDROID_PREFIX");
-    let prefix = env::var_os("EXECUTORCH_ANDROID_PREFIX").map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "\n\nmobilemoe-backend: building for Android needs EXECUTORCH_ANDROID_PREFIX, ExecuTorch's \
-             Android install prefix (e.g. executorch/cmake-out-android-arm64-v8a, with include/ and lib/*.a); \
-             see docs/android.md.\n\n"
-        )
-    });
-    assert!(
-        prefix.join("include/executorch/runtime/backend/interface.h").is_file(),
-        "mobilemoe-backend: {}/include has no executorch/runtime/backend/interface.h: not an ExecuTorch install prefix",
-        prefix.display()
-    );
-    prefix
-}
+use std::path::PathBuf;
 
 #[derive(Debug)]
 struct Arg {
@@ -137,25 +79,7 @@ fn gen_header(ops: &[(String, Vec<Arg>)]) -> String {
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest.parent().unwrap().to_path_buf();
-    let target = env::var("TARGET").unwrap();
-    let cross = target != env::var("HOST").unwrap();
-    let android = env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("android");
-    println!("cargo:rerun-if-env-changed=EXECUTORCH_LIB_DIR");
-    // `et`: where the headers come from (`et/include`). `lib`: the directory of the libexecutorch.so
-    // to link, if any (see the top of this file).
-    let (et, lib) = if android {
-        (find_android_prefix(), None)
-    } else if !cross {
-        let et = find_executorch(&workspace, true);
-        let lib = et.join("lib");
-        (et, Some(lib))
-    } else {
-        let lib = env::var_os("EXECUTORCH_LIB_DIR").map(PathBuf::from);
-        if let Some(l) = &lib {
-            assert!(l.join("libexecutorch.so").is_file(), "mobilemoe-backend: EXECUTORCH_LIB_DIR={} has no libexecutorch.so", l.display());
-        }
-        (find_executorch(&workspace, false), lib)
-    };
+    let et = ExecuTorch::locate(&workspace);
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
 
     let ops_txt = workspace.join("schema/ops.txt");
@@ -166,64 +90,11 @@ fn main() {
     }
     std::fs::write(out.join("mobilemoe_ops_gen.h"), gen_header(&ops)).unwrap();
 
-    let inc = et.join("include");
-    let mut b = cxx_build::bridge("src/bridge.rs");
-    if cross && !android && target.ends_with("-linux-gnu") {
-        // Without an explicit CXX for the target, cc-rs would fall back to a plain `CXX` (the
-        // host's compiler) if one is set: use the Debian cross compiler's name instead.
-        let tu = target.replace('-', "_");
-        let set = [format!("CXX_{target}"), format!("CXX_{tu}"), "TARGET_CXX".to_string()].iter().any(|v| env::var_os(v).is_some());
-        if !set {
-            let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap();
-            b.compiler(format!("{arch}-linux-gnu-g++"));
-        }
-    }
-    b.file("cpp/backend.cpp")
-        .file("cpp/runner.cpp")
-        .std("c++17")
-        .include(&inc)
-        .include(inc.join("executorch/runtime/core/portable_type/c10"))
-        .include(manifest.join("cpp"))
-        .include(&out)
-        .define("C10_USING_CUSTOM_GENERATED_MACROS", None)
-        .define("ET_EVENT_TRACER_ENABLED", None)
-        .flag_if_supported("-Wno-unused-parameter")
-        .flag_if_supported("-Wno-deprecated-declarations")
-        .flag_if_supported("-Wno-missing-field-initializers")
-        .flag_if_supported("-fvisibility=hidden");
-    b.compile("mobilemoe_cpp");
-    for f in ["cpp/backend.cpp", "cpp/runner.cpp", "cpp/mobilemoe.h", "src/bridge.rs"] {
+    et.cxx_build("src/bridge.rs").file("cpp/backend.cpp").include(manifest.join("cpp")).include(&out).compile("mobilemoe_cpp");
+    for f in ["cpp/backend.cpp", "cpp/mobilemoe.h", "src/bridge.rs", "build_executorch.rs"] {
         println!("cargo:rerun-if-changed={f}");
     }
-
-    println!("cargo:rustc-env=MOBILEMOE_EXECUTORCH_DIR={}", et.display());
-    let Some(lib) = lib else {
-        if !android {
-            println!(
-                "cargo:warning=mobilemoe-backend: cross build for {target}: libexecutorch is not linked \
-                 (set EXECUTORCH_LIB_DIR to that target's lib/ to link the cdylib, bins and tests)"
-            );
-        }
-        return;
-    };
-    println!("cargo:rustc-link-search=native={}", lib.display());
-    // The runner binary and the tests need the standard aten kernels, which are only reached
-    // through registration: keep them with --no-as-needed. The plugin cdylib does not link them
-    // (the host process - Python, an app - brings its own kernel set).
-    for kind in ["bins", "tests"] {
-        println!("cargo:rustc-link-arg-{kind}=-Wl,--push-state,--no-as-needed");
-        println!("cargo:rustc-link-arg-{kind}=-lexecutorch_kernels_optimized");
-        println!("cargo:rustc-link-arg-{kind}=-Wl,--pop-state");
-    }
-    println!("cargo:rustc-link-lib=dylib=executorch");
-    // $ORIGIN-relative first (target/release/{lib,bin} and target/release/deps/{tests} -> the
-    // repository's .venv), so that a built library keeps working when the checkout moves; the
-    // absolute path last (other target dirs). LD_LIBRARY_PATH overrides neither need.
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_path_buf());
-    if let Some(rel) = repo.as_ref().and_then(|r| lib.strip_prefix(r).ok()) {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../{}", rel.display());
-        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../../{}", rel.display());
-    }
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
+    // The plugin's own tests run programs too: they need the aten kernels (the cdylib does not
+    // link them; its host process - Python, an app - brings its own kernel set).
+    et.link(&workspace, &["tests"]);
 }

@@ -48,7 +48,7 @@ cxx_asan() {
 }
 
 run_asan() {
-  log "ASan + LSan: ops, schema, robustness, backend (delegate, profiling_trace) tests"
+  log "ASan + LSan: ops, schema, robustness, backend (delegate) and runner (profiling_trace) tests"
   (
     export CARGO_TARGET_DIR="$BASE/asan"
     export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes" RUSTDOCFLAGS="-Zsanitizer=address"
@@ -59,8 +59,9 @@ run_asan() {
     LEAK_CYCLES=20 cargo test --target "$TRIPLE" --release -p mobilemoe-ops -p mobilemoe-schema --lib --tests
     # init_destroy_1000_times_without_growth checks RSS, which ASan's quarantine inflates by design
     # (freed memory is held back to catch use-after-free); leaks are checked by lsan-cycles/valgrind.
-    cargo test --target "$TRIPLE" --release -p mobilemoe-backend --test delegate --test profiling_trace -- \
+    cargo test --target "$TRIPLE" --release -p mobilemoe-backend --test delegate -- \
       --skip init_destroy_1000_times_without_growth
+    cargo test --target "$TRIPLE" --release -p mobilemoe-runner --test profiling_trace
     cd "$ROOT/tests/robustness"
     LEAK_CYCLES=20 cargo test --target "$TRIPLE" --release
     cd "$ROOT/tests/fuzz"

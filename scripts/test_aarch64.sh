@@ -4,9 +4,10 @@
 #   cortex-a53 (ARMv8.0: NEON only)      -> neon
 #   cortex-a76 (ARMv8.2 + dotprod)       -> neon-dotprod
 #   max        (dotprod + i8mm, ...)     -> neon-i8mm available, best() = neon-dotprod (fewer instructions)
-# Then cross-builds mobilemoe-backend's Rust + C++ (cxx bridge, backend.cpp, runner.cpp) for aarch64
-# and checks that the objects are aarch64. No aarch64 ExecuTorch library exists here, so nothing
-# of ExecuTorch is linked (backend/build.rs: headers only, from the host wheel) and nothing of it runs.
+# Then cross-builds the Rust + C++ of mobilemoe-backend (cxx bridge, backend.cpp) and of
+# mobilemoe-runner (cxx bridge, runner.cpp, the tokenizer) for aarch64 and checks that the objects
+# are aarch64. No aarch64 ExecuTorch library exists here, so nothing of ExecuTorch is linked
+# (backend/build_executorch.rs: headers only, from the host wheel) and nothing of it runs.
 # Idempotent: installs the toolchain with apt only when missing (Debian bookworm, root).
 # Env: PROPTEST_CASES (default 24 under qemu), CARGO_TARGET_DIR (default target/aarch64),
 #      CPUS (default "cortex-a53 cortex-a76 max"), SKIP_BACKEND=1 (skip the backend build).
@@ -59,21 +60,29 @@ for cpu in ${CPUS:-cortex-a53 cortex-a76 max}; do
 done
 [ $status = 0 ] && echo "=== aarch64: all CPU models passed"
 
-if [ "${SKIP_BACKEND:-0}" != 1 ]; then
-    echo "=== mobilemoe-backend for $TARGET: Rust + C++ compile (ExecuTorch headers only, not linked)"
-    export CXX_aarch64_unknown_linux_gnu="${CXX_aarch64_unknown_linux_gnu:-aarch64-linux-gnu-g++}"
-    # The build script's out dir of this build (older ones may linger in the target dir).
-    be_out=$(cargo build --release -p mobilemoe-backend --lib --target "$TARGET" \
-        --message-format=json-render-diagnostics | python3 -c '
+# The C++ objects a crate's build script compiled for $TARGET (its out dir of this build: older
+# ones may linger in the target dir).
+cxx_objects() {
+    local pkg=$1
+    cargo build --release -p "$pkg" --lib --target "$TARGET" --message-format=json-render-diagnostics | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "build-script-executed" and "mobilemoe-backend" in m["package_id"]:
-        print(m["out_dir"])') || be_out=""
+    if m.get("reason") == "build-script-executed" and sys.argv[1] in m["package_id"]:
+        print(m["out_dir"])' "$pkg"
+}
+
+if [ "${SKIP_BACKEND:-0}" != 1 ]; then
+    echo "=== mobilemoe-backend + mobilemoe-runner for $TARGET: Rust + C++ compile (ExecuTorch headers only, not linked)"
+    export CXX_aarch64_unknown_linux_gnu="${CXX_aarch64_unknown_linux_gnu:-aarch64-linux-gnu-g++}"
+    be_out=$(cxx_objects mobilemoe-backend) || be_out=""
+    rn_out=$(cxx_objects mobilemoe-runner) || rn_out=""
     so="$CARGO_TARGET_DIR/$TARGET/release/libmobilemoe_executorch.so"
+    rlib=$(ls -t "$CARGO_TARGET_DIR/$TARGET"/release/deps/libmobilemoe_runner-*.rlib 2>/dev/null | head -1 || true)
     shopt -s nullglob
     objs=()
-    [ -n "$be_out" ] && objs=("$be_out"/*.o)
+    [ -n "$be_out" ] && objs+=("$be_out"/*.o)
+    [ -n "$rn_out" ] && objs+=("$rn_out"/*.o)
     bad=0
     for f in "${objs[@]}" "$so"; do
         info=$(file -b "$f" 2>&1)
@@ -84,13 +93,15 @@ for line in sys.stdin:
     for want in backend.o runner.o bridge.rs.o; do
         grep -q -- "-$want\$" <<<"$names" || { echo "    missing object: *-$want"; bad=1; }
     done
+    [ "$(grep -c -- '-bridge.rs.o$' <<<"$names")" -ge 2 ] || { echo "    missing object: one cxx bridge per crate"; bad=1; }
+    [ -n "$rlib" ] || { echo "    missing: libmobilemoe_runner-*.rlib"; bad=1; }
     if [ $bad = 0 ]; then
         undef=$(aarch64-linux-gnu-nm -D --undefined-only "$so" | grep -c executorch || true)
-        echo "=== mobilemoe-backend: ${#objs[@]} C++ objects (cxx bridge, backend.cpp, runner.cpp) and the" \
-             "cdylib are ARM aarch64; the cdylib leaves $undef ExecuTorch symbols undefined (no aarch64" \
-             "libexecutorch here: not linked, not run)"
+        echo "=== ${#objs[@]} C++ objects (cxx bridges, backend.cpp, runner.cpp) and the cdylib are ARM" \
+             "aarch64, the runner rlib (tokenizer included) built; the cdylib leaves $undef ExecuTorch" \
+             "symbols undefined (no aarch64 libexecutorch here: not linked, not run)"
     else
-        echo "=== FAILED: mobilemoe-backend aarch64 build"
+        echo "=== FAILED: mobilemoe-backend / mobilemoe-runner aarch64 build"
         status=1
     fi
 fi

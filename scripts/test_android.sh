@@ -10,7 +10,8 @@
 #   3. The Rust JNI crate (android_app/native) builds for the host; its exported Java_* symbols
 #      equal the ones `javac -h` derives from MobileMoE.java.
 #   4. A plain JVM loads the host .so through the app's own MobileMoE class and runs a real .pte
-#      (python_export --preset tiny); greedy tokens must equal `mobilemoe generate`'s.
+#      (python_export --preset tiny); the greedy token ids (and their text) must equal
+#      `mobilemoe generate`'s.
 #
 # Env: CARGO_TARGET_DIR (default: the workspace's target/, shared with `make build`),
 #      ANDROID_TEST_WORK (scratch dir, default $CARGO_TARGET_DIR/android-test).
@@ -88,8 +89,8 @@ fi
 
 # ---------------------------------------------------------------- 3. JNI crate + symbol names
 step "cargo build --release -p mobilemoe-jni (host) + JNI symbol names vs javac -h"
-# mobilemoe-backend too: its `mobilemoe` binary is the reference runner of step 4.
-if (cd "$ROOT" && cargo build --release --quiet -p mobilemoe-jni -p mobilemoe-backend); then
+# mobilemoe-runner too: its `mobilemoe` binary is the reference runner of step 4.
+if (cd "$ROOT" && cargo build --release --quiet -p mobilemoe-jni -p mobilemoe-runner); then
   ok "cargo build mobilemoe-jni (host)"
 else
   bad "cargo build mobilemoe-jni"
@@ -144,9 +145,10 @@ if [[ ! -s $MODEL ]]; then
   mv "$MODEL.tmp" "$MODEL"
 fi
 # The reference: `mobilemoe generate` (greedy) on the same model, prompt and token budget. It
-# prints prompt + generated text + "\n" on stdout and "generated tokens: N" on stderr.
+# prints prompt + generated text + "\n" on stdout, "generated tokens: N" on stderr, and writes the
+# generated ids to runner.ids.
 if "$RUNNER" generate "$MODEL" --tokenizer "$TOKENIZER" --prompt "$PROMPT" \
-     --max-new-tokens "$MAX_NEW" --temperature 0 > "$W/runner.out" 2> "$W/runner.err"; then
+     --max-new-tokens "$MAX_NEW" --temperature 0 --ids-out "$W/runner.ids" > "$W/runner.out" 2> "$W/runner.err"; then
   ok "mobilemoe generate (reference)"
 else
   cat "$W/runner.err"; bad "mobilemoe generate (reference)"
@@ -162,9 +164,12 @@ open(dst, "wb").write(body)
 PYEOF
 count=$(sed -n 's/.*generated tokens: \([0-9]*\).*/\1/p' "$W/runner.err" | head -1)
 [[ -n "$count" ]] && ok "reference: $count greedy tokens" || { bad "no 'generated tokens:' in the runner's stderr"; count=-1; }
+[[ -s "$W/runner.ids" && $(wc -w < "$W/runner.ids") == "$count" ]] &&
+  ok "reference ids: $(cat "$W/runner.ids")" || bad "runner.ids does not hold $count ids: $(cat "$W/runner.ids" 2>/dev/null)"
 if java -Xcheck:jni -Dmobilemoe.jni.library="$SO" -cp "$W/host-classes" org.mobilemoe.hosttest.HostTest \
      --model "$MODEL" --tokenizer "$TOKENIZER" --prompt "$PROMPT" --max-new-tokens "$MAX_NEW" \
-     --expect-text-file "$W/runner.text" --expect-count "$count" > "$W/hosttest.out" 2>&1; then
+     --expect-ids-file "$W/runner.ids" --expect-text-file "$W/runner.text" --expect-count "$count" \
+     > "$W/hosttest.out" 2>&1; then
   ok "HostTest ($(tail -1 "$W/hosttest.out"))"
 else
   bad "HostTest"

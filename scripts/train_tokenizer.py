@@ -4,17 +4,15 @@
 Input: python_export/mobilemoe_export/assets/corpus.txt (original English prose, a little code and
 a few words in other scripts, written for this project; public domain / project license). Output:
 python_export/mobilemoe_export/assets/tokenizer.json (committed; the `tiny` preset's vocabulary size
-equals its vocabulary size), and backend/tests/fixtures/tokenizer_cases.json (sample strings with
-the ids this tokenizer gives them; the Rust tokenizer's tests compare against it).
+equals its vocabulary size), and runner/tests/fixtures/tokenizer_cases.json (sample strings with
+the ids this tokenizer gives them; the Rust runner's tokenizer tests compare against it).
 
 The tokenizer is the GPT-2 style ByteLevel BPE of HF `tokenizers`: ByteLevel pre-tokenizer (GPT-2
 split regex, no prefix space), BPE model without unk token, ByteLevel decoder, one special token
 `<|endoftext|>` (id 0). No post-processor (no BOS/EOS are added by `encode`).
 
-Usage: python scripts/train_tokenizer.py [--vocab-size 1024] [--check] [--unicode-tables]
+Usage: python scripts/train_tokenizer.py [--vocab-size 1024] [--check]
   --check           re-train in memory and fail if the result differs from the committed file.
-  --unicode-tables  (re)write the \\p{L} / \\p{N} range tables at the end of backend/src/tokenizer.rs
-                    from Python's unicodedata (the Rust GPT-2 splitter uses them).
 """
 from __future__ import annotations
 
@@ -26,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "python_export" / "mobilemoe_export" / "assets"
 OUT = ASSETS / "tokenizer.json"
-FIXTURE = REPO / "backend" / "tests" / "fixtures" / "tokenizer_cases.json"
+FIXTURE = REPO / "runner" / "tests" / "fixtures" / "tokenizer_cases.json"
 SPECIAL = "<|endoftext|>"
 
 # Strings the Rust tokenizer is checked on (ASCII, whitespace runs, digits, contractions,
@@ -88,61 +86,11 @@ def fixture_for(tok) -> dict:
     return {"vocab_size": tok.get_vocab_size(), "cases": cases}
 
 
-RUST_TOKENIZER = REPO / "backend" / "src" / "tokenizer.rs"
-BEGIN = "// BEGIN GENERATED UNICODE TABLES"
-END = "// END GENERATED UNICODE TABLES"
-
-
-def unicode_tables() -> str:
-    import unicodedata
-
-    def ranges(prefix: str):
-        out, start = [], None
-        for cp in range(0x110000):
-            ok = unicodedata.category(chr(cp)).startswith(prefix)
-            if ok and start is None:
-                start = cp
-            elif not ok and start is not None:
-                out.append((start, cp - 1))
-                start = None
-        if start is not None:
-            out.append((start, 0x10FFFF))
-        return out
-
-    def table(name: str, rs) -> str:
-        # wrap at ~100 columns
-        lines, cur = [], "   "
-        for item in (f"(0x{a:X}, 0x{b:X})" for a, b in rs):
-            if len(cur) + len(item) + 2 > 100:
-                lines.append(cur.rstrip())
-                cur = "   "
-            cur += " " + item + ","
-        lines.append(cur.rstrip())
-        return f"const {name}: &[(u32, u32)] = &[\n" + "\n".join(lines) + "\n];\n"
-
-    return (f"{BEGIN} (scripts/train_tokenizer.py --unicode-tables; do not edit)\n"
-            f"// Unicode {unicodedata.unidata_version} general categories L* and N*.\n"
-            + table("LETTER_RANGES", ranges("L")) + table("NUMBER_RANGES", ranges("N")) + END + "\n")
-
-
-def write_unicode_tables() -> None:
-    src = RUST_TOKENIZER.read_text(encoding="utf-8")
-    a = src.index(BEGIN)
-    b = src.index(END) + len(END)
-    src = src[:a] + unicode_tables().rstrip("\n") + src[b:]
-    RUST_TOKENIZER.write_text(src, encoding="utf-8")
-    print(f"wrote the Unicode tables into {RUST_TOKENIZER.relative_to(REPO)}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--check", action="store_true", help="fail if the committed files are stale")
-    ap.add_argument("--unicode-tables", action="store_true", help="only rewrite the Rust Unicode tables")
     args = ap.parse_args(argv)
-    if args.unicode_tables:
-        write_unicode_tables()
-        return 0
 
     tok = train(args.vocab_size)
     text = tok.to_str(pretty=True)

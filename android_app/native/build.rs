@@ -1,8 +1,8 @@
 //! Link setup of libmobilemoe_jni.so.
 //!
-//! The C++ half of the runtime (ExecuTorch Module runner, BackendInterface, kernels) is compiled
-//! and bridged by the `mobilemoe-backend` crate; this script adds what only the final shared
-//! library needs:
+//! The C++ halves (ExecuTorch Module runner: `mobilemoe-runner`; BackendInterface and kernels:
+//! `mobilemoe-backend`) are compiled and bridged by those crates; this script adds what only the
+//! final shared library needs:
 //!
 //! * host (Linux, for scripts/test_android.sh): the executorch wheel's standard aten kernels
 //!   (`libexecutorch_kernels_optimized.so`, registered by its static initializers: kept with
@@ -39,7 +39,7 @@ fn host() {
         }
     }
     let Some(et) = candidates.iter().find(|c| c.join("lib/libexecutorch_kernels_optimized.so").is_file()) else {
-        // mobilemoe-backend's own build script reports the missing wheel with instructions.
+        // mobilemoe-backend's and mobilemoe-runner's build scripts report the missing wheel with instructions.
         println!("cargo:warning=executorch wheel not found in {candidates:?}: the aten kernels are not linked");
         return;
     };

@@ -446,7 +446,8 @@ int32_t do_register() {
 
 }  // namespace
 
-// Installed by the Rust runner (runtime.rs) only: inside Python the pybindings own the log.
+// Installed by the Rust runner (runner/src/runtime.rs) only: inside Python the pybindings own
+// the log.
 void install_runtime_log_hook() {
   static std::once_flag once;
   try {

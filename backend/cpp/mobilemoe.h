@@ -1,5 +1,5 @@
 // C++ half of the MobileMoE ExecuTorch plugin: declarations shared by the cxx bridge
-// (src/bridge.rs), the backend/kernels (backend.cpp) and the runner (runner.cpp).
+// (src/bridge.rs) and the backend/kernels (backend.cpp).
 #pragma once
 
 #include <cstddef>
@@ -43,6 +43,23 @@ typedef struct {
   float* out; uint64_t out_len;
 } MobileMoeLinearArgs;
 
+// The layout the Rust side declares (backend/src/capi.rs asserts the same numbers at compile time;
+// Python's ctypes copies are checked by python_export/tests/test_abi_layout.py).
+#if UINTPTR_MAX == UINT64_MAX
+static_assert(sizeof(MobileMoeFfnArgs) == 288, "MobileMoeFfnArgs size differs from capi.rs");
+static_assert(offsetof(MobileMoeFfnArgs, tokens) == 16 && offsetof(MobileMoeFfnArgs, shared_gate_len) == 192 &&
+                  offsetof(MobileMoeFfnArgs, num_experts) == 200 && offsetof(MobileMoeFfnArgs, weight_bits) == 248 &&
+                  offsetof(MobileMoeFfnArgs, score_func) == 256 && offsetof(MobileMoeFfnArgs, renormalize) == 260 &&
+                  offsetof(MobileMoeFfnArgs, route_scale) == 264 && offsetof(MobileMoeFfnArgs, exact) == 268 &&
+                  offsetof(MobileMoeFfnArgs, out) == 272 && offsetof(MobileMoeFfnArgs, out_len) == 280,
+              "MobileMoeFfnArgs field offsets differ from capi.rs");
+static_assert(sizeof(MobileMoeLinearArgs) == 128, "MobileMoeLinearArgs size differs from capi.rs");
+static_assert(offsetof(MobileMoeLinearArgs, in_features) == 72 && offsetof(MobileMoeLinearArgs, weight_bits) == 96 &&
+                  offsetof(MobileMoeLinearArgs, exact) == 104 && offsetof(MobileMoeLinearArgs, out) == 112 &&
+                  offsetof(MobileMoeLinearArgs, out_len) == 120,
+              "MobileMoeLinearArgs field offsets differ from capi.rs");
+#endif
+
 int32_t mobilemoe_moe_ffn(const MobileMoeFfnArgs* args);
 int32_t mobilemoe_int4_linear(const MobileMoeLinearArgs* args);
 const char* mobilemoe_last_error(void);
@@ -51,8 +68,6 @@ const char* mobilemoe_last_error(void);
 namespace mobilemoe {
 
 struct Shapes;
-struct MethodMetaInfo;
-struct OutputValue;
 
 // Registration (backend.cpp). Idempotent; returns 0 on success.
 int32_t register_all();
@@ -60,25 +75,5 @@ void install_runtime_log_hook();
 bool is_backend_registered(rust::Str name);
 rust::Vec<rust::String> registered_backends();
 bool is_operator_registered(rust::Str name);
-
-// Runner (runner.cpp): load a .pte, set inputs, execute, read outputs.
-// Pimpl: the bridge needs a complete type; executorch's Module stays in runner.cpp.
-class Runner {
- public:
-  struct Impl;
-  explicit Runner(std::unique_ptr<Impl> impl);
-  ~Runner();
-  std::unique_ptr<Impl> impl;
-};
-std::unique_ptr<Runner> runner_open(rust::Str path);
-rust::Vec<rust::String> runner_method_names(const Runner& r);
-MethodMetaInfo runner_method_meta(const Runner& r, rust::Str method);
-void runner_load_method(Runner& r, rust::Str method);
-void runner_set_input_f32(Runner& r, rust::Str method, size_t idx, rust::Slice<const float> data,
-                          rust::Slice<const int64_t> dims);
-void runner_set_input_i64(Runner& r, rust::Str method, size_t idx, rust::Slice<const int64_t> data,
-                          rust::Slice<const int64_t> dims);
-size_t runner_execute(Runner& r, rust::Str method);
-OutputValue runner_output(const Runner& r, size_t idx);
 
 }  // namespace mobilemoe

@@ -1,4 +1,5 @@
-//! The cxx bridge between the C++ half (BackendInterface, kernels, runner) and Rust.
+//! The cxx bridge between the C++ half (BackendInterface, kernels) and Rust. The runner's bridge
+//! (ExecuTorch's `Module`) lives in the `mobilemoe-runner` crate.
 //! Every Rust function here catches panics and returns `Err` (a C++ exception the C++ callers
 //! catch and map to an `executorch::runtime::Error`).
 
@@ -11,32 +12,6 @@ pub mod ffi {
     struct Shapes {
         dims: Vec<i64>,
         ranks: Vec<u32>,
-    }
-
-    /// One input or output of a method. `tag` is executorch's `Tag` (Tensor = 1, Int = 4, ...).
-    struct TensorMetaInfo {
-        is_tensor: bool,
-        tag: i32,
-        /// executorch `ScalarType` (Float = 6, Long = 4), -1 for non-tensors.
-        dtype: i32,
-        dims: Vec<i64>,
-    }
-
-    struct MethodMetaInfo {
-        name: String,
-        inputs: Vec<TensorMetaInfo>,
-        outputs: Vec<TensorMetaInfo>,
-    }
-
-    /// A copied output value.
-    struct OutputValue {
-        tag: i32,
-        dtype: i32,
-        dims: Vec<i64>,
-        f32_data: Vec<f32>,
-        i64_data: Vec<i64>,
-        scalar_f64: f64,
-        scalar_i64: i64,
     }
 
     /// A span (MoE phase, layer) of one delegate execution, for ExecuTorch's EventTracer
@@ -86,30 +61,13 @@ pub mod ffi {
         fn is_backend_registered(name: &str) -> bool;
         fn registered_backends() -> Vec<String>;
         fn is_operator_registered(name: &str) -> bool;
-
-        type Runner;
-        fn runner_open(path: &str) -> Result<UniquePtr<Runner>>;
-        fn runner_method_names(r: &Runner) -> Result<Vec<String>>;
-        fn runner_method_meta(r: &Runner, method: &str) -> Result<MethodMetaInfo>;
-        fn runner_load_method(r: Pin<&mut Runner>, method: &str) -> Result<()>;
-        fn runner_set_input_f32(r: Pin<&mut Runner>, method: &str, idx: usize, data: &[f32], dims: &[i64]) -> Result<()>;
-        fn runner_set_input_i64(r: Pin<&mut Runner>, method: &str, idx: usize, data: &[i64], dims: &[i64]) -> Result<()>;
-        fn runner_execute(r: Pin<&mut Runner>, method: &str) -> Result<usize>;
-        fn runner_output(r: &Runner, idx: usize) -> Result<OutputValue>;
     }
 }
 
 fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("internal error (panic) in {what}: {msg}"))
-        }
+        Err(p) => Err(format!("internal error (panic) in {what}: {}", crate::capi::panic_message(p.as_ref()))),
     }
 }
 

@@ -6,23 +6,16 @@
 //!   generated from `schema/ops.txt` by `build.rs`) call the C ABI in [`capi`].
 //! * Loading the library registers both (an `.init_array` constructor); [`mobilemoe_register`]
 //!   does the same explicitly. Both are idempotent, also across two loaded copies.
-//! * [`runtime`] wraps the C++ `Module` runner (load, set inputs, execute, outputs); [`pte`]
-//!   reads `.pte` files without the runtime.
-
-#[allow(warnings, clippy::all)]
-#[rustfmt::skip]
-#[path = "generated/program_generated.rs"]
-mod program_generated;
+//!
+//! The runner (ExecuTorch `Module` wrapper, `.pte` reader, tokenizer, generation, CLI, profiling
+//! output) is the `mobilemoe-runner` crate beside this one: this library holds only what
+//! ExecuTorch loads.
 
 pub mod bridge;
 pub mod capi;
 pub mod delegate;
-pub mod generate;
 pub mod logging;
 pub mod profiling;
-pub mod pte;
-pub mod runtime;
-pub mod tokenizer;
 
 pub use capi::{MobileMoeFfnArgs, MobileMoeLinearArgs};
 
@@ -49,6 +42,17 @@ pub fn registered_backends() -> Vec<String> {
 /// Whether a kernel named `name` (e.g. `mobilemoe::moe_ffn.out`) is registered.
 pub fn is_operator_registered(name: &str) -> bool {
     bridge::ffi::is_operator_registered(name)
+}
+
+/// Whether a backend named `name` is registered in this process.
+pub fn is_backend_registered(name: &str) -> bool {
+    bridge::ffi::is_backend_registered(name)
+}
+
+/// Routes the ExecuTorch runtime's log lines into [`logging`] (quiet by default). For a process
+/// that owns the runtime (a Rust runner, an app); Python's pybindings keep their own log.
+pub fn install_runtime_log_hook() {
+    bridge::ffi::install_runtime_log_hook()
 }
 
 /// Idempotent registration (C ABI); 0 = ok.

@@ -207,6 +207,7 @@ def test_family_pte_matches_transformers(family, tmp_path_factory):
 @needs_lib
 def test_generate_uses_the_tokenizer_beside_the_pte(tmp_path_factory, capsys):
     _, out = export_family("mixtral", tmp_path_factory)
+    capsys.readouterr()  # the export's own report, when this test exports first
     assert generate.tokenizer_beside(out) == out.parent / "tokenizer.json"
     tok = generate.load_tokenizer(generate.tokenizer_beside(out))
     assert tok.encode("hello world").ids == [3, 4]
@@ -217,6 +218,21 @@ def test_generate_uses_the_tokenizer_beside_the_pte(tmp_path_factory, capsys):
     chat = generate.chat_prompt(out.parent / "tokenizer_config.json", "hello")
     assert chat == "<user>hello<assistant>"
     assert generate.main([str(out), "--prompt", "hello", "--chat", "--max-new-tokens", "3"]) == 0
+
+    # the Rust runner finds the same tokenizer, config and chat template beside the .pte and
+    # generates the same greedy ids as the Python runner
+    import subprocess
+    from pathlib import Path
+
+    exe = Path(__file__).resolve().parents[2] / "target/release/mobilemoe"
+    ids_file = out.parent / "rust_ids.txt"
+    r = subprocess.run([str(exe), "generate", str(out), "--prompt", "hello", "--chat", "--max-new-tokens", "6",
+                        "--no-eos", "--ids-out", str(ids_file)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("<user>hello<assistant>"), r.stdout
+    ids = tok.encode(chat, add_special_tokens=False).ids
+    want = generate.generate_tokens(generate.PteModel(out), ids, 6, MAX_SEQ_LEN).tokens
+    assert [int(v) for v in ids_file.read_text().split()] == want
 
 
 # ------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ fn program_fbs_generated_code_is_current() {
         &["--gen-all", "program.fbs"],
         &et.join("exir/_serialize"),
         "program_generated.rs",
-        &r.join("backend/src/generated/program_generated.rs"),
+        &r.join("runner/src/generated/program_generated.rs"),
     );
 }
 

@@ -1,10 +1,10 @@
-//! The model behind a `MobileMoE` Java object: an adapter over `mobilemoe-backend`'s
+//! The model behind a `MobileMoE` Java object: an adapter over `mobilemoe-runner`'s
 //! [`PteModel`] (runtime wrapper), [`Tokenizer`] and [`Generator`] - the same generation loop,
 //! sampling and stats as the `mobilemoe generate` command. Nothing model-specific is
 //! re-implemented here: this file maps settings in and stats out.
 
-use mobilemoe_executorch::generate::{GenerateConfig, Generator, PteModel, SamplingConfig};
-use mobilemoe_executorch::tokenizer::{StreamDecoder, Tokenizer};
+use mobilemoe_runner::generate::{GenerateConfig, Generator, PteModel, SamplingConfig};
+use mobilemoe_runner::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Settings of one `generate` call (from Java).
 pub struct GenerateParams {
@@ -55,7 +55,7 @@ impl Engine {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        Ok(self.tokenizer.encode(text))
+        self.tokenizer.encode(text).map_err(|e| e.to_string())
     }
 
     /// Generates after `prompt`, calling `on_token(id, text)` for each token; `text` is what the
@@ -66,7 +66,7 @@ impl Engine {
         params: &GenerateParams,
         on_token: &mut dyn FnMut(u32, &str) -> bool,
     ) -> Result<Stats, String> {
-        let ids = self.tokenizer.encode(prompt);
+        let ids = self.tokenizer.encode(prompt).map_err(|e| e.to_string())?;
         let cfg = GenerateConfig {
             max_new_tokens: params.max_new_tokens,
             sampling: SamplingConfig { temperature: params.temperature as f64, top_p: 1.0, seed: params.seed },

@@ -2,7 +2,7 @@
 //! (android_app/app/src/main/java/org/mobilemoe/MobileMoE.java).
 //!
 //! Everything model-related is delegated to [`engine`], which is a thin adapter over the
-//! `mobilemoe-backend` crate (runtime wrapper, tokenizer, generation loop): the app runs the same
+//! `mobilemoe-runner` crate (runtime wrapper, tokenizer, generation loop): the app runs the same
 //! code as the `mobilemoe generate` command-line runner.
 //!
 //! Conventions: a model is a `Box<Engine>` whose raw pointer is the Java `long handle`; no panic
@@ -17,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use jni::objects::{JClass, JObject, JString, JValue};
 use jni::sys::{jdoubleArray, jfloat, jint, jintArray, jlong, jstring};
 use jni::JNIEnv;
+use mobilemoe_executorch::capi::panic_message;
 
 pub use engine::{Engine, GenerateParams, Stats};
 
@@ -30,13 +31,6 @@ fn throw(env: &mut JNIEnv, class: &str, msg: &str) {
         return;
     }
     let _ = env.throw_new(class, msg);
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs `f`, turning a panic into a `RuntimeException` and returning `default`.

@@ -1,23 +1,17 @@
-//! Profiling: `tracing` spans -> Perfetto traces, routing/phase statistics, ETDump phase events.
-//! See docs/profiling.md.
+//! Profiling inside the plugin: what the delegate records while it runs. See docs/profiling.md.
 //!
 //! * [`PerfettoRecorder`]: a `tracing_subscriber::Layer` recording span enter/exit per thread
-//!   into preallocated buffers; [`Recording::write_perfetto`] writes a `.pftrace` that opens in
-//!   ui.perfetto.dev / trace_processor (prost types: `mobilemoe_schema::perfetto`).
-//! * [`Stats`]: time per MoE phase per layer + expert load histograms ([`record_routing`]), as a
-//!   text table (`--stats`) or JSON (`scripts/plot_stats.py`).
+//!   into preallocated buffers (a [`Recording`]); the runner crate (`mobilemoe-runner`,
+//!   `profiling::PerfettoExport`) writes it as a `.pftrace` and as the `--stats` table.
+//! * [`record_routing`]: expert load histograms per layer.
 //! * [`phases`]: per-call phase capture for ExecuTorch's EventTracer (ETDump delegate events).
 
-pub mod cli;
-pub mod export;
 pub mod phases;
 pub mod recorder;
 pub mod stats;
 
-pub use cli::{ProfileArgs, ProfileSession};
-pub use export::{slices, Slice};
 pub use recorder::{now_ns, PerfettoLayer, PerfettoRecorder, RawEvent, Recording, ThreadEvents};
-pub use stats::{enable_routing_stats, record_routing, routing_snapshot, routing_stats_enabled, LayerRouting, Stats};
+pub use stats::{enable_routing_stats, record_routing, routing_snapshot, routing_stats_enabled, LayerRouting, PHASES};
 
 use std::collections::HashMap;
 use std::sync::Mutex;

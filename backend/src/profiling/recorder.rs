@@ -209,13 +209,12 @@ where
     }
 }
 
-/// Records `tracing` spans into memory and writes them as a Perfetto trace.
+/// Records `tracing` spans into memory; the runner crate writes them as a Perfetto trace.
 ///
 /// ```no_run
 /// let rec = mobilemoe_executorch::profiling::PerfettoRecorder::install().unwrap();
 /// // ... run the model ...
-/// let recording = rec.finish("out.pftrace").unwrap();
-/// println!("{}", mobilemoe_executorch::profiling::Stats::from_recording(&recording).table());
+/// let recording = rec.stop();
 /// ```
 pub struct PerfettoRecorder {
     shared: Arc<Shared>,
@@ -273,12 +272,5 @@ impl PerfettoRecorder {
             out.threads.push(ThreadEvents { tid: b.tid, name: b.name.clone(), events, dropped: b.dropped.swap(0, Ordering::Relaxed) });
         }
         out
-    }
-
-    /// [`stop`](Self::stop), then writes the recording as a Perfetto trace (`.pftrace`) to `path`.
-    pub fn finish(self, path: impl AsRef<std::path::Path>) -> std::io::Result<Recording> {
-        let rec = self.stop();
-        rec.write_perfetto(path)?;
-        Ok(rec)
     }
 }

@@ -2,8 +2,8 @@
 //! the prost types, checked (names, nesting, per-thread tracks, span fields); stats and ETDump
 //! phase capture on the same calls.
 
-use mobilemoe_executorch::profiling::{self, phases, slices, PerfettoRecorder, Stats};
 use mobilemoe_ops::*;
+use mobilemoe_runner::profiling::{self, phases, slices, PerfettoExport, PerfettoRecorder, Stats};
 use mobilemoe_schema::perfetto::{trace_packet, Trace};
 use prost::Message;
 use tracing_subscriber::layer::SubscriberExt;
@@ -64,9 +64,9 @@ impl SmallLayer {
             router_w: &self.router,
             expert_bias: None,
             w13: &self.stacked13.0,
-            w13_scales: &self.stacked13.1,
+            w13_scales: (&self.stacked13.1).into(),
             w2: &self.stacked2.0,
-            w2_scales: &self.stacked2.1,
+            w2_scales: (&self.stacked2.1).into(),
             shared: Some(SharedExpert { w13: self.sh13.as_ref(), w2: self.sh2.as_ref(), gate: None }),
         };
         let mut out = vec![0f32; t * self.spec.dim];
@@ -109,7 +109,7 @@ fn perfetto_trace_from_moe_calls() {
     });
 
     let path = std::env::temp_dir().join(format!("mobilemoe_trace_{}.pftrace", std::process::id()));
-    let recording = rec.finish(&path).unwrap();
+    let recording = profiling::finish(rec, &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::remove_file(&path).ok();
     let trace = Trace::decode(&bytes[..]).expect("the file decodes as perfetto.protos.Trace");
@@ -207,8 +207,17 @@ fn routing_stats_and_json() {
     let st = Stats { routing: r, ..Default::default() };
     let table = st.table();
     assert!(table.contains("Expert load"), "{table}");
-    let json = st.to_json();
-    assert!(json.contains("\"tokens_per_expert\": ["), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&st.to_json()).unwrap();
+    let routing = json["routing"].as_array().unwrap();
+    assert_eq!(routing.len(), 2, "{json}");
+    for (l, (layer, counts)) in routing.iter().zip(&st.routing) {
+        assert_eq!(l["layer"], *layer);
+        assert_eq!(l["calls"], 3);
+        let tokens: Vec<u64> = l["tokens_per_expert"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(tokens, counts.tokens_per_expert);
+    }
+    assert_eq!(json["phases"][0], "route");
+    assert!(json["layers"].as_array().unwrap().is_empty() && json["spans"].as_object().unwrap().is_empty());
 }
 
 #[test]

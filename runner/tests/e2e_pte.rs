@@ -3,7 +3,7 @@
 //! the Rust runner API and the `mobilemoe` CLI and must reproduce the eager outputs (the ops crate
 //! through the C ABI). Skipped with a message when the venv is missing.
 
-use mobilemoe_executorch::runtime::{Program, Value};
+use mobilemoe_runner::runtime::{Program, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -143,7 +143,7 @@ fn cli_inspect_run_bench() {
     let Some(dir) = programs() else { return };
     let o = Command::new(exe).arg("inspect").arg(dir.join("delegate.pte")).output().unwrap();
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && s.contains("MobileMoEBackend") && s.contains("MMOE format v2"), "{s}");
+    assert!(o.status.success() && s.contains("MobileMoEBackend") && s.contains("MMOE format v3"), "{s}");
     let out = dir.join("cli_out.npy");
     let o = Command::new(exe)
         .arg("run")

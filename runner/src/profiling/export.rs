@@ -11,7 +11,8 @@
 //! End events without a matching begin (spans entered before recording started) are dropped, and
 //! slices still open at the end are closed at the thread's last timestamp, so every track nests.
 
-use super::recorder::{kind, RawEvent, Recording};
+use mobilemoe_executorch::profiling::recorder::{kind, RawEvent, Recording};
+use mobilemoe_executorch::profiling::PerfettoRecorder;
 use mobilemoe_schema::perfetto::{
     debug_annotation, trace_packet, track_event, DebugAnnotation, EventName, InternedData, ProcessDescriptor, ThreadDescriptor, Trace,
     TracePacket, TrackDescriptor, TrackEvent,
@@ -73,9 +74,26 @@ pub(crate) fn balanced(events: &[RawEvent]) -> Vec<(RawEvent, Vec<RawEvent>)> {
     out
 }
 
-impl Recording {
+/// A [`Recording`] (made by the plugin's recorder) as a Perfetto trace.
+pub trait PerfettoExport {
     /// The recording as a Perfetto trace.
-    pub fn to_perfetto(&self) -> Trace {
+    fn to_perfetto(&self) -> Trace;
+
+    /// Writes [`to_perfetto`](Self::to_perfetto) (binary protobuf) to `path`.
+    fn write_perfetto(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+        std::fs::write(path, self.to_perfetto().encode_to_vec())
+    }
+}
+
+/// Stops `recorder`, then writes its recording as a Perfetto trace (`.pftrace`) to `path`.
+pub fn finish(recorder: PerfettoRecorder, path: impl AsRef<std::path::Path>) -> std::io::Result<Recording> {
+    let recording = recorder.stop();
+    recording.write_perfetto(path)?;
+    Ok(recording)
+}
+
+impl PerfettoExport for Recording {
+    fn to_perfetto(&self) -> Trace {
         let mut packets = Vec::new();
         let puuid = process_uuid(self.pid);
         let mut p = TracePacket {
@@ -148,11 +166,6 @@ impl Recording {
             }
         }
         Trace { packet: packets }
-    }
-
-    /// Writes [`to_perfetto`](Self::to_perfetto) (binary protobuf) to `path`.
-    pub fn write_perfetto(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
-        std::fs::write(path, self.to_perfetto().encode_to_vec())
     }
 }
 

@@ -3,17 +3,18 @@
 //! it, and so can a generation loop (prefill + decode over a KV-cache LM):
 //!
 //! ```no_run
-//! use mobilemoe_executorch::runtime::Program;
+//! use mobilemoe_runner::runtime::Program;
 //! let mut prog = Program::load("model.pte")?;
 //! let mut m = prog.method("forward")?;
 //! m.set_input_i64(0, &[1, 2, 3], &[1, 3])?;   // tokens [1, T]
 //! m.set_input_i64(1, &[0, 1, 2], &[3])?;      // input_pos [T]
 //! m.execute()?;
 //! let logits = m.output(0)?.into_f32()?;
-//! # Ok::<(), mobilemoe_executorch::runtime::RuntimeError>(())
+//! # Ok::<(), mobilemoe_runner::runtime::RuntimeError>(())
 //! ```
 
 use crate::bridge::ffi;
+use mobilemoe_executorch as plugin;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,7 +104,8 @@ fn meta_conv(m: ffi::MethodMetaInfo) -> MethodMeta {
     MethodMeta { name: m.name, inputs: m.inputs.into_iter().map(conv).collect(), outputs: m.outputs.into_iter().map(conv).collect() }
 }
 
-/// A loaded program. Registers the MobileMoE backend and kernels first.
+/// A loaded program. Registers the MobileMoE backend and kernels (of the plugin crate, linked into
+/// this process) first.
 pub struct Program {
     runner: cxx::UniquePtr<ffi::Runner>,
     info: crate::pte::PteInfo,
@@ -114,11 +116,11 @@ impl Program {
     /// .pte, or a program that needs a backend that is not registered in this process.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        crate::register().map_err(RuntimeError::Runtime)?;
-        ffi::install_runtime_log_hook();
+        plugin::register().map_err(RuntimeError::Runtime)?;
+        plugin::install_runtime_log_hook();
         let info = crate::pte::inspect(path)?;
-        let registered = crate::registered_backends();
-        let missing: Vec<String> = info.backend_ids().into_iter().filter(|b| !ffi::is_backend_registered(b)).collect();
+        let registered = plugin::registered_backends();
+        let missing: Vec<String> = info.backend_ids().into_iter().filter(|b| !plugin::is_backend_registered(b)).collect();
         if !missing.is_empty() {
             return Err(RuntimeError::Runtime(format!(
                 "{}: the program needs backend(s) {missing:?}, which are not registered in this process (registered: {registered:?})",
@@ -153,7 +155,7 @@ impl Program {
                 .iter()
                 .filter(|m| m.name == name)
                 .flat_map(|m| m.operators.iter())
-                .filter(|op| !ffi::is_operator_registered(op))
+                .filter(|op| !plugin::is_operator_registered(op))
                 .cloned()
                 .collect();
             if !missing.is_empty() {

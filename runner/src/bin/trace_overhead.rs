@@ -7,8 +7,8 @@
 //! noise. Usage: `trace_overhead [--rounds N] [--iters N]` (parent), or `--mode M` (one child).
 //! Env: MOBILEMOE_THREADS.
 
-use mobilemoe_executorch::profiling::PerfettoRecorder;
 use mobilemoe_ops::*;
+use mobilemoe_runner::profiling::PerfettoRecorder;
 use std::time::Instant;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
@@ -62,9 +62,9 @@ fn child(mode: &str, iters: usize) {
         router_w: &router,
         expert_bias: None,
         w13: &w13,
-        w13_scales: &w13s,
+        w13_scales: (&w13s).into(),
         w2: &w2,
-        w2_scales: &w2s,
+        w2_scales: (&w2s).into(),
         shared: Some(SharedExpert { w13: sh13.as_ref(), w2: sh2.as_ref(), gate: None }),
     };
     let pool = ThreadPool::global();
@@ -102,19 +102,29 @@ fn child(mode: &str, iters: usize) {
     );
 }
 
+/// Decode-layer latency with no tracing subscriber, a filtered one, a paused Perfetto recorder and
+/// a recording one (each mode in its own process, interleaved over rounds).
+#[derive(clap::Parser)]
+#[command(name = "trace_overhead")]
+struct Args {
+    /// Rounds of the four modes (the parent).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Layer calls per run.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+    /// Run one mode in this process (what the parent starts).
+    #[arg(long, value_parser = MODES)]
+    mode: Option<String>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("trace_overhead [--rounds N (5)] [--iters N (3000)] | --mode none|filtered|paused|recording");
-        return;
-    }
-    let iters: usize = get("--iters").and_then(|v| v.parse().ok()).unwrap_or(3000);
-    if let Some(m) = get("--mode") {
+    let Args { rounds, iters, mode } = <Args as clap::Parser>::parse();
+    let (iters, rounds) = (iters as usize, rounds as usize);
+    if let Some(m) = mode {
         child(&m, iters);
         return;
     }
-    let rounds: usize = get("--rounds").and_then(|v| v.parse().ok()).unwrap_or(5);
     let exe = std::env::current_exe().unwrap();
     let mut med: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
     let mut p10: Vec<Vec<f64>> = vec![vec![]; MODES.len()];

@@ -2,7 +2,7 @@
 //! and kernels registered.
 
 use clap::{Args, Parser, Subcommand};
-use mobilemoe_executorch::runtime::{dtype, MethodMeta, Program, Value};
+use mobilemoe_runner::runtime::{dtype, MethodMeta, Program, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -39,10 +39,16 @@ enum Cmd {
 struct GenerateArgs {
     /// The program file (exported by `python -m mobilemoe_export`).
     model: PathBuf,
-    /// HF tokenizer.json (ByteLevel BPE) [default: the repository's
-    /// python_export/mobilemoe_export/assets/tokenizer.json].
+    /// Hugging Face tokenizer.json (any model the `tokenizers` library reads) [default: the
+    /// tokenizer.json beside the program (a `--hf` export writes it there), else the repository's
+    /// python_export/mobilemoe_export/assets/tokenizer.json]. The tokenizer_config.json beside it, if
+    /// any, gives the end-of-text token and the chat template.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Wrap the prompt in the chat template of the tokenizer_config.json beside the tokenizer (one
+    /// user turn plus the generation prompt), as transformers' `apply_chat_template` does.
+    #[arg(long)]
+    chat: bool,
     /// The prompt text.
     #[arg(long)]
     prompt: String,
@@ -58,11 +64,14 @@ struct GenerateArgs {
     /// Do not stop at the end-of-text token.
     #[arg(long)]
     no_eos: bool,
+    /// Also write the generated token ids to FILE (one line, separated by spaces).
+    #[arg(long, value_name = "FILE")]
+    ids_out: Option<PathBuf>,
     /// Kernel threads (default: MOBILEMOE_THREADS or all CPUs).
     #[arg(long)]
     threads: Option<i32>,
     #[command(flatten)]
-    profile: mobilemoe_executorch::profiling::ProfileArgs,
+    profile: mobilemoe_runner::profiling::ProfileArgs,
 }
 
 #[derive(Args)]
@@ -95,7 +104,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 8)]
     show: usize,
     #[command(flatten)]
-    profile: mobilemoe_executorch::profiling::ProfileArgs,
+    profile: mobilemoe_runner::profiling::ProfileArgs,
 }
 
 #[derive(Args)]
@@ -127,7 +136,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
     #[command(flatten)]
-    profile: mobilemoe_executorch::profiling::ProfileArgs,
+    profile: mobilemoe_runner::profiling::ProfileArgs,
 }
 
 fn main() -> ExitCode {
@@ -166,7 +175,7 @@ fn main() -> ExitCode {
 type Res<T> = Result<T, String>;
 
 fn inspect(model: &Path) -> Res<()> {
-    let info = mobilemoe_executorch::pte::inspect(model).map_err(|e| e.to_string())?;
+    let info = mobilemoe_runner::pte::inspect(model).map_err(|e| e.to_string())?;
     println!("{}", model.display());
     print!("{info}");
     println!("this library reads MobileMoE blob format v{}", mobilemoe_executorch::capi::mobilemoe_version());
@@ -331,7 +340,7 @@ fn load_inputs(meta: &MethodMeta, files: &[PathBuf], tokens: usize) -> Res<Vec<I
     Ok(gen)
 }
 
-fn set_inputs(m: &mut mobilemoe_executorch::runtime::Method<'_>, inputs: &[Input]) -> Res<()> {
+fn set_inputs(m: &mut mobilemoe_runner::runtime::Method<'_>, inputs: &[Input]) -> Res<()> {
     for (i, inp) in inputs.iter().enumerate() {
         match inp {
             Input::F32(d, s) => m.set_input_f32(i, d, s),
@@ -343,7 +352,7 @@ fn set_inputs(m: &mut mobilemoe_executorch::runtime::Method<'_>, inputs: &[Input
 }
 
 fn fmt_meta(meta: &MethodMeta) -> String {
-    let f = |v: &mobilemoe_executorch::runtime::ValueMeta| {
+    let f = |v: &mobilemoe_runner::runtime::ValueMeta| {
         if v.is_tensor {
             format!("{}{:?}", dtype::name(v.dtype), v.dims)
         } else {
@@ -407,8 +416,8 @@ fn peak_rss() -> u64 {
 }
 
 /// llama-bench-like measurement of a language-model program (see `BenchArgs::raw`).
-fn bench_llm(a: &BenchArgs, mut model: mobilemoe_executorch::generate::PteModel, rss0: u64) -> Res<()> {
-    use mobilemoe_executorch::generate::{argmax, LanguageModel, Rng};
+fn bench_llm(a: &BenchArgs, mut model: mobilemoe_runner::generate::PteModel, rss0: u64) -> Res<()> {
+    use mobilemoe_runner::generate::{argmax, LanguageModel, Rng};
     let (max_len, vocab) = (model.max_seq_len(), model.vocab_size());
     println!(
         "{}: language model, max_seq_len {max_len}, vocabulary {vocab}, {} threads",
@@ -490,7 +499,7 @@ fn bench(a: BenchArgs) -> Res<()> {
         // A program with the language-model signature (PteModel's check) gets the LM benchmark;
         // anything else the single-call one below. The program is loaded once either way.
         let rss0 = peak_rss();
-        if let Ok(model) = mobilemoe_executorch::generate::PteModel::load_method(&a.common.model, &a.common.method) {
+        if let Ok(model) = mobilemoe_runner::generate::PteModel::load_method(&a.common.model, &a.common.method) {
             return bench_llm(&a, model, rss0);
         }
     }
@@ -523,15 +532,19 @@ fn bench(a: BenchArgs) -> Res<()> {
 }
 
 fn generate(a: GenerateArgs) -> Res<()> {
-    use mobilemoe_executorch::generate::{GenerateConfig, Generator, LanguageModel, PteModel, SamplingConfig, StopReason};
-    use mobilemoe_executorch::tokenizer::{StreamDecoder, Tokenizer};
+    use mobilemoe_runner::generate::{GenerateConfig, Generator, LanguageModel, PteModel, SamplingConfig, StopReason};
+    use mobilemoe_runner::tokenizer::{StreamDecoder, Tokenizer};
     use std::io::Write;
 
     set_threads(a.threads)?;
     if a.max_new_tokens == 0 {
         return Err("--max-new-tokens must be >= 1".into());
     }
+    let beside = a.model.parent().unwrap_or(Path::new(".")).join("tokenizer.json");
     let tok_path = a.tokenizer.clone().unwrap_or_else(|| {
+        if beside.is_file() {
+            return beside.clone();
+        }
         let rel = PathBuf::from("python_export/mobilemoe_export/assets/tokenizer.json");
         if rel.exists() {
             rel
@@ -540,28 +553,38 @@ fn generate(a: GenerateArgs) -> Res<()> {
         }
     });
     let tok = Tokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
+    let tok_cfg = mobilemoe_runner::chat::TokenizerConfig::beside(&tok_path)?;
+    let text = if a.chat {
+        tok_cfg.chat_prompt(&a.prompt).map_err(|e| format!("--chat: {e} ({})", tok_path.display()))?
+    } else {
+        a.prompt.clone()
+    };
     let mut model = PteModel::load(&a.model)?;
     if tok.vocab_size() > model.vocab_size() {
         eprintln!("warning: tokenizer vocabulary ({}) is larger than the model's ({})", tok.vocab_size(), model.vocab_size());
     }
     let max_seq_len = model.max_seq_len();
-    let prompt = tok.encode(&a.prompt);
+    let prompt = tok.encode_with(&text, !a.chat).map_err(|e| e.to_string())?;
+    let eos_id = match tok_cfg.eos_token.as_deref() {
+        Some(t) => tok.token_to_id(t).or_else(|| tok.eos_id()),
+        None => tok.eos_id(),
+    };
     let cfg = GenerateConfig {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingConfig { temperature: a.temperature, top_p: a.top_p, seed: a.seed },
-        eos_id: if a.no_eos { None } else { tok.eos_id() },
+        eos_id: if a.no_eos { None } else { eos_id },
     };
     if prompt.len() > max_seq_len || prompt.is_empty() {
         // the same message as the generator's, before anything is printed
         let e = if prompt.is_empty() {
-            mobilemoe_executorch::generate::GenerateError::EmptyPrompt
+            mobilemoe_runner::generate::GenerateError::EmptyPrompt
         } else {
-            mobilemoe_executorch::generate::GenerateError::PromptTooLong { prompt_tokens: prompt.len(), max_seq_len }
+            mobilemoe_runner::generate::GenerateError::PromptTooLong { prompt_tokens: prompt.len(), max_seq_len }
         };
         return Err(e.to_string());
     }
     let mut out = std::io::stdout();
-    print!("{}", a.prompt);
+    print!("{text}");
     let _ = out.flush();
     let mut dec = StreamDecoder::new();
     let res = Generator::new(&mut model).generate(&prompt, &cfg, &mut |t| {
@@ -579,7 +602,11 @@ fn generate(a: GenerateArgs) -> Res<()> {
             return Err(e.to_string());
         }
     };
-    println!("{}", dec.finish());
+    println!("{}", dec.finish(&tok));
+    if let Some(p) = &a.ids_out {
+        let ids: Vec<String> = res.tokens.iter().map(u32::to_string).collect();
+        std::fs::write(p, ids.join(" ") + "\n").map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
     if res.stats.stopped == StopReason::MaxSeqLen {
         eprintln!("note: stopped at max_seq_len={max_seq_len}");
     }

@@ -17,10 +17,10 @@
 #include <executorch/runtime/executor/method_meta.h>
 #include <executorch/runtime/platform/runtime.h>
 
-#include "mobilemoe.h"
-#include "mobilemoe-backend/src/bridge.rs.h"
+#include "runner.h"
+#include "mobilemoe-runner/src/bridge.rs.h"
 
-namespace mobilemoe {
+namespace mobilemoe_runner {
 
 using executorch::aten::ScalarType;
 using executorch::aten::SizesType;
@@ -208,4 +208,4 @@ OutputValue runner_output(const Runner& r, size_t idx) {
   return o;
 }
 
-}  // namespace mobilemoe
+}  // namespace mobilemoe_runner

@@ -2,7 +2,7 @@
 //! [`ProfileArgs`] into a clap `Args` struct, call [`ProfileArgs::start`] before the work and
 //! [`ProfileSession::finish`] after it.
 
-use super::{enable_routing_stats, reset_layer_ids, PerfettoRecorder, Stats};
+use super::{enable_routing_stats, reset_layer_ids, PerfettoExport, PerfettoRecorder, Stats};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone, Default)]
