@@ -11,8 +11,8 @@ What it does:
    options; skipped when the ``.pte`` and its ``.json`` sidecar exist) the preset with random
    weights and its dense baseline ``--dense-baseline total``: same D, layers, attention, vocab and
    tied embeddings; a dense SwiGLU FFN whose hidden size equals num_experts x expert F + shared F,
-   so that its INT4 weight bytes equal the MoE FFN's. All linears are INT4 (group 32, fp32
-   scales; the CLI default), both with the same ``--max-seq-len`` (the static KV cache attention
+   so that its INT4 weight bytes equal the MoE FFN's. All linears are INT4 (group 32, ``--scales``
+   per-group scales: fp16 by default, the CLI's preset default), both with the same ``--max-seq-len`` (the static KV cache attention
    cost grows with it).
 2. Measures the streaming-read DRAM bandwidth with the same thread count (``target/release/moe_bench``,
    a 1 GiB buffer, median of 5 passes), before and after the model runs.
@@ -24,7 +24,7 @@ What it does:
    (one MobileMoEBackend delegate: attention with an fp16 KV cache, norms, the fused dense or MoE
    FFN, LM head). All with MOBILEMOE_THREADS=T and --threads T.
 4. Computes the weight bytes read per decode token from the configs (T16K4 layout, DESIGN.md
-   section 2: INT4 nibbles + fp32 scales, rows padded to 16; attention, the top-k routed experts +
+   section 2: INT4 nibbles + per-group scales, rows padded to 16; attention, the top-k routed experts +
    the shared expert or the dense FFN, the fp32 router and norms, the INT4 LM head and one INT4
    embedding row), checks the total against the exporter's count, and the decode roofline fraction
    = (bytes per token / bandwidth) / measured per-token time.
@@ -55,16 +55,20 @@ PAPER = {"prefill": (1.8, 3.8), "decode": (2.2, 3.4)}  # MobileMoE paper, MoE vs
 # --------------------------------------------------------------------------------------------
 # Bytes
 # --------------------------------------------------------------------------------------------
-def _mat_bytes(n: int, k: int, group: int, bits: int) -> int:
-    """T16K4 bytes of W[n, k]: data + fp32 scales, rows padded to 16 (DESIGN.md section 2)."""
+SCALE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def _mat_bytes(n: int, k: int, group: int, bits: int, scale_bytes: int = 4) -> int:
+    """T16K4 bytes of W[n, k]: data + per-group scales, rows padded to 16 (DESIGN.md section 2)."""
     np_ = -(-n // 16) * 16
-    return np_ * k * bits // 8 + np_ * (k // group) * 4
+    return np_ * k * bits // 8 + np_ * (k // group) * scale_bytes
 
 
-def weight_bytes(cfg: models.ModelConfig, group: int, bits: int) -> dict:
+def weight_bytes(cfg: models.ModelConfig, group: int, bits: int, scales: str = "fp32") -> dict:
     """Weight bytes of the exported model: stored in total, and read per decode token."""
     D, L, hd = cfg.dim, cfg.n_layers, cfg.head_dim
-    m = lambda n, k: _mat_bytes(n, k, group, bits)  # noqa: E731
+    sb = SCALE_BYTES[scales]
+    m = lambda n, k: _mat_bytes(n, k, group, bits, sb)  # noqa: E731
     attn = m(cfg.n_heads * hd, D) + 2 * m(cfg.n_kv_heads * hd, D) + m(D, cfg.n_heads * hd)
     norms = 2 * D * 4
     if cfg.ffn == "moe":
@@ -80,7 +84,7 @@ def weight_bytes(cfg: models.ModelConfig, group: int, bits: int) -> dict:
         ffn_q_total = ffn_q_active = m(2 * Fd, D) + m(D, Fd)
         ffn_fp32 = 0
     head = m(cfg.vocab_size, D)  # the LM head is an INT4 linear; a tied embedding reads its rows
-    emb_row = D * bits // 8 + (D // group) * 4  # one INT4 row of the packed table (+ its scales)
+    emb_row = D * bits // 8 + (D // group) * sb  # one INT4 row of the packed table (+ its scales)
     final_norm = D * 4
     int4_total = L * (attn + ffn_q_total) + head
     active = L * (attn + ffn_q_active + ffn_fp32 + norms) + head + emb_row + final_norm
@@ -97,20 +101,21 @@ def weight_bytes(cfg: models.ModelConfig, group: int, bits: int) -> dict:
 # --------------------------------------------------------------------------------------------
 # Export (cached)
 # --------------------------------------------------------------------------------------------
-def export_name(preset: str, layers: int, seq: int, group: int, bits: int, kind: str, seed: int) -> str:
-    # "_whole": whole-decoder delegate exports (blob v2); older cached per-op exports are not reused
-    return f"{preset}_L{layers}_seq{seq}_g{group}_int{bits}_{kind}_seed{seed}_whole.pte"
+def export_name(preset: str, layers: int, seq: int, group: int, bits: int, kind: str, seed: int, scales: str) -> str:
+    # "_whole": whole-decoder delegate exports; older cached per-op exports are not reused
+    return f"{preset}_L{layers}_seq{seq}_g{group}_int{bits}_{kind}_seed{seed}_{scales}_whole.pte"
 
 
 def ensure_export(args, kind: str, layers: int) -> Path:
-    out = args.cache_dir / export_name(args.preset, layers, args.max_seq_len, args.group_size, 4, kind, args.seed)
+    out = args.cache_dir / export_name(args.preset, layers, args.max_seq_len, args.group_size, 4, kind, args.seed,
+                                       args.scales)
     side = Path(str(out) + ".json")
     if out.exists() and side.exists() and not args.force_export:
         print(f"[export] cached: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", file=sys.stderr)
         return out
     cmd = [sys.executable, "-m", "mobilemoe_export", "--preset", args.preset, "--n-layers", str(layers),
            "--max-seq-len", str(args.max_seq_len), "--group-size", str(args.group_size), "--weight-bits", "4",
-           "--seed", str(args.seed), "--no-progress", "--out", str(out)]
+           "--seed", str(args.seed), "--scales", args.scales, "--no-progress", "--out", str(out)]
     if kind == "dense-total":
         cmd[5:5] = ["--dense-baseline", "total"]
     print(f"[export] {' '.join(cmd[1:])}", file=sys.stderr)
@@ -199,10 +204,12 @@ def fmt_count(n: float) -> str:
     return f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="S", choices=[p for p in models.PRESETS if p != "tiny"])
+    ap.add_argument("--scales", default="fp16", choices=["fp32", "fp16", "bf16"],
+                    help="per-group scale precision of both exports (the CLI's preset default: fp16)")
     ap.add_argument("--layers", type=int, default=None, help="layer count (default: the full preset, 22 for S)")
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="KV cache length of both exports (default: the preset's, 2048)")
@@ -233,7 +240,11 @@ def main(argv=None) -> int:
         if not exe.exists():
             raise SystemExit(f"error: {exe} not found: run `cargo build --release` first")
     args.cache_dir.mkdir(parents=True, exist_ok=True)
+    return args
 
+
+def configs(args):
+    """(preset config, layer count, MoE config, dense baseline config) for the run."""
     base = models.get_config(args.preset)
     if args.max_seq_len is None:
         args.max_seq_len = base.max_seq_len
@@ -242,19 +253,24 @@ def main(argv=None) -> int:
     cfg_dense = models.dense_baseline(cfg_moe, match="total", multiple=max(64, args.group_size))
     if max([args.prompt_tokens] + args.depths) + args.decode_steps + 1 > args.max_seq_len:
         raise SystemExit("error: --prompt-tokens / --depths + --decode-steps + 1 must fit in --max-seq-len")
+    return base, layers, cfg_moe, cfg_dense
 
-    # ---- export
+
+def export_both(args, layers: int, cfgs: dict):
+    """Exports (or reuses) both .pte files: paths, exporter side files, weight bytes, parameter counts."""
     ptes = {"moe": ensure_export(args, "moe", layers), "dense": ensure_export(args, "dense-total", layers)}
-    cfgs = {"moe": cfg_moe, "dense": cfg_dense}
     side = {k: json.loads(Path(str(p) + ".json").read_text()) for k, p in ptes.items()}
-    nbytes = {k: weight_bytes(c, args.group_size, 4) for k, c in cfgs.items()}
+    nbytes = {k: weight_bytes(c, args.group_size, 4, args.scales) for k, c in cfgs.items()}
     counts = {k: models.count_params(c) for k, c in cfgs.items()}
     for k in ptes:
         if nbytes[k]["int4_total"] != side[k]["quantized_weight_bytes"]:
             print(f"warning: {k}: computed INT4 bytes {nbytes[k]['int4_total']} != exporter's "
                   f"{side[k]['quantized_weight_bytes']}", file=sys.stderr)
+    return ptes, side, nbytes, counts
 
-    # ---- measure
+
+def measure(args, ptes: dict):
+    """Alternating MoE/dense rounds between two bandwidth measurements: (results, bandwidths, load before, after)."""
     env = dict(os.environ, MOBILEMOE_THREADS=str(args.threads))
     load0 = os.getloadavg()
     bw = [bandwidth_gbps(args, env)]
@@ -279,9 +295,11 @@ def main(argv=None) -> int:
     bw.append(bandwidth_gbps(args, env))
     print(f"[bw] streaming read, {args.threads} threads: {bw[-1]:.1f} GB/s", file=sys.stderr)
     load1 = os.getloadavg()
-    bw_gbps = statistics.median(bw)
+    return res, bw, load0, load1
 
-    # ---- summarize
+
+def summarize(args, ptes: dict, res: dict, side: dict, nbytes: dict, counts: dict, bw_gbps: float) -> dict:
+    """Medians over rounds and the derived roofline numbers, per kind."""
     S = {}
     d0 = args.depths[0]
     for k in ptes:
@@ -307,20 +325,25 @@ def main(argv=None) -> int:
             "pte_bytes": side[k]["pte_bytes"],
             "raw": res[k],
         }
-    m, d = S["moe"], S["dense"]
-    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
-    full = layers == base.n_layers
+    return S
+
+
+def cpu_name() -> str:
     cpu = "?"
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except Exception:
         pass
+    return cpu
 
+
+def table_rows(args, m: dict, d: dict, bw_gbps: float) -> list:
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
     rows = [
         ("parameters, total / active per token",
          f"{fmt_count(m['params_total'])} / {fmt_count(m['params_active'])}",
          f"{fmt_count(d['params_total'])} / {fmt_count(d['params_active'])}", ""),
-        ("FFN INT4 bytes (data + fp32 scales)", fmt_bytes(m["int4_ffn_bytes"]), fmt_bytes(d["int4_ffn_bytes"]),
+        ("FFN INT4 bytes (data + scales)", fmt_bytes(m["int4_ffn_bytes"]), fmt_bytes(d["int4_ffn_bytes"]),
          f"{ratio(m['int4_ffn_bytes'], d['int4_ffn_bytes']):.3f}"),
         ("all INT4 weight bytes (FFN + attention + LM head)", fmt_bytes(m["int4_total_bytes"]),
          fmt_bytes(d["int4_total_bytes"]), f"{ratio(m['int4_total_bytes'], d['int4_total_bytes']):.3f}"),
@@ -350,6 +373,11 @@ def main(argv=None) -> int:
     rows += [
         ("peak RSS", f"{m['peak_rss_mib']:,.0f} MiB", f"{d['peak_rss_mib']:,.0f} MiB", ""),
     ]
+    return rows
+
+
+def markdown(args, rows, layers, base, cfg_moe, cfg_dense, cpu, bw, bw_gbps, load0, load1) -> str:
+    full = layers == base.n_layers
     caption = (f"{args.preset} preset{'' if full else f' **TRUNCATED TO {layers} OF {base.n_layers} LAYERS**'} "
                f"(D={cfg_moe.dim}, {layers} layers, {cfg_moe.num_experts} experts x F={cfg_moe.expert_hidden_dim} top-{cfg_moe.top_k} "
                f"+ shared F={cfg_moe.shared_hidden_dim}, vocab {cfg_moe.vocab_size}, random weights) vs dense baseline "
@@ -365,7 +393,23 @@ def main(argv=None) -> int:
     md.append(caption)
     md.append(f"Paper (phones): prefill {PAPER['prefill'][0]}-{PAPER['prefill'][1]}x, decode "
               f"{PAPER['decode'][0]}-{PAPER['decode'][1]}x faster (MoE vs dense).")
-    text = "\n".join(md)
+    return "\n".join(md)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    base, layers, cfg_moe, cfg_dense = configs(args)
+    cfgs = {"moe": cfg_moe, "dense": cfg_dense}
+    ptes, side, nbytes, counts = export_both(args, layers, cfgs)
+    res, bw, load0, load1 = measure(args, ptes)
+    bw_gbps = statistics.median(bw)
+    S = summarize(args, ptes, res, side, nbytes, counts, bw_gbps)
+    m, d = S["moe"], S["dense"]
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    full = layers == base.n_layers
+    cpu = cpu_name()
+    text = markdown(args, table_rows(args, m, d, bw_gbps), layers, base, cfg_moe, cfg_dense, cpu, bw, bw_gbps,
+                    load0, load1)
     print(text)
     if args.markdown_out:
         args.markdown_out.write_text(text + "\n")

@@ -1,10 +1,13 @@
 //! Per-program delegate state: the validated graph, zero-copy views of the weights, and the
 //! scratch buffers (behind a mutex so two threads may execute one program).
 
+use half::{bf16, f16};
 use mobilemoe_ops::decoder::{
     add, attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionScratch, AttentionWeights, DenseScratch, KvCache,
 };
-use mobilemoe_ops::{linear, moe_ffn, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeWeights, PackedRef, SharedExpert, ThreadPool};
+use mobilemoe_ops::{
+    linear, moe_ffn, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeWeights, PackedRef, ScaleRef, SharedExpert, ThreadPool,
+};
 use mobilemoe_schema::read::{Graph, NodeOp};
 use std::ops::Range;
 use std::sync::Mutex;
@@ -15,10 +18,15 @@ enum BlobStore {
     Owned(Vec<u8>),
 }
 
-/// An F32 constant: used in place when 4-byte aligned, else copied once at init.
-enum F32Const {
-    InPlace(Range<usize>),
-    Copied(Vec<f32>),
+/// A float constant in its element type (f32 tensors, per-group weight scales in f32, f16 or
+/// bf16): used in place when aligned for its type, else copied once at init.
+enum FloatConst {
+    F32InPlace(Range<usize>),
+    F32Copied(Vec<f32>),
+    F16InPlace(Range<usize>),
+    F16Copied(Vec<f16>),
+    Bf16InPlace(Range<usize>),
+    Bf16Copied(Vec<bf16>),
 }
 
 /// Everything one execution mutates, sized from the graph at init (KV caches, slot plan) or grown
@@ -61,7 +69,7 @@ impl Input<'_> {
 pub struct Delegate {
     blob: BlobStore,
     graph: Graph,
-    f32s: Vec<Option<F32Const>>,
+    floats: Vec<Option<FloatConst>>,
     kernels: Kernels,
     /// MoeFfn nodes in the graph (layer numbering for profiling).
     n_moe: usize,
@@ -150,26 +158,40 @@ impl Delegate {
             BlobStore::Owned(v) => v,
         };
         let graph = mobilemoe_schema::parse(bytes).map_err(|e| e.to_string())?;
-        let mut f32s = Vec::with_capacity(graph.tensors.len());
+        let mut floats = Vec::with_capacity(graph.tensors.len());
         let (mut copied, mut copied_bytes) = (0usize, 0usize);
         for t in &graph.tensors {
-            f32s.push(match (&t.data, t.dtype) {
-                (Some(r), mobilemoe_schema::fb::DType::F32) => {
-                    let (v, was_copied) = mobilemoe_schema::f32_view(&bytes[r.clone()]);
-                    if was_copied {
-                        copied += 1;
-                        copied_bytes += r.len();
-                        Some(F32Const::Copied(v.into_owned()))
-                    } else {
-                        Some(F32Const::InPlace(r.clone()))
-                    }
+            use mobilemoe_schema::fb::DType;
+            let Some(r) = t.data.clone() else {
+                floats.push(None);
+                continue;
+            };
+            let b = &bytes[r.clone()];
+            // Little-endian element bytes (the blob's byte order) decoded when misaligned.
+            let halves = || b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+            let c = match t.dtype {
+                DType::F32 => match mobilemoe_schema::f32_view(b) {
+                    (_, false) => FloatConst::F32InPlace(r),
+                    (v, true) => FloatConst::F32Copied(v.into_owned()),
+                },
+                DType::F16 if bytemuck::try_cast_slice::<u8, f16>(b).is_ok() => FloatConst::F16InPlace(r),
+                DType::F16 => FloatConst::F16Copied(halves().map(f16::from_bits).collect()),
+                DType::BF16 if bytemuck::try_cast_slice::<u8, bf16>(b).is_ok() => FloatConst::Bf16InPlace(r),
+                DType::BF16 => FloatConst::Bf16Copied(halves().map(bf16::from_bits).collect()),
+                _ => {
+                    floats.push(None);
+                    continue;
                 }
-                _ => None,
-            });
+            };
+            if matches!(c, FloatConst::F32Copied(_) | FloatConst::F16Copied(_) | FloatConst::Bf16Copied(_)) {
+                copied += 1;
+                copied_bytes += b.len();
+            }
+            floats.push(Some(c));
         }
         if copied > 0 {
             crate::logging::warn(&format!(
-                "delegate blob is not 4-byte aligned in memory: copied {copied} f32 constants ({copied_bytes} bytes) once at init; \
+                "delegate blob is not 4-byte aligned in memory: copied {copied} float constants ({copied_bytes} bytes) once at init; \
                  the u8 weights are still used in place"
             ));
         }
@@ -185,7 +207,7 @@ impl Delegate {
         }
         let state = RunState { slots: vec![Vec::new(); n_slots], kv, ..Default::default() };
         let n_moe = graph.nodes.iter().filter(|n| matches!(n.op, NodeOp::MoeFfn(_))).count();
-        Ok(Self { blob, graph, f32s, kernels: Kernels::best(), n_moe, slot_of, state: Mutex::new(state) })
+        Ok(Self { blob, graph, floats, kernels: Kernels::best(), n_moe, slot_of, state: Mutex::new(state) })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -193,10 +215,23 @@ impl Delegate {
     }
 
     fn f32c(&self, id: usize) -> &[f32] {
-        match &self.f32s[id] {
-            Some(F32Const::InPlace(r)) => bytemuck::cast_slice(&self.bytes()[r.clone()]),
-            Some(F32Const::Copied(v)) => v,
-            None => &[],
+        match &self.floats[id] {
+            Some(FloatConst::F32InPlace(r)) => bytemuck::cast_slice(&self.bytes()[r.clone()]),
+            Some(FloatConst::F32Copied(v)) => v,
+            _ => &[],
+        }
+    }
+
+    /// Per-group weight scales in their stored type (the reader checked the dtype and shape).
+    fn scales(&self, id: usize) -> ScaleRef<'_> {
+        match &self.floats[id] {
+            Some(FloatConst::F32InPlace(r)) => ScaleRef::F32(bytemuck::cast_slice(&self.bytes()[r.clone()])),
+            Some(FloatConst::F32Copied(v)) => ScaleRef::F32(v),
+            Some(FloatConst::F16InPlace(r)) => ScaleRef::F16(bytemuck::cast_slice(&self.bytes()[r.clone()])),
+            Some(FloatConst::F16Copied(v)) => ScaleRef::F16(v),
+            Some(FloatConst::Bf16InPlace(r)) => ScaleRef::Bf16(bytemuck::cast_slice(&self.bytes()[r.clone()])),
+            Some(FloatConst::Bf16Copied(v)) => ScaleRef::Bf16(v),
+            None => ScaleRef::F32(&[]),
         }
     }
 
@@ -267,7 +302,7 @@ impl Delegate {
     }
 
     fn packed(&self, spec: MatrixSpec, data: usize, scales: usize) -> Result<PackedRef<'_>, String> {
-        PackedRef::new(spec, self.u8c(data), self.f32c(scales)).map_err(|e| e.to_string())
+        PackedRef::new(spec, self.u8c(data), self.scales(scales)).map_err(|e| e.to_string())
     }
 
     /// Runs the graph. `inputs[i]` = (data, shape) of graph input i, whose dtype must match the
@@ -374,9 +409,9 @@ impl Delegate {
                         router_w: self.f32c(m.router_weight),
                         expert_bias: m.expert_bias.map(|b| self.f32c(b)),
                         w13: self.u8c(m.w13),
-                        w13_scales: self.f32c(m.w13_scales),
+                        w13_scales: self.scales(m.w13_scales),
                         w2: self.u8c(m.w2),
-                        w2_scales: self.f32c(m.w2_scales),
+                        w2_scales: self.scales(m.w2_scales),
                         shared,
                     };
                     let t = x.len() / m.spec.dim;

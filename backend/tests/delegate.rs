@@ -13,9 +13,9 @@ fn reference(l: &Layer, x: &[f32], t: usize) -> Vec<f32> {
         router_w: &l.router_w,
         expert_bias: Some(&l.bias),
         w13: &l.w13,
-        w13_scales: &l.w13_s,
+        w13_scales: (&l.w13_s).into(),
         w2: &l.w2,
-        w2_scales: &l.w2_s,
+        w2_scales: (&l.w2_s).into(),
         shared: Some(SharedExpert { w13: l.sh13.as_ref(), w2: l.sh2.as_ref(), gate: Some(&l.gate) }),
     };
     let pool = ThreadPool::global();

@@ -12,12 +12,13 @@ pub mod moe;
 pub mod quant;
 pub mod reference;
 pub mod routing;
+pub mod testing;
 pub mod threadpool;
 
 pub use error::{OpsError, Result};
 pub use kernels::{KernelKind, Kernels};
 pub use linear::{linear, LinearScratch};
 pub use moe::{moe_ffn, MoeScratch, MoeSpec, MoeWeights, SharedExpert};
-pub use quant::{MatrixSpec, PackedMatrix, PackedRef, WeightBits};
+pub use quant::{MatrixSpec, OwnedScales, PackedMatrix, PackedRef, ScaleRef, ScaleType, WeightBits};
 pub use routing::{RouterConfig, ScoreFunc};
 pub use threadpool::ThreadPool;

@@ -3,7 +3,7 @@
 use crate::act::{QuantActs, QuantActsRef};
 use crate::error::{check_len, mul_dims, OpsError, Result};
 use crate::kernels::{Kernels, OutPtr};
-use crate::quant::{MatrixSpec, PackedRef, WeightBits};
+use crate::quant::{MatrixSpec, PackedRef, ScaleRef, WeightBits};
 use crate::routing::{self, RouterConfig};
 use crate::threadpool::ThreadPool;
 use tracing::debug_span;
@@ -72,10 +72,10 @@ pub struct MoeWeights<'a> {
     pub expert_bias: Option<&'a [f32]>,
     /// `[E, w13 bytes]`, `[E, w13 scales]`.
     pub w13: &'a [u8],
-    pub w13_scales: &'a [f32],
+    pub w13_scales: ScaleRef<'a>,
     /// `[E, w2 bytes]`, `[E, w2 scales]`.
     pub w2: &'a [u8],
-    pub w2_scales: &'a [f32],
+    pub w2_scales: ScaleRef<'a>,
     pub shared: Option<SharedExpert<'a>>,
 }
 
@@ -135,9 +135,9 @@ impl<'a> MoeWeights<'a> {
 }
 
 /// Expert `e` of stacked `[E, ...]` data and scales (sizes checked by `MoeWeights::validate`).
-fn expert_slice<'a>(spec: MatrixSpec, data: &'a [u8], scales: &'a [f32], e: usize) -> PackedRef<'a> {
+fn expert_slice<'a>(spec: MatrixSpec, data: &'a [u8], scales: ScaleRef<'a>, e: usize) -> PackedRef<'a> {
     let (db, sc) = (spec.data_bytes(), spec.scale_count());
-    PackedRef { spec, data: &data[e * db..(e + 1) * db], scales: &scales[e * sc..(e + 1) * sc] }
+    PackedRef { spec, data: &data[e * db..(e + 1) * db], scales: scales.slice(e * sc..(e + 1) * sc) }
 }
 
 /// One GEMM work item: `matrix` (an expert id, or `SHARED`) over activation rows

@@ -2,6 +2,7 @@
 //! The layout is specified byte by byte in docs/DESIGN.md section 2.
 
 use crate::error::{check_len, mul_dims, OpsError, Result};
+use half::{bf16, f16};
 
 /// Rows per tile of the packed layout.
 pub const TILE_ROWS: usize = 16;
@@ -103,9 +104,156 @@ impl MatrixSpec {
     pub fn scale_count(&self) -> usize {
         self.padded_rows() * self.groups()
     }
-    /// Bytes read per full pass over the matrix (data + scales).
+    /// Bytes read per full pass over the matrix (data + f32 scales; `PackedRef::total_bytes` for
+    /// the stored scale type).
     pub fn total_bytes(&self) -> usize {
         self.data_bytes() + 4 * self.scale_count()
+    }
+}
+
+/// Element type of the per-group weight scales (torchao's `scales_precision`). The kernels read
+/// them in this type (fp16/bf16 halve the scale bytes a decode step streams) and widen them to
+/// f32 exactly, so the arithmetic after the load is the same for every type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ScaleType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ScaleType {
+    /// Bytes per scale.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+    /// `v` rounded to this type (nearest, ties to even; as torch's `.to(dtype)`), as an f32
+    /// (exact: every f16/bf16 value is an f32).
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Self::F32 => v,
+            Self::F16 => f16::from_f32(v).to_f32(),
+            Self::Bf16 => bf16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+/// Borrowed per-group scales in their stored element type.
+#[derive(Clone, Copy, Debug)]
+pub enum ScaleRef<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> ScaleRef<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(s) => s.len(),
+            Self::F16(s) => s.len(),
+            Self::Bf16(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn scale_type(&self) -> ScaleType {
+        match self {
+            Self::F32(_) => ScaleType::F32,
+            Self::F16(_) => ScaleType::F16,
+            Self::Bf16(_) => ScaleType::Bf16,
+        }
+    }
+    /// Scale `i` widened to f32 (exact). Panics if `i >= len()`, like slice indexing.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Self::F32(s) => s[i],
+            Self::F16(s) => s[i].to_f32(),
+            Self::Bf16(s) => s[i].to_f32(),
+        }
+    }
+    /// The scales `range` (panics outside, like slice indexing).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        match self {
+            Self::F32(s) => Self::F32(&s[range]),
+            Self::F16(s) => Self::F16(&s[range]),
+            Self::Bf16(s) => Self::Bf16(&s[range]),
+        }
+    }
+    /// Start of the scales (element type: `scale_type()`), for the kernels.
+    pub fn as_ptr(&self) -> *const u8 {
+        match self {
+            Self::F32(s) => s.as_ptr() as *const u8,
+            Self::F16(s) => s.as_ptr() as *const u8,
+            Self::Bf16(s) => s.as_ptr() as *const u8,
+        }
+    }
+    /// Every scale widened to f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+}
+
+impl<'a> From<&'a [f32]> for ScaleRef<'a> {
+    fn from(s: &'a [f32]) -> Self {
+        Self::F32(s)
+    }
+}
+impl<'a> From<&'a Vec<f32>> for ScaleRef<'a> {
+    fn from(s: &'a Vec<f32>) -> Self {
+        Self::F32(s)
+    }
+}
+impl<'a, const N: usize> From<&'a [f32; N]> for ScaleRef<'a> {
+    fn from(s: &'a [f32; N]) -> Self {
+        Self::F32(s)
+    }
+}
+impl<'a> From<&'a [f16]> for ScaleRef<'a> {
+    fn from(s: &'a [f16]) -> Self {
+        Self::F16(s)
+    }
+}
+impl<'a> From<&'a [bf16]> for ScaleRef<'a> {
+    fn from(s: &'a [bf16]) -> Self {
+        Self::Bf16(s)
+    }
+}
+
+/// Owned per-group scales in their element type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OwnedScales {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl OwnedScales {
+    /// `values` (already representable in `t`, e.g. from `quantize_rows_as`) stored as `t`.
+    pub fn from_f32(t: ScaleType, values: &[f32]) -> Self {
+        match t {
+            ScaleType::F32 => Self::F32(values.to_vec()),
+            ScaleType::F16 => Self::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            ScaleType::Bf16 => Self::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+    pub fn as_ref(&self) -> ScaleRef<'_> {
+        match self {
+            Self::F32(s) => ScaleRef::F32(s),
+            Self::F16(s) => ScaleRef::F16(s),
+            Self::Bf16(s) => ScaleRef::Bf16(s),
+        }
     }
 }
 
@@ -114,17 +262,22 @@ impl MatrixSpec {
 pub struct PackedRef<'a> {
     pub spec: MatrixSpec,
     pub data: &'a [u8],
-    pub scales: &'a [f32],
+    pub scales: ScaleRef<'a>,
 }
 
 impl<'a> PackedRef<'a> {
     /// Checks buffer sizes against the spec.
-    pub fn new(spec: MatrixSpec, data: &'a [u8], scales: &'a [f32]) -> Result<Self> {
+    pub fn new(spec: MatrixSpec, data: &'a [u8], scales: impl Into<ScaleRef<'a>>) -> Result<Self> {
+        let scales = scales.into();
         // Public fields: a hand-built spec (group 0, overflowing sizes) is an error, not a panic.
         let spec = MatrixSpec::new(spec.n, spec.k, spec.group, spec.bits)?;
         check_len("packed weight data", spec.data_bytes(), data.len())?;
         check_len("packed weight scales", spec.scale_count(), scales.len())?;
         Ok(Self { spec, data, scales })
+    }
+    /// Bytes read per full pass over the matrix (data + scales in their element type).
+    pub fn total_bytes(&self) -> usize {
+        self.spec.data_bytes() + self.scales.scale_type().bytes() * self.spec.scale_count()
     }
     /// Dequantized row-major `[n, k]` weights (tests, debugging).
     pub fn dequantize(&self) -> Vec<f32> {
@@ -151,7 +304,7 @@ pub struct PackedMatrix {
 
 impl PackedMatrix {
     pub fn as_ref(&self) -> PackedRef<'_> {
-        PackedRef { spec: self.spec, data: &self.data, scales: &self.scales }
+        PackedRef { spec: self.spec, data: &self.data, scales: ScaleRef::F32(&self.scales) }
     }
     /// Quantize row-major fp32 weights `[n, k]` and pack them.
     pub fn quantize(w: &[f32], spec: MatrixSpec) -> Result<Self> {
@@ -169,6 +322,15 @@ pub fn round_half_even(x: f32) -> f32 {
 /// Symmetric per-group quantization of row-major `w[n, k]`: returns (q `[n, k]`, scales `[n, k/G]`).
 /// Numerics equal torchao's symmetric per-group int4/int8 (see docs/DESIGN.md section 1).
 pub fn quantize_rows(w: &[f32], spec: MatrixSpec) -> Result<(Vec<i8>, Vec<f32>)> {
+    quantize_rows_as(w, spec, ScaleType::F32)
+}
+
+/// `quantize_rows` with the scales in `scale_type` (torchao's `scales_precision`): the scale is
+/// computed in f32, clamped at the smallest normal f32, then rounded to the type; torchao then
+/// quantizes with `w * (1 / scale)` where the reciprocal is computed *in the scale's type*
+/// (rounded to it), and so does this. The returned scales are f32 values exact in `scale_type`.
+/// A group whose scale rounds to 0 in the type (|w| below ~1e-7 for f16) quantizes to 0.
+pub fn quantize_rows_as(w: &[f32], spec: MatrixSpec, scale_type: ScaleType) -> Result<(Vec<i8>, Vec<f32>)> {
     let spec = MatrixSpec::new(spec.n, spec.k, spec.group, spec.bits)?; // hand-built specs
     check_len("fp32 weights", spec.n * spec.k, w.len())?;
     let (qmin, qmax) = (spec.bits.qmin() as f32, spec.bits.qmax() as f32);
@@ -181,10 +343,14 @@ pub fn quantize_rows(w: &[f32], spec: MatrixSpec) -> Result<(Vec<i8>, Vec<f32>)>
             let base = n * spec.k + g * spec.group;
             let block = &w[base..base + spec.group];
             let max_abs = block.iter().fold(0f32, |m, &v| if v.abs() > m { v.abs() } else { m });
-            // torchao: scale clamped at the smallest normal f32; q = round(w * (1 / scale)).
-            let scale = (max_abs / half_range).max(f32::MIN_POSITIVE);
+            // torchao: scale clamped at the smallest normal f32, cast to the scale type;
+            // q = round(w * (1 / scale)) with the reciprocal in the scale type.
+            let scale = scale_type.round((max_abs / half_range).max(f32::MIN_POSITIVE));
             scales[n * ng + g] = scale;
-            let inv = 1.0 / scale;
+            if scale == 0.0 {
+                continue; // q stays 0 (torchao would divide by zero)
+            }
+            let inv = scale_type.round(1.0 / scale);
             for (i, &v) in block.iter().enumerate() {
                 let r = round_half_even(v * inv);
                 // NaN weights quantize to 0 (clamp of NaN is NaN; `as` maps NaN to 0).
@@ -264,7 +430,7 @@ pub fn packed_q(w: &PackedRef<'_>, n: usize, k: usize) -> i32 {
 /// Scale of row `n`, group `g` in the packed layout.
 #[inline]
 pub fn packed_scale(w: &PackedRef<'_>, n: usize, g: usize) -> f32 {
-    w.scales[((n / TILE_ROWS) * w.spec.groups() + g) * TILE_ROWS + n % TILE_ROWS]
+    w.scales.get(((n / TILE_ROWS) * w.spec.groups() + g) * TILE_ROWS + n % TILE_ROWS)
 }
 
 /// Inverse of `pack`: (q `[n, k]`, scales `[n, k/G]`).

@@ -46,7 +46,7 @@ from ._fbs.mobilemoe.blob.RopeStyle import RopeStyle  # noqa: E402
 from . import decoder_ops as _dops  # noqa: E402
 
 MAGIC = b"MMOE"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: F16/BF16 per-group scales (1 and 2 still load)
 # ops of the whole-decoder graph (decoder_ops) and the residual add
 DECODER_KINDS = tuple(_dops.SCHEMAS)
 HEADER_SIZE = 32
@@ -54,7 +54,7 @@ ALIGN = 64
 
 _SCORE = {"softmax": ScoreFunc.Softmax, "softmax_all": ScoreFunc.SoftmaxAll, "sigmoid": ScoreFunc.Sigmoid}
 _DTYPES = {torch.float32: DType.F32, torch.uint8: DType.U8, torch.int8: DType.I8, torch.int32: DType.I32,
-           torch.int64: DType.I64}
+           torch.int64: DType.I64, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
 
 
 def op_kind(node: torch.fx.Node) -> Optional[str]:

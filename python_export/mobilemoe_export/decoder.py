@@ -33,8 +33,10 @@ from . import quant
 from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe
 
 
-def _qs(mod: nn.Module, name: str, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(q int8 [N, K], scales fp32 [N, K/G]) of an ``nn.Linear`` / :class:`MobileMoELinear`."""
+def _qs(mod: nn.Module, name: str, group_size: int, bits: int,
+        scales_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """(q int8 [N, K], scales fp32 [N, K/G], scale dtype) of an ``nn.Linear`` / :class:`MobileMoELinear`
+    (which keeps the scale dtype it was quantized with; others are quantized with ``scales_dtype``)."""
     if isinstance(mod, MobileMoELinear):
         if mod.group_size != group_size or mod.weight_bits != bits:
             raise UnsupportedModuleError(f"{name}: quantized with G={mod.group_size}/{mod.weight_bits} bits, "
@@ -42,36 +44,41 @@ def _qs(mod: nn.Module, name: str, group_size: int, bits: int) -> Tuple[torch.Te
         if mod.bias is not None:
             raise UnsupportedModuleError(f"{name}: linear biases are not supported by the decoder delegate")
         q, s = quant.unpack(mod.weight, mod.scales, mod.out_features, mod.in_features, group_size, bits)
-        return torch.from_numpy(q), torch.from_numpy(s)
+        return torch.from_numpy(q), torch.from_numpy(s), mod.scales.dtype
     if isinstance(mod, nn.Linear):
         if mod.bias is not None:
             raise UnsupportedModuleError(f"{name}: linear biases are not supported by the decoder delegate")
-        return quant.quantize_per_group(mod.weight.detach().float(), group_size, bits)
+        return (*quant.quantize_per_group(mod.weight.detach().float(), group_size, bits, scales_dtype), scales_dtype)
     if isinstance(mod, torch.Tensor):
-        return quant.quantize_per_group(mod.detach().float(), group_size, bits)
+        return (*quant.quantize_per_group(mod.detach().float(), group_size, bits, scales_dtype), scales_dtype)
     raise UnsupportedModuleError(f"{name}: expected nn.Linear or MobileMoELinear, got {type(mod).__name__}")
 
 
 def _pack(parts, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fused packing of row blocks (q/k/v, w1/w3) that share one scale dtype."""
+    dtypes = {p[2] for p in parts}
+    if len(dtypes) != 1:
+        raise UnsupportedModuleError(f"fused matrices quantized with different scale dtypes: {sorted(map(str, dtypes))}")
     q = torch.cat([p[0] for p in parts], 0)
     s = torch.cat([p[1] for p in parts], 0)
     d, sc = quant.pack(q, s, group_size, bits)
-    return torch.from_numpy(np.ascontiguousarray(d)), torch.from_numpy(np.ascontiguousarray(sc))
+    return torch.from_numpy(np.ascontiguousarray(d)), torch.from_numpy(np.ascontiguousarray(sc)).to(dtypes.pop())
 
 
 class DecoderAttention(nn.Module):
     def __init__(self, attn: nn.Module, cfg, name: str, group_size: int, bits: int, kv_fp16: bool,
-                 rope_interleaved: bool, exact: bool) -> None:
+                 rope_interleaved: bool, exact: bool, scales_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.max_seq_len = cfg.max_seq_len
         self.group_size, self.weight_bits, self.exact = group_size, bits, exact
         self.kv_fp16, self.rope_interleaved = kv_fp16, rope_interleaved
-        w, s = _pack([_qs(attn.wq, f"{name}.wq", group_size, bits), _qs(attn.wk, f"{name}.wk", group_size, bits),
-                      _qs(attn.wv, f"{name}.wv", group_size, bits)], group_size, bits)
+        sd = scales_dtype
+        w, s = _pack([_qs(attn.wq, f"{name}.wq", group_size, bits, sd), _qs(attn.wk, f"{name}.wk", group_size, bits, sd),
+                      _qs(attn.wv, f"{name}.wv", group_size, bits, sd)], group_size, bits)
         self.register_buffer("wqkv", w)
         self.register_buffer("wqkv_scales", s)
-        w, s = _pack([_qs(attn.wo, f"{name}.wo", group_size, bits)], group_size, bits)
+        w, s = _pack([_qs(attn.wo, f"{name}.wo", group_size, bits, sd)], group_size, bits)
         self.register_buffer("wo", w)
         self.register_buffer("wo_scales", s)
         # eager-mode cache (the delegate allocates its own); a plain attribute, not a buffer, so
@@ -108,15 +115,17 @@ class DecoderAttention(nn.Module):
 class DecoderSwiGLU(nn.Module):
     """Dense SwiGLU FFN on fused ``w13`` (the dense baseline)."""
 
-    def __init__(self, ffn: nn.Module, name: str, group_size: int, bits: int, exact: bool) -> None:
+    def __init__(self, ffn: nn.Module, name: str, group_size: int, bits: int, exact: bool,
+                 scales_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.hidden_dim = ffn.w1.out_features if hasattr(ffn.w1, "out_features") else ffn.w1.weight.shape[0]
         self.group_size, self.weight_bits, self.exact = group_size, bits, exact
-        w, s = _pack([_qs(ffn.w1, f"{name}.w1", group_size, bits), _qs(ffn.w3, f"{name}.w3", group_size, bits)],
+        sd = scales_dtype
+        w, s = _pack([_qs(ffn.w1, f"{name}.w1", group_size, bits, sd), _qs(ffn.w3, f"{name}.w3", group_size, bits, sd)],
                      group_size, bits)
         self.register_buffer("w13", w)
         self.register_buffer("w13_scales", s)
-        w, s = _pack([_qs(ffn.w2, f"{name}.w2", group_size, bits)], group_size, bits)
+        w, s = _pack([_qs(ffn.w2, f"{name}.w2", group_size, bits, sd)], group_size, bits)
         self.register_buffer("w2", w)
         self.register_buffer("w2_scales", s)
 
@@ -201,15 +210,15 @@ def is_lowerable(model: nn.Module) -> bool:
     return isinstance(model, (Transformer, MobileMoEDecoder)) or _is_et_llama(model)
 
 
-def _lower_ffn(blk: nn.Module, attr: str, name: str, G: int, B: int, exact: bool) -> nn.Module:
+def _lower_ffn(blk: nn.Module, attr: str, name: str, G: int, B: int, exact: bool, sd: torch.dtype) -> nn.Module:
     """The FFN of a block as a decoder module: a dense SwiGLU (w1/w3/w2 linears) or a MoE block
     (quantized in place by ``quantize_moe`` if not yet)."""
     ff = getattr(blk, attr)
     if (hasattr(ff, "w1") and hasattr(ff, "w3") and hasattr(ff, "w2") and not isinstance(ff, MobileMoEFFN)
             and isinstance(ff.w1, (nn.Linear, MobileMoELinear))):
-        return DecoderSwiGLU(ff, f"{name}.{attr}", G, B, exact)
+        return DecoderSwiGLU(ff, f"{name}.{attr}", G, B, exact, sd)
     if not isinstance(ff, MobileMoEFFN):
-        quantize_moe(blk, G, B, dense_linears=False, exact=exact)
+        quantize_moe(blk, G, B, dense_linears=False, exact=exact, scales_dtype=sd)
         ff = getattr(blk, attr)
     if not isinstance(ff, MobileMoEFFN):
         raise UnsupportedModuleError(f"{name}.{attr}: {type(ff).__name__} is not a recognised FFN")
@@ -219,16 +228,33 @@ def _lower_ffn(blk: nn.Module, attr: str, name: str, G: int, B: int, exact: bool
     return ff
 
 
+def _default_scales_dtype(model: nn.Module) -> torch.dtype:
+    """The scale dtype of the model's quantized modules (one), else fp32."""
+    dts = set()
+    for m in model.modules():
+        if isinstance(m, MobileMoELinear):
+            dts.add(m.scales.dtype)
+        elif isinstance(m, MobileMoEFFN):
+            dts.add(m.w13_scales.dtype)
+    if len(dts) > 1:
+        raise UnsupportedModuleError(f"the model's quantized modules use different scale dtypes: {sorted(map(str, dts))}; "
+                                     f"pass scales_dtype= to choose the one for the matrices the lowering quantizes")
+    return dts.pop() if dts else torch.float32
+
+
 def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, *, kv_cache: str = "fp16",
-                  rope_style: Optional[str] = None, exact: bool = False) -> MobileMoEDecoder:
+                  rope_style: Optional[str] = None, exact: bool = False,
+                  scales_dtype=None) -> MobileMoEDecoder:
     """A :class:`MobileMoEDecoder` computing ``model`` with INT4/INT8 weights: this project's
     ``models.Transformer`` (fp32, or after ``quantize_moe``) or ExecuTorch's llama ``Transformer``
     (``executorch.examples.models.llama``, dense or ``MOEFeedForward`` layers). ``model`` is not
     modified, except that MoE blocks not yet quantized are quantized in place (as ``quantize_moe``
     would). ``kv_cache``: ``"fp16"`` or ``"fp32"``. ``rope_style``: ``"half_split"``
     (``rotate_half``: this project's and Hugging Face's) or ``"interleaved"`` (Meta's); by default
-    the model's own. Features the decoder cannot compute exactly raise ``UnsupportedModuleError``
-    naming them."""
+    the model's own. ``scales_dtype`` ("fp32" | "fp16" | "bf16" or a torch dtype): the per-group
+    scale type of the matrices this lowering quantizes; by default that of the model's already
+    quantized modules (``quantize_moe(..., scales_dtype=...)``), else fp32. Features the decoder
+    cannot compute exactly raise ``UnsupportedModuleError`` naming them."""
     from .models import ModelConfig, Transformer
 
     if isinstance(model, MobileMoEDecoder):
@@ -238,6 +264,7 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     if rope_style not in (None, "half_split", "interleaved"):
         raise ValueError(f"rope_style must be 'half_split' or 'interleaved', got {rope_style!r}")
     G, B = group_size, weight_bits
+    sd = _default_scales_dtype(model) if scales_dtype is None else quant.scale_dtype(scales_dtype)
     exact = exact or any(getattr(m, "exact", False) for m in model.modules() if isinstance(m, (MobileMoEFFN, MobileMoELinear)))
     if isinstance(model, Transformer):
         cfg = model.cfg
@@ -253,14 +280,14 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
         raise UnsupportedModuleError(f"lower_decoder: {type(model).__name__} is neither a mobilemoe_export.models."
                                      f"Transformer nor ExecuTorch's llama Transformer")
     quant.check_matrix(cfg.vocab_size, cfg.dim, G, B, "embedding / LM head")
-    head = _pack([_qs(model.output, "output", G, B)], G, B)
-    emb = head if tied else _pack([_qs(model.tok_embeddings.weight, "tok_embeddings", G, B)], G, B)
+    head = _pack([_qs(model.output, "output", G, B, sd)], G, B)
+    emb = head if tied else _pack([_qs(model.tok_embeddings.weight, "tok_embeddings", G, B, sd)], G, B)
     layers = []
     for i, (blk, attn_mod, an, fn, ffn_attr) in enumerate(blocks):
         name = f"layers.{i}"
         attn = DecoderAttention(attn_mod, cfg, f"{name}.attention", G, B, kv_cache == "fp16",
-                                style == "interleaved", exact)
-        ffn = _lower_ffn(blk, ffn_attr, name, G, B, exact)
+                                style == "interleaved", exact, sd)
+        ffn = _lower_ffn(blk, ffn_attr, name, G, B, exact, sd)
         layers.append(DecoderLayer(an, attn, fn, ffn, cfg.norm_eps))
     return MobileMoEDecoder(cfg, emb, head, layers, norm_w, rope_cos, rope_sin, G, B, exact)
 

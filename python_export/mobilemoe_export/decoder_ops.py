@@ -20,6 +20,7 @@ from typing import Dict, Tuple
 import torch
 
 from . import _lib
+from .ops import _scales32
 
 NAMESPACE = "mobilemoe"
 
@@ -94,7 +95,7 @@ def _f32(x: torch.Tensor, what: str) -> torch.Tensor:
 
 def embedding_impl(tokens, weight, scales, vocab_size, dim, group_size, weight_bits):
     out = torch.empty(list(tokens.shape) + [dim], dtype=torch.float32)
-    return _run(OP_EMBEDDING, [tokens.to(torch.int64), weight, scales], [vocab_size, dim, group_size, weight_bits], [],
+    return _run(OP_EMBEDDING, [tokens.to(torch.int64), weight, _scales32(scales)], [vocab_size, dim, group_size, weight_bits], [],
                 out, "embedding")
 
 
@@ -115,7 +116,7 @@ def attention_impl(x, input_pos, wqkv, wqkv_scales, wo, wo_scales, rope_cos, rop
     d = x.shape[-1]
     # the caches are written in place: pass them as they are (contiguous by construction)
     return _run(OP_ATTENTION,
-                [_f32(x, "attention"), input_pos.to(torch.int64), wqkv, wqkv_scales, wo, wo_scales, rope_cos, rope_sin,
+                [_f32(x, "attention"), input_pos.to(torch.int64), wqkv, _scales32(wqkv_scales), wo, _scales32(wo_scales), rope_cos, rope_sin,
                  k, v],
                 [d, n_heads, n_kv_heads, head_dim, max_seq_len, int(rope_interleaved), int(kv_fp16), group_size,
                  weight_bits, int(exact)], [], out, "attention")
@@ -123,7 +124,7 @@ def attention_impl(x, input_pos, wqkv, wqkv_scales, wo, wo_scales, rope_cos, rop
 
 def swiglu_ffn_impl(x, w13, w13_scales, w2, w2_scales, hidden_dim, group_size, weight_bits, exact):
     out = torch.empty(x.shape, dtype=torch.float32)
-    return _run(OP_SWIGLU_FFN, [_f32(x, "swiglu_ffn"), w13, w13_scales, w2, w2_scales],
+    return _run(OP_SWIGLU_FFN, [_f32(x, "swiglu_ffn"), w13, _scales32(w13_scales), w2, _scales32(w2_scales)],
                 [x.shape[-1], hidden_dim, group_size, weight_bits, int(exact)], [], out, "swiglu_ffn")
 
 
@@ -133,7 +134,7 @@ def _lm_head_shape(x, vocab_size):
 
 def lm_head_impl(x, norm_weight, eps, weight, scales, vocab_size, group_size, weight_bits, exact):
     out = torch.empty(_lm_head_shape(x, vocab_size), dtype=torch.float32)
-    return _run(OP_LM_HEAD, [_f32(x, "lm_head"), norm_weight, weight, scales],
+    return _run(OP_LM_HEAD, [_f32(x, "lm_head"), norm_weight, weight, _scales32(scales)],
                 [vocab_size, x.shape[-1], group_size, weight_bits, int(exact)], [eps], out, "lm_head")
 
 

@@ -73,6 +73,7 @@ def export_pte(
     strict: bool = False,
     whole_model: Optional[bool] = None,
     kv_cache: str = "fp16",
+    scales_dtype=None,
 ) -> str:
     """Export ``model`` to an ExecuTorch ``.pte`` at ``path`` and return the path.
 
@@ -86,7 +87,12 @@ def export_pte(
     ``whole_model`` (default: on when ``delegate`` and ``model`` is a ``models.Transformer``)
     first lowers the model with :func:`mobilemoe_export.decoder.lower_decoder` (INT4 g32 weights,
     ``kv_cache`` "fp16" or "fp32"), so the whole forward — embedding, attention with its KV
-    cache, norms, FFNs, LM head — runs in one ``MobileMoEBackend`` delegate.
+    cache, norms, FFNs, LM head — runs in one ``MobileMoEBackend`` delegate. ``scales_dtype``
+    ("fp32" | "fp16" | "bf16") is the per-group scale type of the matrices that lowering quantizes
+    (default: that of the model's ``quantize_moe``-d modules, else fp32).
+
+    fp16/bf16 scales (blob format version 3) run in the delegate; ``delegate=False`` (the portable
+    ``mobilemoe::*.out`` kernels) needs fp32 scales and says so.
     """
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
@@ -100,7 +106,14 @@ def export_pte(
     if whole_model:
         if not delegate:
             raise ValueError("export_pte: whole_model=True needs delegate=True (the decoder ops have no portable kernels)")
-        model = _decoder.lower_decoder(model, kv_cache=kv_cache).eval()
+        model = _decoder.lower_decoder(model, kv_cache=kv_cache, scales_dtype=scales_dtype).eval()
+    if not delegate:
+        narrow = sorted({n for n, b in model.named_buffers() if n.endswith("scales") and b is not None
+                         and b.dtype in (torch.float16, torch.bfloat16)})
+        if narrow:
+            raise ValueError("export_pte(delegate=False): the portable mobilemoe::*.out kernels read fp32 scales; "
+                             f"these are fp16/bf16: {', '.join(narrow[:4])}{' ...' if len(narrow) > 4 else ''} "
+                             "(quantize with scales_dtype='fp32', or export with delegate=True)")
     if max_tokens is None:
         max_tokens = int(getattr(model, "max_seq_len", None) or getattr(getattr(model, "cfg", None), "max_seq_len", None) or 256)
     if dynamic_shapes is None and dynamic_tokens:

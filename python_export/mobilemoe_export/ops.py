@@ -129,6 +129,14 @@ def _ptr(t: Optional[torch.Tensor], ctype):
     return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctype)), t.numel()
 
 
+def _scales32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Per-group scales as fp32 for the C ABI (fp16/bf16 widen exactly: the kernels reading them in
+    the delegate compute the same values)."""
+    if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+        return t.to(torch.float32)
+    return t
+
+
 def _c(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     if t is None:
         return None
@@ -159,9 +167,9 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
     xs = _c(x, torch.float32)
     keep = [
         xs, _c(router_weight, torch.float32), _c(expert_bias, torch.float32),
-        _c(w13, torch.uint8), _c(w13_scales, torch.float32), _c(w2, torch.uint8), _c(w2_scales, torch.float32),
-        _c(shared_w13, torch.uint8), _c(shared_w13_scales, torch.float32),
-        _c(shared_w2, torch.uint8), _c(shared_w2_scales, torch.float32), _c(shared_gate, torch.float32),
+        _c(w13, torch.uint8), _c(_scales32(w13_scales), torch.float32), _c(w2, torch.uint8), _c(_scales32(w2_scales), torch.float32),
+        _c(shared_w13, torch.uint8), _c(_scales32(shared_w13_scales), torch.float32),
+        _c(shared_w2, torch.uint8), _c(_scales32(shared_w2_scales), torch.float32), _c(shared_gate, torch.float32),
     ]
     out = torch.empty(x.shape, dtype=torch.float32)
     a = _lib.MobileMoeFfnArgs()
@@ -196,7 +204,7 @@ def int4_linear_impl(x, weight, scales, bias, out_features, group_size, weight_b
     if _use_reference():
         return reference.int4_linear(x, weight, scales, bias, out_features, group_size, weight_bits, exact)
     lib = _lib.get_lib()
-    xs, ws, ss, bs = _c(x, torch.float32), _c(weight, torch.uint8), _c(scales, torch.float32), _c(bias, torch.float32)
+    xs, ws, ss, bs = _c(x, torch.float32), _c(weight, torch.uint8), _c(_scales32(scales), torch.float32), _c(bias, torch.float32)
     out = torch.empty(list(x.shape[:-1]) + [out_features], dtype=torch.float32)
     a = _lib.MobileMoeLinearArgs()
     a.x, a.x_len = _ptr(xs, ctypes.c_float)

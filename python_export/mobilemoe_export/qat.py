@@ -73,11 +73,14 @@ class _RoundSTE(torch.autograd.Function):
         return gy
 
 
-def fake_quantize_weight(w: torch.Tensor, group_size: int = 32, bits: int = 4) -> torch.Tensor:
+def fake_quantize_weight(w: torch.Tensor, group_size: int = 32, bits: int = 4,
+                         scales_dtype=torch.float32) -> torch.Tensor:
     """Symmetric per-row, per-group fake quantization of ``w [..., N, K]`` (any number of leading
     dims: 3-D expert stacks included), with a straight-through gradient. Bit for bit the values of
     :func:`mobilemoe_export.quant.quantize_per_group` + ``dequantize`` and of torchao's
-    ``IntxFakeQuantizer`` (``is_symmetric=True``, fp32 scales)."""
+    ``IntxFakeQuantizer`` (``is_symmetric=True``, ``scale_precision=scales_dtype``: the scale cast
+    to that type, the reciprocal computed in it)."""
+    scales_dtype = quant.scale_dtype(scales_dtype)
     if w.dim() < 2:
         raise ValueError(f"expected a weight [..., N, K], got {tuple(w.shape)}")
     k = w.shape[-1]
@@ -89,9 +92,12 @@ def fake_quantize_weight(w: torch.Tensor, group_size: int = 32, bits: int = 4) -
         min_neg = torch.clamp(wg.amin(dim=-1, keepdim=True), max=0.0)
         max_pos = torch.clamp(wg.amax(dim=-1, keepdim=True), min=0.0)
         scale = torch.clamp(torch.maximum(-min_neg, max_pos) / (float(qmax - qmin) / 2), min=F32_MIN_NORMAL)
+        scale = scale.to(scales_dtype)
         zp = torch.zeros_like(scale)
+        live = (scale != 0).to(torch.float32)  # a scale that rounds to 0 quantizes its group to 0
     q = torch.clamp(_RoundSTE.apply(wg * (1.0 / scale)) + zp, qmin, qmax)
-    return ((q - zp) * scale).reshape(w.shape).to(w.dtype)
+    q = torch.nan_to_num(q * live, nan=0.0)
+    return ((q - zp) * scale).to(torch.float32).reshape(w.shape).to(w.dtype)
 
 
 def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +123,7 @@ class MoEQATConfig:
     weight_bits: int = 4
     activations: bool = True
     kernel_forward: bool = False
+    scales_dtype: str = "fp32"  # per-group scale precision: "fp32" | "fp16" | "bf16"
     output: str = "same"  # the block's output convention ("same" | "flat" | "tuple")
     name: str = ""
 
@@ -148,7 +155,7 @@ def _qat_moe_forward(module: nn.Module, x: torch.Tensor):
 
     cfg: MoEQATConfig = module._mobilemoe_qat
     spec = extract_moe(module, cfg.name, live=True)
-    gs, bits = cfg.group_size, cfg.weight_bits
+    gs, bits, sd = cfg.group_size, cfg.weight_bits, cfg.scales_dtype
     rw = spec.router_weight
     e, d = rw.shape
     f = spec.hidden_dim
@@ -159,8 +166,8 @@ def _qat_moe_forward(module: nn.Module, x: torch.Tensor):
     bias = spec.expert_bias.to(torch.float32) if spec.expert_bias is not None else None
     weights, ids = route(logits, spec.top_k, spec.score_func, spec.renormalize, spec.route_scale, bias)
     xq = fake_quantize_activations(x2d) if cfg.activations else x2d
-    w13 = fake_quantize_weight(torch.cat([spec.w1, spec.w3], dim=1), gs, bits)  # [E, 2F, D]
-    w2 = fake_quantize_weight(spec.w2, gs, bits)  # [E, D, F]
+    w13 = fake_quantize_weight(torch.cat([spec.w1, spec.w3], dim=1), gs, bits, sd)  # [E, 2F, D]
+    w2 = fake_quantize_weight(spec.w2, gs, bits, sd)  # [E, D, F]
     out = torch.zeros_like(x2d)
     for ex in range(e):
         sel = ids == ex
@@ -173,7 +180,7 @@ def _qat_moe_forward(module: nn.Module, x: torch.Tensor):
     if spec.shared is not None:
         sw1, sw3, sw2 = spec.shared
         fs = sw1.shape[0]
-        y = _ffn(xq, fake_quantize_weight(torch.cat([sw1, sw3], 0), gs, bits), fake_quantize_weight(sw2, gs, bits),
+        y = _ffn(xq, fake_quantize_weight(torch.cat([sw1, sw3], 0), gs, bits, sd), fake_quantize_weight(sw2, gs, bits, sd),
                  fs, cfg.activations)
         if spec.shared_gate is not None:
             y = torch.sigmoid(x2d @ spec.shared_gate.reshape(d, 1)) * y
@@ -194,7 +201,7 @@ def _kernel_values(module: nn.Module, spec, x2d: torch.Tensor, gs: int, bits: in
 
     frozen = extract_moe(module, module._mobilemoe_qat.name)
     frozen.output = "flat"
-    op = MobileMoEFFN(frozen, gs, bits, exact=False)
+    op = MobileMoEFFN(frozen, gs, bits, exact=False)  # frozen.scales_dtype comes from the QAT config
     return op(x2d.detach().cpu()).to(x2d.device)
 
 
@@ -229,6 +236,7 @@ def prepare_qat(
     *,
     activations: bool = True,
     kernel_forward: bool = False,
+    scales_dtype="fp32",
 ) -> nn.Module:
     """Prepare every recognised MoE block of ``model`` (``model`` itself included) for QAT, in
     place: experts and their input activations fake-quantized with the kernels' numerics, router
@@ -236,7 +244,10 @@ def prepare_qat(
     alone (use torchao's ``Int8DynActInt4WeightQATQuantizer(groupsize=group_size)`` for them; the
     two compose). ``activations=False`` fake-quantizes the weights only (for the exact fp32-activation
     path, ``quantize_moe(..., exact=True)``). ``kernel_forward=True``: forward values computed by the
-    Rust kernels (CPU; for evaluation), gradients from the fake-quantized path.
+    Rust kernels (CPU; for evaluation), gradients from the fake-quantized path. ``scales_dtype``
+    ("fp32" | "fp16" | "bf16", or a torch dtype) is the per-group scale precision the experts train
+    with and :func:`quantize_moe` then packs (pass the same ``scales_precision`` to torchao's
+    quantizer for the dense linears).
 
     Calling it again updates the configuration. Raises
     :class:`~mobilemoe_export.UnsupportedModuleError` listing blocks it cannot handle, or if there
@@ -245,8 +256,10 @@ def prepare_qat(
     from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, extract_moe
 
     quant.check_matrix(1, group_size, group_size, weight_bits, "prepare_qat")
+    sd = quant.scale_dtype(scales_dtype)
+    sd_name = next(k for k, v in quant.SCALE_DTYPES.items() if v == sd)
     cfg_kw = dict(group_size=group_size, weight_bits=weight_bits, activations=bool(activations),
-                  kernel_forward=bool(kernel_forward))
+                  kernel_forward=bool(kernel_forward), scales_dtype=sd_name)
     found, errors = [], []
 
     def consider(m: nn.Module, name: str) -> bool:

@@ -45,8 +45,31 @@ def check_matrix(n: int, k: int, group_size: int, bits: int, what: str = "weight
         )
 
 
-def quantize_per_group(w: torch.Tensor, group_size: int = 32, bits: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Quantize fp weights ``w [N, K]`` -> ``(q int8 [N, K], scales fp32 [N, K/G])``."""
+SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def scale_dtype(d) -> torch.dtype:
+    """The per-group scale dtype named by ``d`` (a torch dtype, or "fp32" / "fp16" / "bf16")."""
+    if isinstance(d, str):
+        if d not in SCALE_DTYPES:
+            raise ValueError(f"scale dtype {d!r}: expected one of {sorted(SCALE_DTYPES)}")
+        return SCALE_DTYPES[d]
+    if d not in SCALE_DTYPES.values():
+        raise ValueError(f"scale dtype {d}: expected torch.float32, torch.float16 or torch.bfloat16")
+    return d
+
+
+def quantize_per_group(w: torch.Tensor, group_size: int = 32, bits: int = 4,
+                       scales_dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Quantize fp weights ``w [N, K]`` -> ``(q int8 [N, K], scales fp32 [N, K/G])``.
+
+    torchao's symmetric per-group numerics with ``scales_precision=scales_dtype``: the scale is
+    computed in fp32, clamped at the smallest normal fp32, cast to ``scales_dtype``; then
+    ``q = round(w * (1 / scale))`` with the reciprocal computed in ``scales_dtype``. The returned
+    scales are fp32 values that ``scales_dtype`` represents exactly. A group whose scale rounds to 0
+    in ``scales_dtype`` quantizes to 0 (torchao would divide by zero).
+    """
+    scales_dtype = scale_dtype(scales_dtype)
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
         raise ValueError(f"expected a 2-D weight [N, K], got {shape}")
@@ -60,8 +83,9 @@ def quantize_per_group(w: torch.Tensor, group_size: int = 32, bits: int = 4) -> 
     max_pos = torch.clamp(wg.amax(dim=-1), min=0.0)
     max_abs = torch.maximum(-min_neg, max_pos)
     scale = max_abs / (float(qmax - qmin) / 2)
-    scale = torch.clamp(scale, min=torch.finfo(torch.float32).smallest_normal)
+    scale = torch.clamp(scale, min=torch.finfo(torch.float32).smallest_normal).to(scales_dtype)
     q = torch.clamp(torch.round(wg * (1.0 / scale.unsqueeze(-1))), qmin, qmax)
+    q = torch.where((scale == 0).unsqueeze(-1), torch.zeros_like(q), q)
     return q.reshape(n, k).to(torch.int8), scale.to(torch.float32).contiguous()
 
 
@@ -131,7 +155,7 @@ def packed_sizes(n: int, k: int, group_size: int, bits: int) -> Tuple[int, int]:
 def pack(q, scales, group_size: int, bits: int) -> Tuple[np.ndarray, np.ndarray]:
     """Pack ``q [N, K]`` (int values in range) + ``scales [N, K/G]`` -> (uint8 data, fp32 scales)."""
     q = np.asarray(q.numpy() if isinstance(q, torch.Tensor) else q).astype(np.int32)
-    scales = np.asarray(scales.numpy() if isinstance(scales, torch.Tensor) else scales, dtype=np.float32)
+    scales = np.asarray(scales.detach().to(torch.float32).numpy() if isinstance(scales, torch.Tensor) else scales, dtype=np.float32)
     n, k = q.shape
     check_matrix(n, k, group_size, bits)
     qmin, qmax = qrange(bits)
@@ -163,7 +187,7 @@ def pack(q, scales, group_size: int, bits: int) -> Tuple[np.ndarray, np.ndarray]
 def unpack(data, scales, n: int, k: int, group_size: int, bits: int) -> Tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`pack`: -> (q int8 [n, k], scales fp32 [n, K/G])."""
     data = np.asarray(data.numpy() if isinstance(data, torch.Tensor) else data).view(np.uint8).reshape(-1)
-    scales = np.asarray(scales.numpy() if isinstance(scales, torch.Tensor) else scales).view(np.float32).reshape(-1)
+    scales = np.asarray(scales.detach().to(torch.float32).numpy() if isinstance(scales, torch.Tensor) else scales).view(np.float32).reshape(-1)
     check_matrix(n, k, group_size, bits)
     nbytes, nscales = packed_sizes(n, k, group_size, bits)
     if data.size != nbytes or scales.size != nscales:
@@ -186,28 +210,41 @@ def unpack(data, scales, n: int, k: int, group_size: int, bits: int) -> Tuple[np
     return q, np.ascontiguousarray(s)
 
 
-def quantize_and_pack(w: torch.Tensor, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """fp weights ``[N, K]`` -> (uint8 packed data 1-D, fp32 packed scales 1-D) torch tensors."""
-    q, s = quantize_per_group(w, group_size, bits)
+def quantize_and_pack(w: torch.Tensor, group_size: int, bits: int,
+                      scales_dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fp weights ``[N, K]`` -> (uint8 packed data 1-D, packed scales 1-D in ``scales_dtype``)."""
+    q, s = quantize_per_group(w, group_size, bits, scales_dtype)
     d, sc = pack(q, s, group_size, bits)
-    return torch.from_numpy(d), torch.from_numpy(sc)
+    return torch.from_numpy(d), torch.from_numpy(sc).to(scale_dtype(scales_dtype))
 
 
-def pack_experts(ws, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack of E ``[N, K]`` fp weights (a 3-D tensor or a list) -> ``([E, bytes] u8, [E, scales] f32)``."""
+def pack_experts(ws, group_size: int, bits: int,
+                 scales_dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack of E ``[N, K]`` fp weights (a 3-D tensor or a list) -> ``([E, bytes] u8, [E, scales])``."""
     datas, scs = [], []
     for w in ws:
-        d, s = quantize_and_pack(w, group_size, bits)
+        d, s = quantize_and_pack(w, group_size, bits, scales_dtype)
         datas.append(d)
         scs.append(s)
     return torch.stack(datas), torch.stack(scs)
 
 
-def pack_quantized_experts(qs, ss, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack of E pre-quantized ``(q [N, K], scales [N, K/G])`` -> ``([E, bytes], [E, scales])``."""
+def pack_quantized_experts(qs, ss, group_size: int, bits: int,
+                           scales_dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack of E pre-quantized ``(q [N, K], scales [N, K/G])`` -> ``([E, bytes], [E, scales])``; the
+    scales must already be values of ``scales_dtype`` (as :func:`quantize_per_group` returns them)."""
     datas, scs = [], []
     for q, s in zip(qs, ss):
         d, sc = pack(q, s, group_size, bits)
         datas.append(torch.from_numpy(d))
         scs.append(torch.from_numpy(sc))
-    return torch.stack(datas), torch.stack(scs)
+    return torch.stack(datas), _exact_cast(torch.stack(scs), scale_dtype(scales_dtype))
+
+
+def _exact_cast(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``s`` as ``dtype``, refusing values it cannot represent (a second rounding would change the
+    model the scales were trained or quantized for)."""
+    out = s.to(dtype)
+    if not torch.equal(out.to(torch.float32), s.to(torch.float32)):
+        raise ValueError(f"scales are not exactly representable as {dtype}: quantize with scales_dtype={dtype}")
+    return out

@@ -59,6 +59,8 @@ class MoESpec:
     # quantization fixed by the source (QuantizedMoEFFN): overrides quantize_moe's arguments
     group_size: Optional[int] = None
     weight_bits: Optional[int] = None
+    # per-group scale dtype fixed by the source (QAT with fp16/bf16 scales): overrides the argument
+    scales_dtype: Optional[torch.dtype] = None
     output: str = "same"  # "same" | "flat" ([T, D]) | "tuple" ((out, router_logits [T, E]))
     notes: List[str] = field(default_factory=list)
 
@@ -177,6 +179,7 @@ def extract_moe(m: nn.Module, name: str = "", live: bool = False) -> Optional[Mo
     qat = getattr(m, "_mobilemoe_qat", None)
     if qat is not None:
         spec.group_size, spec.weight_bits, spec.output = qat.group_size, qat.weight_bits, qat.output
+        spec.scales_dtype = quant.scale_dtype(qat.scales_dtype)
     elif isinstance(getattr(m, "experts", None), nn.Module) and spec.group_size is None:
         # nn.Linear experts prepared by torchao's QAT: convert with the group size they trained with
         cfgs = {_qat_linear_config(lin) for lin in m.experts.modules() if isinstance(lin, nn.Linear)}
@@ -186,6 +189,12 @@ def extract_moe(m: nn.Module, name: str = "", live: bool = False) -> Optional[Mo
         if cfgs:
             gs, bits = cfgs.pop()
             spec.group_size, spec.weight_bits = gs or spec.group_size, bits or spec.weight_bits
+        dts = {_qat_scale_dtype(lin) for lin in m.experts.modules() if isinstance(lin, nn.Linear)}
+        dts.discard(None)
+        if len(dts) > 1:
+            raise ValueError(f"{name}: experts fake-quantized with different scale precisions: {sorted(map(str, dts))}")
+        if dts:
+            spec.scales_dtype = dts.pop()
     return spec
 
 
@@ -322,10 +331,11 @@ class MobileMoEFFN(nn.Module):
     """A MoE FFN running ``torch.ops.mobilemoe.moe_ffn`` on T16K4-packed weights."""
 
     def __init__(self, spec: MoESpec, group_size: int = 32, weight_bits: int = 4, exact: bool = False,
-                 name: str = "") -> None:
+                 name: str = "", scales_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         group_size = spec.group_size or group_size
         weight_bits = spec.weight_bits or weight_bits
+        sd = quant.scale_dtype(spec.scales_dtype or scales_dtype)
         rw = spec.router_weight
         e, d = rw.shape
         f = spec.hidden_dim
@@ -342,11 +352,12 @@ class MobileMoEFFN(nn.Module):
         self.register_buffer("router_weight", rw.clone())
         self.register_buffer("expert_bias", spec.expert_bias.reshape(e).clone() if spec.expert_bias is not None else None)
         if spec.q13 is not None:
-            w13, s13 = quant.pack_quantized_experts([q for q, _ in spec.q13], [s for _, s in spec.q13], group_size, weight_bits)
-            w2, s2 = quant.pack_quantized_experts([q for q, _ in spec.q2], [s for _, s in spec.q2], group_size, weight_bits)
+            w13, s13 = quant.pack_quantized_experts([q for q, _ in spec.q13], [s for _, s in spec.q13], group_size,
+                                                    weight_bits, sd)
+            w2, s2 = quant.pack_quantized_experts([q for q, _ in spec.q2], [s for _, s in spec.q2], group_size, weight_bits, sd)
         else:
-            w13, s13 = quant.pack_experts(torch.cat([spec.w1, spec.w3], dim=1), group_size, weight_bits)
-            w2, s2 = quant.pack_experts(spec.w2, group_size, weight_bits)
+            w13, s13 = quant.pack_experts(torch.cat([spec.w1, spec.w3], dim=1), group_size, weight_bits, sd)
+            w2, s2 = quant.pack_experts(spec.w2, group_size, weight_bits, sd)
         self.register_buffer("w13", w13)
         self.register_buffer("w13_scales", s13)
         self.register_buffer("w2", w2)
@@ -363,8 +374,9 @@ class MobileMoEFFN(nn.Module):
             quant.check_matrix(2 * fs, d, group_size, weight_bits, f"{name} shared expert gate/up (K=D={d})")
             quant.check_matrix(d, fs, group_size, weight_bits, f"{name} shared expert down (K=Fs={fs})")
             self.shared_hidden_dim = fs
-            self.shared_w13, self.shared_w13_scales = quant.quantize_and_pack(torch.cat([sw1, sw3], 0), group_size, weight_bits)
-            self.shared_w2, self.shared_w2_scales = quant.quantize_and_pack(sw2, group_size, weight_bits)
+            self.shared_w13, self.shared_w13_scales = quant.quantize_and_pack(torch.cat([sw1, sw3], 0), group_size,
+                                                                              weight_bits, sd)
+            self.shared_w2, self.shared_w2_scales = quant.quantize_and_pack(sw2, group_size, weight_bits, sd)
             if spec.shared_gate is not None:
                 self.shared_gate = spec.shared_gate.reshape(d).clone()
 
@@ -408,7 +420,8 @@ class MobileMoELinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], group_size: int = 32,
                  weight_bits: int = 4, exact: bool = False, name: str = "",
-                 qweight: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+                 qweight: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                 scales_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if weight.dim() != 2:
             raise ValueError(f"{name}: expected a 2-D weight, got {tuple(weight.shape)}")
@@ -416,11 +429,12 @@ class MobileMoELinear(nn.Module):
         quant.check_matrix(n, k, group_size, weight_bits, name or "linear")
         self.in_features, self.out_features = k, n
         self.group_size, self.weight_bits, self.exact = group_size, weight_bits, bool(exact)
+        sd = quant.scale_dtype(scales_dtype)
         if qweight is not None:
             d, s = quant.pack(qweight[0], qweight[1], group_size, weight_bits)
-            d, s = torch.from_numpy(d), torch.from_numpy(s)
+            d, s = torch.from_numpy(d), quant._exact_cast(torch.from_numpy(s), sd)
         else:
-            d, s = quant.quantize_and_pack(_f32(weight), group_size, weight_bits)
+            d, s = quant.quantize_and_pack(_f32(weight), group_size, weight_bits, sd)
         self.register_buffer("weight", d)
         self.register_buffer("scales", s)
         self.register_buffer("bias", _f32(bias) if bias is not None else None)
@@ -474,6 +488,13 @@ def _qat_linear_config(m: nn.Module):
     return gs, bits
 
 
+def _qat_scale_dtype(m: nn.Module) -> Optional[torch.dtype]:
+    """The scale precision a torchao QAT fake-quantized linear trained with, or None."""
+    cfg = getattr(getattr(m, "weight_fake_quantizer", None), "config", None)
+    dt = getattr(cfg, "scale_precision", None)
+    return dt if dt in quant.SCALE_DTYPES.values() else None
+
+
 def _is_torchao_8da4w_linear(m: nn.Module) -> bool:
     """torchao's converted 8da4w linear (``Int8DynActInt4WeightQATQuantizer.convert``): int8 q + fp32 scales."""
     return (type(m).__name__ == "Int8DynActInt4WeightLinear" and isinstance(getattr(m, "weight", None), torch.Tensor)
@@ -489,6 +510,7 @@ def quantize_moe(
     exact: bool = False,
     strict_linears: bool = False,
     probe: bool = True,
+    scales_dtype=torch.float32,
 ) -> nn.Module:
     """Replace, in place, every recognised MoE block of ``model`` with a :class:`MobileMoEFFN`.
     **Use the return value**: for a model it is ``model`` itself; for a bare MoE block (not inside a
@@ -500,8 +522,14 @@ def quantize_moe(
     raises instead). Raises :class:`UnsupportedModuleError` listing every MoE-like module that could
     not be handled (the model is left unchanged in that case), or if nothing was recognised.
     Returns ``model``.
+
+    ``scales_dtype`` (torch.float32 / float16 / bfloat16, or "fp32" / "fp16" / "bf16"; torchao's
+    ``scales_precision``) is the per-group scale type of the packed weights: fp16 and bf16 halve the
+    scale bytes (about 10% of an INT4 g32 model's weight bytes) and the kernels read them as they
+    are. Blocks and linears prepared for QAT keep the precision they trained with.
     """
     quant.check_matrix(1, group_size, group_size, weight_bits, "quantize_moe")
+    scales_dtype = quant.scale_dtype(scales_dtype)
     # A bare MoE block (not inside a model): its replacement is returned (the caller must use the
     # return value; there is no parent to swap it into).
     if not isinstance(model, (MobileMoEFFN, MobileMoELinear)):
@@ -512,7 +540,8 @@ def quantize_moe(
         if root_spec is not None:
             if probe and root_spec.output == "same" and not _is_et_quantized_moe(model):
                 root_spec.output = _probe_output(model, root_spec.router_weight.shape[1]) or "same"
-            return MobileMoEFFN(root_spec, group_size, weight_bits, exact=exact, name=type(model).__name__)
+            return MobileMoEFFN(root_spec, group_size, weight_bits, exact=exact, name=type(model).__name__,
+                                scales_dtype=scales_dtype)
     plan: List[Tuple[nn.Module, str, str, nn.Module]] = []
     errors: List[str] = []
 
@@ -530,7 +559,7 @@ def quantize_moe(
                 if probe and spec.output == "same" and not _is_et_quantized_moe(child):
                     spec.output = _probe_output(child, spec.router_weight.shape[1]) or "same"
                 try:
-                    new = MobileMoEFFN(spec, group_size, weight_bits, exact=exact, name=full)
+                    new = MobileMoEFFN(spec, group_size, weight_bits, exact=exact, name=full, scales_dtype=scales_dtype)
                 except Exception as e:
                     errors.append(f"{full} ({type(child).__name__}): {e}")
                     continue
@@ -582,10 +611,12 @@ def quantize_moe(
             if _is_torchao_8da4w_linear(lin):
                 if lin.zeros is not None and bool((lin.zeros != 0).any()):
                     raise UnsupportedModuleError(f"{lname}: asymmetric (non-zero zero points) weights are not supported")
+                sd = lin.scales.dtype if lin.scales.dtype in quant.SCALE_DTYPES.values() else torch.float32
                 new = MobileMoELinear(lin.weight, lin.bias, gs, 4, exact=exact, name=lname,
-                                      qweight=(lin.weight.detach().cpu(), _f32(lin.scales)))
+                                      qweight=(lin.weight.detach().cpu(), _f32(lin.scales)), scales_dtype=sd)
             else:
-                new = MobileMoELinear(lin.weight, lin.bias, gs, bits, exact=exact, name=lname)
+                new = MobileMoELinear(lin.weight, lin.bias, gs, bits, exact=exact, name=lname,
+                                      scales_dtype=_qat_scale_dtype(lin) or scales_dtype)
             setattr(parent, cname, new)
             n_lin += 1
     already = any(isinstance(m, (MobileMoEFFN, MobileMoELinear)) for m in model.modules())

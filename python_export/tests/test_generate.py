@@ -118,11 +118,14 @@ def test_greedy_parity_eager_vs_pte_per_op_delegates(qmodel, pte_per_op, tok):
 
 
 @needs_lib
-def test_greedy_parity_eager_vs_pte_custom_op(qmodel, pte_custom_op, tok):
+def test_greedy_parity_eager_vs_pte_custom_op(pte_custom_op, tok):
     s = json.loads((pte_custom_op.parent / "tiny.pte.json").read_text())
     # 2 moe_ffn + per layer 4 attention projections + the LM head
     assert not s["delegated"] and s["delegate_calls"] == 0 and s["custom_op_calls"] == 2 + 2 * 4 + 1
-    _check_parity(qmodel, pte_custom_op, tok)
+    # --no-delegate quantizes with fp32 scales (the portable kernels' type): its own eager twin
+    m = build_model(get_config("tiny", max_seq_len=MAXLEN), seed=0)
+    args = cli.build_parser().parse_args(["--preset", "tiny", "--no-delegate"])
+    _check_parity(cli.quantize(m, m.cfg, args), pte_custom_op, tok)
 
 
 def _incremental_vs_full(forward, reset, toks, prefill):
@@ -198,7 +201,7 @@ def test_generation_stops_at_max_seq_len(qmodel):
 
 
 def test_rng_and_sampling_match_rust_reference():
-    # the same constants are asserted in backend/src/generate.rs
+    # the same constants are asserted in runner/src/generate.rs
     r = gen.Rng(0)
     assert [r.next_u64() for _ in range(3)] == [8916199331640804048, 16032783972208265725, 12954103179475586193]
     assert gen.Rng(42).next_f64() == 0.1941059175341826

@@ -42,7 +42,7 @@ pub use write::{BlobBuilder, RawGraph};
 /// `"MMOE"`.
 pub const MAGIC: [u8; 4] = *b"MMOE";
 /// The format version this library writes (it also reads [`MIN_FORMAT_VERSION`]..).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version still read (version 1: MoeFfn and Int4Linear nodes only).
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Header bytes; the flatbuffer starts right after it.
@@ -79,6 +79,7 @@ pub fn dtype_size(dtype: fb::DType) -> Option<usize> {
         fb::DType::F32 | fb::DType::I32 => 4,
         fb::DType::U8 | fb::DType::I8 => 1,
         fb::DType::I64 => 8,
+        fb::DType::F16 | fb::DType::BF16 => 2,
         _ => return None,
     })
 }

@@ -374,6 +374,9 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
         let Some(esize) = dtype_size(dtype) else {
             return invalid(format!("tensor {i}: unknown dtype {}", dtype.0));
         };
+        if matches!(dtype, fb::DType::F16 | fb::DType::BF16) && header.version < 3 {
+            return invalid(format!("tensor {i}: dtype {dtype:?} needs format version 3 (blob is version {})", header.version));
+        }
         let shape: Vec<i64> = t.shape().map(|s| s.iter().collect()).unwrap_or_default();
         // -1 marks a varying leading dimension of a dynamic_leading activation; otherwise >= 0.
         for (k, &d) in shape.iter().enumerate() {
@@ -657,15 +660,15 @@ fn check_moe(
     }
     let (s13, s2) = (map_ops(ctx, spec.w13_spec())?, map_ops(ctx, spec.w2_spec())?);
     expect_const(tensors, ctx, "w13", n.w13, fb::DType::U8, &[e, s13.data_bytes()])?;
-    expect_const(tensors, ctx, "w13_scales", n.w13_scales, fb::DType::F32, &[e, s13.scale_count()])?;
+    expect_scales(tensors, ctx, "w13_scales", n.w13_scales, &[e, s13.scale_count()])?;
     expect_const(tensors, ctx, "w2", n.w2, fb::DType::U8, &[e, s2.data_bytes()])?;
-    expect_const(tensors, ctx, "w2_scales", n.w2_scales, fb::DType::F32, &[e, s2.scale_count()])?;
+    expect_scales(tensors, ctx, "w2_scales", n.w2_scales, &[e, s2.scale_count()])?;
     if let Some(s) = &shared {
         let (a, b) = (map_ops(ctx, spec.shared_w13_spec())?, map_ops(ctx, spec.shared_w2_spec())?);
         expect_const(tensors, ctx, "shared_w13", s.w13, fb::DType::U8, &[a.data_bytes()])?;
-        expect_const(tensors, ctx, "shared_w13_scales", s.w13_scales, fb::DType::F32, &[a.scale_count()])?;
+        expect_scales(tensors, ctx, "shared_w13_scales", s.w13_scales, &[a.scale_count()])?;
         expect_const(tensors, ctx, "shared_w2", s.w2, fb::DType::U8, &[b.data_bytes()])?;
-        expect_const(tensors, ctx, "shared_w2_scales", s.w2_scales, fb::DType::F32, &[b.scale_count()])?;
+        expect_scales(tensors, ctx, "shared_w2_scales", s.w2_scales, &[b.scale_count()])?;
         if let Some(g) = s.gate {
             if expect_const(tensors, ctx, "shared_gate", g, fb::DType::F32, &[d]).is_err() {
                 expect_const(tensors, ctx, "shared_gate", g, fb::DType::F32, &[1, d])?;
@@ -705,7 +708,7 @@ fn check_linear(
     expect_act(tensors, ctx, "x", n.x, spec.k)?;
     expect_act(tensors, ctx, "out", n.out, spec.n)?;
     expect_const(tensors, ctx, "weight", n.weight, fb::DType::U8, &[spec.data_bytes()])?;
-    expect_const(tensors, ctx, "scales", n.scales, fb::DType::F32, &[spec.scale_count()])?;
+    expect_scales(tensors, ctx, "scales", n.scales, &[spec.scale_count()])?;
     if let Some(b) = n.bias {
         expect_const(tensors, ctx, "bias", b, fb::DType::F32, &[spec.n])?;
     }
@@ -734,7 +737,16 @@ fn expect_packed(
     spec: MatrixSpec,
 ) -> Result<()> {
     expect_const(tensors, ctx, what, data, fb::DType::U8, &[spec.data_bytes()])?;
-    expect_const(tensors, ctx, &format!("{what}_scales"), scales, fb::DType::F32, &[spec.scale_count()])
+    expect_scales(tensors, ctx, &format!("{what}_scales"), scales, &[spec.scale_count()])
+}
+
+/// Per-group weight scales: a constant of dtype F32, F16 or BF16 (format version 3) and `shape`.
+fn expect_scales(tensors: &[TensorDesc], ctx: &dyn Fn(&str) -> String, what: &str, id: usize, shape: &[usize]) -> Result<()> {
+    let dtype = match tensors[id].dtype {
+        d @ (fb::DType::F16 | fb::DType::BF16) => d,
+        _ => fb::DType::F32,
+    };
+    expect_const(tensors, ctx, what, id, dtype, shape)
 }
 
 fn expect_i64_act(tensors: &[TensorDesc], ctx: &dyn Fn(&str) -> String, what: &str, id: usize) -> Result<()> {

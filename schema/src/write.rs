@@ -2,7 +2,7 @@
 //! tests and fuzzers can produce any corruption; [`BlobBuilder`] produces valid blobs.
 
 use crate::{fb, DATA_ALIGN, FORMAT_VERSION, HEADER_SIZE, MAGIC};
-use mobilemoe_ops::{MoeSpec, PackedRef, ScoreFunc};
+use mobilemoe_ops::{MoeSpec, PackedRef, ScaleRef, ScoreFunc};
 
 /// A tensor as stored (ids, shapes and segment index unchecked).
 #[derive(Clone, Debug, PartialEq)]
@@ -137,9 +137,9 @@ pub struct MoeLayerWeights<'a> {
     pub router_w: &'a [f32],
     pub expert_bias: Option<&'a [f32]>,
     pub w13: &'a [u8],
-    pub w13_scales: &'a [f32],
+    pub w13_scales: ScaleRef<'a>,
     pub w2: &'a [u8],
-    pub w2_scales: &'a [f32],
+    pub w2_scales: ScaleRef<'a>,
     pub shared: Option<(PackedRef<'a>, PackedRef<'a>, Option<&'a [f32]>)>,
 }
 
@@ -176,6 +176,21 @@ impl BlobBuilder {
         self.constant_bytes(fb::DType::F32, shape, bytemuck::cast_slice(values))
     }
 
+    /// Per-group weight scales in their element type (F16/BF16 need format version 3).
+    pub fn constant_scales(&mut self, shape: &[i64], scales: ScaleRef<'_>) -> i32 {
+        match scales {
+            ScaleRef::F32(v) => self.constant_f32(shape, v),
+            ScaleRef::F16(v) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_bits().to_le_bytes()).collect();
+                self.constant_bytes(fb::DType::F16, shape, &bytes)
+            }
+            ScaleRef::Bf16(v) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_bits().to_le_bytes()).collect();
+                self.constant_bytes(fb::DType::BF16, shape, &bytes)
+            }
+        }
+    }
+
     pub fn node(&mut self, name: &str, op: RawOp) {
         self.raw.nodes.push(RawNode { name: name.to_string(), op });
     }
@@ -193,16 +208,16 @@ impl BlobBuilder {
         let expert_bias = w.expert_bias.map(|b| self.constant_f32(&[e], b)).unwrap_or(-1);
         let per = |n: usize| n as i64 / e.max(1);
         let w13 = self.constant_u8(&[e, per(w.w13.len())], w.w13);
-        let w13_scales = self.constant_f32(&[e, per(w.w13_scales.len())], w.w13_scales);
+        let w13_scales = self.constant_scales(&[e, per(w.w13_scales.len())], w.w13_scales);
         let w2 = self.constant_u8(&[e, per(w.w2.len())], w.w2);
-        let w2_scales = self.constant_f32(&[e, per(w.w2_scales.len())], w.w2_scales);
+        let w2_scales = self.constant_scales(&[e, per(w.w2_scales.len())], w.w2_scales);
         let (mut sh, mut gate) = ([-1i32; 4], -1);
         if let Some((a, b, g)) = &w.shared {
             sh = [
                 self.constant_u8(&[a.data.len() as i64], a.data),
-                self.constant_f32(&[a.scales.len() as i64], a.scales),
+                self.constant_scales(&[a.scales.len() as i64], a.scales),
                 self.constant_u8(&[b.data.len() as i64], b.data),
-                self.constant_f32(&[b.scales.len() as i64], b.scales),
+                self.constant_scales(&[b.scales.len() as i64], b.scales),
             ];
             if let Some(g) = g {
                 gate = self.constant_f32(&[g.len() as i64], g);
@@ -252,7 +267,7 @@ impl BlobBuilder {
             *l = spec.n as i64;
         }
         let weight = self.constant_u8(&[w.data.len() as i64], w.data);
-        let scales = self.constant_f32(&[w.scales.len() as i64], w.scales);
+        let scales = self.constant_scales(&[w.scales.len() as i64], w.scales);
         let bias = bias.map(|b| self.constant_f32(&[b.len() as i64], b)).unwrap_or(-1);
         let out = self.activation(&oshape, dynl);
         let args = fb::Int4LinearArgs {

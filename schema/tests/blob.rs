@@ -61,7 +61,7 @@ fn bad_magic() {
 
 #[test]
 fn wrong_version() {
-    for v in [0u32, 3, 255] {
+    for v in [0u32, 4, 255] {
         let mut b = raw().to_bytes();
         b[4..8].copy_from_slice(&v.to_le_bytes());
         assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: v });

@@ -15,7 +15,7 @@
 //! accumulators start at `-8 * gsum`, `gsum = sum (qa - zp)`). The group fold, store and fp32
 //! path are shared with `aarch64_neon` (bit-exact per DESIGN.md section 3).
 
-use super::aarch64_neon::{fold_group, load_chunk, store_rows, with_wsum, wsum_group, Geo, W_COMPUTE, W_LOAD, W_STORE};
+use super::aarch64_neon::{fold_group, load_chunk, store_rows, with_wsum, wsum_group, Geo, ScalePtr, W_COMPUTE, W_LOAD, W_STORE};
 use super::OutPtr;
 use crate::act::QuantActsRef;
 use crate::quant::{PackedRef, TILE_ROWS};
@@ -83,7 +83,7 @@ pub(crate) unsafe fn sdot_window<const I4: bool, const MB: usize, const W: bool>
 pub(crate) unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(
     geo: &Geo,
     wt: *const u8,
-    st: *const f32,
+    st: ScalePtr,
     a: &QuantActsRef<'_>,
     i0: usize,
     out: &OutPtr,
@@ -135,7 +135,7 @@ unsafe fn q8_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<us
     let m = a.m;
     let tile = |t: usize| {
         let n0 = t * TILE_ROWS;
-        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), w.scales.as_ptr().add(t * geo.ng * TILE_ROWS))
+        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), ScalePtr::of(&w.scales).add(t * geo.ng * TILE_ROWS))
     };
     if m == 1 || m == 4 {
         // One token block per tile (decode): W computed in the same pass.

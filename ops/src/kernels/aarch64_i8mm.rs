@@ -29,7 +29,7 @@
 //! The fp32 path is the shared NEON one.
 
 use super::aarch64_dotprod;
-use super::aarch64_neon::{fold_group, load_chunk, store_rows, with_wsum, wsum_group, Geo, W_COMPUTE, W_LOAD, W_STORE};
+use super::aarch64_neon::{fold_group, load_chunk, store_rows, with_wsum, wsum_group, Geo, ScalePtr, W_COMPUTE, W_LOAD, W_STORE};
 use super::OutPtr;
 use crate::act::QuantActsRef;
 use crate::quant::{PackedRef, TILE_ROWS};
@@ -109,7 +109,7 @@ unsafe fn smmla_step<const I4: bool, const NP: usize, const W: bool>(
 unsafe fn q8_block_pairs<const I4: bool, const NP: usize, const WM: u8>(
     geo: &Geo,
     wt: *const u8,
-    st: *const f32,
+    st: ScalePtr,
     a: &QuantActsRef<'_>,
     i0: usize,
     out: &OutPtr,
@@ -180,7 +180,7 @@ unsafe fn q8_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<us
     let m = a.m;
     let tile = |t: usize| {
         let n0 = t * TILE_ROWS;
-        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), w.scales.as_ptr().add(t * geo.ng * TILE_ROWS))
+        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), ScalePtr::of(&w.scales).add(t * geo.ng * TILE_ROWS))
     };
     let null = std::ptr::null_mut();
     if m == 1 || m == 2 || m == 4 {

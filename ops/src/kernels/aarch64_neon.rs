@@ -33,7 +33,7 @@
 
 use super::OutPtr;
 use crate::act::QuantActsRef;
-use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
+use crate::quant::{PackedRef, ScaleRef, ScaleType, WeightBits, TILE_ROWS};
 use core::arch::aarch64::*;
 use std::ops::Range;
 
@@ -72,13 +72,51 @@ unsafe fn load_chunk_signed(p: *const u8, int4: bool) -> [int8x16_t; 4] {
     }
 }
 
+/// A position in a matrix's scales, in their stored element type.
+#[derive(Clone, Copy)]
+pub(crate) struct ScalePtr {
+    p: *const u8,
+    t: ScaleType,
+}
+
+impl ScalePtr {
+    pub(crate) fn of(s: &ScaleRef<'_>) -> Self {
+        Self { p: s.as_ptr(), t: s.scale_type() }
+    }
+    /// `n` scales further.
+    /// # Safety
+    /// The result stays within (or one past) the scales.
+    #[inline(always)]
+    pub(crate) unsafe fn add(self, n: usize) -> Self {
+        Self { p: self.p.add(n * self.t.bytes()), t: self.t }
+    }
+    /// Scales `4q .. 4q + 4` from here, widened to f32 (exact).
+    /// # Safety
+    /// Those 4 scales lie within the matrix's scales.
+    #[inline(always)]
+    pub(crate) unsafe fn load4(self, q: usize) -> float32x4_t {
+        match self.t {
+            ScaleType::F32 => vld1q_f32((self.p as *const f32).add(4 * q)),
+            ScaleType::F16 => {
+                let h = vld1_u16((self.p as *const u16).add(4 * q));
+                let r: float32x4_t;
+                // FCVTL (half -> single, exact) is base AArch64; its intrinsic is not stable in Rust.
+                std::arch::asm!("fcvtl {0:v}.4s, {1:v}.4h", out(vreg) r, in(vreg) h, options(pure, nomem, nostack, preserves_flags));
+                r
+            }
+            // bf16 is the high half of an f32.
+            ScaleType::Bf16 => vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16((self.p as *const u16).add(4 * q)))),
+        }
+    }
+}
+
 /// Folds one group's exact integer row sums into the fp32 row accumulators:
 /// `acc = fma(isum as f32, scale, acc)`, `scales` = the tile's 16 scales of the group. (The INT4
 /// offset is removed by starting the integer accumulators at `-8 * gsum`.)
 #[inline(always)]
-pub(crate) unsafe fn fold_group(acc: &mut [float32x4_t; 4], isum: &[int32x4_t; 4], scales: *const f32) {
+pub(crate) unsafe fn fold_group(acc: &mut [float32x4_t; 4], isum: &[int32x4_t; 4], scales: ScalePtr) {
     for q in 0..4 {
-        let s = vld1q_f32(scales.add(4 * q));
+        let s = scales.load4(q);
         let f = vcvtq_f32_s32(isum[q]);
         acc[q] = vfmaq_f32(acc[q], f, s);
     }
@@ -178,7 +216,7 @@ pub(crate) fn with_wsum<R>(geo: &Geo, f: impl FnOnce(*mut i32) -> R) -> R {
 unsafe fn q8_block<const I4: bool, const MB: usize, const WM: u8>(
     geo: &Geo,
     wt: *const u8,
-    st: *const f32,
+    st: ScalePtr,
     a: &QuantActsRef<'_>,
     i0: usize,
     out: &OutPtr,
@@ -277,7 +315,7 @@ unsafe fn q8_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<us
     let m = a.m;
     let tile = |t: usize| {
         let n0 = t * TILE_ROWS;
-        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), w.scales.as_ptr().add(t * geo.ng * TILE_ROWS))
+        (n0, (geo.n - n0).min(TILE_ROWS), w.data.as_ptr().add(t * geo.tile_bytes), ScalePtr::of(&w.scales).add(t * geo.ng * TILE_ROWS))
     };
     if m <= 2 {
         for t in tiles {
@@ -322,7 +360,7 @@ unsafe fn fma_quad(part: &mut float32x4_t, wk: &[float32x4_t; 4], x: float32x4_t
 unsafe fn f32_block<const I4: bool, const MB: usize>(
     geo: &Geo,
     wt: *const u8,
-    st: *const f32,
+    st: ScalePtr,
     x: &[f32],
     i0: usize,
     out: &OutPtr,
@@ -360,7 +398,7 @@ unsafe fn f32_block<const I4: bool, const MB: usize>(
         }
         for j in 0..MB {
             for q in 0..4 {
-                let s = vld1q_f32(st.add(g * TILE_ROWS + 4 * q));
+                let s = st.add(g * TILE_ROWS).load4(q);
                 accf[j][q] = vfmaq_f32(accf[j][q], part[j][q], s);
             }
         }
@@ -385,7 +423,7 @@ unsafe fn f32_tiles<const I4: bool>(geo: &Geo, w: &PackedRef<'_>, tiles: Range<u
         let n0 = t * TILE_ROWS;
         let nvalid = (geo.n - n0).min(TILE_ROWS);
         let wt = w.data.as_ptr().add(t * geo.tile_bytes);
-        let st = w.scales.as_ptr().add(t * geo.ng * TILE_ROWS);
+        let st = ScalePtr::of(&w.scales).add(t * geo.ng * TILE_ROWS);
         let mut i = 0;
         while i + 4 <= m {
             f32_block::<I4, 4>(geo, wt, st, x, i, &out, n0, nvalid);

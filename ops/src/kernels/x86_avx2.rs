@@ -25,13 +25,37 @@
 use super::x86_geo::Geo;
 use super::OutPtr;
 use crate::act::QuantActsRef;
-use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
+use crate::quant::{PackedRef, ScaleType, WeightBits, TILE_ROWS};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 /// Whether this CPU can run these kernels.
 pub fn supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// The 16 scales `i .. i + 16` (one tile's rows of a group) widened to f32 (exact), as rows 0..8
+/// and 8..16.
+/// # Safety
+/// `i + 16 <= scale_count` (the `check_call` contract covers every tile and group).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_scales16(g: &Geo, i: usize) -> (__m256, __m256) {
+    let p = g.scale_ptr(i);
+    match g.scale_type {
+        ScaleType::F32 => (_mm256_loadu_ps(p as *const f32), _mm256_loadu_ps((p as *const f32).add(8))),
+        ScaleType::F16 => {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            (_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h)))
+        }
+        ScaleType::Bf16 => {
+            // bf16 is the high half of an f32.
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            let lo = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)));
+            let hi = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(h)));
+            (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
+        }
+    }
 }
 
 /// Tokens per register block (Q8 INT4: 4 tokens x (2 i16 + 2 i32 + 2 f32) accumulators).
@@ -45,7 +69,7 @@ const MB_F32: usize = 3;
 /// # Safety
 /// `check_call` held for `out`, `t < tiles`, `i < m`.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn store_tile(out: &OutPtr, i: usize, t: usize, n: usize, lo: __m256, hi: __m256) {
     let n0 = t * TILE_ROWS;
     let p = out.ptr.add(i * out.ldo + n0);
@@ -82,7 +106,7 @@ const W_COMPUTE: u8 = 0;
 const W_STORE: u8 = 1;
 const W_LOAD: u8 = 2;
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) {
     let geo = Geo::new(w);
     let m = a.m;
@@ -132,7 +156,7 @@ unsafe fn gemm_q8_impl(w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<
 /// # Safety
 /// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds, `wbuf` as described.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_tile_i4<const B: usize, const WM: u8>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr, wbuf: *mut i32) {
     let k = g.k;
     let m0f = _mm256_set1_epi8(0x0F);
@@ -161,7 +185,7 @@ unsafe fn q8_tile_i4<const B: usize, const WM: u8>(g: &Geo, t: usize, a: &QuantA
         let mut w32_hi = _mm256_setzero_si256();
         let gbase = tile.add(gi * g.cpg * 32);
         let kbase = gi * g.group;
-        _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(g.scale_ptr(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         // Blocks of 8 chunks: i16 pair sums stay within [-30720, 30480], byte sums <= 120.
         let mut c0 = 0;
         while c0 < g.cpg {
@@ -211,8 +235,7 @@ unsafe fn q8_tile_i4<const B: usize, const WM: u8>(g: &Geo, t: usize, a: &QuantA
             }
             (l, h)
         };
-        let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
-        let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
+        let (sc_lo, sc_hi) = load_scales16(g, (t * g.ng + gi) * TILE_ROWS);
         for b in 0..B {
             // isum = v - zp * W, exact in f32 (integers below 2^24).
             let z = _mm256_set1_ps(zpf[b]);
@@ -231,7 +254,7 @@ unsafe fn q8_tile_i4<const B: usize, const WM: u8>(g: &Geo, t: usize, a: &QuantA
 /// Row sums of a (row, k pair) i32 accumulator pair: `a` = rows r..r+3, `b` = rows r+4..r+7, each
 /// lane pair (2j, 2j+1) one row -> the 8 rows in order.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows8(a: __m256i, b: __m256i) -> __m256i {
     // hadd: [r0 r1 r4 r5 | r2 r3 r6 r7] -> qwords (0, 2, 1, 3).
     _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(a, b))
@@ -241,7 +264,7 @@ unsafe fn rows8(a: __m256i, b: __m256i) -> __m256i {
 /// # Safety
 /// `t < tiles`, `i0 + B <= a.m`, the `gemm_q8` contract holds.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0: usize, out: &OutPtr) {
     let k = g.k;
     let qa = a.q.as_ptr();
@@ -258,7 +281,7 @@ unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
         let mut p = [[_mm256_setzero_si256(); 4]; B];
         let gbase = tile.add(gi * g.cpg * 64);
         let kbase = gi * g.group;
-        _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(g.scale_ptr(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         for c in 0..g.cpg {
             let cp = gbase.add(c * 64);
             _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g.tile_bytes) as *const i8);
@@ -279,8 +302,7 @@ unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
                 }
             }
         }
-        let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
-        let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
+        let (sc_lo, sc_hi) = load_scales16(g, (t * g.ng + gi) * TILE_ROWS);
         for b in 0..B {
             let lo = _mm256_cvtepi32_ps(rows8(p[b][0], p[b][1]));
             let hi = _mm256_cvtepi32_ps(rows8(p[b][2], p[b][3]));
@@ -294,7 +316,7 @@ unsafe fn q8_tile_i8<const B: usize>(g: &Geo, t: usize, a: &QuantActsRef<'_>, i0
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm_f32_impl(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) {
     let geo = Geo::new(w);
     let int8 = w.spec.bits == WeightBits::Int8;
@@ -322,7 +344,7 @@ unsafe fn gemm_f32_impl(w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: us
 
 /// Column of a chunk half held as 8 dwords of 4 signed bytes, as exact f32 (`SHL` = 24 - 8*col).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn col<const SHL: i32>(wb: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<SHL>(wb)))
 }
@@ -331,7 +353,7 @@ unsafe fn col<const SHL: i32>(wb: __m256i) -> __m256 {
 /// # Safety
 /// `t < tiles`, `i0 + B <= m`, `x.len() == m * k`, the `gemm_f32` contract holds.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f32_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, x: &[f32], i0: usize, out: &OutPtr) {
     let k = g.k;
     let m0f = _mm256_set1_epi8(0x0F);
@@ -372,8 +394,7 @@ unsafe fn f32_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, x: &[f32
                 }
             }
         }
-        let sp = g.scales.add((t * g.ng + gi) * TILE_ROWS);
-        let (sc_lo, sc_hi) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(8)));
+        let (sc_lo, sc_hi) = load_scales16(g, (t * g.ng + gi) * TILE_ROWS);
         for b in 0..B {
             acc_lo[b] = _mm256_fmadd_ps(p_lo[b], sc_lo, acc_lo[b]);
             acc_hi[b] = _mm256_fmadd_ps(p_hi[b], sc_hi, acc_hi[b]);

@@ -36,7 +36,7 @@
 use super::x86_geo::Geo;
 use super::OutPtr;
 use crate::act::QuantActsRef;
-use crate::quant::{PackedRef, WeightBits, TILE_ROWS};
+use crate::quant::{PackedRef, ScaleType, WeightBits, TILE_ROWS};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -69,6 +69,21 @@ unsafe fn store_tile(out: &OutPtr, i: usize, t: usize, n: usize, v: __m512) {
         // Partial last tile: n0 < n (t < tiles) and only lanes n0..n are written.
         let mask: __mmask16 = ((1u32 << (n - n0)) - 1) as __mmask16;
         _mm512_mask_storeu_ps(p, mask, v);
+    }
+}
+
+/// The 16 scales `i .. i + 16` (one tile's rows of a group) widened to f32 (exact).
+/// # Safety
+/// `i + 16 <= scale_count` (the `check_call` contract covers every tile and group).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn load_scales16(g: &Geo, i: usize) -> __m512 {
+    let p = g.scale_ptr(i);
+    match g.scale_type {
+        ScaleType::F32 => _mm512_loadu_ps(p as *const f32),
+        ScaleType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+        // bf16 is the high half of an f32.
+        ScaleType::Bf16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)))),
     }
 }
 
@@ -198,7 +213,7 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
         // Software prefetch of the next tile's scales (its data is prefetched per chunk below):
         // weights stream from L3/DRAM once per call. `wrapping_add`: the address may lie past
         // the buffer (last tile); a prefetch never faults.
-        _mm_prefetch::<_MM_HINT_T0>(g.scales.wrapping_add(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(g.scale_ptr(((t + 1) * g.ng + gi) * TILE_ROWS) as *const i8);
         let mut c = 0;
         while c < g.cpg {
             for h in 0..step {
@@ -246,7 +261,7 @@ unsafe fn q8_tile<const B: usize, const INT8: bool, const WM: u8>(
             isum[0] = _mm512_add_epi32(isum[0], wacc);
         }
         // scales[(t*ng + gi)*16 .. +16] is within scale_count.
-        let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
+        let sc = load_scales16(g, (t * g.ng + gi) * TILE_ROWS);
         // INT4: isum and W carry 16x in the high lanes. Instead of shifting every token's sum
         // back, fold 1/16 into the scales: fma(16 isum, s/16, acc) == fma(isum, s, acc) when s/16
         // is exact (s >= 2^-122; always, except for degenerate all-but-zero weight groups, which
@@ -345,7 +360,7 @@ unsafe fn f32_tile<const B: usize, const INT8: bool>(g: &Geo, t: usize, x: &[f32
                 }
             }
         }
-        let sc = _mm512_loadu_ps(g.scales.add((t * g.ng + gi) * TILE_ROWS));
+        let sc = load_scales16(g, (t * g.ng + gi) * TILE_ROWS);
         for b in 0..B {
             acc[b] = _mm512_fmadd_ps(part[b], sc, acc[b]);
         }

@@ -29,15 +29,17 @@ pub mod blob {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_DTYPE: i8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_DTYPE: i8 = 4;
+pub const ENUM_MAX_DTYPE: i8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_DTYPE: [DType; 5] = [
+pub const ENUM_VALUES_DTYPE: [DType; 7] = [
   DType::F32,
   DType::U8,
   DType::I8,
   DType::I32,
   DType::I64,
+  DType::F16,
+  DType::BF16,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -50,15 +52,19 @@ impl DType {
   pub const I8: Self = Self(2);
   pub const I32: Self = Self(3);
   pub const I64: Self = Self(4);
+  pub const F16: Self = Self(5);
+  pub const BF16: Self = Self(6);
 
   pub const ENUM_MIN: i8 = 0;
-  pub const ENUM_MAX: i8 = 4;
+  pub const ENUM_MAX: i8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::F32,
     Self::U8,
     Self::I8,
     Self::I32,
     Self::I64,
+    Self::F16,
+    Self::BF16,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -68,6 +74,8 @@ impl DType {
       Self::I8 => Some("I8"),
       Self::I32 => Some("I32"),
       Self::I64 => Some("I64"),
+      Self::F16 => Some("F16"),
+      Self::BF16 => Some("BF16"),
       _ => None,
     }
   }

@@ -77,9 +77,9 @@ pub fn builder(l: &Layer) -> BlobBuilder {
         router_w: &l.router_w,
         expert_bias: Some(&l.bias),
         w13: &l.w13,
-        w13_scales: &l.w13_s,
+        w13_scales: (&l.w13_s).into(),
         w2: &l.w2,
-        w2_scales: &l.w2_s,
+        w2_scales: (&l.w2_s).into(),
         shared: Some((l.sh13.as_ref(), l.sh2.as_ref(), Some(&l.gate))),
     };
     let h = b.moe_ffn_layer("moe", x, &l.spec, &w);

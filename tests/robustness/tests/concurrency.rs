@@ -42,7 +42,7 @@ fn layer(seed: u64, e: usize, k: usize, score: ScoreFunc, exact: bool) -> (MoeSp
 }
 
 fn run_layer(l: &(MoeSpec, Vec<f32>, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>), x: &[f32], scratch: &mut MoeScratch, pool: &ThreadPool) -> Vec<f32> {
-    let w = MoeWeights { router_w: &l.1, expert_bias: None, w13: &l.2, w13_scales: &l.3, w2: &l.4, w2_scales: &l.5, shared: None };
+    let w = MoeWeights { router_w: &l.1, expert_bias: None, w13: &l.2, w13_scales: (&l.3).into(), w2: &l.4, w2_scales: (&l.5).into(), shared: None };
     let t = x.len() / l.0.dim;
     let mut out = vec![0f32; x.len()];
     moe_ffn(&l.0, &w, x, t, &mut out, scratch, pool, &Kernels::best()).unwrap();

@@ -8,3 +8,5 @@ class DType(object):
     I8 = 2
     I32 = 3
     I64 = 4
+    F16 = 5
+    BF16 = 6
