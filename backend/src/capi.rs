@@ -104,15 +104,19 @@ pub(crate) fn ffi_guard(what: &str, f: impl FnOnce() -> Result<(), String>) -> i
             1
         }
         Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_error(&format!("{what}: internal error (panic): {msg}"));
+            set_error(&format!("{what}: internal error (panic): {}", panic_message(p.as_ref())));
             2
         }
     }
+}
+
+/// The message of a caught panic (`panic!` with a literal or a formatted string), for the
+/// boundaries that turn panics into errors (this C ABI, the cxx bridge, the Android JNI layer).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn len_of(what: &str, n: u64) -> Result<usize, String> {
@@ -261,9 +265,9 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
                 router_w: slice("router_weight", a.router_weight, a.router_weight_len)?,
                 expert_bias: opt_slice("expert_bias", a.expert_bias, a.expert_bias_len)?,
                 w13: slice("w13", a.w13, a.w13_len)?,
-                w13_scales: slice("w13_scales", a.w13_scales, a.w13_scales_len)?,
+                w13_scales: slice("w13_scales", a.w13_scales, a.w13_scales_len)?.into(),
                 w2: slice("w2", a.w2, a.w2_len)?,
-                w2_scales: slice("w2_scales", a.w2_scales, a.w2_scales_len)?,
+                w2_scales: slice("w2_scales", a.w2_scales, a.w2_scales_len)?.into(),
                 shared,
             };
             let pool = ThreadPool::global();
@@ -508,4 +512,101 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
             other => Err(format!("unknown decoder op {other}")),
         }
     })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Layout of the C ABI structs. They are copied by hand into C++ (backend/cpp/mobilemoe.h, held by
+// static_asserts with the same numbers as below) and Python (mobilemoe_export/_lib.py and
+// decoder_ops.py, held by python_export/tests/test_abi_layout.py against `mobilemoe_abi_layout`).
+
+/// `[size, offset of each field in declaration order]` and the field names, per struct.
+macro_rules! abi_layout {
+    ($t:ty; $($f:ident),+ $(,)?) => {
+        (vec![std::mem::size_of::<$t>() as u64, $(std::mem::offset_of!($t, $f) as u64),+], concat!($(stringify!($f), ","),+))
+    };
+}
+
+fn abi_layout(which: i32) -> Option<(Vec<u64>, &'static str)> {
+    Some(match which {
+        1 => abi_layout!(MobileMoeFfnArgs; x, x_len, tokens, router_weight, router_weight_len, expert_bias,
+            expert_bias_len, w13, w13_len, w13_scales, w13_scales_len, w2, w2_len, w2_scales, w2_scales_len,
+            shared_w13, shared_w13_len, shared_w13_scales, shared_w13_scales_len, shared_w2, shared_w2_len,
+            shared_w2_scales, shared_w2_scales_len, shared_gate, shared_gate_len, num_experts, top_k, dim,
+            hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize, route_scale,
+            exact, out, out_len),
+        2 => abi_layout!(MobileMoeLinearArgs; x, x_len, rows, weight, weight_len, scales, scales_len, bias,
+            bias_len, in_features, out_features, group_size, weight_bits, exact, out, out_len),
+        3 => abi_layout!(MobileMoeBuf; ptr, len),
+        _ => return None,
+    })
+}
+
+/// Layout of C ABI struct `which` (1 `MobileMoeFfnArgs`, 2 `MobileMoeLinearArgs`, 3 `MobileMoeBuf`):
+/// writes `[size, offset of field 0, field 1, ...]` (declaration order) into `out[..cap]` and returns
+/// how many values there are (0 for an unknown struct). `names`, if not null, receives a static
+/// NUL-terminated list of the field names, each followed by a comma. For bindings' tests.
+///
+/// # Safety
+/// `out` is valid for `cap` writes (or null with `cap` 0); `names` is null or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn mobilemoe_abi_layout(which: i32, out: *mut u64, cap: u64, names: *mut *const c_char) -> u64 {
+    static NAMES: OnceLock<Vec<CString>> = OnceLock::new();
+    let Some((vals, _)) = abi_layout(which) else { return 0 };
+    for (i, &v) in vals.iter().enumerate().take(cap as usize) {
+        // SAFETY: i < cap and the caller guarantees `out` holds `cap` values.
+        unsafe { *out.add(i) = v };
+    }
+    if !names.is_null() {
+        let all = NAMES.get_or_init(|| (1..=3).map(|w| CString::new(abi_layout(w).unwrap().1).unwrap()).collect());
+        // SAFETY: non-null, valid for one write (caller); the strings live for the process.
+        unsafe { *names = all[which as usize - 1].as_ptr() };
+    }
+    vals.len() as u64
+}
+
+// The same numbers as the static_asserts of backend/cpp/mobilemoe.h (64-bit targets: x86-64, aarch64).
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<MobileMoeFfnArgs>() == 288);
+    assert!(offset_of!(MobileMoeFfnArgs, tokens) == 16);
+    assert!(offset_of!(MobileMoeFfnArgs, shared_gate_len) == 192);
+    assert!(offset_of!(MobileMoeFfnArgs, num_experts) == 200);
+    assert!(offset_of!(MobileMoeFfnArgs, weight_bits) == 248);
+    assert!(offset_of!(MobileMoeFfnArgs, score_func) == 256);
+    assert!(offset_of!(MobileMoeFfnArgs, renormalize) == 260);
+    assert!(offset_of!(MobileMoeFfnArgs, route_scale) == 264);
+    assert!(offset_of!(MobileMoeFfnArgs, exact) == 268);
+    assert!(offset_of!(MobileMoeFfnArgs, out) == 272);
+    assert!(offset_of!(MobileMoeFfnArgs, out_len) == 280);
+    assert!(size_of::<MobileMoeLinearArgs>() == 128);
+    assert!(offset_of!(MobileMoeLinearArgs, in_features) == 72);
+    assert!(offset_of!(MobileMoeLinearArgs, weight_bits) == 96);
+    assert!(offset_of!(MobileMoeLinearArgs, exact) == 104);
+    assert!(offset_of!(MobileMoeLinearArgs, out) == 112);
+    assert!(offset_of!(MobileMoeLinearArgs, out_len) == 120);
+    assert!(size_of::<MobileMoeBuf>() == 16 && offset_of!(MobileMoeBuf, len) == 8);
+};
+
+#[cfg(test)]
+mod abi_tests {
+    use super::*;
+
+    #[test]
+    fn abi_layout_reports_every_field() {
+        for (which, fields) in [(1, 38), (2, 16), (3, 2)] {
+            let mut out = vec![u64::MAX; 64];
+            let mut names: *const c_char = std::ptr::null();
+            // SAFETY: `out` holds 64 values; `names` is a valid out-pointer.
+            let n = unsafe { mobilemoe_abi_layout(which, out.as_mut_ptr(), out.len() as u64, &mut names) } as usize;
+            assert_eq!(n, 1 + fields);
+            // SAFETY: the function stored a static NUL-terminated string.
+            let names = unsafe { std::ffi::CStr::from_ptr(names) }.to_str().unwrap();
+            assert_eq!(names.matches(',').count(), fields);
+            let offs = &out[1..n];
+            assert!(offs.windows(2).all(|w| w[0] < w[1]) && offs[fields - 1] < out[0], "{which}: {out:?}");
+        }
+        // SAFETY: null `out` with cap 0 is allowed.
+        assert_eq!(unsafe { mobilemoe_abi_layout(9, std::ptr::null_mut(), 0, std::ptr::null_mut()) }, 0);
+    }
 }

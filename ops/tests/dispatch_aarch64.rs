@@ -11,6 +11,7 @@
 
 use mobilemoe_ops::act::QuantActs;
 use mobilemoe_ops::kernels::{KernelKind, Kernels, OutPtr};
+use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::*;
 use proptest::prelude::*;
 
@@ -49,19 +50,6 @@ fn best_kernel_matches_cpu() {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 const SENTINEL: f32 = -7.25e30;
 
 #[allow(clippy::too_many_arguments)]
@@ -71,12 +59,12 @@ fn check_case(n: usize, kg: usize, group: usize, int8: bool, m: usize, tlo: usiz
     let spec = MatrixSpec::new(n, k, group, bits).unwrap();
     let mut r = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
     // Raw random packed bytes: every byte is a valid INT4 pair / INT8 value (incl. -128).
-    let data: Vec<u8> = (0..spec.data_bytes()).map(|_| r.next() as u8).collect();
+    let data: Vec<u8> = (0..spec.data_bytes()).map(|_| r.next_u64() as u8).collect();
     let scales: Vec<f32> = (0..spec.scale_count()).map(|_| r.f() * 0.05).collect();
     let w = PackedRef::new(spec, &data, &scales).unwrap();
     // Activations with a wide dynamic range, including exact +-max (saturating lanes).
     let x: Vec<f32> = (0..m * k)
-        .map(|i| match r.next() % 16 {
+        .map(|i| match r.next_u64() % 16 {
             0 => 0.0,
             1 => {
                 if i % 2 == 0 {

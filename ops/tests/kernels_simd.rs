@@ -10,8 +10,13 @@ use std::ops::Range;
 
 const SENTINEL: f32 = -12345.5;
 
+/// Every SIMD kernel set this CPU has. None is a failure, not a vacuous pass: every test that
+/// compares SIMD with scalar would then compare nothing (x86-64 without AVX2+FMA; on aarch64 NEON
+/// is mandatory).
 fn simd_kernels() -> Vec<Kernels> {
-    Kernels::available().into_iter().filter(|k| k.kind != KernelKind::Scalar).collect()
+    let simd: Vec<Kernels> = Kernels::available().into_iter().filter(|k| k.kind != KernelKind::Scalar).collect();
+    assert!(!simd.is_empty(), "no SIMD kernel set on this {} host: the SIMD-vs-scalar tests would check nothing", std::env::consts::ARCH);
+    simd
 }
 
 fn scalar() -> Kernels {
@@ -242,29 +247,46 @@ fn contract_violations_rejected() {
     }
 }
 
-/// The dispatcher picks the widest ISA the CPU has.
+/// The dispatcher picks the widest ISA the CPU has (or the `MOBILEMOE_KERNEL` override when the
+/// CPU supports it), and each kernel set is offered exactly when the CPU has its features.
 #[test]
 fn best_is_widest_supported() {
-    if std::env::var("MOBILEMOE_KERNEL").is_ok() {
-        return; // overridden on purpose
-    }
     let best = Kernels::best().kind;
+    let overridden = std::env::var("MOBILEMOE_KERNEL").ok().and_then(|n| KernelKind::from_name(&n)).filter(|k| k.supported());
+    let expected;
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = is_x86_feature_detected!("avx512f")
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = avx2
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma");
-        if vnni {
-            assert_eq!(best, KernelKind::Avx512Vnni);
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            assert_eq!(best, KernelKind::Avx2);
-        }
-        assert!(KernelKind::Avx2.supported() == (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")));
+            && is_x86_feature_detected!("avx512vnni");
+        assert_eq!(KernelKind::Avx2.supported(), avx2);
+        assert_eq!(KernelKind::Avx512Vnni.supported(), vnni);
+        expected = if vnni {
+            KernelKind::Avx512Vnni
+        } else if avx2 {
+            KernelKind::Avx2
+        } else {
+            KernelKind::Scalar
+        };
     }
-    let _ = best;
+    #[cfg(target_arch = "aarch64")]
+    {
+        // NEON is mandatory; i8mm is offered only with dotprod, and best() prefers sdot over
+        // smmla (fewer instructions, docs/aarch64.md).
+        let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+        assert!(KernelKind::Neon.supported(), "NEON is mandatory on aarch64");
+        assert_eq!(KernelKind::NeonDotprod.supported(), dot);
+        assert_eq!(KernelKind::NeonI8mm.supported(), dot && std::arch::is_aarch64_feature_detected!("i8mm"));
+        expected = if dot { KernelKind::NeonDotprod } else { KernelKind::Neon };
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        expected = KernelKind::Scalar;
+    }
+    assert_eq!(best, overridden.unwrap_or(expected), "Kernels::best() (MOBILEMOE_KERNEL override: {overridden:?})");
 }
 
 /// The libm-free rounding used by activation quantization equals round-half-even on its domain

@@ -105,7 +105,15 @@ fn moe_reference_equals_fp32_formula() {
         dense2.push(dense(&b, f));
     }
     let router_w: Vec<f32> = (0..e * d).map(|i| if i < d { 0.1 } else { -0.1 }).collect();
-    let w = MoeWeights { router_w: &router_w, expert_bias: None, w13: &w13, w13_scales: &w13s, w2: &w2, w2_scales: &w2s, shared: None };
+    let w = MoeWeights {
+        router_w: &router_w,
+        expert_bias: None,
+        w13: &w13,
+        w13_scales: (&w13s).into(),
+        w2: &w2,
+        w2_scales: (&w2s).into(),
+        shared: None,
+    };
     let t = 2;
     let x: Vec<f32> = (0..t * d).map(|i| ((i % 11) as f32 - 5.0) * 0.1 * if i < d { 1.0 } else { -1.0 }).collect();
     let got = reference::moe_ffn_naive(&spec, &w, &x, t);

@@ -4,44 +4,33 @@
 //!
 //! `cargo run --release -p mobilemoe-ops --bin decoder_bench -- --help`
 
+use clap::{Parser, ValueEnum};
 use mobilemoe_ops::decoder::*;
 use mobilemoe_ops::{linear, Kernels, LinearScratch, MatrixSpec, PackedMatrix, ThreadPool, WeightBits};
 use std::time::Instant;
 
+/// Per-op timings of the decoder ops on the S shape (min and median of --iters runs per op).
+#[derive(Parser)]
+#[command(name = "decoder_bench")]
 struct Args {
-    threads: usize,
-    iters: usize,
-    depths: Vec<usize>,
-    kv: KvDType,
+    /// Threads of the pool.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
+    /// Runs per op.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Context depths for attention (comma-separated, below the cache's 2048 positions).
+    #[arg(long, value_delimiter = ',', default_value = "128,1024", value_parser = clap::value_parser!(u16).range(..2048))]
+    depths: Vec<u16>,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = Kv::Fp16)]
+    kv: Kv,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args { threads: 2, iters: 200, depths: vec![128, 1024], kv: KvDType::F16 };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().ok_or(format!("{k} needs a value"));
-        match k.as_str() {
-            "--threads" => a.threads = v()?.parse().map_err(|e| format!("--threads: {e}"))?,
-            "--iters" => a.iters = v()?.parse().map_err(|e| format!("--iters: {e}"))?,
-            "--depths" => a.depths = v()?.split(',').map(|s| s.parse().map_err(|e| format!("--depths: {e}"))).collect::<Result<_, _>>()?,
-            "--kv" => {
-                a.kv = match v()?.as_str() {
-                    "fp16" => KvDType::F16,
-                    "fp32" => KvDType::F32,
-                    o => return Err(format!("--kv {o}: fp16 or fp32")),
-                }
-            }
-            "--help" | "-h" => {
-                println!("decoder_bench [--threads N] [--iters N] [--depths 128,1024] [--kv fp16|fp32]");
-                std::process::exit(0);
-            }
-            o => return Err(format!("unknown argument {o} (see --help)")),
-        }
-    }
-    if a.iters == 0 || a.threads == 0 {
-        return Err("--iters and --threads must be >= 1".into());
-    }
-    Ok(a)
+#[derive(Clone, Copy, ValueEnum)]
+enum Kv {
+    Fp16,
+    Fp32,
 }
 
 #[repr(C)]
@@ -96,14 +85,13 @@ fn packed(n: usize, k: usize, seed: u32) -> PackedMatrix {
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
+    let a = Args::parse();
+    let (threads, iters) = (a.threads as usize, a.iters as usize);
+    let kv = match a.kv {
+        Kv::Fp16 => KvDType::F16,
+        Kv::Fp32 => KvDType::F32,
     };
-    let pool = ThreadPool::new(a.threads);
+    let pool = ThreadPool::new(threads);
     let kernels = Kernels::best();
     let (d, hq, hkv, hd, max_seq, vocab) = (1024, 16, 4, 64, 2048, 32000);
     let spec = AttentionSpec {
@@ -120,20 +108,20 @@ fn main() {
     let cos = vec![0.5f32; max_seq * hd / 2];
     let sin = vec![0.5f32; max_seq * hd / 2];
     let w = AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
-    let mut cache = KvCache::new(a.kv, hkv, max_seq, hd).unwrap();
+    let mut cache = KvCache::new(kv, hkv, max_seq, hd).unwrap();
     let mut scratch = AttentionScratch::default();
     let x: Vec<f32> = (0..d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
     let mut out = vec![0.0f32; d];
-    println!("decoder ops, S shape, {} threads, kernels {}, KV {:?}", a.threads, kernels.kind.name(), a.kv);
+    println!("decoder ops, S shape, {} threads, kernels {}, KV {:?}", threads, kernels.kind.name(), kv);
     println!("{:<28} {:>10} {:>10}", "op", "min us", "median us");
     // projections alone (weights from cache: the attention weights of one layer fit in L2/L3)
     let mut qkv = vec![0.0f32; spec.qkv_width()];
     let mut ls = LinearScratch::default();
-    let (mn, md) = time(a.iters, || linear(&wqkv.as_ref(), None, &x, 1, &mut qkv, false, &mut ls, &pool, &kernels).unwrap());
+    let (mn, md) = time(iters, || linear(&wqkv.as_ref(), None, &x, 1, &mut qkv, false, &mut ls, &pool, &kernels).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "wqkv linear (1 token)", mn, md);
     for &depth in &a.depths {
         // fill the cache up to depth (values do not matter for time)
-        let (mn, md) = time(a.iters, || {
+        let (mn, md) = time(iters, || {
             let (mut kc, mut vc) = cache.views();
             attention(&spec, &w, &x, &[depth as i64], &mut kc, &mut vc, &mut out, &mut scratch, &pool, &kernels).unwrap()
         });
@@ -142,23 +130,23 @@ fn main() {
     let xs: Vec<f32> = (0..128 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
     let mut outs = vec![0.0f32; 128 * d];
     let pos: Vec<i64> = (0..128).collect();
-    let (mn, md) = time(a.iters.min(20), || {
+    let (mn, md) = time(iters.min(20), || {
         let (mut kc, mut vc) = cache.views();
         attention(&spec, &w, &xs, &pos, &mut kc, &mut vc, &mut outs, &mut scratch, &pool, &kernels).unwrap()
     });
     println!("{:<28} {:>10.1} {:>10.1}", "attention prefill-128", mn, md);
     let nw = vec![1.0f32; d];
-    let (mn, md) = time(a.iters, || rms_norm(&x, 1, &nw, 1e-5, &mut out).unwrap());
+    let (mn, md) = time(iters, || rms_norm(&x, 1, &nw, 1e-5, &mut out).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "rms_norm (1 token)", mn, md);
     let head = packed(vocab, d, 3);
     let mut logits = vec![0.0f32; vocab];
     let mut ds = DenseScratch::default();
     let (mn, md) =
-        time(a.iters.min(50), || lm_head_last(&x, 1, &nw, 1e-5, &head.as_ref(), false, &mut logits, &mut ds, &pool, &kernels).unwrap());
+        time(iters.min(50), || lm_head_last(&x, 1, &nw, 1e-5, &head.as_ref(), false, &mut logits, &mut ds, &pool, &kernels).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "lm_head (32000 x 1024)", mn, md);
-    let (mn, md) = time(a.iters, || embedding(&head.as_ref(), &[12345], &mut out).unwrap());
+    let (mn, md) = time(iters, || embedding(&head.as_ref(), &[12345], &mut out).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "embedding (1 token)", mn, md);
-    if a.threads > 1 {
+    if threads > 1 {
         println!(
             "idle workers after a job: {:.0} us of CPU per worker before sleeping (spin bound {} us, MOBILEMOE_SPIN_US)",
             idle_spin_us(&pool),

@@ -9,8 +9,10 @@
 //! stdout lists the regions in order: `REGION <name>`. Run by `scripts/insn_count_aarch64.sh`.
 //! Natively it also prints wall time per region (a rough sanity check only).
 
+use clap::Parser;
 use mobilemoe_ops::act::QuantActs;
 use mobilemoe_ops::kernels::{Kernels, OutPtr};
+use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::{MatrixSpec, PackedRef, WeightBits};
 use std::hint::black_box;
 use std::time::Instant;
@@ -19,26 +21,24 @@ fn marker() {
     black_box(std::os::unix::process::parent_id());
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+/// Instruction-count bench of the S-layer expert GEMMs (decode and prefill, Q8, one thread); run by
+/// scripts/insn_count_aarch64.sh under qemu with the insn_marker plugin.
+#[derive(Parser)]
+#[command(name = "insn_bench", after_help = "Environment: MOBILEMOE_KERNEL (kernel set), INSN_BENCH_ONLY (as --only).")]
+struct Cli {
+    /// Only the regions whose name contains this text (gate_up_m1, down_m1, gate_up_m128, down_m128).
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
 }
 
 fn main() {
+    let cli = Cli::parse();
     let ks = Kernels::best();
     println!("KERNEL {}", ks.kind.name());
     let mut r = Rng(0x1234_5678_9abc_def1);
     let (d, f, group) = (1024usize, 512usize, 32usize);
     let mats = [("gate_up", 2 * f, d), ("down", d, f)];
-    let only = std::env::var("INSN_BENCH_ONLY").ok();
+    let only = cli.only.or_else(|| std::env::var("INSN_BENCH_ONLY").ok());
     for &m in &[1usize, 128] {
         for &(name, n, k) in &mats {
             let region = format!("{name}_m{m}");
@@ -46,7 +46,7 @@ fn main() {
                 continue;
             }
             let spec = MatrixSpec::new(n, k, group, WeightBits::Int4).unwrap();
-            let data: Vec<u8> = (0..spec.data_bytes()).map(|_| r.next() as u8).collect();
+            let data: Vec<u8> = (0..spec.data_bytes()).map(|_| r.next_u64() as u8).collect();
             let scales: Vec<f32> = (0..spec.scale_count()).map(|_| r.f() * 0.01).collect();
             let w = PackedRef::new(spec, &data, &scales).unwrap();
             let x: Vec<f32> = (0..m * k).map(|_| r.f()).collect();

@@ -6,29 +6,73 @@
 //! `cargo run --release -p mobilemoe-ops --bin moe_bench -- [--quick] [--json] [--layers S,M,L]
 //!  [--tokens 1,8,32,128] [--threads 1,2] [--kernel NAME] [--no-scalar] [--no-cold]`
 
+use clap::Parser;
 use mobilemoe_ops::kernels::{KernelKind, Kernels};
 use mobilemoe_ops::quant::{MatrixSpec, WeightBits};
+use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::*;
 use std::time::Instant;
 
-const HELP: &str = "moe_bench: fused MoE FFN benchmark (mobilemoe_ops::moe_ffn)
+/// Fused MoE FFN benchmark (mobilemoe_ops::moe_ffn).
+#[derive(Parser)]
+#[command(name = "moe_bench", after_help = NOTES)]
+struct Cli {
+    /// Short run (CI smoke): layer S, tokens 1,128, small roofline buffer, few iterations.
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per line instead of the markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Comma-separated subset of S,M,L (default S,M,L; quick: S). Names that match no layer
+    /// measure only the roofline.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    layers: Option<Vec<String>>,
+    /// Token counts (default 1,8,32,128; quick: 1,128).
+    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = positive)]
+    tokens: Option<Vec<usize>>,
+    /// Thread counts.
+    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = positive, default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Kernel set: scalar, avx2, avx512vnni, neon, ... (default: the best for this CPU).
+    #[arg(long, value_name = "NAME", value_parser = kernel_set)]
+    kernel: Option<Kernels>,
+    /// Skip the scalar-reference column.
+    #[arg(long)]
+    no_scalar: bool,
+    /// Skip the cold (DRAM-streaming) variant.
+    #[arg(long)]
+    no_cold: bool,
+    /// Target measuring time per row in ms (default 400; quick: 60).
+    #[arg(long, value_name = "MS", value_parser = positive_ms)]
+    budget_ms: Option<f64>,
+    /// Time the bare kernels (1 thread, min of many calls) on the S-like expert shapes.
+    #[arg(long)]
+    gemm_only: bool,
+}
 
-USAGE: moe_bench [OPTIONS]
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("expected a positive integer, got {s:?}")),
+    }
+}
 
-OPTIONS:
-  --quick            short run (CI smoke): layer S, tokens 1,128, small roofline buffer, few iterations
-  --json             one JSON object per line instead of the markdown table
-  --layers LIST      comma-separated subset of S,M,L            (default S,M,L; quick: S)
-  --tokens LIST      token counts                               (default 1,8,32,128)
-  --threads LIST     thread counts                              (default 1,2)
-  --kernel NAME      kernel set: scalar, avx2, avx512vnni, ...  (default: best for this CPU)
-  --no-scalar        skip the scalar-reference column
-  --no-cold          skip the cold (DRAM-streaming) variant
-  --budget-ms N      target measuring time per row in ms        (default 400; quick: 60)
-  --gemm-only        time the bare kernels (1 thread, min of many calls) on the S-like expert shapes
-  -h, --help         this text
+fn positive_ms(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number of milliseconds, got {s:?}")),
+    }
+}
 
-Layers (INT4, group 32, sigmoid top-k routing with renormalisation, gated shared expert):
+fn kernel_set(s: &str) -> std::result::Result<Kernels, String> {
+    let kind = KernelKind::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = KernelKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown kernel set {s:?} (one of {})", names.join(", "))
+    })?;
+    Kernels::get(kind).ok_or_else(|| format!("kernel set {s} is not supported on this CPU"))
+}
+
+const NOTES: &str = "Layers (INT4, group 32, sigmoid top-k routing with renormalisation, gated shared expert):
   S: D=1024 F=512  E=32 top-4 shared F=1024  (MobileMoE-S-like)
   M: D=1280 F=640  E=56 top-6 shared F=1280  (the `M` preset of python_export's models.py: 19 layers)
   L: D=1536 F=768  E=56 top-6 shared F=1536  (the `L` preset: 25 layers)
@@ -87,25 +131,6 @@ fn llc_bytes() -> usize {
         32 << 20
     } else {
         best
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn fill_bytes(&mut self, v: &mut [u8]) {
-        for c in v.chunks_mut(8) {
-            let r = self.next().to_le_bytes();
-            c.copy_from_slice(&r[..c.len()]);
-        }
     }
 }
 
@@ -208,9 +233,9 @@ impl LayerBuf {
             router_w: &self.router_w,
             expert_bias: Some(&self.bias),
             w13: &self.w13,
-            w13_scales: &self.w13_s,
+            w13_scales: (&self.w13_s).into(),
             w2: &self.w2,
-            w2_scales: &self.w2_s,
+            w2_scales: (&self.w2_s).into(),
             shared: Some(SharedExpert {
                 w13: PackedRef::new(spec.shared_w13_spec().unwrap(), &self.sh13, &self.sh13_s).unwrap(),
                 w2: PackedRef::new(spec.shared_w2_spec().unwrap(), &self.sh2, &self.sh2_s).unwrap(),
@@ -329,50 +354,11 @@ fn time_calls(
     (median(&mut times), min, n, cpu_ms)
 }
 
-fn parse_list(s: &str) -> Vec<usize> {
-    s.split(',').filter(|v| !v.is_empty()).map(|v| v.trim().parse().expect("bad number in list")).collect()
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut quick = false;
-    let mut json = false;
-    let mut layer_names: Option<Vec<String>> = None;
-    let mut tokens_list: Option<Vec<usize>> = None;
-    let mut threads_list = vec![1usize, 2];
-    let mut kernel: Option<Kernels> = None;
-    let mut with_scalar = true;
-    let mut with_cold = true;
-    let mut budget_ms: Option<f64> = None;
-    let mut gemm_mode = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "-h" | "--help" => {
-                println!("{HELP}");
-                return;
-            }
-            "--quick" => quick = true,
-            "--json" => json = true,
-            "--layers" => layer_names = Some(val().split(',').map(|s| s.trim().to_uppercase()).collect()),
-            "--tokens" => tokens_list = Some(parse_list(&val())),
-            "--threads" => threads_list = parse_list(&val()),
-            "--kernel" => {
-                let v = val();
-                let kind = KernelKind::from_name(&v).unwrap_or_else(|| panic!("unknown kernel {v}"));
-                kernel = Some(Kernels::get(kind).unwrap_or_else(|| panic!("kernel {v} not supported on this CPU")));
-            }
-            "--no-scalar" => with_scalar = false,
-            "--no-cold" => with_cold = false,
-            "--budget-ms" => budget_ms = Some(val().parse().expect("bad --budget-ms")),
-            "--gemm-only" => gemm_mode = true,
-            other => {
-                eprintln!("unknown argument {other}\n\n{HELP}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let cli = Cli::parse();
+    let (quick, json, with_scalar, with_cold, gemm_mode) = (cli.quick, cli.json, !cli.no_scalar, !cli.no_cold, cli.gemm_only);
+    let layer_names = cli.layers.map(|v| v.iter().map(|s| s.trim().to_uppercase()).collect::<Vec<String>>());
+    let (tokens_list, threads_list, kernel, budget_ms) = (cli.tokens, cli.threads, cli.kernel, cli.budget_ms);
     let ks = kernel.unwrap_or_else(Kernels::best);
     if gemm_mode {
         gemm_only(ks);

@@ -1,24 +1,19 @@
 //! `moe_demo`: the fused MoE layer on a MobileMoE-S-shaped layer (random INT4 weights):
 //! parity against the naive reference and the exact path, then latency.
 
+use clap::Parser;
+use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::*;
 use std::time::Instant;
 
-fn rng(seed: &mut u64) -> f32 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
+/// Runs the fused MoE FFN on a MobileMoE-S-like layer (D=1024, F=512, 32 experts, top-4, shared
+/// F=1024, INT4 g32) and prints parity against the naive reference and speed.
+#[derive(Parser)]
+#[command(name = "moe_demo", after_help = "Environment: MOBILEMOE_THREADS (pool size), MOBILEMOE_KERNEL (kernel set).")]
+struct Cli {}
 
 fn main() {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!(
-            "moe_demo: runs the fused MoE FFN on a MobileMoE-S-like layer (D=1024, F=512, 32 experts, \
-             top-4, shared F=1024, INT4 g32) and prints parity and speed.\nEnv: MOBILEMOE_THREADS, MOBILEMOE_KERNEL."
-        );
-        return;
-    }
+    Cli::parse();
     let spec = MoeSpec {
         dim: 1024,
         hidden: 512,
@@ -28,9 +23,9 @@ fn main() {
         router: RouterConfig { num_experts: 32, top_k: 4, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
         exact: false,
     };
-    let mut s = 0x1234_5678_9abc_def1u64;
+    let mut r = Rng(0x1234_5678_9abc_def1);
     let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
-    let mut gen = |n: usize, sc: f32| -> Vec<f32> { (0..n).map(|_| rng(&mut s) * sc).collect() };
+    let mut gen = |n: usize, sc: f32| r.vec(n, sc);
     let (mut w13, mut w13s, mut w2, mut w2s) = (vec![], vec![], vec![], vec![]);
     for _ in 0..e {
         let a = PackedMatrix::quantize(&gen(2 * f * d, 0.05), spec.w13_spec().unwrap()).unwrap();
@@ -48,9 +43,9 @@ fn main() {
         router_w: &router,
         expert_bias: Some(&bias),
         w13: &w13,
-        w13_scales: &w13s,
+        w13_scales: (&w13s).into(),
         w2: &w2,
-        w2_scales: &w2s,
+        w2_scales: (&w2s).into(),
         shared: Some(SharedExpert { w13: sh13.as_ref(), w2: sh2.as_ref(), gate: None }),
     };
     let pool = ThreadPool::global();

@@ -3,23 +3,8 @@
 
 use mobilemoe_ops::*;
 
-/// Tiny deterministic PRNG (xorshift) so tests do not depend on a rand crate.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    pub fn f(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
-    }
-}
+/// The workspace's deterministic test PRNG (xorshift64).
+pub use mobilemoe_ops::testing::Rng;
 
 pub struct Layer {
     pub spec: MoeSpec,
@@ -62,9 +47,9 @@ impl Layer {
             router_w: &self.router_w,
             expert_bias: self.bias.as_deref(),
             w13: &self.w13,
-            w13_scales: &self.w13_s,
+            w13_scales: (&self.w13_s).into(),
             w2: &self.w2,
-            w2_scales: &self.w2_s,
+            w2_scales: (&self.w2_s).into(),
             shared: self.shared.as_ref().map(|(a, b, g)| SharedExpert { w13: a.as_ref(), w2: b.as_ref(), gate: g.as_deref() }),
         }
     }

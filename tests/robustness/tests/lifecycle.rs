@@ -35,7 +35,7 @@ fn runtime_program_cycles() {
         skip("set MOBILEMOE_LEAK_PTE to a MobileMoE .pte (tests/backend/make_pte.py; `make test-robustness` does)");
         return;
     };
-    use mobilemoe_executorch::runtime::Program;
+    use mobilemoe_runner::runtime::Program;
     let meta = Program::load(&pte).unwrap().method_meta("forward").unwrap();
     let dims = meta.inputs[0].dims.clone();
     let numel: i64 = dims.iter().product();

@@ -1,5 +1,5 @@
 //! Harnesses for the delegate blob reader (`mobilemoe_schema::parse`), the program built from it
-//! (`backend/src/delegate.rs`: init + execute), and the `.pte` reader (`backend/src/pte.rs`).
+//! (`backend/src/delegate.rs`: init + execute), and the `.pte` reader (`runner/src/pte.rs`).
 //!
 //! Properties checked for every input:
 //! - `parse` returns `Ok` or a `BlobError`, never panics; on `Ok`, every constant range lies in the
@@ -33,10 +33,7 @@ pub fn check_blob(blob: &[u8]) {
         if let Some(r) = &t.data {
             let c = g.constant(blob, i).expect("constant in range");
             assert_eq!(c.len(), r.len());
-            assert_eq!(
-                Some(c.len()),
-                numel(&t.shape).and_then(|n| n.checked_mul(mobilemoe_schema::dtype_size(t.dtype).unwrap()))
-            );
+            assert_eq!(Some(c.len()), numel(&t.shape).and_then(|n| n.checked_mul(mobilemoe_schema::dtype_size(t.dtype).unwrap())));
         } else {
             assert!(!t.shape.is_empty());
         }
@@ -115,10 +112,8 @@ pub fn run_delegate(d: &Delegate, g: &mobilemoe_schema::Graph, seed: u64) {
             // A whole-decoder graph: token ids 0/1 and positions 0..n (valid for any vocabulary >= 2
             // and cache >= n); the call may still fail cleanly (e.g. a cache shorter than n), but
             // must not panic or crash.
-            let ints: Vec<Vec<i64>> =
-                shapes.iter().map(|s| (0..numel(s).unwrap() as i64).map(|v| v % 2).collect()).collect();
-            let xs: Vec<Vec<f32>> =
-                shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();
+            let ints: Vec<Vec<i64>> = shapes.iter().map(|s| (0..numel(s).unwrap() as i64).map(|v| v % 2).collect()).collect();
+            let xs: Vec<Vec<f32>> = shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();
             let inputs: Vec<(mobilemoe_executorch::delegate::Input<'_>, &[i64])> = g
                 .inputs
                 .iter()
@@ -208,13 +203,7 @@ pub fn make_blob(
         shared_hidden: fs,
         group,
         bits,
-        router: RouterConfig {
-            num_experts: e,
-            top_k: k,
-            score_func: score,
-            renormalize: score != ScoreFunc::Softmax,
-            route_scale: 1.0,
-        },
+        router: RouterConfig { num_experts: e, top_k: k, score_func: score, renormalize: score != ScoreFunc::Softmax, route_scale: 1.0 },
         exact: seed % 2 == 1,
     };
     let (s13, s2) = (spec.w13_spec().unwrap(), spec.w2_spec().unwrap());
@@ -242,9 +231,9 @@ pub fn make_blob(
         router_w: &router,
         expert_bias: bias.then_some(eb.as_slice()),
         w13: &w13,
-        w13_scales: &w13s,
+        w13_scales: (&w13s).into(),
         w2: &w2,
-        w2_scales: &w2s,
+        w2_scales: (&w2s).into(),
         shared: shared.as_ref().map(|(a, b, g)| (a.as_ref(), b.as_ref(), Some(g.as_slice()))),
     };
     let mut out = b.moe_ffn_layer("moe", x, &spec, &w);
@@ -438,9 +427,7 @@ pub fn mutate(g: &mut RawGraph, bytes_muts: &mut Vec<Mutation>, m: &Mutation) {
     let nn = g.nodes.len();
     let nt = g.tensors.len();
     match m.clone() {
-        Mutation::NodeField { node, field, value } if nn > 0 => {
-            set_field(&mut g.nodes[node as usize % nn].op, field, small(value))
-        }
+        Mutation::NodeField { node, field, value } if nn > 0 => set_field(&mut g.nodes[node as usize % nn].op, field, small(value)),
         Mutation::RouteScale { node, value } if nn > 0 => {
             if let RawOp::MoeFfn(a) = &mut g.nodes[node as usize % nn].op {
                 a.route_scale = value.value();
@@ -465,15 +452,9 @@ pub fn mutate(g: &mut RawGraph, bytes_muts: &mut Vec<Mutation>, m: &Mutation) {
             let t = &mut g.tensors[tensor as usize % nt];
             t.shape.resize(rank as usize % 5, 1);
         }
-        Mutation::TensorDtype { tensor, dtype } if nt > 0 => {
-            g.tensors[tensor as usize % nt].dtype = fb::DType(dtype % 8)
-        }
-        Mutation::TensorSegment { tensor, segment } if nt > 0 => {
-            g.tensors[tensor as usize % nt].segment = small(segment)
-        }
-        Mutation::TensorDynamic { tensor, dynamic } if nt > 0 => {
-            g.tensors[tensor as usize % nt].dynamic_leading = dynamic
-        }
+        Mutation::TensorDtype { tensor, dtype } if nt > 0 => g.tensors[tensor as usize % nt].dtype = fb::DType(dtype % 8),
+        Mutation::TensorSegment { tensor, segment } if nt > 0 => g.tensors[tensor as usize % nt].segment = small(segment),
+        Mutation::TensorDynamic { tensor, dynamic } if nt > 0 => g.tensors[tensor as usize % nt].dynamic_leading = dynamic,
         Mutation::Segment { segment, offset, size } if !g.segments.is_empty() => {
             let l = g.segments.len();
             let s = &mut g.segments[segment as usize % l];

@@ -53,7 +53,11 @@ impl Arg {
             _ => {
                 // Copy to an aligned Vec<f32>, leaked into self via f is not possible (&self): use b if aligned.
                 let p = self.b.as_ptr();
-                if (p as usize) % 4 == 0 { (p as *const f32, len) } else { (std::ptr::null(), 0) }
+                if (p as usize).is_multiple_of(4) {
+                    (p as *const f32, len)
+                } else {
+                    (std::ptr::null(), 0)
+                }
             }
         }
     }
@@ -85,7 +89,11 @@ pub struct CapiInput {
 }
 
 fn attr(v: i64, raw: bool, small: impl Fn(i64) -> i64) -> i64 {
-    if raw { v } else { small(v.rem_euclid(256)) }
+    if raw {
+        v
+    } else {
+        small(v.rem_euclid(256))
+    }
 }
 
 pub fn capi(data: &[u8]) {
@@ -204,7 +212,13 @@ pub fn capi(data: &[u8]) {
         1 => {
             let (n, k) = (hidden, dim);
             let (dd, ss) = sz(n, k);
-            let lens = [claimed(tokens.saturating_mul(k), b[0]), claimed(dd, b[1]), claimed(ss, b[2]), claimed(n, b[3]), claimed(tokens.saturating_mul(n), b[4])];
+            let lens = [
+                claimed(tokens.saturating_mul(k), b[0]),
+                claimed(dd, b[1]),
+                claimed(ss, b[2]),
+                claimed(n, b[3]),
+                claimed(tokens.saturating_mul(n), b[4]),
+            ];
             let x = Arg::f32(lens[0], &inp.floats);
             let w = Arg::u8(lens[1], &inp.bytes);
             let s = Arg::f32(lens[2], &inp.floats);
@@ -238,7 +252,12 @@ pub fn capi(data: &[u8]) {
         _ => {
             let (n, k) = (hidden, dim);
             let (dd, ss) = sz(n, k);
-            let lens = [claimed(n.saturating_mul(k), b[0]), claimed(if gm > 0 { n.saturating_mul(k) / gm } else { 0 }, b[1]), claimed(dd, b[2]), claimed(ss, b[3])];
+            let lens = [
+                claimed(n.saturating_mul(k), b[0]),
+                claimed(if gm > 0 { n.saturating_mul(k) / gm } else { 0 }, b[1]),
+                claimed(dd, b[2]),
+                claimed(ss, b[3]),
+            ];
             let q: Vec<i8> = inp.bytes.make(lens[0] as usize).into_iter().map(|v| (v as i8) >> (inp.flags & 4)).collect();
             let s = Arg::f32(lens[1], &inp.floats);
             let mut d = vec![0u8; lens[2] as usize];

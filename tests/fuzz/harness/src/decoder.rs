@@ -6,9 +6,7 @@
 
 use crate::gen::Rng;
 use arbitrary::{Arbitrary, Unstructured};
-use mobilemoe_ops::decoder::{
-    attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionSpec, KvCache, KvDType, RopeStyle,
-};
+use mobilemoe_ops::decoder::{attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionSpec, KvCache, KvDType, RopeStyle};
 use mobilemoe_ops::quant::{MatrixSpec, PackedMatrix, WeightBits};
 use mobilemoe_ops::{Kernels, ThreadPool};
 
@@ -43,7 +41,8 @@ fn run_attention(inp: &DecoderInput, spec: &AttentionSpec, kernels: &Kernels, po
     let cos: Vec<f32> = (0..spec.max_seq_len * half).map(|i| ((i % 97) as f32 * 0.1).cos()).collect();
     let sin: Vec<f32> = (0..spec.max_seq_len * half).map(|i| ((i % 97) as f32 * 0.1).sin()).collect();
     let w = mobilemoe_ops::decoder::AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
-    let mut cache = KvCache::new(if inp.kv_f16 { KvDType::F16 } else { KvDType::F32 }, spec.n_kv_heads, spec.max_seq_len, spec.head_dim).ok()?;
+    let mut cache =
+        KvCache::new(if inp.kv_f16 { KvDType::F16 } else { KvDType::F32 }, spec.n_kv_heads, spec.max_seq_len, spec.head_dim).ok()?;
     let mut scratch = Default::default();
     let mut outs = vec![];
     // a few calls that reuse the cache: the positions are split into chunks
@@ -74,7 +73,7 @@ pub fn ops_decoder(data: &[u8]) {
     // head_dim: the specialised AVX-512 shapes (32, 64, 128) and others (generic path); the query
     // width must be a multiple of the group (32) for `wo` to exist.
     let mut hd = [32, 64, 128, 16, 48, 96, 8, 2 * (1 + inp.half_dim as usize % 40)][inp.half_dim as usize % 8];
-    if (n_kv * rep * hd) % 32 != 0 {
+    if !(n_kv * rep * hd).is_multiple_of(32) {
         hd = 32;
     }
     let dim = 32 * (1 + inp.dim_groups as usize % 3);
@@ -124,13 +123,17 @@ pub fn ops_decoder(data: &[u8]) {
     let mut logits = vec![0f32; vocab];
     lm_head_last(&x, rows, &nw, 1e-5, &table.as_ref(), inp.exact, &mut logits, &mut Default::default(), pool2, &Kernels::best()).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()));
-    assert!(lm_head_last(&x, 0, &nw, 1e-5, &table.as_ref(), inp.exact, &mut logits, &mut Default::default(), pool2, &Kernels::best()).is_err());
+    assert!(
+        lm_head_last(&x, 0, &nw, 1e-5, &table.as_ref(), inp.exact, &mut logits, &mut Default::default(), pool2, &Kernels::best()).is_err()
+    );
     let f = 32;
     if let (Some(w13), Some(w2)) = (packed(&mut r, 2 * f, dim), packed(&mut r, dim, f)) {
         let mut o = vec![0f32; rows * dim];
         swiglu_ffn(&w13.as_ref(), &w2.as_ref(), &x, rows, inp.exact, &mut o, &mut Default::default(), pool2, &Kernels::best()).unwrap();
         assert!(o.iter().all(|v| v.is_finite()));
         // swapped matrices are refused
-        assert!(swiglu_ffn(&w2.as_ref(), &w13.as_ref(), &x, rows, inp.exact, &mut o, &mut Default::default(), pool2, &Kernels::best()).is_err());
+        assert!(
+            swiglu_ffn(&w2.as_ref(), &w13.as_ref(), &x, rows, inp.exact, &mut o, &mut Default::default(), pool2, &Kernels::best()).is_err()
+        );
     }
 }

@@ -182,7 +182,11 @@ pub struct Delta(pub u8, pub i8);
 impl Delta {
     pub fn get(self) -> isize {
         if self.0 % 8 == 7 {
-            if self.1 == 0 { 1 } else { self.1 as isize }
+            if self.1 == 0 {
+                1
+            } else {
+                self.1 as isize
+            }
         } else {
             0
         }

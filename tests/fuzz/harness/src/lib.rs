@@ -4,17 +4,19 @@
 //! `TARGETS` maps target names to harnesses for the corpus/regression replayer (`cargo test`).
 
 pub mod blob;
-pub mod decoder;
 #[cfg(feature = "backend")]
 pub mod capi;
+pub mod decoder;
 pub mod gen;
 pub mod ops;
 
-// The backend crate (its pure-Rust parts: `delegate` = blob -> executable program, `pte` = the
+// The backend crate's `delegate` (blob -> executable program) and the runner crate's `pte` (the
 // `inspect` reader). Feature "backend" (default); without it the blob harnesses only parse and
 // pte_inspect is a no-op, so the ops/schema fuzzers keep working while the backend does not build.
 #[cfg(feature = "backend")]
-pub use mobilemoe_executorch::{delegate, pte};
+pub use mobilemoe_executorch::delegate;
+#[cfg(feature = "backend")]
+pub use mobilemoe_runner::pte;
 
 pub use blob::{blob_parse, blob_structured, pte_inspect};
 /// The C ABI harness (a no-op without the backend feature).
@@ -28,8 +30,11 @@ pub fn capi(data: &[u8]) {
 pub use decoder::ops_decoder;
 pub use ops::{ops_kernels, ops_linear, ops_matrix_spec, ops_moe_ffn, ops_routing};
 
+/// A harness: one fuzz input in, panics on a bug.
+pub type Harness = fn(&[u8]);
+
 /// (target name, harness) for every fuzz target.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("ops_matrix_spec", ops_matrix_spec),
     ("ops_routing", ops_routing),
     ("ops_kernels", ops_kernels),
