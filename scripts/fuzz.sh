@@ -25,7 +25,7 @@ FUZZ_DIR="$ROOT/tests/fuzz"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/fuzz}"
 export RUSTC_BOOTSTRAP=1
 FUZZ_WORK="${FUZZ_WORK:-$CARGO_TARGET_DIR/work}"
-ALL_TARGETS=(ops_matrix_spec ops_routing ops_kernels ops_linear ops_moe_ffn ops_decoder blob_parse blob_structured pte_inspect capi)
+ALL_TARGETS=(ops_matrix_spec ops_routing ops_kernels ops_linear ops_moe_ffn ops_decoder blob_parse blob_structured pte_inspect capi tokenizer)
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 
 mode=run

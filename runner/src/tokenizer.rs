@@ -57,7 +57,11 @@ impl Tokenizer {
 
     /// Parses the contents of a `tokenizer.json`.
     pub fn from_json_str(text: &str) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_str(text).map_err(|e| hf_error("invalid tokenizer.json", e))?;
+        // The tokenizers crate panics on some malformed files (a `decoder` whose fields do not
+        // deserialize, found by fuzzing): a user's file must give an error, not abort the app.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_str(text))
+            .map_err(|_| TokenizerError("invalid tokenizer.json: the tokenizers library panicked while reading it".into()))?;
+        let inner = parsed.map_err(|e| hf_error("invalid tokenizer.json", e))?;
         Ok(Tokenizer { inner })
     }
 

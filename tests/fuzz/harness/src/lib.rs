@@ -9,6 +9,8 @@ pub mod capi;
 pub mod decoder;
 pub mod gen;
 pub mod ops;
+#[cfg(feature = "backend")]
+pub mod tok;
 
 // The backend crate's `delegate` (blob -> executable program) and the runner crate's `pte` (the
 // `inspect` reader). Feature "backend" (default); without it the blob harnesses only parse and
@@ -23,6 +25,14 @@ pub use blob::{blob_parse, blob_structured, pte_inspect};
 pub fn capi(data: &[u8]) {
     #[cfg(feature = "backend")]
     capi::capi(data);
+    #[cfg(not(feature = "backend"))]
+    let _ = data;
+}
+
+/// The tokenizer harness (a no-op without the backend feature: the tokenizer lives in the runner).
+pub fn tokenizer(data: &[u8]) {
+    #[cfg(feature = "backend")]
+    tok::tokenizer(data);
     #[cfg(not(feature = "backend"))]
     let _ = data;
 }
@@ -45,4 +55,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("blob_structured", blob_structured),
     ("pte_inspect", pte_inspect),
     ("capi", capi),
+    ("tokenizer", tokenizer),
 ];
