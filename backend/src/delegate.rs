@@ -1,12 +1,12 @@
 //! Per-program delegate state: the validated graph, zero-copy views of the weights, and the
 //! scratch buffers (behind a mutex so two threads may execute one program).
 
-use half::{bf16, f16};
 use mobilemoe_ops::decoder::{
     add, attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionScratch, AttentionWeights, DenseScratch, KvCache,
 };
 use mobilemoe_ops::{
-    linear, moe_ffn, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeWeights, PackedRef, ScaleRef, SharedExpert, ThreadPool,
+    linear, moe_ffn, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeWeights, OwnedScales, PackedRef, ScaleRef, ScaleType, SharedExpert,
+    ThreadPool,
 };
 use mobilemoe_schema::read::{Graph, NodeOp};
 use std::ops::Range;
@@ -21,12 +21,8 @@ enum BlobStore {
 /// A float constant in its element type (f32 tensors, per-group weight scales in f32, f16 or
 /// bf16): used in place when aligned for its type, else copied once at init.
 enum FloatConst {
-    F32InPlace(Range<usize>),
-    F32Copied(Vec<f32>),
-    F16InPlace(Range<usize>),
-    F16Copied(Vec<f16>),
-    Bf16InPlace(Range<usize>),
-    Bf16Copied(Vec<bf16>),
+    InPlace(Range<usize>, ScaleType),
+    Copied(OwnedScales),
 }
 
 /// Everything one execution mutates, sized from the graph at init (KV caches, slot plan) or grown
@@ -166,27 +162,23 @@ impl Delegate {
                 floats.push(None);
                 continue;
             };
-            let b = &bytes[r.clone()];
-            // Little-endian element bytes (the blob's byte order) decoded when misaligned.
-            let halves = || b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
-            let c = match t.dtype {
-                DType::F32 => match mobilemoe_schema::f32_view(b) {
-                    (_, false) => FloatConst::F32InPlace(r),
-                    (v, true) => FloatConst::F32Copied(v.into_owned()),
-                },
-                DType::F16 if bytemuck::try_cast_slice::<u8, f16>(b).is_ok() => FloatConst::F16InPlace(r),
-                DType::F16 => FloatConst::F16Copied(halves().map(f16::from_bits).collect()),
-                DType::BF16 if bytemuck::try_cast_slice::<u8, bf16>(b).is_ok() => FloatConst::Bf16InPlace(r),
-                DType::BF16 => FloatConst::Bf16Copied(halves().map(bf16::from_bits).collect()),
+            let t = match t.dtype {
+                DType::F32 => ScaleType::F32,
+                DType::F16 => ScaleType::F16,
+                DType::BF16 => ScaleType::Bf16,
                 _ => {
                     floats.push(None);
                     continue;
                 }
             };
-            if matches!(c, FloatConst::F32Copied(_) | FloatConst::F16Copied(_) | FloatConst::Bf16Copied(_)) {
+            let b = &bytes[r.clone()];
+            let c = if (b.as_ptr() as usize) % t.bytes() == 0 {
+                FloatConst::InPlace(r, t)
+            } else {
                 copied += 1;
                 copied_bytes += b.len();
-            }
+                FloatConst::Copied(OwnedScales::from_le_bytes(t, b))
+            };
             floats.push(Some(c));
         }
         if copied > 0 {
@@ -215,22 +207,26 @@ impl Delegate {
     }
 
     fn f32c(&self, id: usize) -> &[f32] {
-        match &self.floats[id] {
-            Some(FloatConst::F32InPlace(r)) => bytemuck::cast_slice(&self.bytes()[r.clone()]),
-            Some(FloatConst::F32Copied(v)) => v,
+        match self.scales(id) {
+            ScaleRef::F32(v) => v,
             _ => &[],
         }
     }
 
-    /// Per-group weight scales in their stored type (the reader checked the dtype and shape).
+    /// A float constant in its stored type (the reader checked the dtype and shape; an id that is
+    /// not a float constant views as empty).
     fn scales(&self, id: usize) -> ScaleRef<'_> {
         match &self.floats[id] {
-            Some(FloatConst::F32InPlace(r)) => ScaleRef::F32(bytemuck::cast_slice(&self.bytes()[r.clone()])),
-            Some(FloatConst::F32Copied(v)) => ScaleRef::F32(v),
-            Some(FloatConst::F16InPlace(r)) => ScaleRef::F16(bytemuck::cast_slice(&self.bytes()[r.clone()])),
-            Some(FloatConst::F16Copied(v)) => ScaleRef::F16(v),
-            Some(FloatConst::Bf16InPlace(r)) => ScaleRef::Bf16(bytemuck::cast_slice(&self.bytes()[r.clone()])),
-            Some(FloatConst::Bf16Copied(v)) => ScaleRef::Bf16(v),
+            // In place: `build` checked the alignment for the type.
+            Some(FloatConst::InPlace(r, t)) => {
+                let b = &self.bytes()[r.clone()];
+                match t {
+                    ScaleType::F32 => ScaleRef::F32(bytemuck::cast_slice(b)),
+                    ScaleType::F16 => ScaleRef::F16(bytemuck::cast_slice(b)),
+                    ScaleType::Bf16 => ScaleRef::Bf16(bytemuck::cast_slice(b)),
+                }
+            }
+            Some(FloatConst::Copied(v)) => v.as_ref(),
             None => ScaleRef::F32(&[]),
         }
     }

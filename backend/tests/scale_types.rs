@@ -6,8 +6,7 @@
 mod common;
 use common::*;
 use mobilemoe_executorch::delegate::Delegate;
-use mobilemoe_ops::{OwnedScales, ScaleType};
-use mobilemoe_schema::write::{BlobBuilder, MoeLayerWeights};
+use mobilemoe_ops::ScaleType;
 
 /// `l` with every scale rounded to `t` (so that f32 and `t` storage hold the same values).
 fn rounded(l: &Layer, t: ScaleType) -> Layer {
@@ -19,35 +18,6 @@ fn rounded(l: &Layer, t: ScaleType) -> Layer {
     l2.sh2.scales = r(&l.sh2.scales);
     l2.lin.scales = r(&l.lin.scales);
     l2
-}
-
-/// `m` viewed with the scales `s` (the same values in another element type).
-fn with<'a>(m: &'a mobilemoe_ops::PackedMatrix, s: &'a OwnedScales) -> mobilemoe_ops::PackedRef<'a> {
-    let mut r = m.as_ref();
-    r.scales = s.as_ref();
-    r
-}
-
-/// The blob of `builder` with every scale stored as `t`.
-fn blob_with(l: &Layer, t: ScaleType) -> Vec<u8> {
-    let o = |v: &[f32]| OwnedScales::from_f32(t, v);
-    let (s13, s2, sh13, sh2, lin) = (o(&l.w13_s), o(&l.w2_s), o(&l.sh13.scales), o(&l.sh2.scales), o(&l.lin.scales));
-    let mut b = BlobBuilder::new();
-    let x = b.activation(&[1, -1, 64], true);
-    let w = MoeLayerWeights {
-        router_w: &l.router_w,
-        expert_bias: Some(&l.bias),
-        w13: &l.w13,
-        w13_scales: s13.as_ref(),
-        w2: &l.w2,
-        w2_scales: s2.as_ref(),
-        shared: Some((with(&l.sh13, &sh13), with(&l.sh2, &sh2), Some(&l.gate))),
-    };
-    let h = b.moe_ffn_layer("moe", x, &l.spec, &w);
-    let y = b.linear_layer("proj", h, &with(&l.lin, &lin), Some(&l.lin_bias), false);
-    b.set_inputs(&[x]);
-    b.set_outputs(&[y]);
-    b.finish()
 }
 
 fn run(blob: Vec<u8>, x: &[f32], t: usize) -> Vec<f32> {
@@ -62,8 +32,8 @@ fn narrow_scales_equal_f32_scales_bit_for_bit() {
     let x = Rng(9).vec(5 * 64, 1.0);
     for t in [ScaleType::F16, ScaleType::Bf16] {
         let l = rounded(&layer(7), t);
-        let narrow = blob_with(&l, t);
-        let wide = blob_with(&l, ScaleType::F32);
+        let narrow = builder_with_scales(&l, t).finish();
+        let wide = builder(&l).finish();
         assert!(narrow.len() < wide.len(), "{}: blob not smaller", t.name());
         for tokens in [1, 5] {
             let (a, b) = (run(narrow.clone(), &x[..tokens * 64], tokens), run(wide.clone(), &x[..tokens * 64], tokens));
@@ -75,18 +45,7 @@ fn narrow_scales_equal_f32_scales_bit_for_bit() {
 #[test]
 fn narrow_scales_need_format_version_3() {
     let l = rounded(&layer(7), ScaleType::F16);
-    let mut raw = {
-        let o = |v: &[f32]| OwnedScales::from_f32(ScaleType::F16, v);
-        let s = o(&l.lin.scales);
-        let mut b = BlobBuilder::new();
-        let x = b.activation(&[1, -1, 64], true);
-        let mut w = l.lin.as_ref();
-        w.scales = s.as_ref();
-        let y = b.linear_layer("proj", x, &w, None, false);
-        b.set_inputs(&[x]);
-        b.set_outputs(&[y]);
-        b.into_raw()
-    };
+    let mut raw = builder_with_scales(&l, ScaleType::F16).into_raw();
     assert!(mobilemoe_schema::parse(&raw.to_bytes()).is_ok());
     raw.version = 2;
     let e = match Delegate::from_vec(raw.to_bytes()) {

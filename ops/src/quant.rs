@@ -248,6 +248,16 @@ impl OwnedScales {
             ScaleType::Bf16 => Self::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
         }
     }
+    /// Scales of type `t` decoded from little-endian bytes (a trailing partial element is
+    /// ignored): for buffers not aligned for `t`.
+    pub fn from_le_bytes(t: ScaleType, bytes: &[u8]) -> Self {
+        let halves = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+        match t {
+            ScaleType::F32 => Self::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            ScaleType::F16 => Self::F16(halves().map(f16::from_bits).collect()),
+            ScaleType::Bf16 => Self::Bf16(halves().map(bf16::from_bits).collect()),
+        }
+    }
     pub fn as_ref(&self) -> ScaleRef<'_> {
         match self {
             Self::F32(s) => ScaleRef::F32(s),

@@ -29,6 +29,44 @@ impl Rng {
     }
 }
 
+/// CPU time of the whole process in seconds (all threads, the pool's spinning included): the
+/// benchmark binaries report it beside wall time.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn process_cpu_s() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+    }
+    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_PROCESS_CPUTIME_ID = 2 on Linux and Android.
+    unsafe { clock_gettime(2, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The MobileMoE-S-like MoE layer of the benchmark and demo binaries: D=1024, 32 experts x
+/// F=512, top-4 sigmoid routing with renormalisation, shared expert F=1024, INT4 group 32, Q8.
+pub fn s_like_moe_spec() -> crate::MoeSpec {
+    crate::MoeSpec {
+        dim: 1024,
+        hidden: 512,
+        shared_hidden: 1024,
+        group: 32,
+        bits: crate::WeightBits::Int4,
+        router: crate::RouterConfig {
+            num_experts: 32,
+            top_k: 4,
+            score_func: crate::ScoreFunc::Sigmoid,
+            renormalize: true,
+            route_scale: 1.0,
+        },
+        exact: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rng;

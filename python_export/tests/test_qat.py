@@ -336,6 +336,24 @@ def _reset_caches(model):
         att.v_cache = att.v_cache.detach().zero_()
 
 
+def _sgd_steps(model, steps=3):
+    """A few SGD steps of next-token loss on random 16-token sequences (a QAT-prepared LM), then
+    eval mode with clean caches."""
+    model.requires_grad_(True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(4)
+    model.train()
+    for _ in range(steps):
+        _reset_caches(model)
+        tokens = torch.randint(0, 256, (1, 16), generator=g)
+        opt.zero_grad()
+        logits = model(tokens[:, :-1], torch.arange(15))
+        Fn.cross_entropy(logits, tokens[:, -1]).backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+    _reset_caches(model)
+
+
 @needs_lib
 def test_full_lm_qat_greedy_tokens(tmp_path):
     """A tiny MoE LM: prepare_qat (experts) + torchao 8da4w (attention, LM head), a few SGD steps,
@@ -347,19 +365,7 @@ def test_full_lm_qat_greedy_tokens(tmp_path):
     model = _tiny_lm()
     mm.prepare_qat(model, group_size=32)
     Int8DynActInt4WeightQATQuantizer(groupsize=32).prepare(model)
-    model.requires_grad_(True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    g = torch.Generator().manual_seed(4)
-    model.train()
-    for _ in range(3):
-        _reset_caches(model)
-        tokens = torch.randint(0, 256, (1, 16), generator=g)
-        opt.zero_grad()
-        logits = model(tokens[:, :-1], torch.arange(15))
-        Fn.cross_entropy(logits, tokens[:, -1]).backward()
-        opt.step()
-    model.eval().requires_grad_(False)
-    _reset_caches(model)
+    _sgd_steps(model)
     prompt = [5, 17, 42, 8, 99, 3, 250, 61]
     with torch.no_grad():
         eager = generate_tokens(lambda t, p: model(t, p), prompt, 64, 96, keep_logits=True)

@@ -86,23 +86,12 @@ def test_qat_with_fp16_scales_is_exact_end_to_end(tmp_path):
     from torchao.quantization.qat import Int8DynActInt4WeightQATQuantizer
 
     import mobilemoe_export as mm
-    from test_qat import REL, _rel, _reset_caches, _tiny_lm
+    from test_qat import REL, _rel, _sgd_steps, _tiny_lm
 
     model = _tiny_lm()
     mm.prepare_qat(model, group_size=32, scales_dtype="fp16")
     Int8DynActInt4WeightQATQuantizer(groupsize=32, scales_precision=torch.float16).prepare(model)
-    model.requires_grad_(True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    g = torch.Generator().manual_seed(4)
-    model.train()
-    for _ in range(3):
-        _reset_caches(model)
-        tokens = torch.randint(0, 256, (1, 16), generator=g)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(tokens[:, :-1], torch.arange(15)), tokens[:, -1]).backward()
-        opt.step()
-    model.eval().requires_grad_(False)
-    _reset_caches(model)
+    _sgd_steps(model)
     prompt = torch.tensor([[5, 17, 42, 8, 99, 3, 250, 61]])
     with torch.no_grad():
         want = model(prompt, torch.arange(8))

@@ -83,15 +83,3 @@ pub fn dtype_size(dtype: fb::DType) -> Option<usize> {
         _ => return None,
     })
 }
-
-/// Reinterpret a byte range as f32 without copying when it is 4-byte aligned, else copy it once.
-/// Returns the values and whether a copy was made.
-pub fn f32_view(bytes: &[u8]) -> (std::borrow::Cow<'_, [f32]>, bool) {
-    match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-        Ok(s) => (std::borrow::Cow::Borrowed(s), false),
-        Err(_) => {
-            let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            (std::borrow::Cow::Owned(v), true)
-        }
-    }
-}

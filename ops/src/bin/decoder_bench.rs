@@ -33,22 +33,7 @@ enum Kv {
     Fp32,
 }
 
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-extern "C" {
-    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
-}
-
-/// CPU seconds of the whole process (all threads).
-fn process_cpu_s() -> f64 {
-    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer; CLOCK_PROCESS_CPUTIME_ID = 2 on Linux.
-    unsafe { clock_gettime(2, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
+use mobilemoe_ops::testing::process_cpu_s;
 
 /// How long idle pool workers keep a core busy after the last job: CPU time burnt by the process
 /// while the caller sleeps 100 ms after a job (minus the caller's own ~0), per worker, median of 5.

@@ -245,21 +245,7 @@ impl LayerBuf {
     }
 }
 
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-extern "C" {
-    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
-}
-/// CPU time of the whole process in seconds (all threads; includes the pool's spinning).
-fn process_cpu_s() -> f64 {
-    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer; CLOCK_PROCESS_CPUTIME_ID = 2 on Linux.
-    unsafe { clock_gettime(2, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
+use mobilemoe_ops::testing::process_cpu_s;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

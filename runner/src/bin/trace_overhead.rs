@@ -38,15 +38,7 @@ fn child(mode: &str, iters: usize) {
         }
         _ => panic!("unknown mode {mode}"),
     }
-    let spec = MoeSpec {
-        dim: 1024,
-        hidden: 512,
-        shared_hidden: 1024,
-        group: 32,
-        bits: WeightBits::Int4,
-        router: RouterConfig { num_experts: 32, top_k: 4, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
-        exact: false,
-    };
+    let spec = mobilemoe_ops::testing::s_like_moe_spec();
     let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
     let mut s = 0x1234_5678_9abc_def1u64;
     let mut gen = |n: usize, sc: f32| -> Vec<f32> { (0..n).map(|_| rng(&mut s) * sc).collect() };

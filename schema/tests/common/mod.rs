@@ -1,7 +1,7 @@
 //! Shared helpers: random layer weights and a valid two-node blob.
 #![allow(dead_code)]
 
-use mobilemoe_ops::{MatrixSpec, MoeSpec, PackedMatrix, RouterConfig, ScoreFunc, WeightBits};
+use mobilemoe_ops::{MatrixSpec, MoeSpec, OwnedScales, PackedMatrix, PackedRef, RouterConfig, ScaleRef, ScaleType, ScoreFunc, WeightBits};
 use mobilemoe_schema::write::{BlobBuilder, MoeLayerWeights};
 
 pub struct Rng(pub u64);
@@ -71,19 +71,32 @@ pub fn layer(seed: u64) -> Layer {
 
 /// x [1, T, 64] -> MoE -> linear -> [1, T, 48]; returns the builder.
 pub fn builder(l: &Layer) -> BlobBuilder {
+    builder_with_scales(l, ScaleType::F32)
+}
+
+/// `m` with the scales `s` (the same values, possibly in another element type).
+fn with_scales<'a>(m: &'a PackedMatrix, s: ScaleRef<'a>) -> PackedRef<'a> {
+    PackedRef { scales: s, ..m.as_ref() }
+}
+
+/// `builder` with every per-group scale stored as `t` (the layer's f32 values converted to `t`:
+/// round them first, e.g. with `ScaleType::round`, to compare with f32 storage).
+pub fn builder_with_scales(l: &Layer, t: ScaleType) -> BlobBuilder {
+    let o = |v: &[f32]| OwnedScales::from_f32(t, v);
+    let (s13, s2, sh13, sh2, lin) = (o(&l.w13_s), o(&l.w2_s), o(&l.sh13.scales), o(&l.sh2.scales), o(&l.lin.scales));
     let mut b = BlobBuilder::new();
     let x = b.activation(&[1, -1, 64], true);
     let w = MoeLayerWeights {
         router_w: &l.router_w,
         expert_bias: Some(&l.bias),
         w13: &l.w13,
-        w13_scales: (&l.w13_s).into(),
+        w13_scales: s13.as_ref(),
         w2: &l.w2,
-        w2_scales: (&l.w2_s).into(),
-        shared: Some((l.sh13.as_ref(), l.sh2.as_ref(), Some(&l.gate))),
+        w2_scales: s2.as_ref(),
+        shared: Some((with_scales(&l.sh13, sh13.as_ref()), with_scales(&l.sh2, sh2.as_ref()), Some(&l.gate))),
     };
     let h = b.moe_ffn_layer("moe", x, &l.spec, &w);
-    let y = b.linear_layer("proj", h, &l.lin.as_ref(), Some(&l.lin_bias), false);
+    let y = b.linear_layer("proj", h, &with_scales(&l.lin, lin.as_ref()), Some(&l.lin_bias), false);
     b.set_inputs(&[x]);
     b.set_outputs(&[y]);
     b
