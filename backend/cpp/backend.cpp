@@ -326,10 +326,24 @@ void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     if (sf == "softmax") a.score_func = 0;
     else if (sf == "softmax_all") a.score_func = 1;
     else if (sf == "sigmoid") a.score_func = 2;
+    else if (sf == "topk_sigmoid") a.score_func = 3;
+    else if (sf == "sparsemixer") a.score_func = 4;
     else {
-      ET_LOG(Error, "%s: unknown score_func '%.*s' (softmax, softmax_all, sigmoid)", op, (int)sf.size(), sf.data());
+      ET_LOG(Error, "%s: unknown score_func '%.*s' (softmax, softmax_all, sigmoid, topk_sigmoid, sparsemixer)", op, (int)sf.size(),
+             sf.data());
       return ctx.fail(Error::InvalidArgument);
     }
+    std::string_view gs = stack[A::group_score]->toString();
+    if (gs == "max") a.group_score = 0;
+    else if (gs == "top2_sum") a.group_score = 1;
+    else {
+      ET_LOG(Error, "%s: unknown group_score '%.*s' (max, top2_sum)", op, (int)gs.size(), gs.data());
+      return ctx.fail(Error::InvalidArgument);
+    }
+    a.num_groups = stack[A::num_groups]->toInt();
+    a.top_groups = stack[A::top_groups]->toInt();
+    a.weight_input = stack[A::weight_input]->toBool() ? 1 : 0;
+    a.jitter_eps = (float)stack[A::jitter_eps]->toDouble();
     a.renormalize = stack[A::renormalize]->toBool() ? 1 : 0;
     a.route_scale = (float)stack[A::route_scale]->toDouble();
     a.exact = stack[A::exact]->toBool() ? 1 : 0;

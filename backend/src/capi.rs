@@ -3,8 +3,8 @@
 //! becomes return code 2 and a `mobilemoe_last_error` message).
 
 use mobilemoe_ops::{
-    linear, moe_ffn, quant, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeSpec, MoeWeights, PackedRef, RouterConfig, ScoreFunc,
-    SharedExpert, ThreadPool, WeightBits,
+    linear, moe_ffn, quant, GroupLimit, GroupScore, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeSpec, MoeWeights, PackedRef,
+    RouterConfig, ScoreFunc, SharedExpert, ThreadPool, WeightBits,
 };
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
@@ -49,13 +49,21 @@ pub struct MobileMoeFfnArgs {
     pub shared_hidden_dim: i64,
     pub group_size: i64,
     pub weight_bits: i64,
-    /// 0 softmax, 1 softmax_all, 2 sigmoid
+    /// 0 softmax, 1 softmax_all, 2 sigmoid, 3 topk_sigmoid, 4 sparsemixer
     pub score_func: i32,
     pub renormalize: i32,
     pub route_scale: f32,
     pub exact: i32,
     pub out: *mut f32,
     pub out_len: u64,
+    /// Group-limited routing (1 = none); appended in format version 4 so the fields above keep
+    /// their offsets.
+    pub num_groups: i64,
+    pub top_groups: i64,
+    /// 0 max, 1 top2_sum
+    pub group_score: i32,
+    pub weight_input: i32,
+    pub jitter_eps: f32,
 }
 
 #[repr(C)]
@@ -214,7 +222,14 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
             0 => ScoreFunc::Softmax,
             1 => ScoreFunc::SoftmaxAll,
             2 => ScoreFunc::Sigmoid,
-            o => return Err(format!("score_func = {o} (0 softmax, 1 softmax_all, 2 sigmoid)")),
+            3 => ScoreFunc::TopkSigmoid,
+            4 => ScoreFunc::SparseMixer,
+            o => return Err(format!("score_func = {o} (0 softmax, 1 softmax_all, 2 sigmoid, 3 topk_sigmoid, 4 sparsemixer)")),
+        };
+        let group_score = match a.group_score {
+            0 => GroupScore::Max,
+            1 => GroupScore::TopTwoSum,
+            o => return Err(format!("group_score = {o} (0 max, 1 top2_sum)")),
         };
         if a.shared_hidden_dim < 0 {
             return Err(format!("shared_hidden_dim = {} must be >= 0", a.shared_hidden_dim));
@@ -231,6 +246,13 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
                 score_func,
                 renormalize: a.renormalize != 0,
                 route_scale: a.route_scale,
+                group_limit: GroupLimit {
+                    groups: pos("num_groups", a.num_groups)?,
+                    top_groups: pos("top_groups", a.top_groups)?,
+                    score: group_score,
+                },
+                weight_input: a.weight_input != 0,
+                jitter_eps: a.jitter_eps,
             },
             exact: a.exact != 0,
         };
@@ -533,7 +555,7 @@ fn abi_layout(which: i32) -> Option<(Vec<u64>, &'static str)> {
             shared_w13, shared_w13_len, shared_w13_scales, shared_w13_scales_len, shared_w2, shared_w2_len,
             shared_w2_scales, shared_w2_scales_len, shared_gate, shared_gate_len, num_experts, top_k, dim,
             hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize, route_scale,
-            exact, out, out_len),
+            exact, out, out_len, num_groups, top_groups, group_score, weight_input, jitter_eps),
         2 => abi_layout!(MobileMoeLinearArgs; x, x_len, rows, weight, weight_len, scales, scales_len, bias,
             bias_len, in_features, out_features, group_size, weight_bits, exact, out, out_len),
         3 => abi_layout!(MobileMoeBuf; ptr, len),
@@ -568,7 +590,7 @@ pub unsafe extern "C" fn mobilemoe_abi_layout(which: i32, out: *mut u64, cap: u6
 #[cfg(target_pointer_width = "64")]
 const _: () = {
     use std::mem::{offset_of, size_of};
-    assert!(size_of::<MobileMoeFfnArgs>() == 288);
+    assert!(size_of::<MobileMoeFfnArgs>() == 320);
     assert!(offset_of!(MobileMoeFfnArgs, tokens) == 16);
     assert!(offset_of!(MobileMoeFfnArgs, shared_gate_len) == 192);
     assert!(offset_of!(MobileMoeFfnArgs, num_experts) == 200);
@@ -579,6 +601,11 @@ const _: () = {
     assert!(offset_of!(MobileMoeFfnArgs, exact) == 268);
     assert!(offset_of!(MobileMoeFfnArgs, out) == 272);
     assert!(offset_of!(MobileMoeFfnArgs, out_len) == 280);
+    assert!(offset_of!(MobileMoeFfnArgs, num_groups) == 288);
+    assert!(offset_of!(MobileMoeFfnArgs, top_groups) == 296);
+    assert!(offset_of!(MobileMoeFfnArgs, group_score) == 304);
+    assert!(offset_of!(MobileMoeFfnArgs, weight_input) == 308);
+    assert!(offset_of!(MobileMoeFfnArgs, jitter_eps) == 312);
     assert!(size_of::<MobileMoeLinearArgs>() == 128);
     assert!(offset_of!(MobileMoeLinearArgs, in_features) == 72);
     assert!(offset_of!(MobileMoeLinearArgs, weight_bits) == 96);
@@ -594,7 +621,7 @@ mod abi_tests {
 
     #[test]
     fn abi_layout_reports_every_field() {
-        for (which, fields) in [(1, 38), (2, 16), (3, 2)] {
+        for (which, fields) in [(1, 43), (2, 16), (3, 2)] {
             let mut out = vec![u64::MAX; 64];
             let mut names: *const c_char = std::ptr::null();
             // SAFETY: `out` holds 64 values; `names` is a valid out-pointer.

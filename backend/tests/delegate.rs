@@ -68,6 +68,11 @@ fn via_capi(l: &Layer, x: &[f32], t: usize) -> Vec<f32> {
         exact: 0,
         out: h.as_mut_ptr(),
         out_len: h.len() as u64,
+        num_groups: 1,
+        top_groups: 1,
+        group_score: 0,
+        weight_input: 0,
+        jitter_eps: 0.0,
     };
     assert_eq!(unsafe { mobilemoe_moe_ffn(&a) }, 0);
     let mut y = vec![0f32; t * 48];

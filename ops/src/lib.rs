@@ -20,5 +20,5 @@ pub use kernels::{KernelKind, Kernels};
 pub use linear::{linear, LinearScratch};
 pub use moe::{moe_ffn, MoeScratch, MoeSpec, MoeWeights, SharedExpert};
 pub use quant::{MatrixSpec, OwnedScales, PackedMatrix, PackedRef, ScaleRef, ScaleType, WeightBits};
-pub use routing::{RouterConfig, ScoreFunc};
+pub use routing::{GroupLimit, GroupScore, RouterConfig, ScoreFunc};
 pub use threadpool::ThreadPool;

@@ -251,7 +251,8 @@ impl MoeScratch {
         let _g = debug_span!("route").entered();
         let (t, e, tk) = (r.t, r.spec.router.num_experts, r.tk);
         grow(&mut self.logits, t * e);
-        grow(&mut self.route_tmp, e);
+        let rs = r.spec.router.scratch_len();
+        grow(&mut self.route_tmp, rs);
         grow(&mut self.ids, tk);
         grow(&mut self.weights, tk);
         routing::route(
@@ -262,7 +263,7 @@ impl MoeScratch {
             r.w.router_w,
             r.w.expert_bias,
             &mut self.logits[..t * e],
-            &mut self.route_tmp[..e],
+            &mut self.route_tmp[..rs],
             &mut self.ids[..tk],
             &mut self.weights[..tk],
         )
@@ -302,7 +303,22 @@ impl MoeScratch {
     fn gather_activations(&mut self, r: &MoeRun<'_, '_>) -> Result<()> {
         let _g = debug_span!("quantize").entered();
         let (d, tk) = (r.spec.dim, r.tk);
-        if r.spec.exact {
+        if r.spec.router.weight_input {
+            // expert(w * x): every pair has its own input row, quantized as a row of its own.
+            grow(&mut self.xg, tk * d);
+            let k = r.spec.router.top_k;
+            for p in 0..tk {
+                let (tok, slot) = (p / k, self.pos[p] as usize);
+                let wt = self.weights[p];
+                for (g, &v) in self.xg[slot * d..(slot + 1) * d].iter_mut().zip(&r.x[tok * d..(tok + 1) * d]) {
+                    *g = v * wt;
+                }
+            }
+            if !r.spec.exact {
+                self.qg.quantize(&self.xg[..tk * d], tk, d, r.spec.group)?;
+                self.qx.quantize(r.x, r.t, d, r.spec.group)?; // the shared expert's input
+            }
+        } else if r.spec.exact {
             grow(&mut self.xg, tk * d);
             for p in 0..tk {
                 let tok = self.pair_token[p] as usize;
@@ -417,7 +433,8 @@ impl MoeScratch {
             let y = &mut out[i * d..(i + 1) * d];
             y.fill(0.0);
             for j in 0..k {
-                let wt = self.weights[i * k + j];
+                // weight_input: the weight already scaled the expert's input.
+                let wt = if r.spec.router.weight_input { 1.0 } else { self.weights[i * k + j] };
                 let p = self.pos[i * k + j] as usize;
                 crate::act::fma_axpy(y, wt, &self.o[p * d..(p + 1) * d]);
             }

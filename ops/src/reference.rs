@@ -14,7 +14,7 @@
 
 use crate::moe::{MoeSpec, MoeWeights};
 use crate::quant::{MatrixSpec, PackedRef, WeightBits};
-use crate::routing::{RouterConfig, ScoreFunc};
+use crate::routing::{GroupScore, RouterConfig, ScoreFunc};
 use std::cmp::Ordering;
 
 /// Rows per tile and columns per chunk of the T16K4 layout (DESIGN section 2).
@@ -169,6 +169,50 @@ pub fn select(keys: &[f32], k: usize) -> Vec<u32> {
     ids
 }
 
+/// The experts that group-limited routing lets compete (DESIGN section 4): all, or the members of
+/// the `top_groups` groups with the best group scores (max, or sum of the two best keys).
+fn eligible_experts(cfg: &RouterConfig, keys: &[f32]) -> Vec<bool> {
+    let g = cfg.group_limit;
+    let e = keys.len();
+    if g.groups <= 1 || g.top_groups >= g.groups {
+        return vec![true; e];
+    }
+    let per = e / g.groups;
+    let group_scores: Vec<f32> = (0..g.groups)
+        .map(|gi| {
+            let best = select(&keys[gi * per..(gi + 1) * per], 2);
+            let top1 = keys[gi * per + best[0] as usize];
+            match g.score {
+                GroupScore::Max => top1,
+                GroupScore::TopTwoSum => top1 + keys[gi * per + best[1] as usize],
+            }
+        })
+        .collect();
+    let chosen = select(&group_scores, g.top_groups);
+    (0..e).map(|i| chosen.contains(&((i / per) as u32))).collect()
+}
+
+/// `select` among the eligible experts only.
+fn select_eligible(keys: &[f32], eligible: &[bool], k: usize) -> Vec<u32> {
+    select(keys, keys.len()).into_iter().filter(|&i| eligible[i as usize]).take(k).collect()
+}
+
+/// PhiMoE `sparsemixer` weight of `pick` (DESIGN section 4): softmax at `pick` over the candidate
+/// logits within the relative threshold `2 eps` of it.
+fn sparsemixer_weight(logits: &[f32], pick: usize, candidates: &[bool], eps: f32) -> f32 {
+    let m = logits[pick];
+    let mut sum = 0f32;
+    for (j, &s) in logits.iter().enumerate() {
+        let factor = if s.abs() < m { m } else { s.abs() };
+        // torch masks where `(m - s) / factor > 2 eps`: a NaN ratio is not masked
+        let masked = (m - s) / factor > 2.0 * eps;
+        if candidates[j] && !masked {
+            sum += exp(s - m);
+        }
+    }
+    exp(0.0) / sum
+}
+
 /// Routing of one token (DESIGN section 4): (expert ids, weights) in selection order.
 pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
     let k = cfg.top_k;
@@ -181,9 +225,10 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u
         let div = if sum < f32::MIN_POSITIVE { f32::MIN_POSITIVE } else { sum };
         w.iter_mut().for_each(|v| *v /= div);
     };
+    let pick = |keys: &[f32]| select_eligible(keys, &eligible_experts(cfg, keys), k);
     let (ids, mut wts) = match cfg.score_func {
         ScoreFunc::Softmax => {
-            let ids = select(logits, k);
+            let ids = pick(logits);
             let mut max = f32::NEG_INFINITY;
             for &i in &ids {
                 if logits[i as usize] > max {
@@ -211,25 +256,38 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u
                 sum += v;
             }
             p.iter_mut().for_each(|v| *v /= sum);
-            let ids = select(&p, k);
+            let ids = pick(&p);
             let mut w: Vec<f32> = ids.iter().map(|&i| p[i as usize]).collect();
             if cfg.renormalize {
                 renorm(&mut w);
             }
             (ids, w)
         }
-        ScoreFunc::Sigmoid => {
+        ScoreFunc::Sigmoid | ScoreFunc::TopkSigmoid => {
             let s: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
-            // The bias steers the selection only; the weights are the unbiased scores.
-            let ids = match bias {
-                Some(b) => select(&s.iter().zip(b).map(|(&v, &bv)| v + bv).collect::<Vec<_>>(), k),
-                None => select(&s, k),
+            // sigmoid: the bias steers the selection only; the weights are the unbiased scores.
+            // topk_sigmoid: the selection is on the logits themselves.
+            let ids = match (cfg.score_func, bias) {
+                (ScoreFunc::TopkSigmoid, _) => pick(logits),
+                (_, Some(b)) => pick(&s.iter().zip(b).map(|(&v, &bv)| v + bv).collect::<Vec<_>>()),
+                (_, None) => pick(&s),
             };
             let mut w: Vec<f32> = ids.iter().map(|&i| s[i as usize]).collect();
             if cfg.renormalize {
                 renorm(&mut w);
             }
             (ids, w)
+        }
+        ScoreFunc::SparseMixer => {
+            let first = select(logits, 1)[0];
+            let mut rest = vec![true; logits.len()];
+            rest[first as usize] = false;
+            let second = select_eligible(logits, &rest, 1)[0];
+            let w = vec![
+                sparsemixer_weight(logits, first as usize, &vec![true; logits.len()], cfg.jitter_eps),
+                sparsemixer_weight(logits, second as usize, &rest, cfg.jitter_eps),
+            ];
+            (vec![first, second], w)
         }
     };
     if cfg.route_scale != 1.0 {
@@ -349,7 +407,13 @@ pub fn moe_ffn_naive(spec: &MoeSpec, w: &MoeWeights<'_>, x: &[f32], t: usize) ->
             let ex = ex as usize;
             let unpacked = experts[ex]
                 .get_or_insert_with(|| Unpacked::new(&expert(s13, w.w13, w.w13_scales, ex, e), &expert(s2, w.w2, w.w2_scales, ex, e)));
-            let o = unpacked.ffn(xi, spec.exact);
+            // weight_input: y += expert(w * x); otherwise y += w * expert(x).
+            let (o, wt) = if spec.router.weight_input {
+                let scaled: Vec<f32> = xi.iter().map(|&v| v * wt).collect();
+                (unpacked.ffn(&scaled, spec.exact), 1.0f32)
+            } else {
+                (unpacked.ffn(xi, spec.exact), wt)
+            };
             for (yv, ov) in y.iter_mut().zip(o) {
                 *yv = wt.mul_add(ov, *yv);
             }

@@ -1,10 +1,11 @@
-//! MoE routing: router GEMM, score functions, NaN-safe top-k with lowest-index tie-break.
-//! Every exponential is the crate's deterministic `moe::exp_f32` (the same bits on every ISA).
+//! MoE routing: router GEMM, score functions, group-limited selection, NaN-safe top-k with
+//! lowest-index tie-break. Every exponential is the crate's deterministic `moe::exp_f32` (the same
+//! bits on every ISA).
 
 use crate::error::{check_len, mul_dims, OpsError, Result};
 use crate::moe::{exp_f32, sigmoid};
 
-/// Score function (wire names: `softmax`, `softmax_all`, `sigmoid`).
+/// Score function (wire names: `softmax`, `softmax_all`, `sigmoid`, `topk_sigmoid`, `sparsemixer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ScoreFunc {
     /// Top-k over the logits, then softmax over the k selected (Mixtral).
@@ -13,23 +14,77 @@ pub enum ScoreFunc {
     SoftmaxAll,
     /// Sigmoid scores; optional bias for selection only; normalised; times route_scale (DeepSeek-V3).
     Sigmoid,
+    /// Top-k over the logits, then the sigmoid of each selected logit (Llama 4).
+    TopkSigmoid,
+    /// PhiMoE's `sparsemixer` at inference, top-2: each pick (the best, then the best of the
+    /// rest) is weighted by a softmax over the experts whose logit lies within a relative
+    /// threshold `2 * jitter_eps` of the pick's.
+    SparseMixer,
 }
 
 impl ScoreFunc {
+    pub const ALL: [ScoreFunc; 5] = [Self::Softmax, Self::SoftmaxAll, Self::Sigmoid, Self::TopkSigmoid, Self::SparseMixer];
+
     pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "softmax" => Ok(Self::Softmax),
-            "softmax_all" => Ok(Self::SoftmaxAll),
-            "sigmoid" => Ok(Self::Sigmoid),
-            other => Err(OpsError::UnknownScoreFunc(other.to_string())),
-        }
+        Self::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| OpsError::UnknownScoreFunc(s.to_string()))
     }
     pub fn name(self) -> &'static str {
         match self {
             Self::Softmax => "softmax",
             Self::SoftmaxAll => "softmax_all",
             Self::Sigmoid => "sigmoid",
+            Self::TopkSigmoid => "topk_sigmoid",
+            Self::SparseMixer => "sparsemixer",
         }
+    }
+}
+
+/// How a group of experts is scored for group-limited routing (wire names `max`, `top2_sum`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupScore {
+    /// The best selection key in the group (DeepSeek-V2 `group_limited_greedy`).
+    Max,
+    /// The sum of the two best keys in the group (DeepSeek-V3 `noaux_tc`).
+    TopTwoSum,
+}
+
+impl GroupScore {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "max" => Ok(Self::Max),
+            "top2_sum" => Ok(Self::TopTwoSum),
+            other => Err(OpsError::Invalid(format!("unknown group score {other:?} (max, top2_sum)"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Max => "max",
+            Self::TopTwoSum => "top2_sum",
+        }
+    }
+}
+
+/// Group-limited routing: the experts form `groups` equal contiguous groups; only the experts of
+/// the `top_groups` best groups (by `score` over the selection keys) can be selected.
+/// `groups == 1` is no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupLimit {
+    pub groups: usize,
+    pub top_groups: usize,
+    pub score: GroupScore,
+}
+
+impl GroupLimit {
+    pub const NONE: GroupLimit = GroupLimit { groups: 1, top_groups: 1, score: GroupScore::Max };
+
+    pub fn is_limited(&self) -> bool {
+        self.groups > 1 && self.top_groups < self.groups
+    }
+}
+
+impl Default for GroupLimit {
+    fn default() -> Self {
+        Self::NONE
     }
 }
 
@@ -39,24 +94,87 @@ pub struct RouterConfig {
     pub num_experts: usize,
     pub top_k: usize,
     pub score_func: ScoreFunc,
-    /// Divide the selected weights by their sum (softmax_all, sigmoid).
+    /// Divide the selected weights by their sum (softmax_all, sigmoid, topk_sigmoid).
     pub renormalize: bool,
     /// Multiplies the final weights.
     pub route_scale: f32,
+    /// Group-limited selection (DeepSeek); `GroupLimit::NONE` selects over all experts.
+    pub group_limit: GroupLimit,
+    /// The routing weight scales each expert's *input* (`expert(w * x)`, Llama 4) instead of its
+    /// output (`w * expert(x)`); SwiGLU is not linear in `w`, so the two differ.
+    pub weight_input: bool,
+    /// `sparsemixer`'s `jitter_eps` (its threshold is `2 * jitter_eps`); 0 for the others.
+    pub jitter_eps: f32,
+}
+
+impl Default for RouterConfig {
+    /// One expert, top-1 softmax: a base for `RouterConfig { num_experts, .., ..Default::default() }`.
+    fn default() -> Self {
+        RouterConfig {
+            num_experts: 1,
+            top_k: 1,
+            score_func: ScoreFunc::Softmax,
+            renormalize: false,
+            route_scale: 1.0,
+            group_limit: GroupLimit::NONE,
+            weight_input: false,
+            jitter_eps: 0.0,
+        }
+    }
 }
 
 impl RouterConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.num_experts == 0 {
+        let (e, k) = (self.num_experts, self.top_k);
+        if e == 0 {
             return Err(OpsError::ZeroDim { what: "num_experts" });
         }
-        if self.top_k == 0 || self.top_k > self.num_experts {
-            return Err(OpsError::BadTopK { top_k: self.top_k, num_experts: self.num_experts });
+        if k == 0 || k > e {
+            return Err(OpsError::BadTopK { top_k: k, num_experts: e });
         }
         if !self.route_scale.is_finite() {
             return Err(OpsError::Invalid(format!("route_scale must be finite, got {}", self.route_scale)));
         }
+        let g = self.group_limit;
+        if g.groups == 0 || e % g.groups != 0 || g.top_groups == 0 || g.top_groups > g.groups {
+            return Err(OpsError::Invalid(format!(
+                "group limit: {} experts in {} groups, {} selected groups (need groups dividing the experts and 1 <= top_groups <= groups)",
+                e, g.groups, g.top_groups
+            )));
+        }
+        if g.is_limited() {
+            let per = e / g.groups;
+            if k > g.top_groups * per {
+                return Err(OpsError::Invalid(format!(
+                    "group limit: top_k = {k} exceeds the {} experts of the {} selected groups",
+                    g.top_groups * per,
+                    g.top_groups
+                )));
+            }
+            if g.score == GroupScore::TopTwoSum && per < 2 {
+                return Err(OpsError::Invalid("group score top2_sum needs at least 2 experts per group".into()));
+            }
+            if self.score_func == ScoreFunc::SparseMixer {
+                return Err(OpsError::Invalid("sparsemixer routing has no group limit".into()));
+            }
+        }
+        if self.score_func == ScoreFunc::SparseMixer {
+            if k != 2 || self.renormalize {
+                return Err(OpsError::Invalid(format!(
+                    "sparsemixer routing selects exactly 2 experts without renormalisation (top_k = {k}, renormalize = {})",
+                    self.renormalize
+                )));
+            }
+            if !(self.jitter_eps.is_finite() && self.jitter_eps >= 0.0) {
+                return Err(OpsError::Invalid(format!("jitter_eps must be finite and >= 0, got {}", self.jitter_eps)));
+            }
+        }
         Ok(())
+    }
+
+    /// Floats of the `scratch` that `route_token` needs.
+    pub fn scratch_len(&self) -> usize {
+        self.num_experts + 2 * self.group_limit.groups
     }
 }
 
@@ -75,28 +193,37 @@ fn better(a: f32, ia: usize, b: f32, ib: usize) -> bool {
 /// Every id written is `< scores.len()`; if k > `scores.len()` only the first `scores.len()` ids
 /// are written, and k = 0 or empty `scores` writes nothing (never panics).
 pub fn top_k(scores: &[f32], ids: &mut [u32]) {
-    let k = ids.len().min(scores.len());
+    top_k_by(scores.len(), |i| scores[i], |_| true, ids);
+}
+
+/// Top-k over the indices `0..n` that are `eligible`, ranked by `key` (as `top_k`). Writes at most
+/// as many ids as there are eligible indices.
+#[inline]
+fn top_k_by(n: usize, key: impl Fn(usize) -> f32, eligible: impl Fn(usize) -> bool, ids: &mut [u32]) -> usize {
+    let k = ids.len().min(n);
     if k == 0 {
-        return;
+        return 0;
     }
     // Partial insertion sort: k is small (<= 8 typically) and E <= a few hundred.
-    let mut n = 0usize;
-    for (i, &s) in scores.iter().enumerate() {
-        if n < k {
-            ids[n] = i as u32;
-            n += 1;
-        } else if better(s, i, scores[ids[k - 1] as usize], ids[k - 1] as usize) {
+    let mut filled = 0usize;
+    for i in (0..n).filter(|&i| eligible(i)) {
+        let s = key(i);
+        if filled < k {
+            ids[filled] = i as u32;
+            filled += 1;
+        } else if better(s, i, key(ids[k - 1] as usize), ids[k - 1] as usize) {
             ids[k - 1] = i as u32;
         } else {
             continue;
         }
         // bubble the new element up
-        let mut j = n - 1;
-        while j > 0 && better(scores[ids[j] as usize], ids[j] as usize, scores[ids[j - 1] as usize], ids[j - 1] as usize) {
+        let mut j = filled - 1;
+        while j > 0 && better(key(ids[j] as usize), ids[j] as usize, key(ids[j - 1] as usize), ids[j - 1] as usize) {
             ids.swap(j, j - 1);
             j -= 1;
         }
     }
+    filled
 }
 
 /// Divisor of a renormalisation: the sum, clamped below at the smallest normal f32 so that an
@@ -111,7 +238,59 @@ fn renorm_divisor(sum: f32) -> f32 {
     }
 }
 
-/// Route one token: `logits[E]` -> (`ids[k]`, `weights[k]`). `scratch` needs `E` floats.
+/// Marks the `top_groups` best groups of `key` in `chosen` (1.0 chosen, 0.0 not): each group is
+/// scored by `score` over its contiguous experts, groups ranked as `top_k` ranks experts.
+/// `buf` holds the group scores (`groups` floats).
+fn choose_groups(g: &GroupLimit, n: usize, key: &impl Fn(usize) -> f32, buf: &mut [f32], chosen: &mut [f32]) {
+    let per = n / g.groups;
+    for (gi, s) in buf.iter_mut().enumerate() {
+        let members = gi * per..(gi + 1) * per;
+        let mut best = [0u32; 2];
+        let want = if g.score == GroupScore::TopTwoSum { 2 } else { 1 };
+        top_k_by(per, |j| key(members.start + j), |_| true, &mut best[..want]);
+        let first = key(members.start + best[0] as usize);
+        // torch: `topk(2).values.sum()` (top2_sum, validated per >= 2) or `max` (per >= 1)
+        *s = if want == 2 { first + key(members.start + best[1] as usize) } else { first };
+    }
+    for (gi, c) in chosen.iter_mut().enumerate() {
+        let ahead = (0..g.groups).filter(|&h| better(buf[h], h, buf[gi], gi)).count();
+        *c = if ahead < g.top_groups { 1.0 } else { 0.0 };
+    }
+}
+
+/// Top-k of `key` over the eligible experts: all, or those of the chosen groups.
+fn select(cfg: &RouterConfig, key: impl Fn(usize) -> f32, group_scratch: &mut [f32], ids: &mut [u32]) {
+    let (e, g) = (cfg.num_experts, cfg.group_limit);
+    if !g.is_limited() {
+        top_k_by(e, key, |_| true, ids);
+        return;
+    }
+    let (buf, chosen) = group_scratch[..2 * g.groups].split_at_mut(g.groups);
+    choose_groups(&g, e, &key, buf, chosen);
+    let per = e / g.groups;
+    top_k_by(e, key, |i| chosen[i / per] != 0.0, ids);
+}
+
+/// `sparsemixer`'s weight of `pick` (the max over the candidates): `1 / sum exp(s_j - s_pick)`
+/// over the candidates j with `(s_pick - s_j) / max(|s_j|, s_pick) <= 2 eps` (PhiMoE masks the
+/// others with -inf before its softmax; the pick's own term is exp(0) = 1).
+fn sparsemixer_weight(logits: &[f32], pick: usize, candidate: impl Fn(usize) -> bool, eps: f32) -> f32 {
+    let m = logits[pick];
+    let threshold = 2.0 * eps;
+    let mut sum = 0f32;
+    for (j, &s) in logits.iter().enumerate() {
+        let a = s.abs();
+        let factor = if a < m { m } else { a }; // torch clamp(min = m): NaN stays NaN
+        let masked = (m - s) / factor > threshold;
+        if candidate(j) && !masked {
+            sum += exp_f32(s - m);
+        }
+    }
+    1.0 / sum
+}
+
+/// Route one token: `logits[E]` -> (`ids[k]`, `weights[k]`). `scratch` needs
+/// `cfg.scratch_len()` floats.
 pub fn route_token(
     cfg: &RouterConfig,
     logits: &[f32],
@@ -122,103 +301,88 @@ pub fn route_token(
 ) {
     let e = cfg.num_experts;
     let k = cfg.top_k;
-    let scratch = &mut scratch[..e];
+    let (scores, group_scratch) = scratch.split_at_mut(e);
+    let ids = &mut ids[..k];
+    let weights = &mut weights[..k];
     match cfg.score_func {
         ScoreFunc::Softmax => {
-            top_k(logits, &mut ids[..k]);
-            let max = ids[..k].iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
+            select(cfg, |i| logits[i], group_scratch, ids);
+            let max = ids.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for j in 0..k {
                 let v = exp_f32(logits[ids[j] as usize] - max);
                 weights[j] = v;
                 sum += v;
             }
-            for w in &mut weights[..k] {
+            for w in weights.iter_mut() {
                 *w /= sum;
             }
         }
         ScoreFunc::SoftmaxAll => {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
-            for (s, &l) in scratch.iter_mut().zip(logits) {
+            for (s, &l) in scores.iter_mut().zip(logits) {
                 *s = exp_f32(l - max);
                 sum += *s;
             }
-            for s in scratch.iter_mut() {
+            for s in scores.iter_mut() {
                 *s /= sum;
             }
-            top_k(scratch, &mut ids[..k]);
-            let mut sel = 0f32;
-            for j in 0..k {
-                weights[j] = scratch[ids[j] as usize];
-                sel += weights[j];
-            }
-            if cfg.renormalize {
-                let div = renorm_divisor(sel);
-                for w in &mut weights[..k] {
-                    *w /= div;
-                }
-            }
+            select(cfg, |i| scores[i], group_scratch, ids);
+            gather_weights(cfg, scores, ids, weights);
         }
         ScoreFunc::Sigmoid => {
-            for (s, &l) in scratch.iter_mut().zip(logits) {
+            for (s, &l) in scores.iter_mut().zip(logits) {
                 *s = sigmoid(l);
             }
+            // Selection on the biased scores; weights from the unbiased ones.
             match expert_bias {
-                Some(b) => {
-                    // Selection on biased scores; weights from the unbiased ones.
-                    top_k_biased(scratch, b, &mut ids[..k]);
-                }
-                None => top_k(scratch, &mut ids[..k]),
+                Some(b) => select(cfg, |i| scores[i] + b[i], group_scratch, ids),
+                None => select(cfg, |i| scores[i], group_scratch, ids),
             }
-            let mut sel = 0f32;
-            for j in 0..k {
-                weights[j] = scratch[ids[j] as usize];
-                sel += weights[j];
+            gather_weights(cfg, scores, ids, weights);
+        }
+        ScoreFunc::TopkSigmoid => {
+            select(cfg, |i| logits[i], group_scratch, ids);
+            for (s, &l) in scores.iter_mut().zip(logits) {
+                *s = sigmoid(l);
             }
-            if cfg.renormalize {
-                let div = renorm_divisor(sel);
-                for w in &mut weights[..k] {
-                    *w /= div;
-                }
-            }
+            gather_weights(cfg, scores, ids, weights);
+        }
+        ScoreFunc::SparseMixer => {
+            // k = 2 (validated): the best logit, then the best of the others.
+            top_k_by(e, |i| logits[i], |_| true, &mut ids[..1]);
+            let first = ids[0] as usize;
+            top_k_by(e, |i| logits[i], |i| i != first, &mut ids[1..2]);
+            let second = ids[1] as usize;
+            weights[0] = sparsemixer_weight(logits, first, |_| true, cfg.jitter_eps);
+            weights[1] = sparsemixer_weight(logits, second, |j| j != first, cfg.jitter_eps);
         }
     }
     if cfg.route_scale != 1.0 {
-        for w in &mut weights[..k] {
+        for w in weights.iter_mut() {
             *w *= cfg.route_scale;
         }
     }
 }
 
-/// Top-k over `scores + bias` without materialising the sum.
-fn top_k_biased(scores: &[f32], bias: &[f32], ids: &mut [u32]) {
-    let k = ids.len().min(scores.len());
-    if k == 0 {
-        return;
+/// `weights[j] = scores[ids[j]]`, divided by their sum if `cfg.renormalize`.
+fn gather_weights(cfg: &RouterConfig, scores: &[f32], ids: &[u32], weights: &mut [f32]) {
+    let mut sel = 0f32;
+    for (w, &i) in weights.iter_mut().zip(ids) {
+        *w = scores[i as usize];
+        sel += *w;
     }
-    let key = |i: usize| scores[i] + bias[i];
-    let mut n = 0usize;
-    for i in 0..scores.len() {
-        let s = key(i);
-        if n < k {
-            ids[n] = i as u32;
-            n += 1;
-        } else if better(s, i, key(ids[k - 1] as usize), ids[k - 1] as usize) {
-            ids[k - 1] = i as u32;
-        } else {
-            continue;
-        }
-        let mut j = n - 1;
-        while j > 0 && better(key(ids[j] as usize), ids[j] as usize, key(ids[j - 1] as usize), ids[j - 1] as usize) {
-            ids.swap(j, j - 1);
-            j -= 1;
+    if cfg.renormalize {
+        let div = renorm_divisor(sel);
+        for w in weights.iter_mut() {
+            *w /= div;
         }
     }
 }
 
 /// Router for `t` tokens: `x[t, d]`, `router_w[E, d]` (fp32) -> `ids[t, k]`, `weights[t, k]`.
-/// `logits` needs `t * E` floats, `scratch` `E`.
+/// `logits` needs `t * E` floats, `scratch` `cfg.scratch_len()`.
 #[allow(clippy::too_many_arguments)]
 pub fn route(
     cfg: &RouterConfig,
@@ -242,8 +406,8 @@ pub fn route(
     check_len("router logits scratch", mul_dims("router logits scratch", &[t, e])?, logits.len())?;
     check_len("expert ids", mul_dims("expert ids", &[t, k])?, ids.len())?;
     check_len("expert weights", mul_dims("expert weights", &[t, k])?, weights.len())?;
-    if scratch.len() < e {
-        return Err(OpsError::SizeMismatch { what: "router scratch", expected: e, got: scratch.len() });
+    if scratch.len() < cfg.scratch_len() {
+        return Err(OpsError::SizeMismatch { what: "router scratch", expected: cfg.scratch_len(), got: scratch.len() });
     }
     router_logits(x, t, d, router_w, e, logits);
     for i in 0..t {

@@ -62,6 +62,7 @@ pub fn s_like_moe_spec() -> crate::MoeSpec {
             score_func: crate::ScoreFunc::Sigmoid,
             renormalize: true,
             route_scale: 1.0,
+            ..Default::default()
         },
         exact: false,
     }

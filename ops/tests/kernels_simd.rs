@@ -325,7 +325,14 @@ fn fused_prefill_equals_naive() {
             shared_hidden: 2 * group,
             group,
             bits,
-            router: RouterConfig { num_experts: 6, top_k: 3, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
+            router: RouterConfig {
+                num_experts: 6,
+                top_k: 3,
+                score_func: ScoreFunc::Sigmoid,
+                renormalize: true,
+                route_scale: 1.0,
+                ..Default::default()
+            },
             exact,
         };
         let layer = common::Layer::random(spec, 11, true, true);

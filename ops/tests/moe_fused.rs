@@ -23,7 +23,7 @@ fn spec(
         shared_hidden: fs,
         group,
         bits,
-        router: RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale },
+        router: RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale, ..Default::default() },
         exact,
     }
 }

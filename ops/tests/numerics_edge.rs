@@ -9,7 +9,7 @@ use mobilemoe_ops::moe::{exp_f32, sigmoid};
 use mobilemoe_ops::*;
 
 fn router(e: usize, k: usize, sf: ScoreFunc, renorm: bool, scale: f32) -> RouterConfig {
-    RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale }
+    RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale, ..Default::default() }
 }
 
 fn route1(cfg: RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {

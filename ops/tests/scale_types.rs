@@ -97,7 +97,14 @@ fn moe_layer_with_f16_scales_equals_f32_scales() {
         shared_hidden: 64,
         group: 32,
         bits: WeightBits::Int4,
-        router: RouterConfig { num_experts: 6, top_k: 2, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
+        router: RouterConfig {
+            num_experts: 6,
+            top_k: 2,
+            score_func: ScoreFunc::Sigmoid,
+            renormalize: true,
+            route_scale: 1.0,
+            ..Default::default()
+        },
         exact: false,
     };
     let layer = Layer::random(spec, 5, true, true);

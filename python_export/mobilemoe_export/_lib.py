@@ -45,6 +45,10 @@ class MobileMoeFfnArgs(ctypes.Structure):
         ("route_scale", ctypes.c_float),
         ("exact", i32),
         ("out", c_f32_p), ("out_len", u64),
+        ("num_groups", i64), ("top_groups", i64),
+        ("group_score", i32),
+        ("weight_input", i32),
+        ("jitter_eps", ctypes.c_float),
     ]
 
 
@@ -60,7 +64,8 @@ class MobileMoeLinearArgs(ctypes.Structure):
     ]
 
 
-SCORE_FUNC_IDS = {"softmax": 0, "softmax_all": 1, "sigmoid": 2}
+SCORE_FUNC_IDS = {"softmax": 0, "softmax_all": 1, "sigmoid": 2, "topk_sigmoid": 3, "sparsemixer": 4}
+GROUP_SCORE_IDS = {"max": 0, "top2_sum": 1}
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None

@@ -35,6 +35,7 @@ from ._fbs.mobilemoe.blob import Tensor as FbTensor  # noqa: E402
 from ._fbs.mobilemoe.blob.DType import DType  # noqa: E402
 from ._fbs.mobilemoe.blob.Op import Op  # noqa: E402
 from ._fbs.mobilemoe.blob.ScoreFunc import ScoreFunc  # noqa: E402
+from ._fbs.mobilemoe.blob.GroupScore import GroupScore  # noqa: E402
 from ._fbs.mobilemoe.blob import Add as FbAdd  # noqa: E402
 from ._fbs.mobilemoe.blob import Attention as FbAttention  # noqa: E402
 from ._fbs.mobilemoe.blob import Embedding as FbEmbedding  # noqa: E402
@@ -46,13 +47,15 @@ from ._fbs.mobilemoe.blob.RopeStyle import RopeStyle  # noqa: E402
 from . import decoder_ops as _dops  # noqa: E402
 
 MAGIC = b"MMOE"
-FORMAT_VERSION = 3  # 3: F16/BF16 per-group scales (1 and 2 still load)
+FORMAT_VERSION = 4  # 3: F16/BF16 per-group scales; 4: group-limited, topk_sigmoid, sparsemixer routing
 # ops of the whole-decoder graph (decoder_ops) and the residual add
 DECODER_KINDS = tuple(_dops.SCHEMAS)
 HEADER_SIZE = 32
 ALIGN = 64
 
-_SCORE = {"softmax": ScoreFunc.Softmax, "softmax_all": ScoreFunc.SoftmaxAll, "sigmoid": ScoreFunc.Sigmoid}
+_SCORE = {"softmax": ScoreFunc.Softmax, "softmax_all": ScoreFunc.SoftmaxAll, "sigmoid": ScoreFunc.Sigmoid,
+          "topk_sigmoid": ScoreFunc.TopkSigmoid, "sparsemixer": ScoreFunc.SparseMixer}
+_GROUP_SCORE = {"max": GroupScore.Max, "top2_sum": GroupScore.TopTwoSum}
 _DTYPES = {torch.float32: DType.F32, torch.uint8: DType.U8, torch.int8: DType.I8, torch.int32: DType.I32,
            torch.int64: DType.I64, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
 
@@ -318,6 +321,14 @@ class _BlobWriter:
                 M.AddRenormalize(b, bool(a["renormalize"]))
                 M.AddRouteScale(b, float(a["route_scale"]))
                 M.AddExact(b, bool(a["exact"]))
+                gscore = a.get("group_score", "max")
+                if gscore not in _GROUP_SCORE:
+                    raise ValueError(f"MobileMoEBackend: unknown group_score {gscore!r} in {name}")
+                M.AddNumGroups(b, int(a.get("num_groups", 1)))
+                M.AddTopGroups(b, int(a.get("top_groups", 1)))
+                M.AddGroupScore(b, _GROUP_SCORE[gscore])
+                M.AddWeightInput(b, bool(a.get("weight_input", False)))
+                M.AddJitterEps(b, float(a.get("jitter_eps", 0.0)))
                 op_off, op_type = M.End(b), Op.MoeFfn
             elif kind in DECODER_KINDS or kind == "add":
                 op_off, op_type = self._decoder_node(b, kind, a, out)

@@ -18,7 +18,7 @@ import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
@@ -92,12 +92,16 @@ class HFCausalLMProgram(nn.Module):
         return ({1: tokens}, {0: tokens})
 
 
-def _real_rotary_deepseek_v2():
-    """DeepSeek-V2's rotary embedding in real arithmetic. transformers computes it with complex
-    tensors (torch.polar, view_as_complex), for which ExecuTorch has no kernels ("kernel
-    'aten::polar.out' not found"); the same products on (cos, sin) pairs are the same numbers."""
+def _real_rotary(module: str, rotary_class: str, broadcast: Callable[[torch.Tensor], torch.Tensor]):
+    """A rotary embedding that transformers computes with complex tensors (torch.polar,
+    view_as_complex: ExecuTorch has no kernels for them, "kernel 'aten::polar.out' not found"), in
+    real arithmetic: the same products on (cos, sin) pairs are the same numbers. ``broadcast`` puts
+    the ``[B, S, dim/2]`` angles against the family's query layout."""
+    import importlib
+
     from transformers.modeling_rope_utils import dynamic_rope_update
-    from transformers.models.deepseek_v2 import modeling_deepseek_v2 as mod
+
+    mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
 
     @dynamic_rope_update
     def rotary_forward(self, x, position_ids):
@@ -105,7 +109,7 @@ def _real_rotary_deepseek_v2():
         return torch.stack((freqs.cos(), freqs.sin()), dim=-1) * self.attention_scaling  # [B, S, dim/2, 2]
 
     def apply_rotary_emb(xq, xk, cos_sin):
-        cos_sin = cos_sin.unsqueeze(1).to(xq.device)
+        cos_sin = broadcast(cos_sin).to(xq.device)
         cos, sin = cos_sin[..., 0], cos_sin[..., 1]
 
         def rotate(x):
@@ -115,11 +119,16 @@ def _real_rotary_deepseek_v2():
 
         return rotate(xq), rotate(xk)
 
-    return [(mod.DeepseekV2RotaryEmbedding, "forward", rotary_forward), (mod, "apply_rotary_emb", apply_rotary_emb)]
+    return [(getattr(mod, rotary_class), "forward", rotary_forward), (mod, "apply_rotary_emb", apply_rotary_emb)]
 
 
 # model_type -> the patches that make its forward exportable to ExecuTorch (same numbers)
-_EXPORT_PATCHES = {"deepseek_v2": _real_rotary_deepseek_v2}
+_EXPORT_PATCHES = {
+    # queries [B, H, S, d]
+    "deepseek_v2": lambda: _real_rotary("deepseek_v2", "DeepseekV2RotaryEmbedding", lambda cs: cs.unsqueeze(1)),
+    # queries [B, S, H, d]
+    "llama4_text": lambda: _real_rotary("llama4", "Llama4TextRotaryEmbedding", lambda cs: cs[:, :, None]),
+}
 
 
 @contextlib.contextmanager
@@ -151,10 +160,12 @@ def param_counts(model: nn.Module) -> Dict[str, int]:
         ex = getattr(m, "experts", None)
         if type(m).__name__ not in VERIFIED_BLOCKS or ex is None or not hasattr(ex, "gate_up_proj"):
             continue
-        router = getattr(m, "gate", None) or getattr(m, "router", None)
+        top_k = getattr(getattr(m, "gate", None) or getattr(m, "router", None), "top_k", None)
+        if not isinstance(top_k, int):  # a refused block (quantize_moe says why): no count
+            continue
         e = ex.gate_up_proj.shape[0]
         per_expert = (ex.gate_up_proj.numel() + ex.down_proj.numel()) // e
-        inactive += (e - int(router.top_k)) * per_expert
+        inactive += (e - top_k) * per_expert
     return {"total": total, "active": total - inactive}
 
 

@@ -16,7 +16,15 @@ Routing follows docs/DESIGN.md section 4:
 - ``softmax_all``: softmax over all E, top-k, divided by the sum of the k if ``renormalize``.
 - ``sigmoid``: ``s = sigmoid(logits)``; selection on ``s + expert_bias``; weights are the unbiased ``s``
   of the selected, divided by their sum if ``renormalize``.
+- ``topk_sigmoid`` (Llama 4): top-k over the logits, weights the sigmoid of the selected logits.
+- ``sparsemixer`` (PhiMoE, top-2): the best logit, then the best of the rest; each weighted by a
+  softmax over the logits within the relative threshold ``2 * jitter_eps`` of it.
+- group-limited selection (DeepSeek): the experts form ``num_groups`` contiguous groups, scored by
+  their best selection key (``max``) or the sum of their two best (``top2_sum``); only the experts of
+  the ``top_groups`` best groups compete in the top-k.
 - every score function: weights ``* route_scale``.
+- ``weight_input`` (a ``MoESpec``/op attribute, Llama 4): the weight scales the expert's input,
+  ``expert(w * x)``, instead of its output.
 
 ``y = sum_k w_k * W2_e (silu(W1_e x) * W3_e x) + [sigmoid(x . g)] * Shared(x)``; input ``[..., D]``,
 output the same shape. The forward is export friendly (no data-dependent control flow): it
@@ -34,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCORE_FUNCS = ("softmax", "softmax_all", "sigmoid")
+SCORE_FUNCS = ("softmax", "softmax_all", "sigmoid", "topk_sigmoid", "sparsemixer")
+GROUP_SCORES = ("max", "top2_sum")
 
 
 class SharedExpert(nn.Module):
@@ -60,6 +69,43 @@ def _nan_to_neg_inf(s: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(s), torch.full_like(s, -math.inf), s)
 
 
+def _eligible(keys: torch.Tensor, num_groups: int, top_groups: int, group_score: str) -> torch.Tensor:
+    """``[T, E]`` mask of the experts in the ``top_groups`` best of ``num_groups`` contiguous groups
+    (group score: the best key, or the sum of the two best; DeepSeek-V2 / V3)."""
+    t, e = keys.shape
+    g = keys.reshape(t, num_groups, e // num_groups)
+    if group_score == "max":
+        gs = g.max(dim=-1).values
+    elif group_score == "top2_sum":
+        gs = g.topk(2, dim=-1).values.sum(dim=-1)
+    else:
+        raise ValueError(f"unknown group_score {group_score!r}; expected one of {GROUP_SCORES}")
+    _, gidx = torch.topk(gs, top_groups, dim=-1)
+    chosen = torch.zeros_like(gs, dtype=torch.bool).scatter(1, gidx, True)
+    return chosen.unsqueeze(-1).expand(t, num_groups, e // num_groups).reshape(t, e)
+
+
+def _select(keys: torch.Tensor, top_k: int, num_groups: int, top_groups: int, group_score: str) -> torch.Tensor:
+    k = _nan_to_neg_inf(keys)
+    if num_groups > 1 and top_groups < num_groups:
+        k = k.masked_fill(~_eligible(k, num_groups, top_groups, group_score), -math.inf)
+    return torch.topk(k, top_k, dim=-1)[1]
+
+
+def _sparsemixer(logits: torch.Tensor, jitter_eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's ``sparsemixer`` at inference (top-2): each pick weighted by a softmax over the logits
+    within the relative threshold ``2 * jitter_eps`` of it; the second pick excludes the first."""
+    def weight(scores: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        m = logits.gather(-1, pick)
+        masked = ((m - logits) / logits.abs().clamp(min=m)) > 2 * jitter_eps
+        return torch.softmax(scores.masked_fill(masked, -math.inf), dim=-1).gather(-1, pick)
+
+    i1 = logits.max(dim=-1, keepdim=True).indices
+    rest = logits.scatter(-1, i1, -math.inf)
+    i2 = rest.max(dim=-1, keepdim=True).indices
+    return torch.cat([weight(logits, i1), weight(rest, i2)], -1), torch.cat([i1, i2], -1)
+
+
 def route(
     logits: torch.Tensor,
     top_k: int,
@@ -67,24 +113,37 @@ def route(
     renormalize: bool,
     route_scale: float,
     expert_bias: Optional[torch.Tensor] = None,
+    *,
+    num_groups: int = 1,
+    top_groups: int = 1,
+    group_score: str = "max",
+    jitter_eps: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Routing of docs/DESIGN.md section 4: ``logits [T, E]`` -> ``(weights [T, k], ids [T, k])``."""
+    """Routing of docs/DESIGN.md section 4: ``logits [T, E]`` -> ``(weights [T, k], ids [T, k])``.
+    ``num_groups``/``top_groups``/``group_score`` limit the selection to the best groups of experts."""
+    groups = (num_groups, top_groups, group_score)
     if score_func == "softmax":
-        _, ids = torch.topk(_nan_to_neg_inf(logits), top_k, dim=-1)
+        ids = _select(logits, top_k, *groups)
         weights = torch.softmax(logits.gather(-1, ids), dim=-1)
     elif score_func == "softmax_all":
         probs = torch.softmax(logits, dim=-1)
-        _, ids = torch.topk(_nan_to_neg_inf(probs), top_k, dim=-1)
+        ids = _select(probs, top_k, *groups)
         weights = probs.gather(-1, ids)
         if renormalize:
             weights = weights / _renorm_divisor(weights)
-    elif score_func == "sigmoid":
+    elif score_func in ("sigmoid", "topk_sigmoid"):
         s = torch.sigmoid(logits)
-        sel = s + expert_bias if expert_bias is not None else s
-        _, ids = torch.topk(_nan_to_neg_inf(sel), top_k, dim=-1)
+        if score_func == "topk_sigmoid":
+            ids = _select(logits, top_k, *groups)  # on the logits: sigmoid saturates to equal values
+        else:
+            ids = _select(s + expert_bias if expert_bias is not None else s, top_k, *groups)
         weights = s.gather(-1, ids)
         if renormalize:
             weights = weights / _renorm_divisor(weights)
+    elif score_func == "sparsemixer":
+        if top_k != 2:
+            raise ValueError(f"sparsemixer routing selects 2 experts, got top_k={top_k}")
+        weights, ids = _sparsemixer(logits, jitter_eps)
     else:
         raise ValueError(f"unknown score_func {score_func!r}; expected one of {SCORE_FUNCS}")
     if route_scale != 1.0:

@@ -84,7 +84,8 @@ def _moe_out_shape(x: torch.Tensor) -> List[int]:
 def _moe_ffn_fake(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, shared_w13,
                   shared_w13_scales, shared_w2, shared_w2_scales, shared_gate, num_experts, top_k,
                   hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize,
-                  route_scale, exact):
+                  route_scale, exact, num_groups=1, top_groups=1, group_score="max", weight_input=False,
+                  jitter_eps=0.0):
     return x.new_empty(_moe_out_shape(x), dtype=torch.float32)
 
 
@@ -151,8 +152,14 @@ def _c(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
 def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, shared_w13,
                  shared_w13_scales, shared_w2, shared_w2_scales, shared_gate, num_experts, top_k,
                  hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize,
-                 route_scale, exact):
+                 route_scale, exact, num_groups=1, top_groups=1, group_score="max", weight_input=False,
+                 jitter_eps=0.0):
     _check_moe_args(x, router_weight, num_experts, top_k, hidden_dim, group_size, weight_bits, score_func)
+    if group_score not in _lib.GROUP_SCORE_IDS:
+        raise ValueError(f"mobilemoe::moe_ffn: unknown group_score {group_score!r}; expected one of "
+                         f"{sorted(_lib.GROUP_SCORE_IDS)}")
+    routing = dict(num_groups=num_groups, top_groups=top_groups, group_score=group_score, weight_input=weight_input,
+                   jitter_eps=jitter_eps)
     if expert_bias is not None and expert_bias.numel() == 0:
         expert_bias = None
     if x.numel() == 0:
@@ -161,7 +168,7 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
         return reference.moe_ffn(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales,
                                  shared_w13, shared_w13_scales, shared_w2, shared_w2_scales,
                                  shared_gate, num_experts, top_k, hidden_dim, shared_hidden_dim,
-                                 group_size, weight_bits, score_func, renormalize, route_scale, exact)
+                                 group_size, weight_bits, score_func, renormalize, route_scale, exact, **routing)
     lib = _lib.get_lib()
     d = x.shape[-1]
     xs = _c(x, torch.float32)
@@ -188,6 +195,10 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
     a.renormalize = int(bool(renormalize))
     a.route_scale = float(route_scale)
     a.exact = int(bool(exact))
+    a.num_groups, a.top_groups = int(num_groups), int(top_groups)
+    a.group_score = _lib.GROUP_SCORE_IDS[group_score]
+    a.weight_input = int(bool(weight_input))
+    a.jitter_eps = float(jitter_eps)
     a.out, a.out_len = _ptr(out, ctypes.c_float)
     _lib.check(lib.mobilemoe_moe_ffn(ctypes.byref(a)), "mobilemoe::moe_ffn")
     return out

@@ -124,7 +124,7 @@ class MoEQATConfig:
     activations: bool = True
     kernel_forward: bool = False
     scales_dtype: str = "fp32"  # per-group scale precision: "fp32" | "fp16" | "bf16"
-    output: str = "same"  # the block's output convention ("same" | "flat" | "tuple")
+    output: str = "same"  # the block's output convention ("same" | "flat" | "tuple" | "flat_tuple")
     name: str = ""
 
 
@@ -164,7 +164,8 @@ def _qat_moe_forward(module: nn.Module, x: torch.Tensor):
     # Router: fp32, not quantized (as the kernels).
     logits = x2d @ rw.t()
     bias = spec.expert_bias.to(torch.float32) if spec.expert_bias is not None else None
-    weights, ids = route(logits, spec.top_k, spec.score_func, spec.renormalize, spec.route_scale, bias)
+    weights, ids = route(logits, spec.top_k, spec.score_func, spec.renormalize, spec.route_scale, bias,
+                         **spec.route_kwargs())
     xq = fake_quantize_activations(x2d) if cfg.activations else x2d
     w13 = fake_quantize_weight(torch.cat([spec.w1, spec.w3], dim=1), gs, bits, sd)  # [E, 2F, D]
     w2 = fake_quantize_weight(spec.w2, gs, bits, sd)  # [E, D, F]
@@ -174,9 +175,13 @@ def _qat_moe_forward(module: nn.Module, x: torch.Tensor):
         rows = sel.any(dim=-1).nonzero().flatten()
         if rows.numel() == 0:
             continue
-        y = _ffn(xq[rows], w13[ex], w2[ex], f, cfg.activations)
-        wt = (weights * sel.to(weights.dtype)).sum(-1)[rows]
-        out = out.index_add(0, rows, y * wt.unsqueeze(-1))
+        wt = (weights * sel.to(weights.dtype)).sum(-1)[rows].unsqueeze(-1)
+        if spec.weight_input:  # expert(w * x): the kernels quantize each scaled row on its own
+            xin = x2d[rows] * wt
+            y = _ffn(fake_quantize_activations(xin) if cfg.activations else xin, w13[ex], w2[ex], f, cfg.activations)
+            out = out.index_add(0, rows, y)
+        else:
+            out = out.index_add(0, rows, _ffn(xq[rows], w13[ex], w2[ex], f, cfg.activations) * wt)
     if spec.shared is not None:
         sw1, sw3, sw2 = spec.shared
         fs = sw1.shape[0]
@@ -187,9 +192,9 @@ def _qat_moe_forward(module: nn.Module, x: torch.Tensor):
         out = out + y
     if cfg.kernel_forward:
         out = out + (_kernel_values(module, spec, x2d, gs, bits) - out).detach()
-    out_shaped = out if cfg.output == "flat" else out.reshape(x.shape[:-1] + (d,))
+    out_shaped = out if cfg.output in ("flat", "flat_tuple") else out.reshape(x.shape[:-1] + (d,))
     out_shaped = out_shaped.to(in_dtype)
-    if cfg.output == "tuple":
+    if cfg.output in ("tuple", "flat_tuple"):
         return out_shaped, logits.to(in_dtype)
     return out_shaped
 

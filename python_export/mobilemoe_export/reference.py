@@ -123,13 +123,19 @@ def moe_ffn(
     renormalize: bool,
     route_scale: float,
     exact: bool,
+    num_groups: int = 1,
+    top_groups: int = 1,
+    group_score: str = "max",
+    weight_input: bool = False,
+    jitter_eps: float = 0.0,
 ) -> torch.Tensor:
     d = x.shape[-1]
     f = hidden_dim
     x2d = x.reshape(-1, d).to(torch.float32)
     logits = x2d @ router_weight.to(torch.float32).reshape(num_experts, d).t()
     bias = expert_bias.to(torch.float32) if expert_bias is not None and expert_bias.numel() > 0 else None
-    weights, ids = route(logits, top_k, score_func, renormalize, route_scale, bias)
+    weights, ids = route(logits, top_k, score_func, renormalize, route_scale, bias, num_groups=num_groups,
+                         top_groups=top_groups, group_score=group_score, jitter_eps=jitter_eps)
     out = torch.zeros_like(x2d)
     for e in range(num_experts):
         sel = ids == e  # [T, k]
@@ -138,9 +144,11 @@ def moe_ffn(
             continue
         q13, s13 = unpack_t(w13[e], w13_scales[e], 2 * f, d, group_size, weight_bits)
         q2, s2 = unpack_t(w2[e], w2_scales[e], d, f, group_size, weight_bits)
-        y = _ffn(x2d[rows], q13, s13, q2, s2, f, group_size, exact)
         w = (weights * sel.to(weights.dtype)).sum(-1)[rows]
-        out.index_add_(0, rows, y * w.unsqueeze(-1))
+        if weight_input:  # expert(w * x)
+            out.index_add_(0, rows, _ffn(x2d[rows] * w.unsqueeze(-1), q13, s13, q2, s2, f, group_size, exact))
+        else:
+            out.index_add_(0, rows, _ffn(x2d[rows], q13, s13, q2, s2, f, group_size, exact) * w.unsqueeze(-1))
     if shared_w13 is not None and shared_hidden_dim > 0:
         fs = shared_hidden_dim
         q13, s13 = unpack_t(shared_w13, shared_w13_scales, 2 * fs, d, group_size, weight_bits)

@@ -5,9 +5,9 @@ Recognised MoE blocks (see :func:`extract_moe`):
 1. ``mobilemoe_export.moe_block.MoEFeedForward`` (this project's own block);
 2. ExecuTorch's ``MOEFeedForward`` (``executorch.examples.models.llama.llama_transformer``);
 3. ExecuTorch's ``QuantizedMoEFFN`` (``.../source_transformation/moe.py``; torchao-packed buffers);
-4. ``transformers``' own MoE blocks, by family (:mod:`mobilemoe_export.hf_families`: Mixtral,
-   Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3, GraniteMoe(+Shared); PhiMoE, Llama 4, group-limited
-   routing and unverified families are refused with the reason);
+4. ``transformers``' own MoE blocks, by family: every block with routed experts of the pinned
+   transformers (5.24) is either mapped exactly or refused with the reason
+   (:mod:`mobilemoe_export.hf_families`);
 5. other Hugging Face-style blocks, by structure: Mixtral-like (``gate`` + ``experts[i].w1/w2/w3``),
    Qwen-MoE / OLMoE-like (``gate`` + ``experts[i].gate_proj/up_proj/down_proj``, ``norm_topk_prob``,
    optional ``shared_expert`` + ``shared_expert_gate``), DeepSeek-like (``gate.weight`` +
@@ -26,7 +26,7 @@ from torch import nn
 
 from . import ops as _ops  # noqa: F401  (defines torch.ops.mobilemoe.*)
 from . import quant
-from .moe_block import SCORE_FUNCS, MoEFeedForward
+from .moe_block import GROUP_SCORES, SCORE_FUNCS, MoEFeedForward
 
 
 class UnsupportedModuleError(ValueError):
@@ -61,8 +61,21 @@ class MoESpec:
     weight_bits: Optional[int] = None
     # per-group scale dtype fixed by the source (QAT with fp16/bf16 scales): overrides the argument
     scales_dtype: Optional[torch.dtype] = None
-    output: str = "same"  # "same" | "flat" ([T, D]) | "tuple" ((out, router_logits [T, E]))
+    # "same" | "flat" ([T, D]) | "tuple" ((out, router_logits [T, E])) | "flat_tuple" ((out [T, D], logits))
+    output: str = "same"
     notes: List[str] = field(default_factory=list)
+    # routing beyond one top-k over all experts (moe_block.route): group-limited selection,
+    # sparsemixer's threshold, and the weight applied to the expert input (Llama 4)
+    num_groups: int = 1
+    top_groups: int = 1
+    group_score: str = "max"
+    jitter_eps: float = 0.0
+    weight_input: bool = False
+
+    def route_kwargs(self) -> dict:
+        """The keyword arguments of :func:`mobilemoe_export.moe_block.route` beyond the basic ones."""
+        return dict(num_groups=int(self.num_groups), top_groups=int(self.top_groups), group_score=self.group_score,
+                    jitter_eps=float(self.jitter_eps))
 
 
 def _f32(t: torch.Tensor, live: bool = False) -> torch.Tensor:
@@ -349,6 +362,11 @@ class MobileMoEFFN(nn.Module):
         self.score_func, self.renormalize, self.route_scale = spec.score_func, bool(spec.renormalize), float(spec.route_scale)
         self.group_size, self.weight_bits, self.exact = group_size, weight_bits, bool(exact)
         self.output = spec.output
+        self.num_groups, self.top_groups, self.group_score = int(spec.num_groups), int(spec.top_groups), spec.group_score
+        self.weight_input, self.jitter_eps = bool(spec.weight_input), float(spec.jitter_eps)
+        if e % self.num_groups or not 0 < self.top_groups <= self.num_groups or self.group_score not in GROUP_SCORES:
+            raise ValueError(f"{name}: group limit num_groups={self.num_groups}, top_groups={self.top_groups}, "
+                             f"group_score={self.group_score!r} does not fit {e} experts")
         self.register_buffer("router_weight", rw.clone())
         self.register_buffer("expert_bias", spec.expert_bias.reshape(e).clone() if spec.expert_bias is not None else None)
         if spec.q13 is not None:
@@ -398,21 +416,26 @@ class MobileMoEFFN(nn.Module):
             self.shared_w13, self.shared_w13_scales, self.shared_w2, self.shared_w2_scales, self.shared_gate,
             self.num_experts, self.top_k, self.hidden_dim, self.shared_hidden_dim, self.group_size,
             self.weight_bits, self.score_func, self.renormalize, self.route_scale, self.exact,
+            self.num_groups, self.top_groups, self.group_score, self.weight_input, self.jitter_eps,
         )
         if in_dtype != torch.float32:
             out = out.to(in_dtype)
         if self.output == "flat":
             return out.reshape(-1, self.dim)
-        if self.output == "tuple":
+        if self.output in ("tuple", "flat_tuple"):
             logits = xf.reshape(-1, self.dim) @ self.router_weight.t()
-            return out, logits.to(in_dtype)
+            return out.reshape(-1, self.dim) if self.output == "flat_tuple" else out, logits.to(in_dtype)
         return out
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, top_k={self.top_k}, "
                 f"score_func={self.score_func}, renormalize={self.renormalize}, route_scale={self.route_scale}, "
                 f"shared_hidden_dim={self.shared_hidden_dim}, group_size={self.group_size}, "
-                f"weight_bits={self.weight_bits}")
+                f"weight_bits={self.weight_bits}"
+                + (f", num_groups={self.num_groups}, top_groups={self.top_groups}, group_score={self.group_score}"
+                   if self.num_groups > 1 else "")
+                + (", weight_input=True" if self.weight_input else "")
+                + (f", jitter_eps={self.jitter_eps}" if self.score_func == "sparsemixer" else ""))
 
 
 class MobileMoELinear(nn.Module):
@@ -449,7 +472,11 @@ class MobileMoELinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"weight_bits={self.weight_bits}")
+                f"weight_bits={self.weight_bits}"
+                + (f", num_groups={self.num_groups}, top_groups={self.top_groups}, group_score={self.group_score}"
+                   if self.num_groups > 1 else "")
+                + (", weight_input=True" if self.weight_input else "")
+                + (f", jitter_eps={self.jitter_eps}" if self.score_func == "sparsemixer" else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,7 +494,7 @@ def _probe_output(m: nn.Module, d: int) -> Optional[str]:
     except Exception:
         return None
     if isinstance(r, (tuple, list)):
-        return "tuple"
+        return "flat_tuple" if isinstance(r[0], torch.Tensor) and tuple(r[0].shape) == (2, d) else "tuple"
     if isinstance(r, torch.Tensor) and tuple(r.shape) == (2, d):
         return "flat"
     return "same"

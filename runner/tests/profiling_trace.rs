@@ -2,6 +2,7 @@
 //! the prost types, checked (names, nesting, per-thread tracks, span fields); stats and ETDump
 //! phase capture on the same calls.
 
+use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::*;
 use mobilemoe_runner::profiling::{self, phases, slices, PerfettoExport, PerfettoRecorder, Stats};
 use mobilemoe_schema::perfetto::{trace_packet, Trace};
@@ -19,13 +20,6 @@ struct SmallLayer {
     stacked2: (Vec<u8>, Vec<f32>),
 }
 
-fn rng(s: &mut u64) -> f32 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
-
 impl SmallLayer {
     fn new(seed: u64) -> Self {
         let spec = MoeSpec {
@@ -34,11 +28,18 @@ impl SmallLayer {
             shared_hidden: 32,
             group: 32,
             bits: WeightBits::Int4,
-            router: RouterConfig { num_experts: 8, top_k: 2, score_func: ScoreFunc::Softmax, renormalize: true, route_scale: 1.0 },
+            router: RouterConfig {
+                num_experts: 8,
+                top_k: 2,
+                score_func: ScoreFunc::Softmax,
+                renormalize: true,
+                route_scale: 1.0,
+                ..Default::default()
+            },
             exact: false,
         };
-        let mut s = seed | 1;
-        let mut gen = |n: usize| -> Vec<f32> { (0..n).map(|_| rng(&mut s) * 0.1).collect() };
+        let mut r = Rng(seed | 1);
+        let mut gen = |n: usize| r.vec(n, 0.1);
         let (d, f, e) = (spec.dim, spec.hidden, spec.router.num_experts);
         let (mut a, mut b) = ((vec![], vec![]), (vec![], vec![]));
         let mut first = None;
@@ -79,10 +80,10 @@ impl SmallLayer {
 fn forward(layers: &[SmallLayer], calls: usize, t: usize, record_routing: bool) {
     let pool = ThreadPool::new(2);
     let mut scratch = MoeScratch::default();
-    let mut s = 7u64;
+    let mut r = Rng(7);
     for _ in 0..calls {
         let _p = tracing::debug_span!("forward", tokens = t).entered();
-        let mut x: Vec<f32> = (0..t * 64).map(|_| rng(&mut s)).collect();
+        let mut x = r.vec(t * 64, 1.0);
         for (i, l) in layers.iter().enumerate() {
             let _l = tracing::debug_span!("layer", layer = i).entered();
             x = l.run(&x, t, &mut scratch, &pool);

@@ -4,7 +4,7 @@
 
 use crate::{dtype_size, fb, invalid, BlobError, Result, DATA_ALIGN, FORMAT_VERSION, HEADER_SIZE, MAGIC, MIN_FORMAT_VERSION};
 use mobilemoe_ops::decoder::{AttentionSpec, KvDType, RopeStyle};
-use mobilemoe_ops::{MatrixSpec, MoeSpec, RouterConfig, ScoreFunc, WeightBits};
+use mobilemoe_ops::{GroupLimit, GroupScore, MatrixSpec, MoeSpec, RouterConfig, ScoreFunc, WeightBits};
 use std::ops::Range;
 
 /// Parsed 32-byte header.
@@ -342,17 +342,37 @@ pub fn flatbuffer_root<'a>(blob: &'a [u8], h: &Header) -> Result<fb::Graph<'a>> 
     fb::root_as_graph_with_opts(&opts, fbuf).map_err(|e| BlobError::Flatbuffer(e.to_string()))
 }
 
-/// Parse and validate a whole blob.
+/// Parse and validate a whole blob: the header, the flatbuffer, then the graph in the order of the
+/// steps below (the first failing check names the error).
 pub fn parse(blob: &[u8]) -> Result<Graph> {
     let header = parse_header(blob)?;
     let root = flatbuffer_root(blob, &header)?;
+    check_graph_version(&root, &header)?;
+    let segments = read_segments(&root, &header, blob.len())?;
+    let tensors = read_tensors(&root, &segments, header.version)?;
+    let ids = TensorIds(tensors.len());
+    let (inputs, outputs) = (read_id_list(&ids, "graph input", root.inputs())?, read_id_list(&ids, "graph output", root.outputs())?);
+    let mut defined = check_graph_inputs(&tensors, &inputs)?;
+    if outputs.is_empty() {
+        return invalid("the graph has no outputs");
+    }
+    let nodes = read_nodes(&root, &tensors, &ids, header.version, &mut defined)?;
+    check_graph_outputs(&outputs, &inputs, &defined)?;
+    Ok(Graph { header, tensors, nodes, inputs, outputs, segments, blob_len: blob.len() })
+}
+
+/// The flatbuffer's own version must repeat the header's.
+fn check_graph_version(root: &fb::Graph<'_>, header: &Header) -> Result<()> {
     if root.version() != header.version {
         return invalid(format!("graph version {} differs from the header's {}", root.version(), header.version));
     }
-    let data_off = header.data_offset as usize;
-    let data_len = blob.len() - data_off;
+    Ok(())
+}
 
-    // segments
+/// Absolute byte ranges of the segments: aligned offsets inside the data area.
+fn read_segments(root: &fb::Graph<'_>, header: &Header, blob_len: usize) -> Result<Vec<Range<usize>>> {
+    let data_off = header.data_offset as usize;
+    let data_len = blob_len - data_off;
     let mut segments = Vec::new();
     for (i, s) in root.segments().iter().flatten().enumerate() {
         let (off, size) = (s.offset(), s.size_());
@@ -366,75 +386,92 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
         let a = data_off + off as usize;
         segments.push(a..a + size as usize);
     }
+    Ok(segments)
+}
 
-    // tensors
-    let mut tensors = Vec::new();
-    for (i, t) in root.tensors().iter().flatten().enumerate() {
-        let dtype = t.dtype();
-        let Some(esize) = dtype_size(dtype) else {
-            return invalid(format!("tensor {i}: unknown dtype {}", dtype.0));
-        };
-        if matches!(dtype, fb::DType::F16 | fb::DType::BF16) && header.version < 3 {
-            return invalid(format!("tensor {i}: dtype {dtype:?} needs format version 3 (blob is version {})", header.version));
-        }
-        let shape: Vec<i64> = t.shape().map(|s| s.iter().collect()).unwrap_or_default();
-        // -1 marks a varying leading dimension of a dynamic_leading activation; otherwise >= 0.
-        for (k, &d) in shape.iter().enumerate() {
-            // (token ids and positions, I64, may vary in their last dimension too)
-            let varying_ok = d == -1 && t.dynamic_leading() && t.segment() == -1 && (k + 1 < shape.len() || dtype == fb::DType::I64);
-            if d < 0 && !varying_ok {
-                return invalid(format!("tensor {i}: invalid dimension {d} in shape {shape:?}"));
-            }
-        }
-        let data = match t.segment() {
-            -1 => None,
-            s if s >= 0 && (s as usize) < segments.len() => {
-                let r = segments[s as usize].clone();
-                if t.dynamic_leading() {
-                    return invalid(format!("tensor {i}: a constant cannot have dynamic_leading"));
-                }
-                let bytes = shape.iter().try_fold(esize as u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&b| b == r.len() as u64);
-                if bytes.is_none() {
-                    return invalid(format!(
-                        "tensor {i}: shape {shape:?} x {esize} bytes does not match its segment {s} of {} bytes",
-                        r.len()
-                    ));
-                }
-                Some(r)
-            }
-            s => return invalid(format!("tensor {i}: segment index {s} out of range (0..{})", segments.len())),
-        };
-        if data.is_none() && shape.is_empty() {
-            return invalid(format!("tensor {i}: an activation needs rank >= 1"));
-        }
-        tensors.push(TensorDesc { dtype, shape, dynamic_leading: t.dynamic_leading(), data });
+fn read_tensors(root: &fb::Graph<'_>, segments: &[Range<usize>], version: u32) -> Result<Vec<TensorDesc>> {
+    root.tensors().iter().flatten().enumerate().map(|(i, t)| read_tensor(i, &t, segments, version)).collect()
+}
+
+/// One tensor: a known dtype (F16/BF16 from version 3), a valid shape, and for a constant a segment
+/// whose size is exactly the shape's bytes.
+fn read_tensor(i: usize, t: &fb::Tensor<'_>, segments: &[Range<usize>], version: u32) -> Result<TensorDesc> {
+    let dtype = t.dtype();
+    let Some(esize) = dtype_size(dtype) else {
+        return invalid(format!("tensor {i}: unknown dtype {}", dtype.0));
+    };
+    if matches!(dtype, fb::DType::F16 | fb::DType::BF16) && version < 3 {
+        return invalid(format!("tensor {i}: dtype {dtype:?} needs format version 3 (blob is version {version})"));
     }
-    let nt = tensors.len();
-    let id = |what: &str, v: i32| -> Result<usize> {
-        if v >= 0 && (v as usize) < nt {
+    let shape: Vec<i64> = t.shape().map(|s| s.iter().collect()).unwrap_or_default();
+    check_shape(i, t, &shape)?;
+    let data = constant_range(i, t, &shape, esize, segments)?;
+    if data.is_none() && shape.is_empty() {
+        return invalid(format!("tensor {i}: an activation needs rank >= 1"));
+    }
+    Ok(TensorDesc { dtype, shape, dynamic_leading: t.dynamic_leading(), data })
+}
+
+/// Dimensions are >= 0, except -1 for a varying leading dimension of a `dynamic_leading` activation
+/// (token ids and positions, I64, may vary in their last dimension too).
+fn check_shape(i: usize, t: &fb::Tensor<'_>, shape: &[i64]) -> Result<()> {
+    for (k, &d) in shape.iter().enumerate() {
+        let varying_ok = d == -1 && t.dynamic_leading() && t.segment() == -1 && (k + 1 < shape.len() || t.dtype() == fb::DType::I64);
+        if d < 0 && !varying_ok {
+            return invalid(format!("tensor {i}: invalid dimension {d} in shape {shape:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// A constant's byte range (segment -1: an activation, `None`).
+fn constant_range(i: usize, t: &fb::Tensor<'_>, shape: &[i64], esize: usize, segments: &[Range<usize>]) -> Result<Option<Range<usize>>> {
+    match t.segment() {
+        -1 => Ok(None),
+        s if s >= 0 && (s as usize) < segments.len() => {
+            let r = segments[s as usize].clone();
+            if t.dynamic_leading() {
+                return invalid(format!("tensor {i}: a constant cannot have dynamic_leading"));
+            }
+            let bytes = shape.iter().try_fold(esize as u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&b| b == r.len() as u64);
+            if bytes.is_none() {
+                return invalid(format!("tensor {i}: shape {shape:?} x {esize} bytes does not match its segment {s} of {} bytes", r.len()));
+            }
+            Ok(Some(r))
+        }
+        s => invalid(format!("tensor {i}: segment index {s} out of range (0..{})", segments.len())),
+    }
+}
+
+/// Checks tensor ids against the number of tensors.
+struct TensorIds(usize);
+
+impl TensorIds {
+    fn id(&self, what: &str, v: i32) -> Result<usize> {
+        if v >= 0 && (v as usize) < self.0 {
             Ok(v as usize)
         } else {
-            invalid(format!("{what}: tensor id {v} out of range (0..{nt})"))
+            invalid(format!("{what}: tensor id {v} out of range (0..{})", self.0))
         }
-    };
-    let opt_id = |what: &str, v: i32| -> Result<Option<usize>> {
+    }
+    /// -1 means "none".
+    fn opt(&self, what: &str, v: i32) -> Result<Option<usize>> {
         if v == -1 {
             Ok(None)
         } else {
-            id(what, v).map(Some)
+            self.id(what, v).map(Some)
         }
-    };
+    }
+}
 
-    let mut inputs = Vec::new();
-    for v in root.inputs().iter().flatten() {
-        inputs.push(id("graph input", v)?);
-    }
-    let mut outputs = Vec::new();
-    for v in root.outputs().iter().flatten() {
-        outputs.push(id("graph output", v)?);
-    }
-    let mut defined = vec![false; nt];
-    for &i in &inputs {
+fn read_id_list(ids: &TensorIds, what: &str, list: Option<flatbuffers::Vector<'_, i32>>) -> Result<Vec<usize>> {
+    list.iter().flatten().map(|v| ids.id(what, v)).collect()
+}
+
+/// Graph inputs are distinct F32 or I64 activations; returns the "defined" mark of every tensor.
+fn check_graph_inputs(tensors: &[TensorDesc], inputs: &[usize]) -> Result<Vec<bool>> {
+    let mut defined = vec![false; tensors.len()];
+    for &i in inputs {
         let t = &tensors[i];
         if t.is_constant() || !(t.dtype == fb::DType::F32 || t.dtype == fb::DType::I64) {
             return invalid(format!("graph input tensor {i} must be an F32 or I64 activation"));
@@ -444,84 +481,80 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
         }
         defined[i] = true;
     }
-    if outputs.is_empty() {
-        return invalid("the graph has no outputs");
-    }
+    Ok(defined)
+}
 
+/// Every node in order: its op checked, then its data flow against what earlier nodes wrote.
+fn read_nodes(root: &fb::Graph<'_>, tensors: &[TensorDesc], ids: &TensorIds, version: u32, defined: &mut [bool]) -> Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for (ni, n) in root.nodes().iter().flatten().enumerate() {
         let name = n.name().unwrap_or("").to_string();
         let ctx = |f: &str| format!("node {ni} ({name}) {f}");
-        let op = match n.op_type() {
-            fb::Op::MoeFfn => {
-                let m = n.op_as_moe_ffn().ok_or_else(|| BlobError::Invalid(ctx("has no MoeFfn table")))?;
-                NodeOp::MoeFfn(check_moe(&tensors, &m, &ctx, &id, &opt_id)?)
-            }
-            fb::Op::Int4Linear => {
-                let l = n.op_as_int_4_linear().ok_or_else(|| BlobError::Invalid(ctx("has no Int4Linear table")))?;
-                NodeOp::Int4Linear(check_linear(&tensors, &l, &ctx, &id, &opt_id)?)
-            }
-            fb::Op::Embedding | fb::Op::RmsNorm | fb::Op::Add | fb::Op::Attention | fb::Op::SwigluFfn | fb::Op::LmHead
-                if header.version < 2 =>
-            {
-                return invalid(ctx(&format!("op type {} needs format version 2 (blob is version {})", n.op_type().0, header.version)))
-            }
-            fb::Op::Embedding => {
-                let e = n.op_as_embedding().ok_or_else(|| BlobError::Invalid(ctx("has no Embedding table")))?;
-                NodeOp::Embedding(check_embedding(&tensors, &e, &ctx, &id)?)
-            }
-            fb::Op::RmsNorm => {
-                let r = n.op_as_rms_norm().ok_or_else(|| BlobError::Invalid(ctx("has no RmsNorm table")))?;
-                NodeOp::RmsNorm(check_rms_norm(&tensors, &r, &ctx, &id)?)
-            }
-            fb::Op::Add => {
-                let a = n.op_as_add().ok_or_else(|| BlobError::Invalid(ctx("has no Add table")))?;
-                NodeOp::Add(check_add(&tensors, &a, &ctx, &id)?)
-            }
-            fb::Op::Attention => {
-                let a = n.op_as_attention().ok_or_else(|| BlobError::Invalid(ctx("has no Attention table")))?;
-                NodeOp::Attention(check_attention(&tensors, &a, &ctx, &id)?)
-            }
-            fb::Op::SwigluFfn => {
-                let f = n.op_as_swiglu_ffn().ok_or_else(|| BlobError::Invalid(ctx("has no SwigluFfn table")))?;
-                NodeOp::SwigluFfn(check_swiglu(&tensors, &f, &ctx, &id)?)
-            }
-            fb::Op::LmHead => {
-                let h = n.op_as_lm_head().ok_or_else(|| BlobError::Invalid(ctx("has no LmHead table")))?;
-                NodeOp::LmHead(check_lm_head(&tensors, &h, &ctx, &id)?)
-            }
-            other => return invalid(ctx(&format!("has unknown op type {}", other.0))),
-        };
-        let out = op.out();
-        if defined[out] {
-            return invalid(ctx(&format!("writes tensor {out}, which is a graph input or already written")));
-        }
-        for x in op.inputs() {
-            if !defined[x] {
-                return invalid(ctx(&format!("reads activation {x} before anything writes it")));
-            }
-        }
-        let x = op.x();
-        let (xt, ot) = (&tensors[x], &tensors[out]);
-        let want_rank = match &op {
-            NodeOp::Embedding(_) => xt.shape.len() + 1,
-            NodeOp::LmHead(_) => xt.shape.len().saturating_sub(1),
-            _ => xt.shape.len(),
-        };
-        if ot.shape.len() != want_rank || want_rank == 0 {
-            return invalid(ctx(&format!("output rank {} does not fit input rank {}", ot.shape.len(), xt.shape.len())));
-        }
-        if !xt.dynamic_leading && !ot.dynamic_leading && !matches!(op, NodeOp::Embedding(_) | NodeOp::LmHead(_)) {
-            let r = xt.shape.len() - 1;
-            if xt.shape[..r] != ot.shape[..r] {
-                return invalid(ctx(&format!("output shape {:?} does not match input shape {:?}", ot.shape, xt.shape)));
-            }
-        }
-        defined[out] = true;
+        let op = read_node_op(&n, tensors, ids, version, &ctx)?;
+        check_data_flow(&op, tensors, defined, &ctx)?;
+        defined[op.out()] = true;
         nodes.push(Node { name, op });
     }
-    let mut seen = vec![false; nt];
-    for &o in &outputs {
+    Ok(nodes)
+}
+
+/// The op table of `kind`, present as the node's union says.
+fn op_table<T>(table: Option<T>, ctx: &dyn Fn(&str) -> String, kind: &str) -> Result<T> {
+    table.ok_or_else(|| BlobError::Invalid(ctx(&format!("has no {kind} table"))))
+}
+
+/// Decode and check one node's op (the decoder ops need format version 2).
+fn read_node_op(n: &fb::Node<'_>, tensors: &[TensorDesc], ids: &TensorIds, version: u32, ctx: &dyn Fn(&str) -> String) -> Result<NodeOp> {
+    Ok(match n.op_type() {
+        fb::Op::MoeFfn => NodeOp::MoeFfn(check_moe(tensors, &op_table(n.op_as_moe_ffn(), ctx, "MoeFfn")?, ctx, ids, version)?),
+        fb::Op::Int4Linear => NodeOp::Int4Linear(check_linear(tensors, &op_table(n.op_as_int_4_linear(), ctx, "Int4Linear")?, ctx, ids)?),
+        fb::Op::Embedding | fb::Op::RmsNorm | fb::Op::Add | fb::Op::Attention | fb::Op::SwigluFfn | fb::Op::LmHead if version < 2 => {
+            return invalid(ctx(&format!("op type {} needs format version 2 (blob is version {version})", n.op_type().0)))
+        }
+        fb::Op::Embedding => NodeOp::Embedding(check_embedding(tensors, &op_table(n.op_as_embedding(), ctx, "Embedding")?, ctx, ids)?),
+        fb::Op::RmsNorm => NodeOp::RmsNorm(check_rms_norm(tensors, &op_table(n.op_as_rms_norm(), ctx, "RmsNorm")?, ctx, ids)?),
+        fb::Op::Add => NodeOp::Add(check_add(tensors, &op_table(n.op_as_add(), ctx, "Add")?, ctx, ids)?),
+        fb::Op::Attention => NodeOp::Attention(check_attention(tensors, &op_table(n.op_as_attention(), ctx, "Attention")?, ctx, ids)?),
+        fb::Op::SwigluFfn => NodeOp::SwigluFfn(check_swiglu(tensors, &op_table(n.op_as_swiglu_ffn(), ctx, "SwigluFfn")?, ctx, ids)?),
+        fb::Op::LmHead => NodeOp::LmHead(check_lm_head(tensors, &op_table(n.op_as_lm_head(), ctx, "LmHead")?, ctx, ids)?),
+        other => return invalid(ctx(&format!("has unknown op type {}", other.0))),
+    })
+}
+
+/// A node writes a tensor nothing wrote before, reads only written activations, and its output's
+/// rank (and, for static shapes, leading dimensions) follows from its input's.
+fn check_data_flow(op: &NodeOp, tensors: &[TensorDesc], defined: &[bool], ctx: &dyn Fn(&str) -> String) -> Result<()> {
+    let out = op.out();
+    if defined[out] {
+        return invalid(ctx(&format!("writes tensor {out}, which is a graph input or already written")));
+    }
+    for x in op.inputs() {
+        if !defined[x] {
+            return invalid(ctx(&format!("reads activation {x} before anything writes it")));
+        }
+    }
+    let (xt, ot) = (&tensors[op.x()], &tensors[out]);
+    let want_rank = match op {
+        NodeOp::Embedding(_) => xt.shape.len() + 1,
+        NodeOp::LmHead(_) => xt.shape.len().saturating_sub(1),
+        _ => xt.shape.len(),
+    };
+    if ot.shape.len() != want_rank || want_rank == 0 {
+        return invalid(ctx(&format!("output rank {} does not fit input rank {}", ot.shape.len(), xt.shape.len())));
+    }
+    if !xt.dynamic_leading && !ot.dynamic_leading && !matches!(op, NodeOp::Embedding(_) | NodeOp::LmHead(_)) {
+        let r = xt.shape.len() - 1;
+        if xt.shape[..r] != ot.shape[..r] {
+            return invalid(ctx(&format!("output shape {:?} does not match input shape {:?}", ot.shape, xt.shape)));
+        }
+    }
+    Ok(())
+}
+
+/// Graph outputs are distinct tensors some node wrote.
+fn check_graph_outputs(outputs: &[usize], inputs: &[usize], defined: &[bool]) -> Result<()> {
+    let mut seen = vec![false; defined.len()];
+    for &o in outputs {
         if !defined[o] || inputs.contains(&o) {
             return invalid(format!("graph output tensor {o} is not written by any node"));
         }
@@ -530,7 +563,7 @@ pub fn parse(blob: &[u8]) -> Result<Graph> {
         }
         seen[o] = true;
     }
-    Ok(Graph { header, tensors, nodes, inputs, outputs, segments, blob_len: blob.len() })
+    Ok(())
 }
 
 fn pos(ctx: &dyn Fn(&str) -> String, what: &str, v: i32) -> Result<usize> {
@@ -578,23 +611,59 @@ fn expect_act(tensors: &[TensorDesc], ctx: &dyn Fn(&str) -> String, what: &str, 
     Ok(())
 }
 
-type IdFn<'a> = dyn Fn(&str, i32) -> Result<usize> + 'a;
-type OptIdFn<'a> = dyn Fn(&str, i32) -> Result<Option<usize>> + 'a;
+/// The routing attributes of a MoeFfn node; the version-4 ones (group limit, weight on the input,
+/// topk_sigmoid / sparsemixer) are refused in an older blob, whose reader would have ignored them.
+fn read_router(m: &fb::MoeFfn<'_>, ctx: &dyn Fn(&str) -> String, version: u32) -> Result<RouterConfig> {
+    let score_func = match m.score_func() {
+        fb::ScoreFunc::Softmax => ScoreFunc::Softmax,
+        fb::ScoreFunc::SoftmaxAll => ScoreFunc::SoftmaxAll,
+        fb::ScoreFunc::Sigmoid => ScoreFunc::Sigmoid,
+        fb::ScoreFunc::TopkSigmoid => ScoreFunc::TopkSigmoid,
+        fb::ScoreFunc::SparseMixer => ScoreFunc::SparseMixer,
+        o => return invalid(ctx(&format!("unknown score_func {}", o.0))),
+    };
+    let group_score = match m.group_score() {
+        fb::GroupScore::Max => GroupScore::Max,
+        fb::GroupScore::TopTwoSum => GroupScore::TopTwoSum,
+        o => return invalid(ctx(&format!("unknown group_score {}", o.0))),
+    };
+    let v4 = matches!(score_func, ScoreFunc::TopkSigmoid | ScoreFunc::SparseMixer)
+        || m.num_groups() != 1
+        || m.top_groups() != 1
+        || m.group_score() != fb::GroupScore::Max
+        || m.weight_input()
+        || m.jitter_eps() != 0.0;
+    if v4 && version < 4 {
+        return invalid(ctx(&format!(
+            "routing attributes of format version 4 (score_func {}, groups, weight_input, jitter_eps) in a version {version} blob",
+            score_func.name()
+        )));
+    }
+    Ok(RouterConfig {
+        num_experts: pos(ctx, "num_experts", m.num_experts())?,
+        top_k: pos(ctx, "top_k", m.top_k())?,
+        score_func,
+        renormalize: m.renormalize(),
+        route_scale: m.route_scale(),
+        group_limit: GroupLimit {
+            groups: pos(ctx, "num_groups", m.num_groups())?,
+            top_groups: pos(ctx, "top_groups", m.top_groups())?,
+            score: group_score,
+        },
+        weight_input: m.weight_input(),
+        jitter_eps: m.jitter_eps(),
+    })
+}
 
 fn check_moe(
     tensors: &[TensorDesc],
     m: &fb::MoeFfn<'_>,
     ctx: &dyn Fn(&str) -> String,
-    id: &IdFn<'_>,
-    opt_id: &OptIdFn<'_>,
+    ids: &TensorIds,
+    version: u32,
 ) -> Result<MoeFfnNode> {
     let c = |f: &str| ctx(f);
-    let score_func = match m.score_func() {
-        fb::ScoreFunc::Softmax => ScoreFunc::Softmax,
-        fb::ScoreFunc::SoftmaxAll => ScoreFunc::SoftmaxAll,
-        fb::ScoreFunc::Sigmoid => ScoreFunc::Sigmoid,
-        o => return invalid(c(&format!("unknown score_func {}", o.0))),
-    };
+    let router = read_router(m, ctx, version)?;
     let bits = map_ops(ctx, WeightBits::from_bits(m.weight_bits().max(0) as usize))?;
     let shared_hidden = if m.shared_hidden_dim() < 0 {
         return invalid(c(&format!("shared_hidden_dim = {} must be >= 0", m.shared_hidden_dim())));
@@ -607,37 +676,31 @@ fn check_moe(
         shared_hidden,
         group: pos(ctx, "group_size", m.group_size())?,
         bits,
-        router: RouterConfig {
-            num_experts: pos(ctx, "num_experts", m.num_experts())?,
-            top_k: pos(ctx, "top_k", m.top_k())?,
-            score_func,
-            renormalize: m.renormalize(),
-            route_scale: m.route_scale(),
-        },
+        router,
         exact: m.exact(),
     };
     map_ops(ctx, spec.validate())?;
     let e = spec.router.num_experts;
     let d = spec.dim;
     let n = MoeFfnNode {
-        x: id(&c("x"), m.x())?,
-        out: id(&c("out"), m.out())?,
-        router_weight: id(&c("router_weight"), m.router_weight())?,
-        expert_bias: opt_id(&c("expert_bias"), m.expert_bias())?,
-        w13: id(&c("w13"), m.w13())?,
-        w13_scales: id(&c("w13_scales"), m.w13_scales())?,
-        w2: id(&c("w2"), m.w2())?,
-        w2_scales: id(&c("w2_scales"), m.w2_scales())?,
+        x: ids.id(&c("x"), m.x())?,
+        out: ids.id(&c("out"), m.out())?,
+        router_weight: ids.id(&c("router_weight"), m.router_weight())?,
+        expert_bias: ids.opt(&c("expert_bias"), m.expert_bias())?,
+        w13: ids.id(&c("w13"), m.w13())?,
+        w13_scales: ids.id(&c("w13_scales"), m.w13_scales())?,
+        w2: ids.id(&c("w2"), m.w2())?,
+        w2_scales: ids.id(&c("w2_scales"), m.w2_scales())?,
         shared: None,
         spec,
     };
     let sh = [
-        opt_id(&c("shared_w13"), m.shared_w13())?,
-        opt_id(&c("shared_w13_scales"), m.shared_w13_scales())?,
-        opt_id(&c("shared_w2"), m.shared_w2())?,
-        opt_id(&c("shared_w2_scales"), m.shared_w2_scales())?,
+        ids.opt(&c("shared_w13"), m.shared_w13())?,
+        ids.opt(&c("shared_w13_scales"), m.shared_w13_scales())?,
+        ids.opt(&c("shared_w2"), m.shared_w2())?,
+        ids.opt(&c("shared_w2_scales"), m.shared_w2_scales())?,
     ];
-    let gate = opt_id(&c("shared_gate"), m.shared_gate())?;
+    let gate = ids.opt(&c("shared_gate"), m.shared_gate())?;
     let shared = match (sh, shared_hidden) {
         ([None, None, None, None], 0) => {
             if gate.is_some() {
@@ -678,13 +741,7 @@ fn check_moe(
     Ok(MoeFfnNode { shared, ..n })
 }
 
-fn check_linear(
-    tensors: &[TensorDesc],
-    l: &fb::Int4Linear<'_>,
-    ctx: &dyn Fn(&str) -> String,
-    id: &IdFn<'_>,
-    opt_id: &OptIdFn<'_>,
-) -> Result<LinearNode> {
+fn check_linear(tensors: &[TensorDesc], l: &fb::Int4Linear<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<LinearNode> {
     let c = |f: &str| ctx(f);
     let bits = map_ops(ctx, WeightBits::from_bits(l.weight_bits().max(0) as usize))?;
     let spec = map_ops(
@@ -697,11 +754,11 @@ fn check_linear(
         ),
     )?;
     let n = LinearNode {
-        x: id(&c("x"), l.x())?,
-        out: id(&c("out"), l.out())?,
-        weight: id(&c("weight"), l.weight())?,
-        scales: id(&c("scales"), l.scales())?,
-        bias: opt_id(&c("bias"), l.bias())?,
+        x: ids.id(&c("x"), l.x())?,
+        out: ids.id(&c("out"), l.out())?,
+        weight: ids.id(&c("weight"), l.weight())?,
+        scales: ids.id(&c("scales"), l.scales())?,
+        bias: ids.opt(&c("bias"), l.bias())?,
         spec,
         exact: l.exact(),
     };
@@ -765,13 +822,13 @@ fn finite_eps(ctx: &dyn Fn(&str) -> String, eps: f32) -> Result<f32> {
     }
 }
 
-fn check_embedding(tensors: &[TensorDesc], e: &fb::Embedding<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<EmbeddingNode> {
+fn check_embedding(tensors: &[TensorDesc], e: &fb::Embedding<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<EmbeddingNode> {
     let spec = spec_of(ctx, "embedding", e.vocab_size(), e.dim(), e.group_size(), e.weight_bits())?;
     let n = EmbeddingNode {
-        tokens: id(&ctx("tokens"), e.tokens())?,
-        out: id(&ctx("out"), e.out())?,
-        weight: id(&ctx("weight"), e.weight())?,
-        scales: id(&ctx("scales"), e.scales())?,
+        tokens: ids.id(&ctx("tokens"), e.tokens())?,
+        out: ids.id(&ctx("out"), e.out())?,
+        weight: ids.id(&ctx("weight"), e.weight())?,
+        scales: ids.id(&ctx("scales"), e.scales())?,
         spec,
     };
     expect_i64_act(tensors, ctx, "tokens", n.tokens)?;
@@ -780,12 +837,12 @@ fn check_embedding(tensors: &[TensorDesc], e: &fb::Embedding<'_>, ctx: &dyn Fn(&
     Ok(n)
 }
 
-fn check_rms_norm(tensors: &[TensorDesc], r: &fb::RmsNorm<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<RmsNormNode> {
+fn check_rms_norm(tensors: &[TensorDesc], r: &fb::RmsNorm<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<RmsNormNode> {
     let dim = pos(ctx, "dim", r.dim())?;
     let n = RmsNormNode {
-        x: id(&ctx("x"), r.x())?,
-        out: id(&ctx("out"), r.out())?,
-        weight: id(&ctx("weight"), r.weight())?,
+        x: ids.id(&ctx("x"), r.x())?,
+        out: ids.id(&ctx("out"), r.out())?,
+        weight: ids.id(&ctx("weight"), r.weight())?,
         dim,
         eps: finite_eps(ctx, r.eps())?,
     };
@@ -795,8 +852,8 @@ fn check_rms_norm(tensors: &[TensorDesc], r: &fb::RmsNorm<'_>, ctx: &dyn Fn(&str
     Ok(n)
 }
 
-fn check_add(tensors: &[TensorDesc], a: &fb::Add<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<AddNode> {
-    let (ai, bi, oi) = (id(&ctx("a"), a.a())?, id(&ctx("b"), a.b())?, id(&ctx("out"), a.out())?);
+fn check_add(tensors: &[TensorDesc], a: &fb::Add<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<AddNode> {
+    let (ai, bi, oi) = (ids.id(&ctx("a"), a.a())?, ids.id(&ctx("b"), a.b())?, ids.id(&ctx("out"), a.out())?);
     let dim = tensors[ai].last_dim().unwrap_or(0);
     if dim <= 0 {
         return invalid(ctx(&format!("a (tensor {ai}) needs a positive last dimension")));
@@ -811,7 +868,7 @@ fn check_add(tensors: &[TensorDesc], a: &fb::Add<'_>, ctx: &dyn Fn(&str) -> Stri
     Ok(AddNode { a: ai, b: bi, out: oi, dim })
 }
 
-fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<AttentionNode> {
+fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<AttentionNode> {
     let rope = match a.rope_style() {
         fb::RopeStyle::HalfSplit => RopeStyle::HalfSplit,
         fb::RopeStyle::Interleaved => RopeStyle::Interleaved,
@@ -835,15 +892,15 @@ fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&
     let qkv_spec = spec_of(ctx, "wqkv", i32::try_from(spec.qkv_width()).unwrap_or(-1), a.dim(), a.group_size(), a.weight_bits())?;
     let wo_spec = spec_of(ctx, "wo", a.dim(), i32::try_from(spec.q_width()).unwrap_or(-1), a.group_size(), a.weight_bits())?;
     let n = AttentionNode {
-        x: id(&ctx("x"), a.x())?,
-        input_pos: id(&ctx("input_pos"), a.input_pos())?,
-        out: id(&ctx("out"), a.out())?,
-        wqkv: id(&ctx("wqkv"), a.wqkv())?,
-        wqkv_scales: id(&ctx("wqkv_scales"), a.wqkv_scales())?,
-        wo: id(&ctx("wo"), a.wo())?,
-        wo_scales: id(&ctx("wo_scales"), a.wo_scales())?,
-        rope_cos: id(&ctx("rope_cos"), a.rope_cos())?,
-        rope_sin: id(&ctx("rope_sin"), a.rope_sin())?,
+        x: ids.id(&ctx("x"), a.x())?,
+        input_pos: ids.id(&ctx("input_pos"), a.input_pos())?,
+        out: ids.id(&ctx("out"), a.out())?,
+        wqkv: ids.id(&ctx("wqkv"), a.wqkv())?,
+        wqkv_scales: ids.id(&ctx("wqkv_scales"), a.wqkv_scales())?,
+        wo: ids.id(&ctx("wo"), a.wo())?,
+        wo_scales: ids.id(&ctx("wo_scales"), a.wo_scales())?,
+        rope_cos: ids.id(&ctx("rope_cos"), a.rope_cos())?,
+        rope_sin: ids.id(&ctx("rope_sin"), a.rope_sin())?,
         spec,
         qkv_spec,
         wo_spec,
@@ -860,17 +917,17 @@ fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&
     Ok(n)
 }
 
-fn check_swiglu(tensors: &[TensorDesc], f: &fb::SwigluFfn<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<SwigluNode> {
+fn check_swiglu(tensors: &[TensorDesc], f: &fb::SwigluFfn<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<SwigluNode> {
     let hidden = pos(ctx, "hidden_dim", f.hidden_dim())?;
     let w13_spec = spec_of(ctx, "w13", i32::try_from(2 * hidden).unwrap_or(-1), f.dim(), f.group_size(), f.weight_bits())?;
     let w2_spec = spec_of(ctx, "w2", f.dim(), f.hidden_dim(), f.group_size(), f.weight_bits())?;
     let n = SwigluNode {
-        x: id(&ctx("x"), f.x())?,
-        out: id(&ctx("out"), f.out())?,
-        w13: id(&ctx("w13"), f.w13())?,
-        w13_scales: id(&ctx("w13_scales"), f.w13_scales())?,
-        w2: id(&ctx("w2"), f.w2())?,
-        w2_scales: id(&ctx("w2_scales"), f.w2_scales())?,
+        x: ids.id(&ctx("x"), f.x())?,
+        out: ids.id(&ctx("out"), f.out())?,
+        w13: ids.id(&ctx("w13"), f.w13())?,
+        w13_scales: ids.id(&ctx("w13_scales"), f.w13_scales())?,
+        w2: ids.id(&ctx("w2"), f.w2())?,
+        w2_scales: ids.id(&ctx("w2_scales"), f.w2_scales())?,
         w13_spec,
         w2_spec,
         exact: f.exact(),
@@ -882,14 +939,14 @@ fn check_swiglu(tensors: &[TensorDesc], f: &fb::SwigluFfn<'_>, ctx: &dyn Fn(&str
     Ok(n)
 }
 
-fn check_lm_head(tensors: &[TensorDesc], h: &fb::LmHead<'_>, ctx: &dyn Fn(&str) -> String, id: &IdFn<'_>) -> Result<LmHeadNode> {
+fn check_lm_head(tensors: &[TensorDesc], h: &fb::LmHead<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<LmHeadNode> {
     let spec = spec_of(ctx, "lm_head", h.vocab_size(), h.dim(), h.group_size(), h.weight_bits())?;
     let n = LmHeadNode {
-        x: id(&ctx("x"), h.x())?,
-        out: id(&ctx("out"), h.out())?,
-        norm_weight: id(&ctx("norm_weight"), h.norm_weight())?,
-        weight: id(&ctx("weight"), h.weight())?,
-        scales: id(&ctx("scales"), h.scales())?,
+        x: ids.id(&ctx("x"), h.x())?,
+        out: ids.id(&ctx("out"), h.out())?,
+        norm_weight: ids.id(&ctx("norm_weight"), h.norm_weight())?,
+        weight: ids.id(&ctx("weight"), h.weight())?,
+        scales: ids.id(&ctx("scales"), h.scales())?,
         eps: finite_eps(ctx, h.eps())?,
         spec,
         exact: h.exact(),

@@ -2,7 +2,7 @@
 //! tests and fuzzers can produce any corruption; [`BlobBuilder`] produces valid blobs.
 
 use crate::{fb, DATA_ALIGN, FORMAT_VERSION, HEADER_SIZE, MAGIC};
-use mobilemoe_ops::{MoeSpec, PackedRef, ScaleRef, ScoreFunc};
+use mobilemoe_ops::{GroupScore, MoeSpec, PackedRef, ScaleRef, ScoreFunc};
 
 /// A tensor as stored (ids, shapes and segment index unchecked).
 #[derive(Clone, Debug, PartialEq)]
@@ -249,10 +249,20 @@ impl BlobBuilder {
                 ScoreFunc::Softmax => fb::ScoreFunc::Softmax,
                 ScoreFunc::SoftmaxAll => fb::ScoreFunc::SoftmaxAll,
                 ScoreFunc::Sigmoid => fb::ScoreFunc::Sigmoid,
+                ScoreFunc::TopkSigmoid => fb::ScoreFunc::TopkSigmoid,
+                ScoreFunc::SparseMixer => fb::ScoreFunc::SparseMixer,
             },
             renormalize: spec.router.renormalize,
             route_scale: spec.router.route_scale,
             exact: spec.exact,
+            num_groups: spec.router.group_limit.groups as i32,
+            top_groups: spec.router.group_limit.top_groups as i32,
+            group_score: match spec.router.group_limit.score {
+                GroupScore::Max => fb::GroupScore::Max,
+                GroupScore::TopTwoSum => fb::GroupScore::TopTwoSum,
+            },
+            weight_input: spec.router.weight_input,
+            jitter_eps: spec.router.jitter_eps,
         };
         self.node(name, RawOp::MoeFfn(args));
         out

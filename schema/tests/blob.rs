@@ -59,9 +59,64 @@ fn bad_magic() {
     assert!(matches!(parse(&b), Err(BlobError::BadMagic(_))));
 }
 
+/// The routing of format version 4 (group limit, weight on the input, topk_sigmoid, sparsemixer)
+/// round-trips, and is refused in a blob that claims an older version (its reader would have
+/// ignored the fields and routed differently).
+#[test]
+fn version_4_routing_round_trips_and_needs_version_4() {
+    let edits: [fn(&mut fb::MoeFfnArgs); 5] = [
+        |a| {
+            a.num_groups = 2;
+            a.top_groups = 1;
+            a.group_score = fb::GroupScore::TopTwoSum;
+        },
+        |a| a.weight_input = true,
+        |a| a.score_func = fb::ScoreFunc::TopkSigmoid,
+        |a| {
+            a.score_func = fb::ScoreFunc::SparseMixer;
+            a.renormalize = false;
+            a.jitter_eps = 0.01;
+        },
+        |a| a.jitter_eps = 0.5, // set but unused: still a version-4 attribute
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let mut g = raw();
+        edit(moe(&mut g));
+        let bytes = g.to_bytes();
+        let parsed = parse(&bytes);
+        match (&parsed, i) {
+            (Ok(p), _) => match &p.nodes[0].op {
+                NodeOp::MoeFfn(m) => {
+                    let r = m.spec.router;
+                    assert!(
+                        r.group_limit.groups == 2
+                            || r.weight_input
+                            || r.jitter_eps != 0.0
+                            || r.score_func != mobilemoe_ops::ScoreFunc::Sigmoid,
+                        "{r:?}"
+                    );
+                }
+                _ => unreachable!(),
+            },
+            (Err(e), _) => panic!("edit {i}: {e}"),
+        }
+        let mut old = raw();
+        edit(moe(&mut old));
+        old.version = 3;
+        let e = err_of(&old.to_bytes());
+        assert!(e.contains("format version 4") && e.contains("version 3 blob"), "edit {i}: {e}");
+    }
+    // An invalid group limit is refused with the ops crate's message.
+    let e = with(|g| {
+        let a = moe(g);
+        a.num_groups = 3; // 4 experts do not split into 3 groups
+    });
+    assert!(e.contains("group limit"), "{e}");
+}
+
 #[test]
 fn wrong_version() {
-    for v in [0u32, 4, 255] {
+    for v in [0u32, mobilemoe_schema::FORMAT_VERSION + 1, 255] {
         let mut b = raw().to_bytes();
         b[4..8].copy_from_slice(&v.to_le_bytes());
         assert_eq!(parse(&b).unwrap_err(), BlobError::BadVersion { found: v });

@@ -157,7 +157,14 @@ fn moe_spec(l: &LayerShape) -> MoeSpec {
         shared_hidden: l.fs,
         group: 32,
         bits: WeightBits::Int4,
-        router: RouterConfig { num_experts: l.e, top_k: l.k, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.0 },
+        router: RouterConfig {
+            num_experts: l.e,
+            top_k: l.k,
+            score_func: ScoreFunc::Sigmoid,
+            renormalize: true,
+            route_scale: 1.0,
+            ..Default::default()
+        },
         exact: false,
     }
 }
@@ -303,6 +310,74 @@ struct Row {
     scalar_ms: Option<f64>,
 }
 
+/// `--json`: the roofline line (`bench_moe_vs_dense.py` reads its `gbps`).
+#[derive(serde::Serialize)]
+struct RooflineJson {
+    kind: &'static str,
+    threads: usize,
+    buffer_mib: usize,
+    gbps: f64,
+}
+
+/// `--json`: one measured row (`null` scalar columns where the scalar kernel was not run).
+#[derive(serde::Serialize)]
+struct MoeJson {
+    kind: &'static str,
+    layer: &'static str,
+    variant: &'static str,
+    kernel: &'static str,
+    tokens: usize,
+    threads: usize,
+    ms_median: f64,
+    ms_min: f64,
+    cpu_ms_per_call: f64,
+    iters: usize,
+    copies: usize,
+    experts_hit: usize,
+    bytes_read: usize,
+    gbps: f64,
+    gops: f64,
+    roofline_ms: f64,
+    pct_roofline: f64,
+    scalar_ms: Option<f64>,
+    speedup_vs_scalar: Option<f64>,
+}
+
+/// One JSON object per line (non-finite numbers become `null`).
+fn json_line<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn moe_json_line(r: &Row, ratio: Option<f64>) -> String {
+    json_line(&MoeJson {
+        kind: "moe",
+        layer: r.layer,
+        variant: r.variant,
+        kernel: r.kernel,
+        tokens: r.tokens,
+        threads: r.threads,
+        ms_median: round(r.ms_median, 4),
+        ms_min: round(r.ms_min, 4),
+        cpu_ms_per_call: round(r.cpu_ms, 4),
+        iters: r.iters,
+        copies: r.copies,
+        experts_hit: r.experts_hit,
+        bytes_read: r.bytes,
+        gbps: round(r.gbps, 3),
+        gops: round(r.gops, 3),
+        roofline_ms: round(r.roofline_ms, 4),
+        pct_roofline: round(100.0 * r.roofline_ms / r.ms_median, 2),
+        scalar_ms: r.scalar_ms.map(|v| round(v, 4)),
+        speedup_vs_scalar: ratio.map(|v| round(v, 4)),
+    })
+}
+
+/// `v` rounded to `digits` decimals (the precision the table prints).
+fn round(v: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (v * p).round() / p
+}
+
 /// Times `iters` calls (after one warm-up), cycling through `layers`; returns (median, min) ms.
 #[allow(clippy::too_many_arguments)]
 fn time_calls(
@@ -374,8 +449,8 @@ fn main() {
         }
     }
     if json {
-        for (&th, &bw) in &roof {
-            println!("{{\"kind\":\"roofline\",\"threads\":{th},\"buffer_mib\":{},\"gbps\":{:.2}}}", roof_bytes >> 20, bw / 1e9);
+        for (&threads, &bw) in &roof {
+            println!("{}", json_line(&RooflineJson { kind: "roofline", threads, buffer_mib: roof_bytes >> 20, gbps: round(bw / 1e9, 2) }));
         }
     } else {
         println!("kernel: {} (scalar reference: {})", ks.kind.name(), if with_scalar { "measured, fewer iterations" } else { "skipped" });
@@ -470,12 +545,7 @@ fn main() {
 fn print_row(r: &Row, json: bool) {
     let ratio = r.scalar_ms.map(|s| s / r.ms_median);
     if json {
-        let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "null".into());
-        println!(
-            "{{\"kind\":\"moe\",\"layer\":\"{}\",\"variant\":\"{}\",\"kernel\":\"{}\",\"tokens\":{},\"threads\":{},\"ms_median\":{:.4},\"ms_min\":{:.4},\"cpu_ms_per_call\":{:.4},\"iters\":{},\"copies\":{},\"experts_hit\":{},\"bytes_read\":{},\"gbps\":{:.3},\"gops\":{:.3},\"roofline_ms\":{:.4},\"pct_roofline\":{:.2},\"scalar_ms\":{},\"speedup_vs_scalar\":{}}}",
-            r.layer, r.variant, r.kernel, r.tokens, r.threads, r.ms_median, r.ms_min, r.cpu_ms, r.iters, r.copies, r.experts_hit,
-            r.bytes, r.gbps, r.gops, r.roofline_ms, 100.0 * r.roofline_ms / r.ms_median, opt(r.scalar_ms), opt(ratio)
-        );
+        println!("{}", moe_json_line(r, ratio));
     } else {
         let opt = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
         println!(
@@ -538,5 +608,40 @@ fn gemm_only(ks: Kernels) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_the_documented_keys_rounding_and_nulls() {
+        let r = Row {
+            layer: "S",
+            variant: "warm",
+            kernel: "avx2",
+            tokens: 8,
+            threads: 2,
+            iters: 11,
+            copies: 1,
+            ms_median: 1.234_567,
+            ms_min: 1.0,
+            cpu_ms: 2.5,
+            experts_hit: 7,
+            bytes: 12_345_678,
+            gbps: 10.123_456,
+            gops: f64::NAN,
+            roofline_ms: 0.5,
+            scalar_ms: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&moe_json_line(&r, None)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), 19, "{keys:?}");
+        assert_eq!((v["kind"].as_str(), v["layer"].as_str(), v["tokens"].as_u64()), (Some("moe"), Some("S"), Some(8)));
+        assert_eq!((v["ms_median"].as_f64(), v["gbps"].as_f64(), v["pct_roofline"].as_f64()), (Some(1.2346), Some(10.123), Some(40.5)));
+        assert!(v["gops"].is_null() && v["scalar_ms"].is_null() && v["speedup_vs_scalar"].is_null());
+        let roof = json_line(&RooflineJson { kind: "roofline", threads: 2, buffer_mib: 256, gbps: round(12.3456, 2) });
+        assert_eq!(roof, r#"{"kind":"roofline","threads":2,"buffer_mib":256,"gbps":12.35}"#);
     }
 }

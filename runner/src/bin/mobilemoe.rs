@@ -223,15 +223,7 @@ fn generated_inputs(meta: &MethodMeta, tokens: usize) -> Res<Vec<Input>> {
         v.push(match m.dtype {
             dtype::FLOAT => {
                 // Deterministic pseudo-random values in [-1, 1).
-                let mut s = 0x9E3779B97F4A7C15u64 ^ (i as u64);
-                let data = (0..n)
-                    .map(|_| {
-                        s ^= s << 13;
-                        s ^= s >> 7;
-                        s ^= s << 17;
-                        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                    })
-                    .collect();
+                let data = mobilemoe_ops::testing::Rng(0x9E3779B97F4A7C15u64 ^ (i as u64)).vec(n, 1.0);
                 Input::F32(data, dims)
             }
             dtype::LONG if dims.len() == 1 => Input::I64((0..n as i64).collect(), dims), // positions

@@ -15,13 +15,6 @@ use tracing_subscriber::Layer;
 
 const MODES: [&str; 4] = ["none", "filtered", "paused", "recording"];
 
-fn rng(s: &mut u64) -> f32 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
-
 fn child(mode: &str, iters: usize) {
     let mut rec = None;
     match mode {
@@ -40,8 +33,8 @@ fn child(mode: &str, iters: usize) {
     }
     let spec = mobilemoe_ops::testing::s_like_moe_spec();
     let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
-    let mut s = 0x1234_5678_9abc_def1u64;
-    let mut gen = |n: usize, sc: f32| -> Vec<f32> { (0..n).map(|_| rng(&mut s) * sc).collect() };
+    let mut r = mobilemoe_ops::testing::Rng(0x1234_5678_9abc_def1);
+    let mut gen = |n: usize, sc: f32| r.vec(n, sc);
     // One expert quantized, replicated: same bytes streamed per expert as distinct weights.
     let a = PackedMatrix::quantize(&gen(2 * f * d, 0.05), spec.w13_spec().unwrap()).unwrap();
     let b = PackedMatrix::quantize(&gen(d * f, 0.05), spec.w2_spec().unwrap()).unwrap();

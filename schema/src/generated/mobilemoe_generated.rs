@@ -304,13 +304,15 @@ impl flatbuffers::SimpleToVerifyInSlice for KvCacheType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_SCORE_FUNC: i8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_SCORE_FUNC: i8 = 2;
+pub const ENUM_MAX_SCORE_FUNC: i8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_SCORE_FUNC: [ScoreFunc; 3] = [
+pub const ENUM_VALUES_SCORE_FUNC: [ScoreFunc; 5] = [
   ScoreFunc::Softmax,
   ScoreFunc::SoftmaxAll,
   ScoreFunc::Sigmoid,
+  ScoreFunc::TopkSigmoid,
+  ScoreFunc::SparseMixer,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -321,13 +323,17 @@ impl ScoreFunc {
   pub const Softmax: Self = Self(0);
   pub const SoftmaxAll: Self = Self(1);
   pub const Sigmoid: Self = Self(2);
+  pub const TopkSigmoid: Self = Self(3);
+  pub const SparseMixer: Self = Self(4);
 
   pub const ENUM_MIN: i8 = 0;
-  pub const ENUM_MAX: i8 = 2;
+  pub const ENUM_MAX: i8 = 4;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Softmax,
     Self::SoftmaxAll,
     Self::Sigmoid,
+    Self::TopkSigmoid,
+    Self::SparseMixer,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -335,6 +341,8 @@ impl ScoreFunc {
       Self::Softmax => Some("Softmax"),
       Self::SoftmaxAll => Some("SoftmaxAll"),
       Self::Sigmoid => Some("Sigmoid"),
+      Self::TopkSigmoid => Some("TopkSigmoid"),
+      Self::SparseMixer => Some("SparseMixer"),
       _ => None,
     }
   }
@@ -390,6 +398,91 @@ impl<'a> flatbuffers::Verifiable for ScoreFunc {
 }
 
 impl flatbuffers::SimpleToVerifyInSlice for ScoreFunc {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_GROUP_SCORE: i8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_GROUP_SCORE: i8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_GROUP_SCORE: [GroupScore; 2] = [
+  GroupScore::Max,
+  GroupScore::TopTwoSum,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct GroupScore(pub i8);
+#[allow(non_upper_case_globals)]
+impl GroupScore {
+  pub const Max: Self = Self(0);
+  pub const TopTwoSum: Self = Self(1);
+
+  pub const ENUM_MIN: i8 = 0;
+  pub const ENUM_MAX: i8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Max,
+    Self::TopTwoSum,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Max => Some("Max"),
+      Self::TopTwoSum => Some("TopTwoSum"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for GroupScore {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for GroupScore {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<i8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for GroupScore {
+    type Output = GroupScore;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<i8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for GroupScore {
+  type Scalar = i8;
+  #[inline]
+  fn to_little_endian(self) -> i8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: i8) -> Self {
+    let b = i8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for GroupScore {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    i8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for GroupScore {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
@@ -817,6 +910,11 @@ impl<'a> MoeFfn<'a> {
   pub const VT_RENORMALIZE: flatbuffers::VOffsetT = 46;
   pub const VT_ROUTE_SCALE: flatbuffers::VOffsetT = 48;
   pub const VT_EXACT: flatbuffers::VOffsetT = 50;
+  pub const VT_NUM_GROUPS: flatbuffers::VOffsetT = 52;
+  pub const VT_TOP_GROUPS: flatbuffers::VOffsetT = 54;
+  pub const VT_GROUP_SCORE: flatbuffers::VOffsetT = 56;
+  pub const VT_WEIGHT_INPUT: flatbuffers::VOffsetT = 58;
+  pub const VT_JITTER_EPS: flatbuffers::VOffsetT = 60;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -828,6 +926,9 @@ impl<'a> MoeFfn<'a> {
     args: &'args MoeFfnArgs
   ) -> flatbuffers::WIPOffset<MoeFfn<'bldr>> {
     let mut builder = MoeFfnBuilder::new(_fbb);
+    builder.add_jitter_eps(args.jitter_eps);
+    builder.add_top_groups(args.top_groups);
+    builder.add_num_groups(args.num_groups);
     builder.add_route_scale(args.route_scale);
     builder.add_weight_bits(args.weight_bits);
     builder.add_group_size(args.group_size);
@@ -849,6 +950,8 @@ impl<'a> MoeFfn<'a> {
     builder.add_expert_bias(args.expert_bias);
     builder.add_router_weight(args.router_weight);
     builder.add_x(args.x);
+    builder.add_weight_input(args.weight_input);
+    builder.add_group_score(args.group_score);
     builder.add_exact(args.exact);
     builder.add_renormalize(args.renormalize);
     builder.add_score_func(args.score_func);
@@ -1024,6 +1127,41 @@ impl<'a> MoeFfn<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(MoeFfn::VT_EXACT, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn num_groups(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(MoeFfn::VT_NUM_GROUPS, Some(1)).unwrap()}
+  }
+  #[inline]
+  pub fn top_groups(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(MoeFfn::VT_TOP_GROUPS, Some(1)).unwrap()}
+  }
+  #[inline]
+  pub fn group_score(&self) -> GroupScore {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<GroupScore>(MoeFfn::VT_GROUP_SCORE, Some(GroupScore::Max)).unwrap()}
+  }
+  #[inline]
+  pub fn weight_input(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MoeFfn::VT_WEIGHT_INPUT, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn jitter_eps(&self) -> f32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f32>(MoeFfn::VT_JITTER_EPS, Some(0.0)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for MoeFfn<'_> {
@@ -1057,6 +1195,11 @@ impl flatbuffers::Verifiable for MoeFfn<'_> {
      .visit_field::<bool>("renormalize", Self::VT_RENORMALIZE, false)?
      .visit_field::<f32>("route_scale", Self::VT_ROUTE_SCALE, false)?
      .visit_field::<bool>("exact", Self::VT_EXACT, false)?
+     .visit_field::<i32>("num_groups", Self::VT_NUM_GROUPS, false)?
+     .visit_field::<i32>("top_groups", Self::VT_TOP_GROUPS, false)?
+     .visit_field::<GroupScore>("group_score", Self::VT_GROUP_SCORE, false)?
+     .visit_field::<bool>("weight_input", Self::VT_WEIGHT_INPUT, false)?
+     .visit_field::<f32>("jitter_eps", Self::VT_JITTER_EPS, false)?
      .finish();
     Ok(())
   }
@@ -1086,6 +1229,11 @@ pub struct MoeFfnArgs {
     pub renormalize: bool,
     pub route_scale: f32,
     pub exact: bool,
+    pub num_groups: i32,
+    pub top_groups: i32,
+    pub group_score: GroupScore,
+    pub weight_input: bool,
+    pub jitter_eps: f32,
 }
 impl<'a> Default for MoeFfnArgs {
   #[inline]
@@ -1115,6 +1263,11 @@ impl<'a> Default for MoeFfnArgs {
       renormalize: false,
       route_scale: 1.0,
       exact: false,
+      num_groups: 1,
+      top_groups: 1,
+      group_score: GroupScore::Max,
+      weight_input: false,
+      jitter_eps: 0.0,
     }
   }
 }
@@ -1221,6 +1374,26 @@ impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> MoeFfnBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(MoeFfn::VT_EXACT, exact, false);
   }
   #[inline]
+  pub fn add_num_groups(&mut self, num_groups: i32) {
+    self.fbb_.push_slot::<i32>(MoeFfn::VT_NUM_GROUPS, num_groups, 1);
+  }
+  #[inline]
+  pub fn add_top_groups(&mut self, top_groups: i32) {
+    self.fbb_.push_slot::<i32>(MoeFfn::VT_TOP_GROUPS, top_groups, 1);
+  }
+  #[inline]
+  pub fn add_group_score(&mut self, group_score: GroupScore) {
+    self.fbb_.push_slot::<GroupScore>(MoeFfn::VT_GROUP_SCORE, group_score, GroupScore::Max);
+  }
+  #[inline]
+  pub fn add_weight_input(&mut self, weight_input: bool) {
+    self.fbb_.push_slot::<bool>(MoeFfn::VT_WEIGHT_INPUT, weight_input, false);
+  }
+  #[inline]
+  pub fn add_jitter_eps(&mut self, jitter_eps: f32) {
+    self.fbb_.push_slot::<f32>(MoeFfn::VT_JITTER_EPS, jitter_eps, 0.0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> MoeFfnBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MoeFfnBuilder {
@@ -1262,6 +1435,11 @@ impl core::fmt::Debug for MoeFfn<'_> {
       ds.field("renormalize", &self.renormalize());
       ds.field("route_scale", &self.route_scale());
       ds.field("exact", &self.exact());
+      ds.field("num_groups", &self.num_groups());
+      ds.field("top_groups", &self.top_groups());
+      ds.field("group_score", &self.group_score());
+      ds.field("weight_input", &self.weight_input());
+      ds.field("jitter_eps", &self.jitter_eps());
       ds.finish()
   }
 }

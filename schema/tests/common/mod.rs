@@ -4,18 +4,8 @@
 use mobilemoe_ops::{MatrixSpec, MoeSpec, OwnedScales, PackedMatrix, PackedRef, RouterConfig, ScaleRef, ScaleType, ScoreFunc, WeightBits};
 use mobilemoe_schema::write::{BlobBuilder, MoeLayerWeights};
 
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn f(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
-    }
-}
+/// The workspace's deterministic test PRNG (xorshift64).
+pub use mobilemoe_ops::testing::Rng;
 
 pub struct Layer {
     pub spec: MoeSpec,
@@ -40,7 +30,14 @@ pub fn layer(seed: u64) -> Layer {
         shared_hidden: f,
         group: 32,
         bits: WeightBits::Int4,
-        router: RouterConfig { num_experts: e, top_k: k, score_func: ScoreFunc::Sigmoid, renormalize: true, route_scale: 1.5 },
+        router: RouterConfig {
+            num_experts: e,
+            top_k: k,
+            score_func: ScoreFunc::Sigmoid,
+            renormalize: true,
+            route_scale: 1.5,
+            ..Default::default()
+        },
         exact: false,
     };
     let mut r = Rng(seed | 1);

@@ -45,7 +45,7 @@ pub fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("truncated_data", ok[..n - 64].to_vec(), "outside the data area"),
         ("wrong_magic", poke(ok.clone(), 0, b"MMOX"), "bad magic"),
         ("pte_magic", poke(ok.clone(), 0, b"\0\0\0\0ET12"), "bad magic"),
-        ("header_version_4", poke(ok.clone(), 4, &4u32.to_le_bytes()), "unsupported blob format version 4"),
+        ("header_version_99", poke(ok.clone(), 4, &99u32.to_le_bytes()), "unsupported blob format version 99"),
         ("header_version_0", poke(ok.clone(), 4, &0u32.to_le_bytes()), "unsupported blob format version 0"),
         ("graph_version_3", with(|g| g.version = 3).into_iter().enumerate().map(|(i, b)| if i == 4 { 2 } else { b }).collect(), "graph version 3 differs from the header's 2"),
         ("flatbuffer_offset_64", poke(ok.clone(), 8, &64u64.to_le_bytes()), "flatbuffer offset 64"),

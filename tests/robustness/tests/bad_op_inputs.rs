@@ -21,7 +21,7 @@ fn layer(score: ScoreFunc, exact: bool) -> Layer {
         shared_hidden: 0,
         group: 32,
         bits: WeightBits::Int4,
-        router: RouterConfig { num_experts: e, top_k: 2, score_func: score, renormalize: true, route_scale: 1.0 },
+        router: RouterConfig { num_experts: e, top_k: 2, score_func: score, renormalize: true, route_scale: 1.0, ..Default::default() },
         exact,
     };
     let mut r = Rng(5);

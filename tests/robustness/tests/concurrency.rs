@@ -23,7 +23,7 @@ fn layer(seed: u64, e: usize, k: usize, score: ScoreFunc, exact: bool) -> (MoeSp
         shared_hidden: 0,
         group,
         bits: WeightBits::Int4,
-        router: RouterConfig { num_experts: e, top_k: k, score_func: score, renormalize: true, route_scale: 1.0 },
+        router: RouterConfig { num_experts: e, top_k: k, score_func: score, renormalize: true, route_scale: 1.0, ..Default::default() },
         exact,
     };
     let mut r = Rng(seed);

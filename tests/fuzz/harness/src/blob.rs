@@ -12,7 +12,7 @@
 use crate::delegate::Delegate;
 use crate::gen::{FloatFill, Rng, Special};
 use arbitrary::{Arbitrary, Unstructured};
-use mobilemoe_ops::{MatrixSpec, MoeSpec, PackedMatrix, RouterConfig, ScoreFunc, WeightBits};
+use mobilemoe_ops::{MatrixSpec, MoeSpec, OwnedScales, PackedMatrix, PackedRef, RouterConfig, ScaleType, ScoreFunc, WeightBits};
 use mobilemoe_schema::fb;
 use mobilemoe_schema::read::NodeOp;
 use mobilemoe_schema::write::{BlobBuilder, MoeLayerWeights, RawGraph, RawNode, RawOp};
@@ -180,7 +180,7 @@ fn rng_vec(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| r.f32() * scale).collect()
 }
 
-/// A small MoE layer blob (+ optional linear after it), always valid.
+/// A small MoE layer blob (+ optional linear after it), always valid, with f32 scales.
 #[allow(clippy::too_many_arguments)]
 pub fn make_blob(
     d: usize,
@@ -195,6 +195,26 @@ pub fn make_blob(
     dynamic: bool,
     seed: u64,
 ) -> RawGraph {
+    make_blob_scaled(d, f, e, k, fs, score, bits, bias, linear_n, dynamic, ScaleType::F32, seed)
+}
+
+/// [`make_blob`] with every per-group scale tensor stored as `scales` (format version 3: dtype
+/// F16 = 5 or BF16 = 6 for fp16/bf16; the f32 scales rounded to it).
+#[allow(clippy::too_many_arguments)]
+pub fn make_blob_scaled(
+    d: usize,
+    f: usize,
+    e: usize,
+    k: usize,
+    fs: usize,
+    score: ScoreFunc,
+    bits: WeightBits,
+    bias: bool,
+    linear_n: usize,
+    dynamic: bool,
+    scales: ScaleType,
+    seed: u64,
+) -> RawGraph {
     let group = 32;
     let mut r = Rng(seed);
     let spec = MoeSpec {
@@ -203,7 +223,14 @@ pub fn make_blob(
         shared_hidden: fs,
         group,
         bits,
-        router: RouterConfig { num_experts: e, top_k: k, score_func: score, renormalize: score != ScoreFunc::Softmax, route_scale: 1.0 },
+        router: RouterConfig {
+            num_experts: e,
+            top_k: k,
+            score_func: score,
+            renormalize: score != ScoreFunc::Softmax,
+            route_scale: 1.0,
+            ..Default::default()
+        },
         exact: seed % 2 == 1,
     };
     let (s13, s2) = (spec.w13_spec().unwrap(), spec.w2_spec().unwrap());
@@ -225,39 +252,59 @@ pub fn make_blob(
             rng_vec(&mut r, d, 0.3),
         )
     });
+    let conv = |v: &[f32]| OwnedScales::from_f32(scales, v);
+    let (w13s, w2s) = (conv(&w13s), conv(&w2s));
+    let shared_scales = shared.as_ref().map(|(a, b, _)| (conv(&a.scales), conv(&b.scales)));
     let mut b = BlobBuilder::new();
     let x = b.activation(&[1, d as i64], dynamic);
     let w = MoeLayerWeights {
         router_w: &router,
         expert_bias: bias.then_some(eb.as_slice()),
         w13: &w13,
-        w13_scales: (&w13s).into(),
+        w13_scales: w13s.as_ref(),
         w2: &w2,
-        w2_scales: (&w2s).into(),
-        shared: shared.as_ref().map(|(a, b, g)| (a.as_ref(), b.as_ref(), Some(g.as_slice()))),
+        w2_scales: w2s.as_ref(),
+        shared: shared
+            .as_ref()
+            .zip(shared_scales.as_ref())
+            .map(|((a, b, g), (sa, sb))| (with_scales(a, sa), with_scales(b, sb), Some(g.as_slice()))),
     };
     let mut out = b.moe_ffn_layer("moe", x, &spec, &w);
     if linear_n > 0 {
         let ls = MatrixSpec::new(linear_n, d, group, bits).unwrap();
         let lw = PackedMatrix::quantize(&rng_vec(&mut r, linear_n * d, 0.1), ls).unwrap();
         let lb = rng_vec(&mut r, linear_n, 0.1);
-        out = b.linear_layer("lm_head", out, &lw.as_ref(), Some(&lb), false);
+        let ls = conv(&lw.scales);
+        out = b.linear_layer("lm_head", out, &with_scales(&lw, &ls), Some(&lb), false);
     }
     b.set_inputs(&[x]);
     b.set_outputs(&[out]);
     b.into_raw()
 }
 
-/// The templates: (file name, graph).
-pub fn seed_graphs() -> Vec<(&'static str, RawGraph)> {
+/// `m` with its scales replaced by `s` (the same values in another element type).
+fn with_scales<'a>(m: &'a PackedMatrix, s: &'a OwnedScales) -> PackedRef<'a> {
+    PackedRef { scales: s.as_ref(), ..m.as_ref() }
+}
+
+/// The templates: (file name, graph). Four graphs, each with f32, then f16, then bf16 scales:
+/// template `i` is graph `i % 4` with scale type `i / 4`.
+pub fn seed_graphs() -> Vec<(String, RawGraph)> {
     use ScoreFunc::*;
     use WeightBits::*;
-    vec![
-        ("moe_softmax_int4", make_blob(32, 32, 4, 2, 0, Softmax, Int4, false, 0, true, 1)),
-        ("moe_sigmoid_bias_shared", make_blob(32, 32, 4, 2, 32, Sigmoid, Int4, true, 0, true, 2)),
-        ("moe_softmax_all_int8_linear", make_blob(64, 32, 3, 3, 0, SoftmaxAll, Int8, false, 40, true, 3)),
-        ("moe_static_top1", make_blob(32, 64, 2, 1, 0, Softmax, Int4, false, 16, false, 4)),
-    ]
+    let mut v = vec![];
+    for (t, suffix) in [(ScaleType::F32, ""), (ScaleType::F16, "_f16"), (ScaleType::Bf16, "_bf16")] {
+        v.extend(
+            [
+                ("moe_softmax_int4", make_blob_scaled(32, 32, 4, 2, 0, Softmax, Int4, false, 0, true, t, 1)),
+                ("moe_sigmoid_bias_shared", make_blob_scaled(32, 32, 4, 2, 32, Sigmoid, Int4, true, 0, true, t, 2)),
+                ("moe_softmax_all_int8_linear", make_blob_scaled(64, 32, 3, 3, 0, SoftmaxAll, Int8, false, 40, true, t, 3)),
+                ("moe_static_top1", make_blob_scaled(32, 64, 2, 1, 0, Softmax, Int4, false, 16, false, t, 4)),
+            ]
+            .map(|(name, g)| (format!("{name}{suffix}"), g)),
+        );
+    }
+    v
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -501,7 +548,8 @@ fn clone_graph(g: &RawGraph) -> RawGraph {
 }
 
 thread_local! {
-    /// The templates, built once (quantizing their weights each iteration cost ~80% of the time).
+    /// The templates (4 graphs x f32/f16/bf16 scales), built once (quantizing their weights each
+    /// iteration cost ~80% of the time).
     static TEMPLATES: Vec<RawGraph> = seed_graphs().into_iter().map(|(_, g)| g).collect();
 }
 

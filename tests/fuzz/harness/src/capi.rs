@@ -200,12 +200,18 @@ pub fn capi(data: &[u8]) {
                 shared_hidden_dim: if raw(7) { a[7] } else { shared },
                 group_size: group,
                 weight_bits: bits,
-                score_func: inp.score_func.rem_euclid(4),
+                // low byte: the score function (0..=4 valid, 5 not); higher bits: the v4 routing
+                score_func: (inp.score_func & 0xff).rem_euclid(6),
                 renormalize: (inp.flags >> 3 & 1) as i32,
                 route_scale: if inp.flags & 16 != 0 { inp.route_scale } else { 1.0 },
                 exact: (inp.flags >> 5 & 1) as i32,
                 out: op,
                 out_len: ol,
+                num_groups: 1 + (inp.score_func >> 8 & 7) as i64,
+                top_groups: 1 + (inp.score_func >> 11 & 7) as i64,
+                group_score: inp.score_func >> 14 & 3,
+                weight_input: inp.score_func >> 16 & 1,
+                jitter_eps: if inp.score_func >> 17 & 1 != 0 { inp.route_scale } else { 0.0 },
             };
             unsafe { mobilemoe_moe_ffn(&args) }
         }

@@ -16,7 +16,7 @@ use mobilemoe_ops::kernels::OutPtr;
 use mobilemoe_ops::moe::{exp_f32, sigmoid}; // the library's deterministic exp: same scores, same order
 use mobilemoe_ops::quant::{self, MatrixSpec, PackedRef, WeightBits};
 use mobilemoe_ops::reference;
-use mobilemoe_ops::routing::{self, RouterConfig, ScoreFunc};
+use mobilemoe_ops::routing::{self, GroupLimit, GroupScore, RouterConfig, ScoreFunc};
 use mobilemoe_ops::{linear, moe_ffn, Kernels, LinearScratch, MoeScratch, MoeSpec, MoeWeights, OpsError, SharedExpert, ThreadPool};
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -192,7 +192,35 @@ pub struct RoutingInput {
     direct_k: u8,
 }
 
-const SCORES: [ScoreFunc; 3] = [ScoreFunc::Softmax, ScoreFunc::SoftmaxAll, ScoreFunc::Sigmoid];
+/// The routing attributes of format version 4, from one fuzzer byte (`score`, after the score
+/// function): group limit, group score, sparsemixer threshold.
+fn v4_routing(cfg: &mut RouterConfig, extra: u8) {
+    cfg.group_limit = GroupLimit {
+        groups: 1 + (extra % 4) as usize,
+        top_groups: 1 + (extra / 4 % 4) as usize,
+        score: if extra / 16 % 2 == 0 { GroupScore::Max } else { GroupScore::TopTwoSum },
+    };
+    cfg.jitter_eps = [0.0, 0.01, 0.3, -0.1, f32::NAN][(extra / 32 % 5) as usize];
+}
+
+/// Validity of a router config, from docs/DESIGN.md section 4 (independent of `validate`).
+fn router_valid(c: &RouterConfig) -> bool {
+    let (e, k, g) = (c.num_experts, c.top_k, c.group_limit);
+    let basic = e > 0 && k >= 1 && k <= e && c.route_scale.is_finite();
+    let groups_fit = g.groups >= 1 && e % g.groups == 0 && g.top_groups >= 1 && g.top_groups <= g.groups;
+    let limited = g.groups > 1 && g.top_groups < g.groups;
+    let limit_ok = !limited
+        || (k <= g.top_groups * (e / g.groups)
+            && (g.score == GroupScore::Max || e / g.groups >= 2)
+            && c.score_func != ScoreFunc::SparseMixer);
+    let mixer_ok = c.score_func != ScoreFunc::SparseMixer || (k == 2 && !c.renormalize && c.jitter_eps >= 0.0 && c.jitter_eps.is_finite());
+    basic && groups_fit && limit_ok && mixer_ok
+}
+
+/// Equal bits, or both NaN (NaN payloads are not specified).
+fn same_f32(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
 
 /// Top-k by the documented order: descending, NaN below everything, lowest index wins ties.
 pub fn naive_top_k(scores: &[f32], k: usize) -> Vec<u32> {
@@ -212,7 +240,8 @@ pub fn naive_top_k(scores: &[f32], k: usize) -> Vec<u32> {
 
 fn selection_scores(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     match cfg.score_func {
-        ScoreFunc::Softmax => logits.to_vec(),
+        ScoreFunc::Softmax | ScoreFunc::TopkSigmoid => logits.to_vec(),
+        ScoreFunc::SparseMixer => unreachable!("sparsemixer is checked against the reference"),
         ScoreFunc::SoftmaxAll => {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut v: Vec<f32> = logits.iter().map(|&l| exp_f32(l - max)).collect();
@@ -245,7 +274,7 @@ pub fn ops_routing(data: &[u8]) {
         assert_eq!(ids[..kk], naive_top_k(&scores, kk)[..], "top_k on {scores:?}");
         assert!(ids[kk..].iter().all(|&v| v == u32::MAX));
     }
-    for f in SCORES {
+    for f in ScoreFunc::ALL {
         assert_eq!(ScoreFunc::parse(f.name()).unwrap(), f);
     }
     assert!(ScoreFunc::parse("Softmax ").is_err());
@@ -255,9 +284,16 @@ pub fn ops_routing(data: &[u8]) {
     let t = inp.tokens.get(|s| s as usize % 20);
     let d = 1 + inp.d as usize % 48;
     let route_scale = inp.route_scale.map(|s| s.value()).unwrap_or(1.0);
-    let cfg =
-        RouterConfig { num_experts: e, top_k: k, score_func: SCORES[inp.score as usize % 3], renormalize: inp.renormalize, route_scale };
-    let cfg_ok = e > 0 && k >= 1 && k <= e && route_scale.is_finite();
+    let mut cfg = RouterConfig {
+        num_experts: e,
+        top_k: k,
+        score_func: ScoreFunc::ALL[inp.score as usize % 5],
+        renormalize: inp.renormalize,
+        route_scale,
+        ..Default::default()
+    };
+    v4_routing(&mut cfg, inp.score / 5);
+    let cfg_ok = router_valid(&cfg);
     assert_eq!(cfg.validate().is_ok(), cfg_ok, "{cfg:?}");
 
     let dl = inp.deltas;
@@ -265,9 +301,10 @@ pub fn ops_routing(data: &[u8]) {
     let (wl, wok) = buf_len(mul(&[e, d]), dl[1].get());
     let (bl, bok) = buf_len(Some(e), dl[2].get());
     let (ll, lok) = buf_len(mul(&[t, e]), dl[3].get());
-    // The scratch may be longer than E.
-    let (sl, _) = buf_len(Some(e), dl[4].get());
-    let sok = e <= CAP_ELEMS && sl >= e;
+    // The scratch (E + 2 * groups) may be longer than needed.
+    let need = e.saturating_add(2 * cfg.group_limit.groups);
+    let (sl, _) = buf_len(Some(need), dl[4].get());
+    let sok = e <= CAP_ELEMS && sl >= need;
     let (il, iok) = buf_len(mul(&[t, k]), dl[5].get());
     let (ql, qok) = buf_len(mul(&[t, k]), dl[6].get());
     let x = inp.x.make(xl);
@@ -287,9 +324,19 @@ pub fn ops_routing(data: &[u8]) {
         let row = &ids[i * k..(i + 1) * k];
         let lrow = &logits[i * e..(i + 1) * e];
         assert!(row.iter().all(|&id| (id as usize) < e), "expert id out of range: {row:?}");
-        let sel = selection_scores(&cfg, lrow, bias.as_deref());
-        assert_eq!(row, &naive_top_k(&sel, k)[..], "selection differs from the documented order");
         let wrow = &wts[i * k..(i + 1) * k];
+        let plain = cfg.group_limit.groups == 1 && matches!(cfg.score_func, ScoreFunc::Softmax | ScoreFunc::SoftmaxAll | ScoreFunc::Sigmoid);
+        if plain {
+            let sel = selection_scores(&cfg, lrow, bias.as_deref());
+            assert_eq!(row, &naive_top_k(&sel, k)[..], "selection differs from the documented order");
+        } else {
+            // group limits, topk_sigmoid, sparsemixer: the naive reference, ids and weight bits
+            let (rid, rw) = reference::route(&cfg, lrow, bias.as_deref());
+            assert_eq!(row, &rid[..], "selection differs from the reference ({cfg:?}, logits {lrow:?})");
+            assert!(wrow.iter().zip(&rw).all(|(&a, &b)| same_f32(a, b)), "weights {wrow:?} vs reference {rw:?}");
+            let distinct: std::collections::BTreeSet<_> = row.iter().collect();
+            assert_eq!(distinct.len(), k, "repeated expert in {row:?}");
+        }
         if cfg.score_func == ScoreFunc::Softmax && lrow.iter().all(|v| v.is_finite()) && route_scale == 1.0 {
             assert!(wrow.iter().all(|&v| (0.0..=1.0).contains(&v)), "softmax weights {wrow:?}");
         }
@@ -443,6 +490,17 @@ pub struct LinearInput {
 /// (ops_linear, ops_moe_ffn); larger ones 1 in 8.
 pub const REF_MACS: usize = 1 << 10;
 
+/// ops_linear checks 1 valid call in this many above `REF_MACS` against the reference, chosen by a
+/// hash of the whole input: a choice by one fuzzer-chosen byte (`x.seed % 8`, as ops_moe_ffn still
+/// does) was not 1 in 8, the corpus kept the inputs that ran the reference (new hit counts in its
+/// loops) and their mutants inherited the byte, so the reference on large calls was 64% of the time.
+pub const REF_EVERY: u64 = 8;
+
+/// FNV-1a of `data`: a deterministic sample of inputs that no single byte decides.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Multiply-adds per `linear` call in ops_linear (small claimed dims only), see there.
 pub const LINEAR_MACS: usize = 1 << 14;
 
@@ -453,7 +511,7 @@ pub fn ops_linear(data: &[u8]) {
     // Edges, not sizes: n = 0..39 (1, 15, 16, 17, 31..33: around the 16-row tile), k = 1..4 groups,
     // m = 0..8 rows, or (1 in 16) 64..71 rows (the prefill row-block split, m >= 64).
     let mut n = inp.n.get(|s| s as usize % 40);
-    let k = inp.k.get(|s| g.max(1) * (1 + s as usize % if g >= 128 { 2 } else { 4 }));
+    let mut k = inp.k.get(|s| g.max(1) * (1 + s as usize % if g >= 128 { 2 } else { 4 }));
     let m = inp.m.get(|s| if s >= 232 { 64 + s as usize % 8 } else { s as usize % 9 });
     // Cost bound (three runs and a reference under ASan + coverage instrumentation): above
     // LINEAR_MACS multiply-adds fewer output rows, unless the claimed weights are too large to be
@@ -462,6 +520,11 @@ pub fn ops_linear(data: &[u8]) {
     let allocated = mul(&[n, k]).is_some_and(|v| v <= CAP_ELEMS);
     if allocated && m.saturating_mul(n).saturating_mul(k) > LINEAR_MACS {
         n = (LINEAR_MACS / m.saturating_mul(k).max(1)).max(1);
+        // One row is still m x k (up to 71 x 1024): then fewer groups, at least one (a k that is
+        // not a multiple of the group stays as it is: the call is invalid and cheap).
+        if g > 0 && k.is_multiple_of(g) && m.saturating_mul(k) > LINEAR_MACS {
+            k = g * (LINEAR_MACS / m.saturating_mul(g).max(1)).max(1);
+        }
     }
     let valid = spec_valid(n, k, g, bits);
     // MatrixSpec and PackedRef have public fields: a caller can build an unchecked spec, so
@@ -503,9 +566,9 @@ pub fn ops_linear(data: &[u8]) {
     // Against the naive reference (plain loops from DESIGN sections 2-3, `reference.rs`; the scalar
     // kernel's per-element `packed_q` was 95% of this target's time, and ops_kernels already checks
     // every kernel set against it on each tile shape). Every call up to REF_MACS multiply-adds (the
-    // edges: one row, one tile, one group), 1 in 8 above: under ASan + coverage each memory access
-    // of the plain loops costs a shadow check and a traced comparison.
-    if m.saturating_mul(n).saturating_mul(k) > REF_MACS && inp.x.seed % 8 != 0 {
+    // edges: one row, one tile, one group), 1 in `REF_EVERY` above (by input hash): under ASan +
+    // coverage each memory access of the plain loops costs a shadow check and a traced comparison.
+    if m.saturating_mul(n).saturating_mul(k) > REF_MACS && fnv1a(data) % REF_EVERY != 0 {
         return;
     }
     let want = reference::linear_naive(&w, bias.as_deref(), &x, m, inp.exact);
@@ -608,13 +671,18 @@ pub fn ops_moe_ffn(data: &[u8]) {
         router: RouterConfig {
             num_experts: e,
             top_k: k,
-            score_func: SCORES[inp.score as usize % 3],
+            score_func: ScoreFunc::ALL[inp.score as usize % 5],
             renormalize: inp.renormalize,
             route_scale,
+            // 1 time in 2 the weight scales the expert input (Llama 4)
+            weight_input: inp.score / 5 % 2 == 1,
+            ..Default::default()
         },
         exact: inp.exact,
     };
-    let router_ok = e > 0 && k >= 1 && k <= e && route_scale.is_finite();
+    let mut spec = spec;
+    v4_routing(&mut spec.router, inp.score / 10);
+    let router_ok = router_valid(&spec.router);
     let f2 = f.checked_mul(2);
     let fs2 = fs.checked_mul(2);
     let s13_ok = f2.is_some_and(|f2| spec_valid(f2, d, g, bits));

@@ -196,8 +196,43 @@ class MoeFfn(object):
             return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
         return False
 
+    # MoeFfn
+    def NumGroups(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(52))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 1
+
+    # MoeFfn
+    def TopGroups(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(54))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 1
+
+    # MoeFfn
+    def GroupScore(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(56))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int8Flags, o + self._tab.Pos)
+        return 0
+
+    # MoeFfn
+    def WeightInput(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(58))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+    # MoeFfn
+    def JitterEps(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(60))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 0.0
+
 def MoeFfnStart(builder):
-    builder.StartObject(24)
+    builder.StartObject(29)
 
 def Start(builder):
     MoeFfnStart(builder)
@@ -345,6 +380,36 @@ def MoeFfnAddExact(builder, exact):
 
 def AddExact(builder, exact):
     MoeFfnAddExact(builder, exact)
+
+def MoeFfnAddNumGroups(builder, numGroups):
+    builder.PrependInt32Slot(24, numGroups, 1)
+
+def AddNumGroups(builder, numGroups):
+    MoeFfnAddNumGroups(builder, numGroups)
+
+def MoeFfnAddTopGroups(builder, topGroups):
+    builder.PrependInt32Slot(25, topGroups, 1)
+
+def AddTopGroups(builder, topGroups):
+    MoeFfnAddTopGroups(builder, topGroups)
+
+def MoeFfnAddGroupScore(builder, groupScore):
+    builder.PrependInt8Slot(26, groupScore, 0)
+
+def AddGroupScore(builder, groupScore):
+    MoeFfnAddGroupScore(builder, groupScore)
+
+def MoeFfnAddWeightInput(builder, weightInput):
+    builder.PrependBoolSlot(27, weightInput, 0)
+
+def AddWeightInput(builder, weightInput):
+    MoeFfnAddWeightInput(builder, weightInput)
+
+def MoeFfnAddJitterEps(builder, jitterEps):
+    builder.PrependFloat32Slot(28, jitterEps, 0.0)
+
+def AddJitterEps(builder, jitterEps):
+    MoeFfnAddJitterEps(builder, jitterEps)
 
 def MoeFfnEnd(builder):
     return builder.EndObject()

@@ -6,3 +6,5 @@ class ScoreFunc(object):
     Softmax = 0
     SoftmaxAll = 1
     Sigmoid = 2
+    TopkSigmoid = 3
+    SparseMixer = 4
