@@ -344,6 +344,8 @@ void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     a.top_groups = stack[A::top_groups]->toInt();
     a.weight_input = stack[A::weight_input]->toBool() ? 1 : 0;
     a.jitter_eps = (float)stack[A::jitter_eps]->toDouble();
+    a.renorm_eps = (float)stack[A::renorm_eps]->toDouble();
+    a.renorm_min = (float)stack[A::renorm_min]->toDouble();
     a.renormalize = stack[A::renormalize]->toBool() ? 1 : 0;
     a.route_scale = (float)stack[A::route_scale]->toDouble();
     a.exact = stack[A::exact]->toBool() ? 1 : 0;

@@ -36,6 +36,8 @@ typedef struct {
   int32_t group_score;   // 0 max, 1 top2_sum
   int32_t weight_input;
   float jitter_eps;
+  float renorm_eps;
+  float renorm_min;
 } MobileMoeFfnArgs;
 
 typedef struct {
@@ -51,7 +53,7 @@ typedef struct {
 // The layout the Rust side declares (backend/src/capi.rs asserts the same numbers at compile time;
 // Python's ctypes copies are checked by python_export/tests/test_abi_layout.py).
 #if UINTPTR_MAX == UINT64_MAX
-static_assert(sizeof(MobileMoeFfnArgs) == 320, "MobileMoeFfnArgs size differs from capi.rs");
+static_assert(sizeof(MobileMoeFfnArgs) == 328, "MobileMoeFfnArgs size differs from capi.rs");
 static_assert(offsetof(MobileMoeFfnArgs, tokens) == 16 && offsetof(MobileMoeFfnArgs, shared_gate_len) == 192 &&
                   offsetof(MobileMoeFfnArgs, num_experts) == 200 && offsetof(MobileMoeFfnArgs, weight_bits) == 248 &&
                   offsetof(MobileMoeFfnArgs, score_func) == 256 && offsetof(MobileMoeFfnArgs, renormalize) == 260 &&
@@ -59,7 +61,8 @@ static_assert(offsetof(MobileMoeFfnArgs, tokens) == 16 && offsetof(MobileMoeFfnA
                   offsetof(MobileMoeFfnArgs, out) == 272 && offsetof(MobileMoeFfnArgs, out_len) == 280 &&
                   offsetof(MobileMoeFfnArgs, num_groups) == 288 && offsetof(MobileMoeFfnArgs, top_groups) == 296 &&
                   offsetof(MobileMoeFfnArgs, group_score) == 304 && offsetof(MobileMoeFfnArgs, weight_input) == 308 &&
-                  offsetof(MobileMoeFfnArgs, jitter_eps) == 312,
+                  offsetof(MobileMoeFfnArgs, jitter_eps) == 312 && offsetof(MobileMoeFfnArgs, renorm_eps) == 316 &&
+                  offsetof(MobileMoeFfnArgs, renorm_min) == 320,
               "MobileMoeFfnArgs field offsets differ from capi.rs");
 static_assert(sizeof(MobileMoeLinearArgs) == 128, "MobileMoeLinearArgs size differs from capi.rs");
 static_assert(offsetof(MobileMoeLinearArgs, in_features) == 72 && offsetof(MobileMoeLinearArgs, weight_bits) == 96 &&

@@ -64,6 +64,8 @@ pub struct MobileMoeFfnArgs {
     pub group_score: i32,
     pub weight_input: i32,
     pub jitter_eps: f32,
+    pub renorm_eps: f32,
+    pub renorm_min: f32,
 }
 
 #[repr(C)]
@@ -253,6 +255,8 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
                 },
                 weight_input: a.weight_input != 0,
                 jitter_eps: a.jitter_eps,
+                renorm_eps: a.renorm_eps,
+                renorm_min: a.renorm_min,
             },
             exact: a.exact != 0,
         };
@@ -555,7 +559,7 @@ fn abi_layout(which: i32) -> Option<(Vec<u64>, &'static str)> {
             shared_w13, shared_w13_len, shared_w13_scales, shared_w13_scales_len, shared_w2, shared_w2_len,
             shared_w2_scales, shared_w2_scales_len, shared_gate, shared_gate_len, num_experts, top_k, dim,
             hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize, route_scale,
-            exact, out, out_len, num_groups, top_groups, group_score, weight_input, jitter_eps),
+            exact, out, out_len, num_groups, top_groups, group_score, weight_input, jitter_eps, renorm_eps, renorm_min),
         2 => abi_layout!(MobileMoeLinearArgs; x, x_len, rows, weight, weight_len, scales, scales_len, bias,
             bias_len, in_features, out_features, group_size, weight_bits, exact, out, out_len),
         3 => abi_layout!(MobileMoeBuf; ptr, len),
@@ -590,7 +594,7 @@ pub unsafe extern "C" fn mobilemoe_abi_layout(which: i32, out: *mut u64, cap: u6
 #[cfg(target_pointer_width = "64")]
 const _: () = {
     use std::mem::{offset_of, size_of};
-    assert!(size_of::<MobileMoeFfnArgs>() == 320);
+    assert!(size_of::<MobileMoeFfnArgs>() == 328);
     assert!(offset_of!(MobileMoeFfnArgs, tokens) == 16);
     assert!(offset_of!(MobileMoeFfnArgs, shared_gate_len) == 192);
     assert!(offset_of!(MobileMoeFfnArgs, num_experts) == 200);
@@ -606,6 +610,8 @@ const _: () = {
     assert!(offset_of!(MobileMoeFfnArgs, group_score) == 304);
     assert!(offset_of!(MobileMoeFfnArgs, weight_input) == 308);
     assert!(offset_of!(MobileMoeFfnArgs, jitter_eps) == 312);
+    assert!(offset_of!(MobileMoeFfnArgs, renorm_eps) == 316);
+    assert!(offset_of!(MobileMoeFfnArgs, renorm_min) == 320);
     assert!(size_of::<MobileMoeLinearArgs>() == 128);
     assert!(offset_of!(MobileMoeLinearArgs, in_features) == 72);
     assert!(offset_of!(MobileMoeLinearArgs, weight_bits) == 96);
@@ -621,7 +627,7 @@ mod abi_tests {
 
     #[test]
     fn abi_layout_reports_every_field() {
-        for (which, fields) in [(1, 43), (2, 16), (3, 2)] {
+        for (which, fields) in [(1, 45), (2, 16), (3, 2)] {
             let mut out = vec![u64::MAX; 64];
             let mut names: *const c_char = std::ptr::null();
             // SAFETY: `out` holds 64 values; `names` is a valid out-pointer.

@@ -88,6 +88,9 @@ impl<'a> MoeWeights<'a> {
         check_len("router weight", mul_dims("router weight", &[e, spec.dim])?, self.router_w.len())?;
         if let Some(b) = self.expert_bias {
             check_len("expert bias", e, b.len())?;
+            if spec.router.score_func == crate::ScoreFunc::SparseMixer {
+                return Err(OpsError::Invalid("sparsemixer routing takes no expert bias".into()));
+            }
         }
         check_len("w13 data", mul_dims("w13 data", &[e, s13.data_bytes()])?, self.w13.len())?;
         check_len("w13 scales", mul_dims("w13 scales", &[e, s13.scale_count()])?, self.w13_scales.len())?;

@@ -222,10 +222,18 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u
         for &v in w.iter() {
             sum += v;
         }
-        let div = if sum < f32::MIN_POSITIVE { f32::MIN_POSITIVE } else { sum };
+        let shifted = sum + cfg.renorm_eps;
+        let div = if shifted < cfg.renorm_min { cfg.renorm_min } else { shifted };
         w.iter_mut().for_each(|v| *v /= div);
     };
-    let pick = |keys: &[f32]| select_eligible(keys, &eligible_experts(cfg, keys), k);
+    // The selection-only bias is added to every score function's keys.
+    let pick = |keys: &[f32]| {
+        let keys: Vec<f32> = match bias {
+            Some(b) => keys.iter().zip(b).map(|(&v, &bv)| v + bv).collect(),
+            None => keys.to_vec(),
+        };
+        select_eligible(&keys, &eligible_experts(cfg, &keys), k)
+    };
     let (ids, mut wts) = match cfg.score_func {
         ScoreFunc::Softmax => {
             let ids = pick(logits);
@@ -265,13 +273,9 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u
         }
         ScoreFunc::Sigmoid | ScoreFunc::TopkSigmoid => {
             let s: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
-            // sigmoid: the bias steers the selection only; the weights are the unbiased scores.
-            // topk_sigmoid: the selection is on the logits themselves.
-            let ids = match (cfg.score_func, bias) {
-                (ScoreFunc::TopkSigmoid, _) => pick(logits),
-                (_, Some(b)) => pick(&s.iter().zip(b).map(|(&v, &bv)| v + bv).collect::<Vec<_>>()),
-                (_, None) => pick(&s),
-            };
+            // sigmoid: selection on the (biased) scores; the weights are the unbiased scores.
+            // topk_sigmoid: the selection is on the (biased) logits themselves.
+            let ids = if cfg.score_func == ScoreFunc::TopkSigmoid { pick(logits) } else { pick(&s) };
             let mut w: Vec<f32> = ids.iter().map(|&i| s[i as usize]).collect();
             if cfg.renormalize {
                 renorm(&mut w);

@@ -105,6 +105,11 @@ pub struct RouterConfig {
     pub weight_input: bool,
     /// `sparsemixer`'s `jitter_eps` (its threshold is `2 * jitter_eps`); 0 for the others.
     pub jitter_eps: f32,
+    /// Renormalisation divides by `max(sum + renorm_eps, renorm_min)`: defaults 0 and
+    /// `f32::MIN_POSITIVE` (an all-zero selection gets weights 0, not 0/0); LFM2-MoE adds 1e-6,
+    /// DeepSeek-V3 1e-20, ERNIE 4.5 clamps at 1e-12.
+    pub renorm_eps: f32,
+    pub renorm_min: f32,
 }
 
 impl Default for RouterConfig {
@@ -119,6 +124,8 @@ impl Default for RouterConfig {
             group_limit: GroupLimit::NONE,
             weight_input: false,
             jitter_eps: 0.0,
+            renorm_eps: 0.0,
+            renorm_min: f32::MIN_POSITIVE,
         }
     }
 }
@@ -157,6 +164,12 @@ impl RouterConfig {
             if self.score_func == ScoreFunc::SparseMixer {
                 return Err(OpsError::Invalid("sparsemixer routing has no group limit".into()));
             }
+        }
+        if !(self.renorm_eps.is_finite() && self.renorm_eps >= 0.0 && self.renorm_min.is_finite() && self.renorm_min > 0.0) {
+            return Err(OpsError::Invalid(format!(
+                "renorm_eps must be finite and >= 0 and renorm_min finite and > 0, got {} and {}",
+                self.renorm_eps, self.renorm_min
+            )));
         }
         if self.score_func == ScoreFunc::SparseMixer {
             if k != 2 || self.renormalize {
@@ -226,13 +239,13 @@ fn top_k_by(n: usize, key: impl Fn(usize) -> f32, eligible: impl Fn(usize) -> bo
     filled
 }
 
-/// Divisor of a renormalisation: the sum, clamped below at the smallest normal f32 so that an
-/// all-zero selection (e.g. sigmoid scores that underflow) gives weights 0 instead of 0/0 = NaN
-/// (ExecuTorch's `MOEFeedForward` clamps the same way). NaN stays NaN.
+/// Divisor of a renormalisation: the (shifted) sum, clamped below at `min` (by default the
+/// smallest normal f32, so that an all-zero selection, e.g. sigmoid scores that underflow, gives
+/// weights 0 instead of 0/0 = NaN, as ExecuTorch's `MOEFeedForward` clamps). NaN stays NaN.
 #[inline]
-fn renorm_divisor(sum: f32) -> f32 {
-    if sum < f32::MIN_POSITIVE {
-        f32::MIN_POSITIVE
+fn renorm_divisor(sum: f32, min: f32) -> f32 {
+    if sum < min {
+        min
     } else {
         sum
     }
@@ -258,8 +271,16 @@ fn choose_groups(g: &GroupLimit, n: usize, key: &impl Fn(usize) -> f32, buf: &mu
     }
 }
 
-/// Top-k of `key` over the eligible experts: all, or those of the chosen groups.
-fn select(cfg: &RouterConfig, key: impl Fn(usize) -> f32, group_scratch: &mut [f32], ids: &mut [u32]) {
+/// Top-k of `key` (+ the selection-only `bias`) over the eligible experts: all, or those of the
+/// chosen groups.
+fn select(cfg: &RouterConfig, key: impl Fn(usize) -> f32, bias: Option<&[f32]>, group_scratch: &mut [f32], ids: &mut [u32]) {
+    match bias {
+        Some(b) => select_by(cfg, |i| key(i) + b[i], group_scratch, ids),
+        None => select_by(cfg, key, group_scratch, ids),
+    }
+}
+
+fn select_by(cfg: &RouterConfig, key: impl Fn(usize) -> f32, group_scratch: &mut [f32], ids: &mut [u32]) {
     let (e, g) = (cfg.num_experts, cfg.group_limit);
     if !g.is_limited() {
         top_k_by(e, key, |_| true, ids);
@@ -306,7 +327,7 @@ pub fn route_token(
     let weights = &mut weights[..k];
     match cfg.score_func {
         ScoreFunc::Softmax => {
-            select(cfg, |i| logits[i], group_scratch, ids);
+            select(cfg, |i| logits[i], expert_bias, group_scratch, ids);
             let max = ids.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for j in 0..k {
@@ -328,7 +349,7 @@ pub fn route_token(
             for s in scores.iter_mut() {
                 *s /= sum;
             }
-            select(cfg, |i| scores[i], group_scratch, ids);
+            select(cfg, |i| scores[i], expert_bias, group_scratch, ids);
             gather_weights(cfg, scores, ids, weights);
         }
         ScoreFunc::Sigmoid => {
@@ -336,14 +357,11 @@ pub fn route_token(
                 *s = sigmoid(l);
             }
             // Selection on the biased scores; weights from the unbiased ones.
-            match expert_bias {
-                Some(b) => select(cfg, |i| scores[i] + b[i], group_scratch, ids),
-                None => select(cfg, |i| scores[i], group_scratch, ids),
-            }
+            select(cfg, |i| scores[i], expert_bias, group_scratch, ids);
             gather_weights(cfg, scores, ids, weights);
         }
         ScoreFunc::TopkSigmoid => {
-            select(cfg, |i| logits[i], group_scratch, ids);
+            select(cfg, |i| logits[i], expert_bias, group_scratch, ids);
             for (s, &l) in scores.iter_mut().zip(logits) {
                 *s = sigmoid(l);
             }
@@ -374,7 +392,7 @@ fn gather_weights(cfg: &RouterConfig, scores: &[f32], ids: &[u32], weights: &mut
         sel += *w;
     }
     if cfg.renormalize {
-        let div = renorm_divisor(sel);
+        let div = renorm_divisor(sel + cfg.renorm_eps, cfg.renorm_min);
         for w in weights.iter_mut() {
             *w /= div;
         }
@@ -402,6 +420,9 @@ pub fn route(
     check_len("router weight", mul_dims("router weight", &[e, d])?, router_w.len())?;
     if let Some(b) = expert_bias {
         check_len("expert bias", e, b.len())?;
+        if cfg.score_func == ScoreFunc::SparseMixer {
+            return Err(OpsError::Invalid("sparsemixer routing takes no expert bias".into()));
+        }
     }
     check_len("router logits scratch", mul_dims("router logits scratch", &[t, e])?, logits.len())?;
     check_len("expert ids", mul_dims("expert ids", &[t, k])?, ids.len())?;

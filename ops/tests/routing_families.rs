@@ -87,6 +87,50 @@ fn sparsemixer_weighs_each_pick_over_the_logits_near_it() {
 }
 
 #[test]
+fn selection_bias_steers_every_score_function_but_never_weighs() {
+    // The bias lifts expert 2 over expert 0 for selection; the weights stay unbiased.
+    let l = [2.0f32, 1.0, 0.5];
+    let b = [0.0f32, 0.0, 10.0];
+    let z: f32 = l.iter().map(|v| v.exp()).sum();
+    let p: Vec<f32> = l.iter().map(|v| v.exp() / z).collect();
+    let all = RouterConfig { num_experts: 3, top_k: 2, score_func: ScoreFunc::SoftmaxAll, renormalize: true, ..Default::default() };
+    let (ids, w) = route1(all, &l, Some(&b));
+    assert_eq!(ids, [2, 0]); // ERNIE 4.5: selection on probabilities + bias
+    close(&w, &[p[2] / (p[2] + p[0]), p[0] / (p[2] + p[0])]);
+    let (ids, w) = route1(RouterConfig { score_func: ScoreFunc::TopkSigmoid, renormalize: false, ..all }, &l, Some(&b));
+    assert_eq!(ids, [2, 0]); // Kolibri: selection on logits + bias, sigmoid weights
+    close(&w, &[1.0 / (1.0 + (-0.5f32).exp()), 1.0 / (1.0 + (-2.0f32).exp())]);
+    let (ids, _) = route1(RouterConfig { score_func: ScoreFunc::Softmax, ..all }, &l, Some(&b));
+    assert_eq!(ids, [2, 0]);
+}
+
+#[test]
+fn renormalisation_shift_and_floor() {
+    let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+    let l = [1.0f32, -1.0, -3.0];
+    let base = RouterConfig { num_experts: 3, top_k: 2, score_func: ScoreFunc::Sigmoid, renormalize: true, ..Default::default() };
+    let (a, b) = (sig(1.0), sig(-1.0));
+    // LFM2-MoE: / (sum + 1e-6)
+    let (_, w) = route1(RouterConfig { renorm_eps: 1e-6, ..base }, &l, None);
+    close(&w, &[a / (a + b + 1e-6), b / (a + b + 1e-6)]);
+    assert_ne!(w[0].to_bits(), route1(base, &l, None).1[0].to_bits());
+    // ERNIE 4.5: / max(sum, 1e-12): tiny sigmoid scores (logits near -30) hit the floor
+    let tiny = [-30.0f32, -31.0, -40.0];
+    let (_, w) = route1(RouterConfig { renorm_min: 1e-12, ..base }, &tiny, None);
+    let (ta, tb) = (sig(-30.0), sig(-31.0));
+    assert!(ta + tb < 1e-12);
+    close(&w, &[ta / 1e-12, tb / 1e-12]);
+    // default: / max(sum, FLT_MIN) = the plain sum here
+    let (_, w) = route1(base, &tiny, None);
+    close(&w, &[ta / (ta + tb), tb / (ta + tb)]);
+    for bad in
+        [RouterConfig { renorm_eps: -1.0, ..base }, RouterConfig { renorm_min: 0.0, ..base }, RouterConfig { renorm_eps: f32::NAN, ..base }]
+    {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn invalid_group_limits_and_sparsemixer_settings_are_errors() {
     let base = grouped(6, 2, ScoreFunc::Sigmoid, 3, 1, GroupScore::TopTwoSum);
     assert!(base.validate().is_ok());
@@ -152,12 +196,16 @@ proptest! {
         let per = if variant == 3 && e_groups * per < 2 { 2 } else { per };
         let mut router = extended_router(e_groups, per, kraw, variant, top_groups, seed);
         router.weight_input |= weight_input;
+        if variant != 3 {
+            (router.renorm_eps, router.renorm_min) = [(0.0, f32::MIN_POSITIVE), (1e-6, f32::MIN_POSITIVE), (0.0, 1e-12)][seed as usize / 3 % 3];
+        }
         let sp = MoeSpec {
             dim: 64, hidden: 32, shared_hidden: if shared > 0 { 32 } else { 0 }, group,
             bits: if int8 { WeightBits::Int8 } else { WeightBits::Int4 }, router, exact,
         };
         prop_assert!(sp.validate().is_ok(), "{sp:?}");
-        let layer = Layer::random(sp, seed, variant == 1, shared == 2);
+        // a selection bias for every score function but sparsemixer
+        let layer = Layer::random(sp, seed, variant != 3 && seed % 2 == 0, shared == 2);
         let w = layer.weights();
         let mut r = Rng(seed | 1);
         let x = r.vec(t * sp.dim, 1.0);

@@ -49,6 +49,8 @@ class MobileMoeFfnArgs(ctypes.Structure):
         ("group_score", i32),
         ("weight_input", i32),
         ("jitter_eps", ctypes.c_float),
+        ("renorm_eps", ctypes.c_float),
+        ("renorm_min", ctypes.c_float),
     ]
 
 

@@ -55,6 +55,8 @@ ALIGN = 64
 
 _SCORE = {"softmax": ScoreFunc.Softmax, "softmax_all": ScoreFunc.SoftmaxAll, "sigmoid": ScoreFunc.Sigmoid,
           "topk_sigmoid": ScoreFunc.TopkSigmoid, "sparsemixer": ScoreFunc.SparseMixer}
+from .moe_block import FLT_MIN  # noqa: E402
+
 _GROUP_SCORE = {"max": GroupScore.Max, "top2_sum": GroupScore.TopTwoSum}
 _DTYPES = {torch.float32: DType.F32, torch.uint8: DType.U8, torch.int8: DType.I8, torch.int32: DType.I32,
            torch.int64: DType.I64, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
@@ -329,6 +331,8 @@ class _BlobWriter:
                 M.AddGroupScore(b, _GROUP_SCORE[gscore])
                 M.AddWeightInput(b, bool(a.get("weight_input", False)))
                 M.AddJitterEps(b, float(a.get("jitter_eps", 0.0)))
+                M.AddRenormEps(b, float(a.get("renorm_eps", 0.0)))
+                M.AddRenormMin(b, float(a.get("renorm_min", FLT_MIN)))
                 op_off, op_type = M.End(b), Op.MoeFfn
             elif kind in DECODER_KINDS or kind == "add":
                 op_off, op_type = self._decoder_node(b, kind, a, out)

@@ -47,8 +47,14 @@ AFMoE, Laguna, Step-3.7                 (MiniMax-M2, Dots3Note, HY-V3, AFMoE) or
                                         ``/sum``, scaled by the router or the block; Laguna refuses a
                                         router logit softcap, Step-3.7 a finite ``swiglu_limits``
 Flint, LFM2-MoE                         sigmoid top-k (LFM2: optional ``expert_bias``), ``/sum`` if
-                                        ``norm_topk_prob``; LFM2 divides by ``sum + 1e-6`` (relative
-                                        difference 1e-6 / sum), ``* routed_scaling_factor``
+                                        ``norm_topk_prob``; LFM2 divides by ``sum + 1e-6``
+                                        (``renorm_eps``), ``* routed_scaling_factor``
+ERNIE 4.5 MoE                           softmax over all, selection on probabilities +
+                                        ``e_score_correction_bias``, ``/max(sum, moe_norm_min)``
+                                        (``renorm_min``); shared experts ungated
+Kolibri                                 top-k over logits + ``e_score_correction_bias``, sigmoid of
+                                        the selected logits (``topk_sigmoid``), ``/sum`` if
+                                        ``norm_topk_prob``; shared experts ungated
 PhiMoE                                  ``sparsemixer`` at inference (``score_func="sparsemixer"``,
                                         ``jitter_eps=router_jitter_noise``), top-2, each pick
                                         weighted by a softmax over the logits within a relative
@@ -66,7 +72,7 @@ Refused with an error naming the module and the feature (no silent approximation
   latent projections), MuseSpark (projections and norms around the experts), Switch Transformers
   and NLLB-MoE (capacity-limited routing, non-gated experts), JetMoE (an output bias; attention
   experts), Doge (product-key single-neuron experts), LongCat-Flash (identity experts);
-- other routing: ERNIE 4.5 (VL) MoE (bias on softmax scores), Kolibri (bias on the logits), Inkling
+- other routing: ERNIE 4.5 VL MoE (a 1-D flattened output, modality-isolated experts), Inkling
   (weights normalised with the shared experts' scores), ZAYA (MLP router with cross-layer state,
   skip expert), A.X-K1 (an RMSNorm on the block output), Gemma 4 and DiffusionGemma (the MoE is
   part of the decoder layer), ViTPose (experts chosen by dataset index);
@@ -213,9 +219,8 @@ def _deepseek_v3(m, name, live):
     # groups ranked by the sum of their two best biased sigmoid scores ("noaux_tc"); the experts of
     # the other groups are masked with -inf
     groups = _group_limit(f"{name}.gate", gate.num_group, gate.topk_group, "top2_sum")
-    # transformers divides by (sum + 1e-20), moe_ffn by max(sum, FLT_MIN): equal for any sum of
-    # sigmoids of finite logits (> 0).
-    return _spec(m, name, live, rw, top_k=int(gate.top_k), score_func="sigmoid",
+    # transformers divides by (sum + 1e-20): renorm_eps
+    return _spec(m, name, live, rw, top_k=int(gate.top_k), score_func="sigmoid", renorm_eps=1e-20,
                  renormalize=bool(gate.norm_topk_prob), route_scale=float(gate.routed_scaling_factor),
                  expert_bias=_f32(gate.e_score_correction_bias),
                  shared=_shared_mlp(getattr(m, "shared_experts", None), f"{name}.shared_experts", live), **groups)
@@ -331,7 +336,7 @@ def _mistral4(m, name, live, renormalize=None):
     gate = m.gate
     rw = _router_weight(gate, f"{name}.gate", live)
     groups = _group_limit(f"{name}.gate", gate.num_group, gate.topk_group, "top2_sum")
-    return _spec(m, name, live, rw, top_k=int(gate.top_k), score_func="softmax_all",
+    return _spec(m, name, live, rw, top_k=int(gate.top_k), score_func="softmax_all", renorm_eps=1e-20,
                  renormalize=bool(gate.norm_topk_prob) if renormalize is None else renormalize,
                  route_scale=float(gate.routed_scaling_factor),
                  shared=_shared_mlp(getattr(m, "shared_experts", None), f"{name}.shared_experts", live), **groups)
@@ -352,25 +357,26 @@ def _axk2(m, name, live):
     return _deepseek_v3(m, name, live)
 
 
-def _sigmoid(m, name, live, rw, top_k, renormalize, scale, bias=None, shared=None, **groups):
-    # sigmoid, selection on sigmoid + bias, weights the unbiased sigmoids of the k (/sum if renormalize),
-    # * scale. transformers' "+ 1e-20" in the divisor equals moe_ffn's max(sum, FLT_MIN) for any sum of
-    # sigmoids of finite logits (> 0).
+def _sigmoid(m, name, live, rw, top_k, renormalize, scale, bias=None, shared=None, renorm_eps=0.0, **groups):
+    # sigmoid, selection on sigmoid + bias, weights the unbiased sigmoids of the k, divided by
+    # (sum + renorm_eps) if renormalize (transformers: "+ 1e-20" in most families, none in some), * scale
     from .transforms import _f32
 
     return _spec(m, name, live, rw, top_k=int(top_k), score_func="sigmoid", renormalize=bool(renormalize),
                  route_scale=float(scale), expert_bias=_f32(bias) if bias is not None else None, shared=shared,
-                 **groups)
+                 renorm_eps=float(renorm_eps), **groups)
 
 
 def _minimax_m2_like(m, name, live):
     # MiniMax-M2, Dots3Note (vision), HY-V3: the bias is the block's e_score_correction_bias, the k weights are
     # always renormalised, then times the router's router_scaling_factor (MiniMax-M2 has none); HY-V3's
     # shared experts are ungated (its fp32 combine is the identity on an fp32 model).
+    # MiniMax-M2 divides by the sum, the others by sum + 1e-20
     gate = m.gate
     return _sigmoid(m, name, live, _router_weight(gate, f"{name}.gate", live), gate.top_k, True,
                     getattr(gate, "router_scaling_factor", 1.0), bias=m.e_score_correction_bias,
-                    shared=_shared_mlp(getattr(m, "shared_experts", None), f"{name}.shared_experts", live))
+                    shared=_shared_mlp(getattr(m, "shared_experts", None), f"{name}.shared_experts", live),
+                    renorm_eps=0.0 if type(m).__name__ == "MiniMaxM2SparseMoeBlock" else 1e-20)
 
 
 def _afmoe(m, name, live):
@@ -378,7 +384,7 @@ def _afmoe(m, name, live):
     router = m.router
     return _sigmoid(m, name, live, _router_weight(router.gate, f"{name}.router.gate", live), router.top_k, True,
                     router.route_scale, bias=m.expert_bias,
-                    shared=_shared_mlp(m.shared_experts, f"{name}.shared_experts", live))
+                    shared=_shared_mlp(m.shared_experts, f"{name}.shared_experts", live), renorm_eps=1e-20)
 
 
 def _laguna(m, name, live):
@@ -411,7 +417,7 @@ def _beam(m, name, live):
     # routed_scaling_factor scales the routed sum (the block)
     gate = m.gate
     return _sigmoid(m, name, live, _router_weight(gate, f"{name}.gate", live), gate.top_k, gate.norm_topk_prob,
-                    m.routed_scaling_factor, bias=gate.e_score_correction_bias,
+                    m.routed_scaling_factor, bias=gate.e_score_correction_bias, renorm_eps=1e-20,
                     **_group_limit(f"{name}.gate", gate.num_group, gate.topk_group, "top2_sum"))
 
 
@@ -423,12 +429,35 @@ def _flint(m, name, live):
 
 
 def _lfm2_moe(m, name, live):
-    # the block's optional expert_bias for selection, /sum if norm_topk_prob, * routed_scaling_factor.
-    # transformers divides by (sum + 1e-6), moe_ffn by max(sum, FLT_MIN): the weights differ by the
-    # factor sum / (sum + 1e-6), a relative 1e-6 / sum (fp32 rounding for a sum of k sigmoids near 1).
+    # the block's optional expert_bias for selection, /(sum + 1e-6) if norm_topk_prob,
+    # * routed_scaling_factor
     gate = m.gate
     return _sigmoid(m, name, live, _router_weight(gate, f"{name}.gate", live), gate.top_k, gate.norm_topk_prob,
-                    gate.routed_scaling_factor, bias=m.expert_bias if m.use_expert_bias else None)
+                    gate.routed_scaling_factor, bias=m.expert_bias if m.use_expert_bias else None, renorm_eps=1e-6)
+
+
+def _ernie4_5_moe(m, name, live):
+    # softmax over all E, selection on softmax + e_score_correction_bias, the unbiased probabilities of
+    # the k divided by max(sum, moe_norm_min); shared experts ungated
+    from .transforms import _f32
+
+    gate = m.gate
+    return _spec(m, name, live, _router_weight(gate, f"{name}.gate", live), top_k=int(gate.top_k),
+                 score_func="softmax_all", renormalize=True, route_scale=1.0, renorm_min=float(gate.norm_min),
+                 expert_bias=_f32(gate.moe_statics.e_score_correction_bias).reshape(-1),
+                 shared=_shared_mlp(m.shared_experts, f"{name}.shared_experts", live))
+
+
+def _kolibri(m, name, live):
+    # top-k over the logits + e_score_correction_bias, the sigmoids of the selected logits, /sum if
+    # norm_topk_prob; shared experts ungated
+    from .transforms import _f32
+
+    gate = m.gate
+    return _spec(m, name, live, _router_weight(gate, f"{name}.gate", live), top_k=int(gate.top_k),
+                 score_func="topk_sigmoid", renormalize=bool(gate.norm_topk_prob), route_scale=1.0,
+                 expert_bias=_f32(gate.e_score_correction_bias),
+                 shared=_shared_mlp(m.shared_experts, f"{name}.shared_experts", live))
 
 
 def _cohere2_moe(m, name, live):
@@ -527,6 +556,8 @@ VERIFIED_BLOCKS: Dict[str, Callable] = {
     "Step3p7SparseMoeBlock": _step3p7,
     "FlintSparseMoeBlock": _flint,
     "Lfm2MoeSparseMoeBlock": _lfm2_moe,
+    "Ernie4_5_MoeSparseMoeBlock": _ernie4_5_moe,
+    "Kolibri1SparseMoeBlock": _kolibri,
     # sparsemixer; top-k logits -> sigmoid, the weight scaling the expert input
     "PhimoeSparseMoeBlock": _phimoe,
     "Llama4TextMoe": _llama4,
@@ -545,12 +576,8 @@ VERIFIED_BLOCKS: Dict[str, Callable] = {
     "InklingMoE": _refused("routing weights normalised jointly with the shared experts' scores (a softmax of "
                            "logsigmoids) that also scale each shared expert (shared gammas)"),
     "AXK1MoE": _refused("an RMSNorm (post_mlp_layernorm) on the block output"),
-    "Kolibri1SparseMoeBlock": _refused("selection on the router logits + e_score_correction_bias (before the "
-                                       "sigmoid; moe_ffn adds the bias to the sigmoids)"),
-    "Ernie4_5_MoeSparseMoeBlock": _refused("selection on softmax + e_score_correction_bias (moe_ffn applies an "
-                                           "expert bias only to sigmoid scores)"),
-    "Ernie4_5_VLMoeSparseMoeBlock": _refused("selection on softmax + e_score_correction_bias (moe_ffn applies an "
-                                             "expert bias only to sigmoid scores), flattened (output, logits)"),
+    "Ernie4_5_VLMoeSparseMoeBlock": _refused("an output flattened to 1-D with the router logits (modality "
+                                             "isolated text/vision experts)"),
     "LongcatFlashMoE": _refused("zero-compute (identity) experts, and selection on softmax + "
                                 "e_score_correction_bias"),
     "ZayaSparseMoeBlock": _refused("an MLP router carrying state across layers (router_states) and a skip "

@@ -44,6 +44,7 @@ from torch import nn
 
 SCORE_FUNCS = ("softmax", "softmax_all", "sigmoid", "topk_sigmoid", "sparsemixer")
 GROUP_SCORES = ("max", "top2_sum")
+FLT_MIN = float(torch.finfo(torch.float32).tiny)  # the default floor of a renormalisation divisor
 
 
 class SharedExpert(nn.Module):
@@ -118,31 +119,41 @@ def route(
     top_groups: int = 1,
     group_score: str = "max",
     jitter_eps: float = 0.0,
+    renorm_eps: float = 0.0,
+    renorm_min: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Routing of docs/DESIGN.md section 4: ``logits [T, E]`` -> ``(weights [T, k], ids [T, k])``.
-    ``num_groups``/``top_groups``/``group_score`` limit the selection to the best groups of experts."""
+    ``expert_bias`` is added to the selection keys only (every score function but sparsemixer);
+    ``num_groups``/``top_groups``/``group_score`` limit the selection to the best groups of experts;
+    renormalisation divides by ``max(sum + renorm_eps, renorm_min)`` (default min: the smallest
+    normal float32)."""
     groups = (num_groups, top_groups, group_score)
+
+    def keys(k: torch.Tensor) -> torch.Tensor:
+        return k + expert_bias if expert_bias is not None else k
+
+    def renorm(w: torch.Tensor) -> torch.Tensor:
+        if not renormalize:
+            return w
+        lo = torch.finfo(w.dtype).tiny if renorm_min is None else renorm_min
+        return w / (w.sum(dim=-1, keepdim=True) + renorm_eps).clamp_min(lo)
+
     if score_func == "softmax":
-        ids = _select(logits, top_k, *groups)
+        ids = _select(keys(logits), top_k, *groups)
         weights = torch.softmax(logits.gather(-1, ids), dim=-1)
     elif score_func == "softmax_all":
         probs = torch.softmax(logits, dim=-1)
-        ids = _select(probs, top_k, *groups)
-        weights = probs.gather(-1, ids)
-        if renormalize:
-            weights = weights / _renorm_divisor(weights)
+        ids = _select(keys(probs), top_k, *groups)
+        weights = renorm(probs.gather(-1, ids))
     elif score_func in ("sigmoid", "topk_sigmoid"):
         s = torch.sigmoid(logits)
-        if score_func == "topk_sigmoid":
-            ids = _select(logits, top_k, *groups)  # on the logits: sigmoid saturates to equal values
-        else:
-            ids = _select(s + expert_bias if expert_bias is not None else s, top_k, *groups)
-        weights = s.gather(-1, ids)
-        if renormalize:
-            weights = weights / _renorm_divisor(weights)
+        # topk_sigmoid selects on the logits: sigmoid saturates to equal values
+        ids = _select(keys(logits if score_func == "topk_sigmoid" else s), top_k, *groups)
+        weights = renorm(s.gather(-1, ids))
     elif score_func == "sparsemixer":
-        if top_k != 2:
-            raise ValueError(f"sparsemixer routing selects 2 experts, got top_k={top_k}")
+        if top_k != 2 or expert_bias is not None:
+            raise ValueError(f"sparsemixer routing selects 2 experts without a bias, got top_k={top_k}, "
+                             f"expert_bias={'set' if expert_bias is not None else None}")
         weights, ids = _sparsemixer(logits, jitter_eps)
     else:
         raise ValueError(f"unknown score_func {score_func!r}; expected one of {SCORE_FUNCS}")

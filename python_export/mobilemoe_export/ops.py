@@ -85,7 +85,7 @@ def _moe_ffn_fake(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales,
                   shared_w13_scales, shared_w2, shared_w2_scales, shared_gate, num_experts, top_k,
                   hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize,
                   route_scale, exact, num_groups=1, top_groups=1, group_score="max", weight_input=False,
-                  jitter_eps=0.0):
+                  jitter_eps=0.0, renorm_eps=0.0, renorm_min=1.1754943508222875e-38):
     return x.new_empty(_moe_out_shape(x), dtype=torch.float32)
 
 
@@ -153,13 +153,13 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
                  shared_w13_scales, shared_w2, shared_w2_scales, shared_gate, num_experts, top_k,
                  hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize,
                  route_scale, exact, num_groups=1, top_groups=1, group_score="max", weight_input=False,
-                 jitter_eps=0.0):
+                 jitter_eps=0.0, renorm_eps=0.0, renorm_min=1.1754943508222875e-38):
     _check_moe_args(x, router_weight, num_experts, top_k, hidden_dim, group_size, weight_bits, score_func)
     if group_score not in _lib.GROUP_SCORE_IDS:
         raise ValueError(f"mobilemoe::moe_ffn: unknown group_score {group_score!r}; expected one of "
                          f"{sorted(_lib.GROUP_SCORE_IDS)}")
     routing = dict(num_groups=num_groups, top_groups=top_groups, group_score=group_score, weight_input=weight_input,
-                   jitter_eps=jitter_eps)
+                   jitter_eps=jitter_eps, renorm_eps=renorm_eps, renorm_min=renorm_min)
     if expert_bias is not None and expert_bias.numel() == 0:
         expert_bias = None
     if x.numel() == 0:
@@ -199,6 +199,8 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
     a.group_score = _lib.GROUP_SCORE_IDS[group_score]
     a.weight_input = int(bool(weight_input))
     a.jitter_eps = float(jitter_eps)
+    a.renorm_eps = float(renorm_eps)
+    a.renorm_min = float(renorm_min)
     a.out, a.out_len = _ptr(out, ctypes.c_float)
     _lib.check(lib.mobilemoe_moe_ffn(ctypes.byref(a)), "mobilemoe::moe_ffn")
     return out

@@ -128,6 +128,8 @@ def moe_ffn(
     group_score: str = "max",
     weight_input: bool = False,
     jitter_eps: float = 0.0,
+    renorm_eps: float = 0.0,
+    renorm_min: Optional[float] = None,
 ) -> torch.Tensor:
     d = x.shape[-1]
     f = hidden_dim
@@ -135,7 +137,8 @@ def moe_ffn(
     logits = x2d @ router_weight.to(torch.float32).reshape(num_experts, d).t()
     bias = expert_bias.to(torch.float32) if expert_bias is not None and expert_bias.numel() > 0 else None
     weights, ids = route(logits, top_k, score_func, renormalize, route_scale, bias, num_groups=num_groups,
-                         top_groups=top_groups, group_score=group_score, jitter_eps=jitter_eps)
+                         top_groups=top_groups, group_score=group_score, jitter_eps=jitter_eps,
+                         renorm_eps=renorm_eps, renorm_min=renorm_min)
     out = torch.zeros_like(x2d)
     for e in range(num_experts):
         sel = ids == e  # [T, k]

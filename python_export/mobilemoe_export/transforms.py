@@ -26,7 +26,7 @@ from torch import nn
 
 from . import ops as _ops  # noqa: F401  (defines torch.ops.mobilemoe.*)
 from . import quant
-from .moe_block import GROUP_SCORES, SCORE_FUNCS, MoEFeedForward
+from .moe_block import FLT_MIN, GROUP_SCORES, SCORE_FUNCS, MoEFeedForward
 
 
 class UnsupportedModuleError(ValueError):
@@ -70,12 +70,15 @@ class MoESpec:
     top_groups: int = 1
     group_score: str = "max"
     jitter_eps: float = 0.0
+    renorm_eps: float = 0.0
+    renorm_min: float = FLT_MIN
     weight_input: bool = False
 
     def route_kwargs(self) -> dict:
         """The keyword arguments of :func:`mobilemoe_export.moe_block.route` beyond the basic ones."""
         return dict(num_groups=int(self.num_groups), top_groups=int(self.top_groups), group_score=self.group_score,
-                    jitter_eps=float(self.jitter_eps))
+                    jitter_eps=float(self.jitter_eps), renorm_eps=float(self.renorm_eps),
+                    renorm_min=float(self.renorm_min))
 
 
 def _f32(t: torch.Tensor, live: bool = False) -> torch.Tensor:
@@ -364,6 +367,7 @@ class MobileMoEFFN(nn.Module):
         self.output = spec.output
         self.num_groups, self.top_groups, self.group_score = int(spec.num_groups), int(spec.top_groups), spec.group_score
         self.weight_input, self.jitter_eps = bool(spec.weight_input), float(spec.jitter_eps)
+        self.renorm_eps, self.renorm_min = float(spec.renorm_eps), float(spec.renorm_min)
         if e % self.num_groups or not 0 < self.top_groups <= self.num_groups or self.group_score not in GROUP_SCORES:
             raise ValueError(f"{name}: group limit num_groups={self.num_groups}, top_groups={self.top_groups}, "
                              f"group_score={self.group_score!r} does not fit {e} experts")
@@ -417,6 +421,7 @@ class MobileMoEFFN(nn.Module):
             self.num_experts, self.top_k, self.hidden_dim, self.shared_hidden_dim, self.group_size,
             self.weight_bits, self.score_func, self.renormalize, self.route_scale, self.exact,
             self.num_groups, self.top_groups, self.group_score, self.weight_input, self.jitter_eps,
+            self.renorm_eps, self.renorm_min,
         )
         if in_dtype != torch.float32:
             out = out.to(in_dtype)

@@ -9,6 +9,7 @@ import torch
 
 import blocks
 import mobilemoe_export as mm
+from mobilemoe_export import backend
 from test_transforms import D, E, F, K, et_block, own_block
 
 PKG = Path(mm.__file__).resolve().parent
@@ -20,7 +21,7 @@ def _parse_blob(blob: bytes):
 
     assert blob[:4] == b"MMOE"
     ver, fb_off, fb_size, data_off = struct.unpack("<IQQQ", blob[4:32])
-    assert ver == 3 and fb_off == 32 and data_off % 64 == 0 and data_off >= 32 + fb_size
+    assert ver == backend.FORMAT_VERSION == 4 and fb_off == 32 and data_off % 64 == 0 and data_off >= 32 + fb_size
     g = Graph.GetRootAs(blob[fb_off:fb_off + fb_size], 0)
     assert Graph.GraphBufferHasIdentifier(blob[fb_off:fb_off + fb_size], 0)
     return g, data_off
@@ -48,7 +49,7 @@ def test_blob_contents():
     blobs = _lowered_blobs(edge)
     assert len(blobs) == 2
     g, data_off = _parse_blob(blobs[0])
-    assert g.Version() == 3 and g.NodesLength() == 1 and g.InputsLength() == 1 and g.OutputsLength() == 1
+    assert g.Version() == 4 and g.NodesLength() == 1 and g.InputsLength() == 1 and g.OutputsLength() == 1
     from mobilemoe.blob.MoeFfn import MoeFfn
     from mobilemoe.blob.Op import Op
 

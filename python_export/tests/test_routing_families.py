@@ -1,5 +1,6 @@
 """The routing beyond one top-k over all experts (group-limited DeepSeek selection, Llama 4's
-top-k-then-sigmoid with the weight on the expert input, PhiMoE's sparsemixer) through every layer:
+top-k-then-sigmoid with the weight on the expert input, PhiMoE's sparsemixer, a selection bias on
+any score function, shifted/floored renormalisation) through every layer:
 the Rust kernel (eager op) against the Python reference (``moe_block.route`` + dequantized experts),
 and the .pte on the ExecuTorch runtime against the eager op, delegated (blob format v4) and as the
 ``mobilemoe::moe_ffn.out`` custom-op kernel (the op schema's new arguments)."""
@@ -28,6 +29,13 @@ CASES = {
                                   weight_input=True),
     # PhiMoE sparsemixer: a wide threshold so that the softmaxes see several experts
     "sparsemixer": dict(top_k=2, score_func="sparsemixer", renormalize=False, route_scale=1.0, jitter_eps=0.3),
+    # ERNIE 4.5: selection on probabilities + bias, / max(sum, 1e-12)
+    "ernie": dict(top_k=2, score_func="softmax_all", renormalize=True, route_scale=1.0, bias=True, renorm_min=1e-12,
+                  shared=True),
+    # LFM2-MoE: sigmoid + bias, / (sum + 1e-6), * routed_scaling_factor
+    "lfm2": dict(top_k=2, score_func="sigmoid", renormalize=True, route_scale=1.5, bias=True, renorm_eps=1e-6),
+    # Kolibri: top-k over logits + bias, sigmoid weights, / sum
+    "kolibri": dict(top_k=2, score_func="topk_sigmoid", renormalize=True, route_scale=1.0, bias=True, shared=True),
 }
 
 
@@ -46,7 +54,8 @@ def reference_of(m: mm.MobileMoEFFN, x: torch.Tensor) -> torch.Tensor:
         x, m.router_weight, m.expert_bias, m.w13, m.w13_scales, m.w2, m.w2_scales, m.shared_w13, m.shared_w13_scales,
         m.shared_w2, m.shared_w2_scales, m.shared_gate, m.num_experts, m.top_k, m.hidden_dim, m.shared_hidden_dim,
         m.group_size, m.weight_bits, m.score_func, m.renormalize, m.route_scale, m.exact, num_groups=m.num_groups,
-        top_groups=m.top_groups, group_score=m.group_score, weight_input=m.weight_input, jitter_eps=m.jitter_eps)
+        top_groups=m.top_groups, group_score=m.group_score, weight_input=m.weight_input, jitter_eps=m.jitter_eps,
+        renorm_eps=m.renorm_eps, renorm_min=m.renorm_min)
 
 
 @needs_lib

@@ -632,10 +632,13 @@ fn read_router(m: &fb::MoeFfn<'_>, ctx: &dyn Fn(&str) -> String, version: u32) -
         || m.top_groups() != 1
         || m.group_score() != fb::GroupScore::Max
         || m.weight_input()
-        || m.jitter_eps() != 0.0;
+        || m.jitter_eps() != 0.0
+        || m.renorm_eps() != 0.0
+        || m.renorm_min() != f32::MIN_POSITIVE
+        || (m.expert_bias() >= 0 && score_func != ScoreFunc::Sigmoid);
     if v4 && version < 4 {
         return invalid(ctx(&format!(
-            "routing attributes of format version 4 (score_func {}, groups, weight_input, jitter_eps) in a version {version} blob",
+            "routing attributes of format version 4 (score_func {}, groups, weight_input, jitter_eps, renorm_eps/min, a selection bias without sigmoid) in a version {version} blob",
             score_func.name()
         )));
     }
@@ -652,6 +655,8 @@ fn read_router(m: &fb::MoeFfn<'_>, ctx: &dyn Fn(&str) -> String, version: u32) -
         },
         weight_input: m.weight_input(),
         jitter_eps: m.jitter_eps(),
+        renorm_eps: m.renorm_eps(),
+        renorm_min: m.renorm_min(),
     })
 }
 

@@ -263,6 +263,8 @@ impl BlobBuilder {
             },
             weight_input: spec.router.weight_input,
             jitter_eps: spec.router.jitter_eps,
+            renorm_eps: spec.router.renorm_eps,
+            renorm_min: spec.router.renorm_min,
         };
         self.node(name, RawOp::MoeFfn(args));
         out

@@ -915,6 +915,8 @@ impl<'a> MoeFfn<'a> {
   pub const VT_GROUP_SCORE: flatbuffers::VOffsetT = 56;
   pub const VT_WEIGHT_INPUT: flatbuffers::VOffsetT = 58;
   pub const VT_JITTER_EPS: flatbuffers::VOffsetT = 60;
+  pub const VT_RENORM_EPS: flatbuffers::VOffsetT = 62;
+  pub const VT_RENORM_MIN: flatbuffers::VOffsetT = 64;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -926,6 +928,8 @@ impl<'a> MoeFfn<'a> {
     args: &'args MoeFfnArgs
   ) -> flatbuffers::WIPOffset<MoeFfn<'bldr>> {
     let mut builder = MoeFfnBuilder::new(_fbb);
+    builder.add_renorm_min(args.renorm_min);
+    builder.add_renorm_eps(args.renorm_eps);
     builder.add_jitter_eps(args.jitter_eps);
     builder.add_top_groups(args.top_groups);
     builder.add_num_groups(args.num_groups);
@@ -1162,6 +1166,20 @@ impl<'a> MoeFfn<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<f32>(MoeFfn::VT_JITTER_EPS, Some(0.0)).unwrap()}
   }
+  #[inline]
+  pub fn renorm_eps(&self) -> f32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f32>(MoeFfn::VT_RENORM_EPS, Some(0.0)).unwrap()}
+  }
+  #[inline]
+  pub fn renorm_min(&self) -> f32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f32>(MoeFfn::VT_RENORM_MIN, Some(1.17549435e-38)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for MoeFfn<'_> {
@@ -1200,6 +1218,8 @@ impl flatbuffers::Verifiable for MoeFfn<'_> {
      .visit_field::<GroupScore>("group_score", Self::VT_GROUP_SCORE, false)?
      .visit_field::<bool>("weight_input", Self::VT_WEIGHT_INPUT, false)?
      .visit_field::<f32>("jitter_eps", Self::VT_JITTER_EPS, false)?
+     .visit_field::<f32>("renorm_eps", Self::VT_RENORM_EPS, false)?
+     .visit_field::<f32>("renorm_min", Self::VT_RENORM_MIN, false)?
      .finish();
     Ok(())
   }
@@ -1234,6 +1254,8 @@ pub struct MoeFfnArgs {
     pub group_score: GroupScore,
     pub weight_input: bool,
     pub jitter_eps: f32,
+    pub renorm_eps: f32,
+    pub renorm_min: f32,
 }
 impl<'a> Default for MoeFfnArgs {
   #[inline]
@@ -1268,6 +1290,8 @@ impl<'a> Default for MoeFfnArgs {
       group_score: GroupScore::Max,
       weight_input: false,
       jitter_eps: 0.0,
+      renorm_eps: 0.0,
+      renorm_min: 1.17549435e-38,
     }
   }
 }
@@ -1394,6 +1418,14 @@ impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> MoeFfnBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<f32>(MoeFfn::VT_JITTER_EPS, jitter_eps, 0.0);
   }
   #[inline]
+  pub fn add_renorm_eps(&mut self, renorm_eps: f32) {
+    self.fbb_.push_slot::<f32>(MoeFfn::VT_RENORM_EPS, renorm_eps, 0.0);
+  }
+  #[inline]
+  pub fn add_renorm_min(&mut self, renorm_min: f32) {
+    self.fbb_.push_slot::<f32>(MoeFfn::VT_RENORM_MIN, renorm_min, 1.17549435e-38);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> MoeFfnBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MoeFfnBuilder {
@@ -1440,6 +1472,8 @@ impl core::fmt::Debug for MoeFfn<'_> {
       ds.field("group_score", &self.group_score());
       ds.field("weight_input", &self.weight_input());
       ds.field("jitter_eps", &self.jitter_eps());
+      ds.field("renorm_eps", &self.renorm_eps());
+      ds.field("renorm_min", &self.renorm_min());
       ds.finish()
   }
 }

@@ -212,6 +212,8 @@ pub fn capi(data: &[u8]) {
                 group_score: inp.score_func >> 14 & 3,
                 weight_input: inp.score_func >> 16 & 1,
                 jitter_eps: if inp.score_func >> 17 & 1 != 0 { inp.route_scale } else { 0.0 },
+                renorm_eps: if inp.score_func >> 18 & 1 != 0 { inp.route_scale } else { 0.0 },
+                renorm_min: if inp.score_func >> 19 & 1 != 0 { inp.route_scale } else { f32::MIN_POSITIVE },
             };
             unsafe { mobilemoe_moe_ffn(&args) }
         }

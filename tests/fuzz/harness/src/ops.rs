@@ -200,7 +200,13 @@ fn v4_routing(cfg: &mut RouterConfig, extra: u8) {
         top_groups: 1 + (extra / 4 % 4) as usize,
         score: if extra / 16 % 2 == 0 { GroupScore::Max } else { GroupScore::TopTwoSum },
     };
-    cfg.jitter_eps = [0.0, 0.01, 0.3, -0.1, f32::NAN][(extra / 32 % 5) as usize];
+    let pick = (extra / 32 % 8) as usize;
+    cfg.jitter_eps = [0.0, 0.01, 0.3, -0.1, f32::NAN, 0.0, 0.0, 0.0][pick];
+    // renormalisation: default, LFM2 (+1e-6), DeepSeek (+1e-20), ERNIE (min 1e-12), invalid ones
+    let (eps, min) = [(0.0, f32::MIN_POSITIVE), (1e-6, f32::MIN_POSITIVE), (1e-20, f32::MIN_POSITIVE), (0.0, 1e-12),
+        (0.0, f32::MIN_POSITIVE), (-1.0, f32::MIN_POSITIVE), (0.0, 0.0), (f32::INFINITY, 1.0)][(extra / 2 % 8) as usize];
+    cfg.renorm_eps = eps;
+    cfg.renorm_min = min;
 }
 
 /// Validity of a router config, from docs/DESIGN.md section 4 (independent of `validate`).
@@ -214,7 +220,8 @@ fn router_valid(c: &RouterConfig) -> bool {
             && (g.score == GroupScore::Max || e / g.groups >= 2)
             && c.score_func != ScoreFunc::SparseMixer);
     let mixer_ok = c.score_func != ScoreFunc::SparseMixer || (k == 2 && !c.renormalize && c.jitter_eps >= 0.0 && c.jitter_eps.is_finite());
-    basic && groups_fit && limit_ok && mixer_ok
+    let renorm_ok = c.renorm_eps >= 0.0 && c.renorm_eps.is_finite() && c.renorm_min > 0.0 && c.renorm_min.is_finite();
+    basic && groups_fit && limit_ok && mixer_ok && renorm_ok
 }
 
 /// Equal bits, or both NaN (NaN payloads are not specified).
@@ -238,7 +245,17 @@ pub fn naive_top_k(scores: &[f32], k: usize) -> Vec<u32> {
     idx.into_iter().map(|i| i as u32).collect()
 }
 
+/// The keys the top-k ranks: the score function's (logits, probabilities, sigmoids) plus the
+/// selection-only bias.
 fn selection_scores(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let mut keys = unbiased_keys(cfg, logits);
+    if let Some(b) = bias {
+        keys.iter_mut().zip(b).for_each(|(k, &bv)| *k += bv);
+    }
+    keys
+}
+
+fn unbiased_keys(cfg: &RouterConfig, logits: &[f32]) -> Vec<f32> {
     match cfg.score_func {
         ScoreFunc::Softmax | ScoreFunc::TopkSigmoid => logits.to_vec(),
         ScoreFunc::SparseMixer => unreachable!("sparsemixer is checked against the reference"),
@@ -249,17 +266,7 @@ fn selection_scores(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) ->
             v.iter_mut().for_each(|s| *s /= sum);
             v
         }
-        ScoreFunc::Sigmoid => logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| {
-                let s = sigmoid(l);
-                match bias {
-                    Some(b) => s + b[i],
-                    None => s,
-                }
-            })
-            .collect(),
+        ScoreFunc::Sigmoid => logits.iter().map(|&l| sigmoid(l)).collect(),
     }
 }
 
@@ -314,7 +321,9 @@ pub fn ops_routing(data: &[u8]) {
     let mut scratch = vec![0f32; sl];
     let mut ids = vec![u32::MAX; il];
     let mut wts = vec![0f32; ql];
-    let expect_ok = cfg_ok && xok && wok && (bias.is_none() || bok) && lok && sok && iok && qok;
+    // sparsemixer takes no selection bias
+    let bias_ok = bias.is_none() || (bok && cfg.score_func != ScoreFunc::SparseMixer);
+    let expect_ok = cfg_ok && xok && wok && bias_ok && lok && sok && iok && qok;
     let r = routing::route(&cfg, &x, t, d, &w, bias.as_deref(), &mut logits, &mut scratch, &mut ids, &mut wts);
     assert_eq!(r.is_ok(), expect_ok, "route: {r:?}");
     if r.is_err() {
@@ -773,7 +782,8 @@ pub fn ops_moe_ffn(data: &[u8]) {
         w2_scales: (&b.w2s).into(),
         shared,
     };
-    let expect_ok = spec_ok && all_ok && opt_ok && shared_consistent;
+    let bias_ok = b.bias.is_none() || spec.router.score_func != ScoreFunc::SparseMixer; // sparsemixer: no bias
+    let expect_ok = spec_ok && all_ok && opt_ok && shared_consistent && bias_ok;
     let mut out = vec![0f32; b.out_len];
     let r = moe_ffn(&spec, &w, &b.x, t, &mut out, &mut MoeScratch::default(), pool(inp.two_threads), &Kernels::best());
     assert_eq!(r.is_ok(), expect_ok, "moe_ffn: {r:?} (spec_ok {spec_ok}, lens {all_ok} {opt_ok}, shared {shared_consistent})");

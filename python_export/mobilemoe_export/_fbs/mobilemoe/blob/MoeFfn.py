@@ -231,8 +231,22 @@ class MoeFfn(object):
             return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
         return 0.0
 
+    # MoeFfn
+    def RenormEps(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(62))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 0.0
+
+    # MoeFfn
+    def RenormMin(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(64))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 1.17549435e-38
+
 def MoeFfnStart(builder):
-    builder.StartObject(29)
+    builder.StartObject(31)
 
 def Start(builder):
     MoeFfnStart(builder)
@@ -410,6 +424,18 @@ def MoeFfnAddJitterEps(builder, jitterEps):
 
 def AddJitterEps(builder, jitterEps):
     MoeFfnAddJitterEps(builder, jitterEps)
+
+def MoeFfnAddRenormEps(builder, renormEps):
+    builder.PrependFloat32Slot(29, renormEps, 0.0)
+
+def AddRenormEps(builder, renormEps):
+    MoeFfnAddRenormEps(builder, renormEps)
+
+def MoeFfnAddRenormMin(builder, renormMin):
+    builder.PrependFloat32Slot(30, renormMin, 1.17549435e-38)
+
+def AddRenormMin(builder, renormMin):
+    MoeFfnAddRenormMin(builder, renormMin)
 
 def MoeFfnEnd(builder):
     return builder.EndObject()
