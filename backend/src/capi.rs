@@ -625,6 +625,38 @@ const _: () = {
 mod abi_tests {
     use super::*;
 
+    /// The numbers in the C++ header's `static_assert`s (`sizeof(T) == n`, `offsetof(T, f) == n`)
+    /// are the Rust layout: the two sides cannot drift apart with each still compiling.
+    #[test]
+    fn cpp_header_asserts_the_rust_layout() {
+        let header = include_str!("../cpp/mobilemoe.h");
+        let layouts = [("MobileMoeFfnArgs", 1), ("MobileMoeLinearArgs", 2)];
+        let mut checked = 0;
+        for (ty, which) in layouts {
+            let (vals, names) = abi_layout(which).unwrap();
+            let names: Vec<&str> = names.trim_end_matches(',').split(',').collect();
+            let mut rest = header;
+            while let Some(i) = rest.find(&format!("sizeof({ty}) == ")) {
+                let n: u64 = rest[i..].split("== ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+                assert_eq!(n, vals[0], "header sizeof({ty})");
+                checked += 1;
+                rest = &rest[i + 1..];
+            }
+            let mut rest = header;
+            let pat = format!("offsetof({ty}, ");
+            while let Some(i) = rest.find(&pat) {
+                let tail = &rest[i + pat.len()..];
+                let field = tail.split(')').next().unwrap().trim();
+                let n: u64 = tail.split("== ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+                let idx = names.iter().position(|&f| f == field).unwrap_or_else(|| panic!("header asserts unknown field {ty}.{field}"));
+                assert_eq!(n, vals[1 + idx], "header offsetof({ty}, {field})");
+                checked += 1;
+                rest = &rest[i + 1..];
+            }
+        }
+        assert!(checked >= 20, "only {checked} header asserts found");
+    }
+
     #[test]
     fn abi_layout_reports_every_field() {
         for (which, fields) in [(1, 45), (2, 16), (3, 2)] {
