@@ -15,6 +15,7 @@ checkpoint has one) is written beside the ``.pte``: ``mobilemoe_export.generate`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -61,7 +62,11 @@ class HFCausalLMProgram(nn.Module):
 
         self.max_seq_len = int(max_seq_len)
         self.hf_config = model.config
-        self.inner = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_seq_len)
+        with _short_conv_state_layers(model):
+            self.inner = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_seq_len)
+        for i, layer in enumerate(self.inner.static_cache.layers):
+            if isinstance(layer, _short_conv_state_class()):
+                self.inner.register_buffer(f"conv_state_{i}", layer.conv_state, persistent=False)
         self._fit_cache_to_the_model(model)
 
     def _fit_cache_to_the_model(self, model: nn.Module) -> None:
@@ -122,8 +127,97 @@ def _real_rotary(module: str, rotary_class: str, broadcast: Callable[[torch.Tens
     return [(getattr(mod, rotary_class), "forward", rotary_forward), (mod, "apply_rotary_emb", apply_rotary_emb)]
 
 
+@functools.lru_cache(maxsize=None)
+def _short_conv_state_class():
+    from transformers.cache_utils import StaticLayer
+
+    class ShortConvState(StaticLayer):
+        """The cache layer of a short-convolution layer (LFM2's ``conv`` layers) in the exported program:
+        ``conv_state`` [1, hidden, kernel - 1], the last conv inputs of the sequence so far (a mutable
+        buffer like the KV cache). transformers' ``LinearAttentionLayer`` cannot be exported (its
+        prefill/decode switch is a Python flag, its states are allocated lazily), and the executorch
+        wrapper needs keys and values on every layer: this one has none (a 0-length ``StaticLayer``, as
+        the wrapper backs KV-sharing layers). Nothing updates its ``cumulative_length``, so it stays at
+        the call's first position (the wrapper sets it): 0 starts a new sequence. The attention mask,
+        built for the first layer that is not ``LinearAttention``, may be built for this one: it
+        reports the attention layers' sizes (``max_cache_len`` keys from position 0)."""
+
+        def __init__(self, hidden: int, kernel: int, max_cache_len: int) -> None:
+            super().__init__(0)
+            self.conv_state = torch.zeros(1, hidden, kernel - 1)
+            self.mask_length = max_cache_len
+
+        def get_mask_sizes(self, query_length: int) -> tuple:
+            return self.mask_length, 0
+
+    return ShortConvState
+
+
+# model_type -> the config attribute of its conv kernel size: families whose "conv" layers get a ShortConvState
+_SHORT_CONV_FAMILIES = {"lfm2_moe": "conv_L_cache"}
+
+
+@contextlib.contextmanager
+def _short_conv_state_layers(model: nn.Module):
+    """While the executorch wrapper builds its ``StaticCache``, the short-conv layers of
+    :data:`_SHORT_CONV_FAMILIES` get a ``ShortConvState`` instead of a ``LinearAttentionLayer``."""
+    cfg = model.config.get_text_config()
+    if cfg.model_type not in _SHORT_CONV_FAMILIES:
+        yield
+        return
+    import transformers.integrations.executorch as te
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    kernel = int(getattr(cfg, _SHORT_CONV_FAMILIES[cfg.model_type]))
+    original = te.StaticCache
+
+    class StaticCacheWithConvState(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for i, layer in enumerate(self.layers):
+                if isinstance(layer, LinearAttentionCacheLayerMixin):
+                    self.layers[i] = _short_conv_state_class()(cfg.hidden_size, kernel, kwargs["max_cache_len"])
+
+    te.StaticCache = StaticCacheWithConvState
+    try:
+        yield
+    finally:
+        te.StaticCache = original
+
+
+def _short_conv_with_state(module: str, conv_class: str):
+    """The short convolution of ``conv_class`` (``in_proj`` -> B, C, x; ``C * conv(B * x)`` ->
+    ``out_proj``) with its left context from a ``ShortConvState``: the previous call's last
+    kernel - 1 inputs, zeros at position 0. transformers zero-pads a whole sequence on the left
+    (``padding=kernel - 1``) and decodes from its cached inputs: the same products and sums."""
+    import importlib
+
+    import torch.nn.functional as F
+
+    cls = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), conv_class)
+    original, state_class = cls.forward, _short_conv_state_class()
+
+    def forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+        layer = cache.layers[self.layer_idx] if cache is not None else None
+        if not isinstance(layer, state_class):
+            return original(self, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
+        b, c, x = self.in_proj(hidden_states).transpose(-1, -2).chunk(3, dim=-2)
+        bx = b * x  # [1, hidden, S]
+        # left context: the previous call's last kernel - 1 inputs; a call at position 0 starts a new
+        # sequence (zeros, as transformers' padding), whatever an earlier sequence left in the state
+        context = layer.conv_state * (layer.cumulative_length != 0).to(bx.dtype)
+        full = torch.cat([context, bx], dim=-1)
+        layer.conv_state.copy_(full[:, :, -layer.conv_state.shape[-1]:])
+        conv = F.conv1d(full, self.conv.weight, self.conv.bias, groups=full.shape[1])  # no padding: S outputs
+        return self.out_proj((c * conv).transpose(-1, -2).contiguous())
+
+    return [(cls, "forward", forward)]
+
+
 # model_type -> the patches that make its forward exportable to ExecuTorch (same numbers)
 _EXPORT_PATCHES = {
+    # LFM2's short-convolution layers, their state in the KV cache's place
+    "lfm2_moe": lambda: _short_conv_with_state("lfm2_moe", "Lfm2MoeShortConv"),
     # queries [B, H, S, d]
     "deepseek_v2": lambda: _real_rotary("deepseek_v2", "DeepseekV2RotaryEmbedding", lambda cs: cs.unsqueeze(1)),
     # queries [B, S, H, d]
