@@ -33,11 +33,14 @@ test: build test-rust test-python test-robustness test-fuzz test-aarch64 test-an
 test-rust: build lint
 	$(CARGO) test --release --workspace
 
-# Formatting (rustfmt.toml) and clippy with warnings as errors; ruff over the Python sources.
+# Formatting (rustfmt.toml; also the fuzz and robustness workspaces) and clippy with warnings as
+# errors; ruff over the Python sources.
 lint: venv
 	@command -v rustfmt >/dev/null || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 	$(CARGO) fmt --all --check
+	cd tests/fuzz && $(CARGO) fmt --all --check
+	cd tests/robustness && $(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(PY) -m ruff check python_export scripts tests runner/tests
 

@@ -47,14 +47,28 @@ pub fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("pte_magic", poke(ok.clone(), 0, b"\0\0\0\0ET12"), "bad magic"),
         ("header_version_99", poke(ok.clone(), 4, &99u32.to_le_bytes()), "unsupported blob format version 99"),
         ("header_version_0", poke(ok.clone(), 4, &0u32.to_le_bytes()), "unsupported blob format version 0"),
-        ("graph_version_3", with(|g| g.version = 3).into_iter().enumerate().map(|(i, b)| if i == 4 { 2 } else { b }).collect(), "graph version 3 differs from the header's 2"),
+        (
+            "graph_version_3",
+            with(|g| g.version = 3).into_iter().enumerate().map(|(i, b)| if i == 4 { 2 } else { b }).collect(),
+            "graph version 3 differs from the header's 2",
+        ),
         ("flatbuffer_offset_64", poke(ok.clone(), 8, &64u64.to_le_bytes()), "flatbuffer offset 64"),
         ("flatbuffer_size_huge", poke(ok.clone(), 16, &u64::MAX.to_le_bytes()), "flatbuffer size"),
         ("data_offset_unaligned", poke(ok.clone(), 24, &(data_off + 1).to_le_bytes()), "not a multiple of 64"),
         ("data_offset_past_end", poke(ok.clone(), 24, &(((n as u64) / 64 + 1) * 64).to_le_bytes()), "past the end"),
         ("data_offset_overlaps_flatbuffer", poke(ok.clone(), 24, &64u64.to_le_bytes()), "overlaps the flatbuffer"),
         ("no_file_identifier", poke(ok.clone(), 36, b"XXXX"), "file identifier"),
-        ("flatbuffer_garbage", { let mut b = ok.clone(); for i in 40..(32 + fb_size).min(140) { b[i] = 0xA5 } b }, "flatbuffer verification failed"),
+        (
+            "flatbuffer_garbage",
+            {
+                let mut b = ok.clone();
+                for i in 40..(32 + fb_size).min(140) {
+                    b[i] = 0xA5
+                }
+                b
+            },
+            "flatbuffer verification failed",
+        ),
         ("segment_offset_out_of_range", with(|g| g.segments[0].0 = 1 << 40), "outside the data area"),
         ("segment_offset_unaligned", with(|g| g.segments[1].0 += 4), "not a multiple of 64"),
         ("segment_size_overflow", with(|g| g.segments[0] = (64, u64::MAX)), "outside the data area"),
@@ -79,17 +93,46 @@ pub fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("dim_huge", with(|g| moe(g).dim = i32::MAX), "K = 2147483647 is not a multiple of the group size 32"),
         ("hidden_dim_huge", with(|g| moe(g).hidden_dim = i32::MAX), "is not a multiple of the group size"),
         ("shared_expert_partial", with(|g| moe(g).shared_w2 = -1), "shared expert"),
-        ("shared_gate_without_shared", with(|g| { let m = moe(g); m.shared_w13 = -1; m.shared_w13_scales = -1; m.shared_w2 = -1; m.shared_w2_scales = -1; m.shared_hidden_dim = 0 }), "shared_gate but no shared expert"),
+        (
+            "shared_gate_without_shared",
+            with(|g| {
+                let m = moe(g);
+                m.shared_w13 = -1;
+                m.shared_w13_scales = -1;
+                m.shared_w2 = -1;
+                m.shared_w2_scales = -1;
+                m.shared_hidden_dim = 0
+            }),
+            "shared_gate but no shared expert",
+        ),
         ("unknown_op", with(|g| g.nodes.push(RawNode { name: "bad".into(), op: RawOp::Unknown(9) })), "unknown op type 9"),
         ("no_outputs", with(|g| g.outputs.clear()), "no outputs"),
         ("output_not_written", with(|g| g.outputs = vec![0]), "not written by any node"),
         ("output_listed_twice", with(|g| g.outputs = vec![16, 16]), "listed twice"),
         ("input_is_constant", with(|g| g.inputs = vec![1]), "must be an F32 or I64 activation"),
         ("read_before_write", with(|g| g.nodes.swap(0, 1)), "before anything writes it"),
-        ("write_twice", with(|g| { let a = match &g.nodes[1].op { RawOp::Int4Linear(a) => fb::Int4LinearArgs { ..*a }, _ => unreachable!() }; g.nodes.push(RawNode { name: "again".into(), op: RawOp::Int4Linear(a) }) }), "already written"),
+        (
+            "write_twice",
+            with(|g| {
+                let a = match &g.nodes[1].op {
+                    RawOp::Int4Linear(a) => fb::Int4LinearArgs { ..*a },
+                    _ => unreachable!(),
+                };
+                g.nodes.push(RawNode { name: "again".into(), op: RawOp::Int4Linear(a) })
+            }),
+            "already written",
+        ),
         ("weight_used_as_activation", with(|g| moe(g).x = 3), "must be an F32 activation"),
         ("activation_used_as_weight", with(|g| moe(g).w13 = 0), "must be a constant"),
         ("constant_with_dynamic_leading", with(|g| g.tensors[1].dynamic_leading = true), "cannot have dynamic_leading"),
-        ("linear_in_features_mismatch", with(|g| if let RawOp::Int4Linear(a) = &mut g.nodes[1].op { a.in_features = 64 }), "last dimension must be 64"),
+        (
+            "linear_in_features_mismatch",
+            with(|g| {
+                if let RawOp::Int4Linear(a) = &mut g.nodes[1].op {
+                    a.in_features = 64
+                }
+            }),
+            "last dimension must be 64",
+        ),
     ]
 }

@@ -41,7 +41,15 @@ fn layer(score: ScoreFunc, exact: bool) -> Layer {
 
 impl Layer {
     fn w(&self) -> MoeWeights<'_> {
-        MoeWeights { router_w: &self.router, expert_bias: None, w13: &self.w13, w13_scales: (&self.w13s).into(), w2: &self.w2, w2_scales: (&self.w2s).into(), shared: None }
+        MoeWeights {
+            router_w: &self.router,
+            expert_bias: None,
+            w13: &self.w13,
+            w13_scales: (&self.w13s).into(),
+            w2: &self.w2,
+            w2_scales: (&self.w2s).into(),
+            shared: None,
+        }
     }
     fn run(&self, spec: &MoeSpec, x: &[f32], t: usize, out_len: usize) -> Result<Vec<f32>> {
         let mut out = vec![0f32; out_len];
@@ -138,7 +146,9 @@ fn shapes_disagreeing_with_buffers_are_typed_errors() {
 fn hand_built_specs_are_rejected_not_panics() {
     let pool = ThreadPool::new(1);
     for ks in Kernels::available() {
-        for (n, k, g) in [(16usize, 64usize, 0usize), (16, 64, 48), (usize::MAX, 64, 32), (16, usize::MAX - 31, 32), ((1 << 60) + 16, 64, 32)] {
+        for (n, k, g) in
+            [(16usize, 64usize, 0usize), (16, 64, 48), (usize::MAX, 64, 32), (16, usize::MAX - 31, 32), ((1 << 60) + 16, 64, 32)]
+        {
             let spec = MatrixSpec { n, k, group: g, bits: WeightBits::Int4 };
             let w = PackedRef { spec, data: &[0u8; 512], scales: mobilemoe_ops::ScaleRef::F32(&[0f32; 32]) };
             let mut out = vec![0f32; 16];

@@ -41,8 +41,21 @@ fn layer(seed: u64, e: usize, k: usize, score: ScoreFunc, exact: bool) -> (MoeSp
     (spec, router, w13, w13s, w2, w2s)
 }
 
-fn run_layer(l: &(MoeSpec, Vec<f32>, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>), x: &[f32], scratch: &mut MoeScratch, pool: &ThreadPool) -> Vec<f32> {
-    let w = MoeWeights { router_w: &l.1, expert_bias: None, w13: &l.2, w13_scales: (&l.3).into(), w2: &l.4, w2_scales: (&l.5).into(), shared: None };
+fn run_layer(
+    l: &(MoeSpec, Vec<f32>, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>),
+    x: &[f32],
+    scratch: &mut MoeScratch,
+    pool: &ThreadPool,
+) -> Vec<f32> {
+    let w = MoeWeights {
+        router_w: &l.1,
+        expert_bias: None,
+        w13: &l.2,
+        w13_scales: (&l.3).into(),
+        w2: &l.4,
+        w2_scales: (&l.5).into(),
+        shared: None,
+    };
     let t = x.len() / l.0.dim;
     let mut out = vec![0f32; x.len()];
     moe_ffn(&l.0, &w, x, t, &mut out, scratch, pool, &Kernels::best()).unwrap();
@@ -74,7 +87,10 @@ fn ops_two_layers_two_threads_share_the_global_pool() {
                 for it in 0..ITERS {
                     let xi = (it + th) % xs.len();
                     let y = run_layer(&layers[li], &xs[xi], &mut s, &pool);
-                    assert!(y.iter().zip(&want[li][xi]).all(|(a, b)| a.to_bits() == b.to_bits()), "thread {th} iter {it}: differs from sequential");
+                    assert!(
+                        y.iter().zip(&want[li][xi]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "thread {th} iter {it}: differs from sequential"
+                    );
                 }
             })
         })
@@ -132,7 +148,11 @@ fn programs_two_delegates_and_two_threads_on_one() {
     let toks = [1usize, 5, 17];
     let xs: Arc<Vec<Vec<Vec<f32>>>> = Arc::new(progs.iter().map(|p| inputs(p.1 as u64, &toks, p.1)).collect());
     let want: Arc<Vec<Vec<Vec<f32>>>> = Arc::new(
-        progs.iter().enumerate().map(|(pi, p)| toks.iter().enumerate().map(|(ti, &t)| exec(&p.0, &xs[pi][ti], t, p.1, p.2)).collect()).collect(),
+        progs
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| toks.iter().enumerate().map(|(ti, &t)| exec(&p.0, &xs[pi][ti], t, p.1, p.2)).collect())
+            .collect(),
     );
     let hs: Vec<_> = (0..4)
         .map(|th| {
