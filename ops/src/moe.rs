@@ -86,12 +86,7 @@ impl<'a> MoeWeights<'a> {
         let e = spec.router.num_experts;
         let (s13, s2) = (spec.w13_spec()?, spec.w2_spec()?);
         check_len("router weight", mul_dims("router weight", &[e, spec.dim])?, self.router_w.len())?;
-        if let Some(b) = self.expert_bias {
-            check_len("expert bias", e, b.len())?;
-            if spec.router.score_func == crate::ScoreFunc::SparseMixer {
-                return Err(OpsError::Invalid("sparsemixer routing takes no expert bias".into()));
-            }
-        }
+        spec.router.check_bias(self.expert_bias)?;
         check_len("w13 data", mul_dims("w13 data", &[e, s13.data_bytes()])?, self.w13.len())?;
         check_len("w13 scales", mul_dims("w13 scales", &[e, s13.scale_count()])?, self.w13_scales.len())?;
         check_len("w2 data", mul_dims("w2 data", &[e, s2.data_bytes()])?, self.w2.len())?;
@@ -319,7 +314,9 @@ impl MoeScratch {
             }
             if !r.spec.exact {
                 self.qg.quantize(&self.xg[..tk * d], tk, d, r.spec.group)?;
-                self.qx.quantize(r.x, r.t, d, r.spec.group)?; // the shared expert's input
+                if r.w.shared.is_some() {
+                    self.qx.quantize(r.x, r.t, d, r.spec.group)?; // the shared expert's input
+                }
             }
         } else if r.spec.exact {
             grow(&mut self.xg, tk * d);
@@ -355,7 +352,12 @@ impl MoeScratch {
         }
         let h_out = OutPtr::new(&mut self.h[..tk * 2 * f], 2 * f);
         let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_h[..t * 2 * fs], 2 * fs)) } else { None };
-        let acts = if r.spec.exact { Acts::F32(&self.xg[..tk * d], r.x) } else { Acts::Q8(self.qg.as_ref(), self.qx.as_ref()) };
+        let acts = if r.spec.exact {
+            Acts::F32(&self.xg[..tk * d], r.x)
+        } else {
+            // (without a shared expert no item reads the second rows: `qx` may not be quantized then)
+            Acts::Q8(self.qg.as_ref(), if shared.is_some() { self.qx.as_ref() } else { self.qg.as_ref() })
+        };
         let w = r.w;
         run_gemms(
             pool,

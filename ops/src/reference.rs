@@ -216,7 +216,8 @@ fn sparsemixer_weight(logits: &[f32], pick: usize, candidates: &[bool], eps: f32
 /// Routing of one token (DESIGN section 4): (expert ids, weights) in selection order.
 pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
     let k = cfg.top_k;
-    // A selection sum below the smallest normal f32 divides by that instead (0 weights, not NaN).
+    // Divide by max(sum + renorm_eps, renorm_min): by default a sum below the smallest normal f32
+    // divides by that instead (0 weights, not NaN).
     let renorm = |w: &mut Vec<f32>| {
         let mut sum = 0f32;
         for &v in w.iter() {

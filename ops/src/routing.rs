@@ -185,6 +185,17 @@ impl RouterConfig {
         Ok(())
     }
 
+    /// A selection bias fits: `E` floats, and not for sparsemixer (which takes none).
+    pub fn check_bias(&self, bias: Option<&[f32]>) -> Result<()> {
+        if let Some(b) = bias {
+            check_len("expert bias", self.num_experts, b.len())?;
+            if self.score_func == ScoreFunc::SparseMixer {
+                return Err(OpsError::Invalid("sparsemixer routing takes no expert bias".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Floats of the `scratch` that `route_token` needs.
     pub fn scratch_len(&self) -> usize {
         self.num_experts + 2 * self.group_limit.groups
@@ -212,10 +223,10 @@ pub fn top_k(scores: &[f32], ids: &mut [u32]) {
 /// Top-k over the indices `0..n` that are `eligible`, ranked by `key` (as `top_k`). Writes at most
 /// as many ids as there are eligible indices.
 #[inline]
-fn top_k_by(n: usize, key: impl Fn(usize) -> f32, eligible: impl Fn(usize) -> bool, ids: &mut [u32]) -> usize {
+fn top_k_by(n: usize, key: impl Fn(usize) -> f32, eligible: impl Fn(usize) -> bool, ids: &mut [u32]) {
     let k = ids.len().min(n);
     if k == 0 {
-        return 0;
+        return;
     }
     // Partial insertion sort: k is small (<= 8 typically) and E <= a few hundred.
     let mut filled = 0usize;
@@ -236,7 +247,6 @@ fn top_k_by(n: usize, key: impl Fn(usize) -> f32, eligible: impl Fn(usize) -> bo
             j -= 1;
         }
     }
-    filled
 }
 
 /// Divisor of a renormalisation: the (shifted) sum, clamped below at `min` (by default the
@@ -418,12 +428,7 @@ pub fn route(
     let (e, k) = (cfg.num_experts, cfg.top_k);
     check_len("router input", mul_dims("router input", &[t, d])?, x.len())?;
     check_len("router weight", mul_dims("router weight", &[e, d])?, router_w.len())?;
-    if let Some(b) = expert_bias {
-        check_len("expert bias", e, b.len())?;
-        if cfg.score_func == ScoreFunc::SparseMixer {
-            return Err(OpsError::Invalid("sparsemixer routing takes no expert bias".into()));
-        }
-    }
+    cfg.check_bias(expert_bias)?;
     check_len("router logits scratch", mul_dims("router logits scratch", &[t, e])?, logits.len())?;
     check_len("expert ids", mul_dims("expert ids", &[t, k])?, ids.len())?;
     check_len("expert weights", mul_dims("expert weights", &[t, k])?, weights.len())?;

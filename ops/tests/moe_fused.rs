@@ -42,18 +42,7 @@ proptest! {
         let bits = if int8 { WeightBits::Int8 } else { WeightBits::Int4 };
         let sp = spec(group * dmul, group * fmul, e, k, if shared > 0 { group } else { 0 }, group, bits, sf, bias, if bias { 2.5 } else { 1.0 }, exact);
         let layer = Layer::random(sp, seed, bias && sf == ScoreFunc::Sigmoid, shared == 2);
-        let w = layer.weights();
-        let mut r = Rng(seed | 1);
-        let x = r.vec(t * sp.dim, 1.0);
-        let want = reference::moe_ffn_naive(&sp, &w, &x, t);
-        let pool = ThreadPool::new(threads);
-        for ks in Kernels::available() {
-            let mut out = vec![f32::NAN; t * sp.dim];
-            let mut s = MoeScratch::default();
-            moe_ffn(&sp, &w, &x, t, &mut out, &mut s, &pool, &ks).unwrap();
-            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                prop_assert!(a.to_bits() == b.to_bits(), "kernel {} idx {i}: {a} vs {b}", ks.kind.name());
-            }
-        }
+        let diff = fused_vs_naive(&layer, t, seed, threads);
+        prop_assert!(diff.is_none(), "{}", diff.unwrap());
     }
 }

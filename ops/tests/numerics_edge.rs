@@ -8,18 +8,6 @@ use common::*;
 use mobilemoe_ops::moe::{exp_f32, sigmoid};
 use mobilemoe_ops::*;
 
-fn router(e: usize, k: usize, sf: ScoreFunc, renorm: bool, scale: f32) -> RouterConfig {
-    RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale, ..Default::default() }
-}
-
-fn route1(cfg: RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
-    let mut ids = vec![0u32; cfg.top_k];
-    let mut w = vec![0f32; cfg.top_k];
-    let mut scratch = vec![0f32; cfg.num_experts];
-    routing::route_token(&cfg, logits, bias, &mut scratch, &mut ids, &mut w);
-    (ids, w)
-}
-
 #[test]
 fn routing_uses_the_deterministic_exp() {
     let l = [0.3f32, -1.7, 2.9, 0.31, -0.2];

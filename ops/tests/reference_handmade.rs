@@ -1,26 +1,9 @@
 //! The reference itself, checked against plain fp32 formulas on small hand-made cases
 //! (routing by hand, and an MoE layer whose weights are exactly representable in INT4).
 
+mod common;
+use common::*;
 use mobilemoe_ops::*;
-
-fn router(e: usize, k: usize, sf: ScoreFunc, renorm: bool, scale: f32) -> RouterConfig {
-    RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale, ..Default::default() }
-}
-
-fn route1(cfg: RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
-    let mut ids = vec![0u32; cfg.top_k];
-    let mut w = vec![0f32; cfg.top_k];
-    let mut scratch = vec![0f32; cfg.scratch_len()];
-    routing::route_token(&cfg, logits, bias, &mut scratch, &mut ids, &mut w);
-    (ids, w)
-}
-
-fn close(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{a:?} vs {b:?}");
-    }
-}
 
 #[test]
 fn softmax_topk_then_softmax() {

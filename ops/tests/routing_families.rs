@@ -7,23 +7,14 @@ use common::*;
 use mobilemoe_ops::*;
 use proptest::prelude::*;
 
-fn route1(cfg: RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
+/// `route1` of a valid config, also equal to the reference bit for bit.
+fn route_checked(cfg: RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
     cfg.validate().unwrap();
-    let mut ids = vec![0u32; cfg.top_k];
-    let mut w = vec![0f32; cfg.top_k];
-    let mut scratch = vec![0f32; cfg.scratch_len()];
-    routing::route_token(&cfg, logits, bias, &mut scratch, &mut ids, &mut w);
+    let (ids, w) = route1(cfg, logits, bias);
     let (rid, rw) = reference::route(&cfg, logits, bias);
     assert_eq!(ids, rid, "production vs reference ids");
     assert_eq!(w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rw.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     (ids, w)
-}
-
-fn close(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{a:?} vs {b:?}");
-    }
 }
 
 fn grouped(e: usize, k: usize, sf: ScoreFunc, groups: usize, top_groups: usize, score: GroupScore) -> RouterConfig {
@@ -35,9 +26,9 @@ fn group_max_keeps_the_best_groups_only() {
     // 3 groups of 2 (logits): group maxima 1.0, 5.0, 4.0 -> groups 1 and 2 compete; expert 0's
     // 1.0 would beat expert 5's 0.5 without the limit.
     let l = [1.0f32, -3.0, 5.0, -9.0, 4.0, 0.5];
-    let (ids, _) = route1(grouped(6, 3, ScoreFunc::Softmax, 3, 2, GroupScore::Max), &l, None);
+    let (ids, _) = route_checked(grouped(6, 3, ScoreFunc::Softmax, 3, 2, GroupScore::Max), &l, None);
     assert_eq!(ids, [2, 4, 5]);
-    let (ids, _) = route1(grouped(6, 3, ScoreFunc::Softmax, 1, 1, GroupScore::Max), &l, None);
+    let (ids, _) = route_checked(grouped(6, 3, ScoreFunc::Softmax, 1, 1, GroupScore::Max), &l, None);
     assert_eq!(ids, [2, 4, 0]);
 }
 
@@ -47,12 +38,12 @@ fn group_top2_sum_ranks_groups_by_their_two_best() {
     // wins, by the sum of the top two group 1 (two good experts) wins.
     let l = [3.0f32, -4.0, 1.0, 1.2, -2.0, -2.5];
     let cfg = RouterConfig { renormalize: true, route_scale: 2.0, ..grouped(6, 2, ScoreFunc::Sigmoid, 3, 1, GroupScore::TopTwoSum) };
-    let (ids, w) = route1(cfg, &l, Some(&[0.0; 6]));
+    let (ids, w) = route_checked(cfg, &l, Some(&[0.0; 6]));
     assert_eq!(ids, [3, 2]);
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
     let (a, b) = (sig(1.2), sig(1.0));
     close(&w, &[2.0 * a / (a + b), 2.0 * b / (a + b)]);
-    let (ids, _) = route1(grouped(6, 2, ScoreFunc::Sigmoid, 3, 1, GroupScore::Max), &l, None);
+    let (ids, _) = route_checked(grouped(6, 2, ScoreFunc::Sigmoid, 3, 1, GroupScore::Max), &l, None);
     assert_eq!(ids, [0, 1]);
 }
 
@@ -61,10 +52,10 @@ fn topk_sigmoid_selects_on_logits_and_weighs_by_sigmoid() {
     // Logits 30 and 31 both have sigmoid 1.0 in f32: the selection must still see 31 > 30.
     let l = [30.0f32, 31.0, -1.0];
     let cfg = RouterConfig { num_experts: 3, top_k: 1, score_func: ScoreFunc::TopkSigmoid, ..Default::default() };
-    let (ids, w) = route1(cfg, &l, None);
+    let (ids, w) = route_checked(cfg, &l, None);
     assert_eq!(ids, [1]);
     assert_eq!(w, [1.0]);
-    let (ids, w) = route1(RouterConfig { top_k: 2, ..cfg }, &[0.5, -1.0, 2.0], None);
+    let (ids, w) = route_checked(RouterConfig { top_k: 2, ..cfg }, &[0.5, -1.0, 2.0], None);
     assert_eq!(ids, [2, 0]);
     close(&w, &[1.0 / (1.0 + (-2.0f32).exp()), 1.0 / (1.0 + (-0.5f32).exp())]);
 }
@@ -76,13 +67,13 @@ fn sparsemixer_weighs_each_pick_over_the_logits_near_it() {
     // 0.143), 1.0 is not; the first pick is no candidate.
     let l = [1.0f32, 4.0, 3.5, 3.0];
     let cfg = RouterConfig { num_experts: 4, top_k: 2, score_func: ScoreFunc::SparseMixer, jitter_eps: 0.1, ..Default::default() };
-    let (ids, w) = route1(cfg, &l, None);
+    let (ids, w) = route_checked(cfg, &l, None);
     assert_eq!(ids, [1, 2]);
     let w1 = 1.0 / (1.0 + (-0.5f32).exp());
     let w2 = 1.0 / (1.0 + (-0.5f32).exp());
     close(&w, &[w1, w2]);
     // eps 0: only the picks themselves count, weights 1.
-    let (_, w) = route1(RouterConfig { jitter_eps: 0.0, ..cfg }, &l, None);
+    let (_, w) = route_checked(RouterConfig { jitter_eps: 0.0, ..cfg }, &l, None);
     assert_eq!(w, [1.0, 1.0]);
 }
 
@@ -94,13 +85,13 @@ fn selection_bias_steers_every_score_function_but_never_weighs() {
     let z: f32 = l.iter().map(|v| v.exp()).sum();
     let p: Vec<f32> = l.iter().map(|v| v.exp() / z).collect();
     let all = RouterConfig { num_experts: 3, top_k: 2, score_func: ScoreFunc::SoftmaxAll, renormalize: true, ..Default::default() };
-    let (ids, w) = route1(all, &l, Some(&b));
+    let (ids, w) = route_checked(all, &l, Some(&b));
     assert_eq!(ids, [2, 0]); // ERNIE 4.5: selection on probabilities + bias
     close(&w, &[p[2] / (p[2] + p[0]), p[0] / (p[2] + p[0])]);
-    let (ids, w) = route1(RouterConfig { score_func: ScoreFunc::TopkSigmoid, renormalize: false, ..all }, &l, Some(&b));
+    let (ids, w) = route_checked(RouterConfig { score_func: ScoreFunc::TopkSigmoid, renormalize: false, ..all }, &l, Some(&b));
     assert_eq!(ids, [2, 0]); // Kolibri: selection on logits + bias, sigmoid weights
     close(&w, &[1.0 / (1.0 + (-0.5f32).exp()), 1.0 / (1.0 + (-2.0f32).exp())]);
-    let (ids, _) = route1(RouterConfig { score_func: ScoreFunc::Softmax, ..all }, &l, Some(&b));
+    let (ids, _) = route_checked(RouterConfig { score_func: ScoreFunc::Softmax, ..all }, &l, Some(&b));
     assert_eq!(ids, [2, 0]);
 }
 
@@ -111,17 +102,17 @@ fn renormalisation_shift_and_floor() {
     let base = RouterConfig { num_experts: 3, top_k: 2, score_func: ScoreFunc::Sigmoid, renormalize: true, ..Default::default() };
     let (a, b) = (sig(1.0), sig(-1.0));
     // LFM2-MoE: / (sum + 1e-6)
-    let (_, w) = route1(RouterConfig { renorm_eps: 1e-6, ..base }, &l, None);
+    let (_, w) = route_checked(RouterConfig { renorm_eps: 1e-6, ..base }, &l, None);
     close(&w, &[a / (a + b + 1e-6), b / (a + b + 1e-6)]);
-    assert_ne!(w[0].to_bits(), route1(base, &l, None).1[0].to_bits());
+    assert_ne!(w[0].to_bits(), route_checked(base, &l, None).1[0].to_bits());
     // ERNIE 4.5: / max(sum, 1e-12): tiny sigmoid scores (logits near -30) hit the floor
     let tiny = [-30.0f32, -31.0, -40.0];
-    let (_, w) = route1(RouterConfig { renorm_min: 1e-12, ..base }, &tiny, None);
+    let (_, w) = route_checked(RouterConfig { renorm_min: 1e-12, ..base }, &tiny, None);
     let (ta, tb) = (sig(-30.0), sig(-31.0));
     assert!(ta + tb < 1e-12);
     close(&w, &[ta / 1e-12, tb / 1e-12]);
     // default: / max(sum, FLT_MIN) = the plain sum here
-    let (_, w) = route1(base, &tiny, None);
+    let (_, w) = route_checked(base, &tiny, None);
     close(&w, &[ta / (ta + tb), tb / (ta + tb)]);
     for bad in
         [RouterConfig { renorm_eps: -1.0, ..base }, RouterConfig { renorm_min: 0.0, ..base }, RouterConfig { renorm_eps: f32::NAN, ..base }]
@@ -206,18 +197,7 @@ proptest! {
         prop_assert!(sp.validate().is_ok(), "{sp:?}");
         // a selection bias for every score function but sparsemixer
         let layer = Layer::random(sp, seed, variant != 3 && seed % 2 == 0, shared == 2);
-        let w = layer.weights();
-        let mut r = Rng(seed | 1);
-        let x = r.vec(t * sp.dim, 1.0);
-        let want = reference::moe_ffn_naive(&sp, &w, &x, t);
-        let pool = ThreadPool::new(threads);
-        for ks in Kernels::available() {
-            let mut out = vec![f32::NAN; t * sp.dim];
-            let mut s = MoeScratch::default();
-            moe_ffn(&sp, &w, &x, t, &mut out, &mut s, &pool, &ks).unwrap();
-            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                prop_assert!(a.to_bits() == b.to_bits(), "kernel {} idx {i}: {a} vs {b} ({sp:?})", ks.kind.name());
-            }
-        }
+        let diff = fused_vs_naive(&layer, t, seed, threads);
+        prop_assert!(diff.is_none(), "{}", diff.unwrap());
     }
 }

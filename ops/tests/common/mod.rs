@@ -54,3 +54,42 @@ impl Layer {
         }
     }
 }
+
+/// A router config from the basic attributes (everything newer at its default).
+pub fn router(e: usize, k: usize, sf: ScoreFunc, renorm: bool, scale: f32) -> RouterConfig {
+    RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale, ..Default::default() }
+}
+
+/// `routing::route_token` on one token's logits: (ids, weights) in selection order.
+pub fn route1(cfg: RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
+    let mut ids = vec![0u32; cfg.top_k];
+    let mut w = vec![0f32; cfg.top_k];
+    let mut scratch = vec![0f32; cfg.scratch_len()];
+    routing::route_token(&cfg, logits, bias, &mut scratch, &mut ids, &mut w);
+    (ids, w)
+}
+
+/// Elementwise within 1e-6 relative (+1e-6 absolute).
+pub fn close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{a:?} vs {b:?}");
+    }
+}
+
+/// The fused layer on every kernel set (a `threads` pool, fresh scratch) against the naive
+/// reference on `t` random tokens: the first difference in bits, if any.
+pub fn fused_vs_naive(layer: &Layer, t: usize, seed: u64, threads: usize) -> Option<String> {
+    let (sp, w) = (&layer.spec, layer.weights());
+    let x = Rng(seed | 1).vec(t * sp.dim, 1.0);
+    let want = reference::moe_ffn_naive(sp, &w, &x, t);
+    let pool = ThreadPool::new(threads);
+    for ks in Kernels::available() {
+        let mut out = vec![f32::NAN; t * sp.dim];
+        moe_ffn(sp, &w, &x, t, &mut out, &mut MoeScratch::default(), &pool, &ks).unwrap();
+        if let Some((i, (a, b))) = out.iter().zip(&want).enumerate().find(|(_, (a, b))| a.to_bits() != b.to_bits()) {
+            return Some(format!("kernel {} idx {i}: {a} vs {b} ({sp:?})", ks.kind.name()));
+        }
+    }
+    None
+}
