@@ -55,8 +55,6 @@ ALIGN = 64
 
 _SCORE = {"softmax": ScoreFunc.Softmax, "softmax_all": ScoreFunc.SoftmaxAll, "sigmoid": ScoreFunc.Sigmoid,
           "topk_sigmoid": ScoreFunc.TopkSigmoid, "sparsemixer": ScoreFunc.SparseMixer}
-from .moe_block import FLT_MIN  # noqa: E402
-
 _GROUP_SCORE = {"max": GroupScore.Max, "top2_sum": GroupScore.TopTwoSum}
 _DTYPES = {torch.float32: DType.F32, torch.uint8: DType.U8, torch.int8: DType.I8, torch.int32: DType.I32,
            torch.int64: DType.I64, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
@@ -84,8 +82,13 @@ def _align(n: int, a: int = ALIGN) -> int:
 
 
 def _node_args(node: torch.fx.Node, names: Sequence[str]) -> Dict[str, object]:
+    """The call's arguments by name, with the op schema's defaults for those it left out."""
     vals = dict(zip(names, node.args))
     vals.update({k: v for k, v in node.kwargs.items() if k in names})
+    schema = getattr(node.target, "_schema", None)
+    for arg in schema.arguments if schema is not None else ():
+        if arg.name in names and arg.name not in vals and arg.has_default_value():
+            vals[arg.name] = arg.default_value
     return vals
 
 
@@ -323,16 +326,16 @@ class _BlobWriter:
                 M.AddRenormalize(b, bool(a["renormalize"]))
                 M.AddRouteScale(b, float(a["route_scale"]))
                 M.AddExact(b, bool(a["exact"]))
-                gscore = a.get("group_score", "max")
+                gscore = a["group_score"]
                 if gscore not in _GROUP_SCORE:
                     raise ValueError(f"MobileMoEBackend: unknown group_score {gscore!r} in {name}")
-                M.AddNumGroups(b, int(a.get("num_groups", 1)))
-                M.AddTopGroups(b, int(a.get("top_groups", 1)))
+                M.AddNumGroups(b, int(a["num_groups"]))
+                M.AddTopGroups(b, int(a["top_groups"]))
                 M.AddGroupScore(b, _GROUP_SCORE[gscore])
-                M.AddWeightInput(b, bool(a.get("weight_input", False)))
-                M.AddJitterEps(b, float(a.get("jitter_eps", 0.0)))
-                M.AddRenormEps(b, float(a.get("renorm_eps", 0.0)))
-                M.AddRenormMin(b, float(a.get("renorm_min", FLT_MIN)))
+                M.AddWeightInput(b, bool(a["weight_input"]))
+                M.AddJitterEps(b, float(a["jitter_eps"]))
+                M.AddRenormEps(b, float(a["renorm_eps"]))
+                M.AddRenormMin(b, float(a["renorm_min"]))
                 op_off, op_type = M.End(b), Op.MoeFfn
             elif kind in DECODER_KINDS or kind == "add":
                 op_off, op_type = self._decoder_node(b, kind, a, out)

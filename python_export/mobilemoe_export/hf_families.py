@@ -136,15 +136,6 @@ def _shared_mlp(mlp: Optional[nn.Module], name: str, live: bool):
     return _shared_from(mlp, name, live)
 
 
-def _refuse_group_limit(name: str, num_group: Optional[int], topk_group: Optional[int], what: str) -> None:
-    n = int(num_group or 1)
-    k = int(topk_group if topk_group is not None else n)
-    if n > 1 and k < n:
-        raise ValueError(
-            f"{name}: group-limited routing ({what}, n_group={n}, topk_group={k}) cannot be represented by "
-            f"mobilemoe::moe_ffn (one top-k over all experts); a model trained with it needs topk_group = n_group")
-
-
 def _group_limit(name: str, num_group: Optional[int], topk_group: Optional[int], score: str) -> Dict[str, Any]:
     """A DeepSeek router's group-limited selection as MoESpec fields (``n_group`` 1 or
     ``topk_group == n_group``: no limit)."""
@@ -352,8 +343,11 @@ def _axk2(m, name, live):
     # instead of -inf (a masked expert can outrank an eligible one whose biased score is negative): refused
     # whenever the limit is active, whatever moe_ffn's group routing does.
     gate = m.gate
-    _refuse_group_limit(f"{name}.gate", gate.num_group, gate.topk_group,
-                        "n_group/topk_group, masked experts scored 0.0 rather than excluded")
+    limit = _group_limit(f"{name}.gate", gate.num_group, gate.topk_group, "top2_sum")
+    if limit:
+        raise ValueError(
+            f"{name}.gate: group-limited routing (n_group={limit['num_groups']}, topk_group={limit['top_groups']}) "
+            f"with the masked experts scored 0.0 rather than excluded cannot be represented by mobilemoe::moe_ffn")
     return _deepseek_v3(m, name, live)
 
 

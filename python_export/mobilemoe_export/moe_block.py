@@ -60,12 +60,6 @@ class SharedExpert(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-def _renorm_divisor(w: torch.Tensor) -> torch.Tensor:
-    """Sum of the selected weights, clamped at the smallest normal (an all-zero selection gives
-    weights 0, not 0/0; as ExecuTorch's MOEFeedForward and docs/DESIGN.md section 4)."""
-    return w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-
-
 def _nan_to_neg_inf(s: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(s), torch.full_like(s, -math.inf), s)
 
@@ -120,13 +114,14 @@ def route(
     group_score: str = "max",
     jitter_eps: float = 0.0,
     renorm_eps: float = 0.0,
-    renorm_min: Optional[float] = None,
+    renorm_min: float = FLT_MIN,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Routing of docs/DESIGN.md section 4: ``logits [T, E]`` -> ``(weights [T, k], ids [T, k])``.
     ``expert_bias`` is added to the selection keys only (every score function but sparsemixer);
     ``num_groups``/``top_groups``/``group_score`` limit the selection to the best groups of experts;
-    renormalisation divides by ``max(sum + renorm_eps, renorm_min)`` (default min: the smallest
-    normal float32)."""
+    renormalisation divides by ``max(sum + renorm_eps, renorm_min)`` (by default the sum clamped at
+    the smallest normal float32: an all-zero selection gives weights 0, not 0/0, as ExecuTorch's
+    MOEFeedForward)."""
     groups = (num_groups, top_groups, group_score)
 
     def keys(k: torch.Tensor) -> torch.Tensor:
@@ -135,8 +130,7 @@ def route(
     def renorm(w: torch.Tensor) -> torch.Tensor:
         if not renormalize:
             return w
-        lo = torch.finfo(w.dtype).tiny if renorm_min is None else renorm_min
-        return w / (w.sum(dim=-1, keepdim=True) + renorm_eps).clamp_min(lo)
+        return w / (w.sum(dim=-1, keepdim=True) + renorm_eps).clamp_min(renorm_min)
 
     if score_func == "softmax":
         ids = _select(keys(logits), top_k, *groups)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import quant
-from .moe_block import route
+from .moe_block import FLT_MIN, route
 
 F32_MIN_POSITIVE = torch.finfo(torch.float32).smallest_normal
 F32_EPS = torch.finfo(torch.float32).eps
@@ -129,7 +129,7 @@ def moe_ffn(
     weight_input: bool = False,
     jitter_eps: float = 0.0,
     renorm_eps: float = 0.0,
-    renorm_min: Optional[float] = None,
+    renorm_min: float = FLT_MIN,
 ) -> torch.Tensor:
     d = x.shape[-1]
     f = hidden_dim

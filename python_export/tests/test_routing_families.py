@@ -134,3 +134,33 @@ def test_pte_equals_eager(case, delegate, tmp_path):
         with torch.no_grad():
             want = model(xt)
         torch.testing.assert_close(meth.execute([xt])[0], want, atol=1e-6, rtol=1e-6)
+
+
+@needs_lib
+def test_delegate_fills_arguments_left_at_their_defaults(tmp_path):
+    """A graph whose ``moe_ffn`` call stops after ``exact`` (as one written before the routing
+    arguments existed) is delegated with the op schema's defaults for the rest."""
+    from executorch.runtime import Runtime
+
+    m = mm.MobileMoEFFN(make_spec("ernie", seed=2))
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.moe = m
+
+        def forward(self, x):
+            return torch.ops.mobilemoe.moe_ffn(
+                x, m.router_weight, m.expert_bias, m.w13, m.w13_scales, m.w2, m.w2_scales, m.shared_w13,
+                m.shared_w13_scales, m.shared_w2, m.shared_w2_scales, m.shared_gate, m.num_experts, m.top_k,
+                m.hidden_dim, m.shared_hidden_dim, m.group_size, m.weight_bits, m.score_func, m.renormalize,
+                m.route_scale, m.exact)
+
+    model = Block().eval()
+    x = torch.randn(1, 5, D)
+    path = mm.export_pte(model, (x,), tmp_path / "defaults.pte", delegate=True, max_tokens=16)
+    mm.load_runtime()
+    got = Runtime.get().load_program(path).load_method("forward").execute([x])[0]
+    with torch.no_grad():
+        want = model(x)  # the eager op, with the same defaults
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
