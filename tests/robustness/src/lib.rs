@@ -3,13 +3,13 @@
 //! schema crate's writer; `REGEN_MALFORMED=1 cargo test` rewrites the files.
 
 use mobilemoe_fuzz_harness::blob::make_blob;
-use mobilemoe_ops::{ScoreFunc, WeightBits};
+use mobilemoe_ops::{ScaleType, ScoreFunc, WeightBits};
 use mobilemoe_schema::fb;
 use mobilemoe_schema::write::{RawGraph, RawNode, RawOp};
 
 /// The valid base: x[.., 32] -> MoE (E=2, top-1, shared expert, expert bias, sigmoid) -> linear 16.
 pub fn base() -> RawGraph {
-    make_blob(32, 32, 2, 1, 32, ScoreFunc::Sigmoid, WeightBits::Int4, true, 16, true, 7)
+    make_blob(32, 32, 2, 1, 32, ScoreFunc::Sigmoid, WeightBits::Int4, true, 16, true, ScaleType::F32, 7)
 }
 
 fn moe(g: &mut RawGraph) -> &mut fb::MoeFfnArgs {

@@ -142,8 +142,9 @@ fn programs_two_delegates_and_two_threads_on_one() {
     use mobilemoe_ops::ScoreFunc::*;
     use mobilemoe_ops::WeightBits::*;
     // Program A: MoE only (out dim 32); program B: MoE + linear (out dim 40).
-    let a = Arc::new(Delegate::from_vec(make_blob(32, 32, 4, 2, 32, Sigmoid, Int4, true, 0, true, 11).to_bytes()).unwrap());
-    let b = Arc::new(Delegate::from_vec(make_blob(64, 32, 3, 2, 0, SoftmaxAll, Int8, false, 40, true, 12).to_bytes()).unwrap());
+    let a = Arc::new(Delegate::from_vec(make_blob(32, 32, 4, 2, 32, Sigmoid, Int4, true, 0, true, ScaleType::F32, 11).to_bytes()).unwrap());
+    let b =
+        Arc::new(Delegate::from_vec(make_blob(64, 32, 3, 2, 0, SoftmaxAll, Int8, false, 40, true, ScaleType::F32, 12).to_bytes()).unwrap());
     let progs: Arc<[(Arc<Delegate>, usize, usize); 2]> = Arc::new([(a, 32, 32), (b, 64, 40)]);
     let toks = [1usize, 5, 17];
     let xs: Arc<Vec<Vec<Vec<f32>>>> = Arc::new(progs.iter().map(|p| inputs(p.1 as u64, &toks, p.1)).collect());

@@ -7,7 +7,7 @@
 
 use mobilemoe_fuzz_harness::blob::make_blob;
 use mobilemoe_fuzz_harness::delegate::Delegate;
-use mobilemoe_ops::{ScoreFunc, WeightBits};
+use mobilemoe_ops::{ScaleType, ScoreFunc, WeightBits};
 
 fn cycles() -> usize {
     std::env::var("LEAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
@@ -15,7 +15,7 @@ fn cycles() -> usize {
 
 #[test]
 fn delegate_cycles() {
-    let blob = make_blob(32, 32, 4, 2, 32, ScoreFunc::Sigmoid, WeightBits::Int4, true, 16, true, 21).to_bytes();
+    let blob = make_blob(32, 32, 4, 2, 32, ScoreFunc::Sigmoid, WeightBits::Int4, true, 16, true, ScaleType::F32, 21).to_bytes();
     let x: Vec<f32> = (0..5 * 32).map(|i| (i as f32 * 0.37).sin()).collect();
     let n = cycles();
     for i in 0..n {

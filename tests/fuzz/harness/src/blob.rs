@@ -180,28 +180,11 @@ fn rng_vec(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| r.f32() * scale).collect()
 }
 
-/// A small MoE layer blob (+ optional linear after it), always valid, with f32 scales.
+/// A small MoE layer blob (+ optional linear after it), always valid, with every per-group scale
+/// tensor stored as `scales` (F32, or format version 3's F16 = 5 / BF16 = 6: the f32 scales
+/// rounded to it).
 #[allow(clippy::too_many_arguments)]
 pub fn make_blob(
-    d: usize,
-    f: usize,
-    e: usize,
-    k: usize,
-    fs: usize,
-    score: ScoreFunc,
-    bits: WeightBits,
-    bias: bool,
-    linear_n: usize,
-    dynamic: bool,
-    seed: u64,
-) -> RawGraph {
-    make_blob_scaled(d, f, e, k, fs, score, bits, bias, linear_n, dynamic, ScaleType::F32, seed)
-}
-
-/// [`make_blob`] with every per-group scale tensor stored as `scales` (format version 3: dtype
-/// F16 = 5 or BF16 = 6 for fp16/bf16; the f32 scales rounded to it).
-#[allow(clippy::too_many_arguments)]
-pub fn make_blob_scaled(
     d: usize,
     f: usize,
     e: usize,
@@ -296,10 +279,10 @@ pub fn seed_graphs() -> Vec<(String, RawGraph)> {
     for (t, suffix) in [(ScaleType::F32, ""), (ScaleType::F16, "_f16"), (ScaleType::Bf16, "_bf16")] {
         v.extend(
             [
-                ("moe_softmax_int4", make_blob_scaled(32, 32, 4, 2, 0, Softmax, Int4, false, 0, true, t, 1)),
-                ("moe_sigmoid_bias_shared", make_blob_scaled(32, 32, 4, 2, 32, Sigmoid, Int4, true, 0, true, t, 2)),
-                ("moe_softmax_all_int8_linear", make_blob_scaled(64, 32, 3, 3, 0, SoftmaxAll, Int8, false, 40, true, t, 3)),
-                ("moe_static_top1", make_blob_scaled(32, 64, 2, 1, 0, Softmax, Int4, false, 16, false, t, 4)),
+                ("moe_softmax_int4", make_blob(32, 32, 4, 2, 0, Softmax, Int4, false, 0, true, t, 1)),
+                ("moe_sigmoid_bias_shared", make_blob(32, 32, 4, 2, 32, Sigmoid, Int4, true, 0, true, t, 2)),
+                ("moe_softmax_all_int8_linear", make_blob(64, 32, 3, 3, 0, SoftmaxAll, Int8, false, 40, true, t, 3)),
+                ("moe_static_top1", make_blob(32, 64, 2, 1, 0, Softmax, Int4, false, 16, false, t, 4)),
             ]
             .map(|(name, g)| (format!("{name}{suffix}"), g)),
         );
