@@ -68,6 +68,61 @@ pub fn s_like_moe_spec() -> crate::MoeSpec {
     }
 }
 
+/// The owned random weights of an [`s_like_moe_spec`] layer (the bench and demo binaries).
+pub struct SLikeLayer {
+    pub spec: crate::MoeSpec,
+    router: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    w13: Vec<u8>,
+    w13_scales: Vec<f32>,
+    w2: Vec<u8>,
+    w2_scales: Vec<f32>,
+    shared_w13: crate::PackedMatrix,
+    shared_w2: crate::PackedMatrix,
+}
+
+impl SLikeLayer {
+    /// Draws from `r`, in order: the experts' gate/up then down weights (every expert its own
+    /// draws if `distinct_experts`, else one expert's bytes for all: the same bytes streamed per
+    /// expert), the shared expert's, the router, and a selection bias if `with_bias`.
+    pub fn random(r: &mut Rng, distinct_experts: bool, with_bias: bool) -> Self {
+        let spec = s_like_moe_spec();
+        let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
+        let quantize = |r: &mut Rng, n: usize, s: crate::Result<crate::MatrixSpec>| {
+            crate::PackedMatrix::quantize(&r.vec(n, 0.05), s.unwrap()).unwrap()
+        };
+        let (mut w13, mut w13_scales, mut w2, mut w2_scales) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..if distinct_experts { e } else { 1 } {
+            let a = quantize(r, 2 * f * d, spec.w13_spec());
+            w13.extend(a.data);
+            w13_scales.extend(a.scales);
+            let b = quantize(r, d * f, spec.w2_spec());
+            w2.extend(b.data);
+            w2_scales.extend(b.scales);
+        }
+        if !distinct_experts {
+            (w13, w13_scales, w2, w2_scales) = (w13.repeat(e), w13_scales.repeat(e), w2.repeat(e), w2_scales.repeat(e));
+        }
+        let shared_w13 = quantize(r, 2 * fs * d, spec.shared_w13_spec());
+        let shared_w2 = quantize(r, d * fs, spec.shared_w2_spec());
+        let router = r.vec(e * d, 0.1);
+        let bias = with_bias.then(|| r.vec(e, 0.1));
+        Self { spec, router, bias, w13, w13_scales, w2, w2_scales, shared_w13, shared_w2 }
+    }
+
+    pub fn weights(&self) -> crate::MoeWeights<'_> {
+        crate::MoeWeights {
+            router_w: &self.router,
+            expert_bias: self.bias.as_deref(),
+            w13: &self.w13,
+            w13_scales: (&self.w13_scales).into(),
+            w2: &self.w2,
+            w2_scales: (&self.w2_scales).into(),
+            shared: Some(crate::SharedExpert { w13: self.shared_w13.as_ref(), w2: self.shared_w2.as_ref(), gate: None }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rng;

@@ -2,7 +2,7 @@
 //! parity against the naive reference and the exact path, then latency.
 
 use clap::Parser;
-use mobilemoe_ops::testing::Rng;
+use mobilemoe_ops::testing::{Rng, SLikeLayer};
 use mobilemoe_ops::*;
 use std::time::Instant;
 
@@ -14,32 +14,11 @@ struct Cli {}
 
 fn main() {
     Cli::parse();
-    let spec = mobilemoe_ops::testing::s_like_moe_spec();
     let mut r = Rng(0x1234_5678_9abc_def1);
+    let layer = SLikeLayer::random(&mut r, true, true);
+    let (spec, w) = (layer.spec, layer.weights());
     let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
     let mut gen = |n: usize, sc: f32| r.vec(n, sc);
-    let (mut w13, mut w13s, mut w2, mut w2s) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..e {
-        let a = PackedMatrix::quantize(&gen(2 * f * d, 0.05), spec.w13_spec().unwrap()).unwrap();
-        w13.extend(a.data);
-        w13s.extend(a.scales);
-        let b = PackedMatrix::quantize(&gen(d * f, 0.05), spec.w2_spec().unwrap()).unwrap();
-        w2.extend(b.data);
-        w2s.extend(b.scales);
-    }
-    let sh13 = PackedMatrix::quantize(&gen(2 * fs * d, 0.05), spec.shared_w13_spec().unwrap()).unwrap();
-    let sh2 = PackedMatrix::quantize(&gen(d * fs, 0.05), spec.shared_w2_spec().unwrap()).unwrap();
-    let router = gen(e * d, 0.1);
-    let bias = gen(e, 0.1);
-    let w = MoeWeights {
-        router_w: &router,
-        expert_bias: Some(&bias),
-        w13: &w13,
-        w13_scales: (&w13s).into(),
-        w2: &w2,
-        w2_scales: (&w2s).into(),
-        shared: Some(SharedExpert { w13: sh13.as_ref(), w2: sh2.as_ref(), gate: None }),
-    };
     let pool = ThreadPool::global();
     let ks = Kernels::best();
     println!("MobileMoE-S-like layer: D={d} F={f} E={e} top-4 sigmoid+bias, shared F={fs}, INT4 group 32");

@@ -31,27 +31,12 @@ fn child(mode: &str, iters: usize) {
         }
         _ => panic!("unknown mode {mode}"),
     }
-    let spec = mobilemoe_ops::testing::s_like_moe_spec();
-    let (d, f, e, fs) = (spec.dim, spec.hidden, spec.router.num_experts, spec.shared_hidden);
     let mut r = mobilemoe_ops::testing::Rng(0x1234_5678_9abc_def1);
-    let mut gen = |n: usize, sc: f32| r.vec(n, sc);
     // One expert quantized, replicated: same bytes streamed per expert as distinct weights.
-    let a = PackedMatrix::quantize(&gen(2 * f * d, 0.05), spec.w13_spec().unwrap()).unwrap();
-    let b = PackedMatrix::quantize(&gen(d * f, 0.05), spec.w2_spec().unwrap()).unwrap();
-    let (w13, w13s) = (a.data.repeat(e), a.scales.repeat(e));
-    let (w2, w2s) = (b.data.repeat(e), b.scales.repeat(e));
-    let sh13 = PackedMatrix::quantize(&gen(2 * fs * d, 0.05), spec.shared_w13_spec().unwrap()).unwrap();
-    let sh2 = PackedMatrix::quantize(&gen(d * fs, 0.05), spec.shared_w2_spec().unwrap()).unwrap();
-    let router = gen(e * d, 0.1);
-    let w = MoeWeights {
-        router_w: &router,
-        expert_bias: None,
-        w13: &w13,
-        w13_scales: (&w13s).into(),
-        w2: &w2,
-        w2_scales: (&w2s).into(),
-        shared: Some(SharedExpert { w13: sh13.as_ref(), w2: sh2.as_ref(), gate: None }),
-    };
+    let layer = mobilemoe_ops::testing::SLikeLayer::random(&mut r, false, false);
+    let (spec, w) = (layer.spec, layer.weights());
+    let d = spec.dim;
+    let mut gen = |n: usize, sc: f32| r.vec(n, sc);
     let pool = ThreadPool::global();
     let ks = Kernels::best();
     let mut scratch = MoeScratch::default();
