@@ -132,7 +132,8 @@ def _shared_mlp(mlp: Optional[nn.Module], name: str, live: bool):
 
     if mlp is None:
         return None
-    _check_silu(getattr(mlp, "act_fn", None), name)
+    # the activation is `act_fn` in most families, `activation_fn` in Llama 4's MLP
+    _check_silu(getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None), name)
     return _shared_from(mlp, name, live)
 
 
@@ -230,26 +231,15 @@ def _phimoe(m, name, live):
 
 
 def _llama4(m, name, live):
-    from .transforms import _f32, _shared_from
-
     # top-k over the logits, sigmoid of the selected; the weight scales the expert's input
     # (routed_in = x * score; unselected experts see 0 and, SwiGLU without biases, give 0); the
-    # shared expert is ungated; the block returns (out [T, D], router_logits [T, E]).
+    # shared expert is ungated; the block returns (out [T, D], router_logits [T, E]). The experts
+    # are stored for x @ W.
     router = m.router
     rw = _router_weight(router, f"{name}.router", live)
-    shared = getattr(m, "shared_expert", None)
-    if shared is not None:
-        _check_silu(getattr(shared, "activation_fn", None), f"{name}.shared_expert")
-    # Llama4TextExperts computes x @ gate_up_proj [E, D, 2F] (gate first) and h @ down_proj [E, F, D]:
-    # read them as such (with 2F == D the shapes alone would not tell the layout)
-    _check_silu(getattr(m.experts, "act_fn", None), f"{name}.experts")
-    gu, dn = _f32(m.experts.gate_up_proj, live), _f32(m.experts.down_proj, live)
-    f = gu.shape[2] // 2
-    experts = (gu[:, :, :f].transpose(1, 2).contiguous(), gu[:, :, f:].transpose(1, 2).contiguous(),
-               dn.transpose(1, 2).contiguous())
-    spec = _spec(m, name, live, rw, experts=experts, top_k=int(router.top_k), score_func="topk_sigmoid",
-                 renormalize=False, route_scale=1.0, weight_input=True,
-                 shared=_shared_from(shared, f"{name}.shared_expert", live))
+    spec = _spec(m, name, live, rw, experts=_experts_transposed(m, *rw.shape, name, live), top_k=int(router.top_k),
+                 score_func="topk_sigmoid", renormalize=False, route_scale=1.0, weight_input=True,
+                 shared=_shared_mlp(getattr(m, "shared_expert", None), f"{name}.shared_expert", live))
     spec.output = "flat_tuple"
     return spec
 
