@@ -147,6 +147,21 @@ fn invalid_group_limits_and_sparsemixer_settings_are_errors() {
     }
 }
 
+#[test]
+fn sparsemixer_with_a_selection_bias_is_an_error() {
+    let cfg = RouterConfig { num_experts: 4, top_k: 2, score_func: ScoreFunc::SparseMixer, ..Default::default() };
+    let (x, w, bias) = (vec![0.5f32; 8], vec![0.1f32; 16], [0.0f32; 4]);
+    let (mut logits, mut scratch, mut ids, mut wts) = (vec![0f32; 8], vec![0f32; cfg.scratch_len()], vec![0u32; 4], vec![0f32; 4]);
+    let e = routing::route(&cfg, &x, 2, 4, &w, Some(&bias), &mut logits, &mut scratch, &mut ids, &mut wts).unwrap_err();
+    assert!(e.to_string().contains("sparsemixer routing takes no expert bias"), "{e}");
+    assert!(routing::route(&cfg, &x, 2, 4, &w, None, &mut logits, &mut scratch, &mut ids, &mut wts).is_ok());
+    let sp = MoeSpec { dim: 32, hidden: 32, shared_hidden: 0, group: 32, bits: WeightBits::Int4, router: cfg, exact: false };
+    let mut layer = Layer::random(sp, 3, false, false);
+    layer.bias = Some(vec![0.0; 4]);
+    let e = layer.weights().validate(&sp).unwrap_err();
+    assert!(e.to_string().contains("sparsemixer routing takes no expert bias"), "{e}");
+}
+
 /// A random valid router config with one of the extended features.
 fn extended_router(e_groups: usize, per: usize, kraw: usize, variant: usize, top_groups: usize, seed: u64) -> RouterConfig {
     let e = e_groups * per;

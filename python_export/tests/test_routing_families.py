@@ -110,6 +110,18 @@ def test_python_route_matches_transformers_formulas():
     assert transformers and torch.equal(ids, ti) and torch.allclose(w, tw)
 
 
+def test_python_route_refuses_sparsemixer_misuse():
+    from mobilemoe_export.moe_block import route
+
+    logits = torch.randn(3, E)
+    with pytest.raises(ValueError, match="sparsemixer routing selects 2 experts without a bias"):
+        route(logits, 3, "sparsemixer", False, 1.0, jitter_eps=0.1)
+    with pytest.raises(ValueError, match="sparsemixer routing selects 2 experts without a bias"):
+        route(logits, 2, "sparsemixer", False, 1.0, torch.zeros(E), jitter_eps=0.1)
+    with pytest.raises(ValueError, match="unknown group_score 'min'"):
+        route(logits, 2, "softmax_all", False, 1.0, num_groups=4, top_groups=2, group_score="min")
+
+
 @needs_lib
 @pytest.mark.parametrize("delegate", [True, False], ids=["delegate", "custom_op"])
 @pytest.mark.parametrize("case", list(CASES))
