@@ -143,19 +143,23 @@ fn fp16_cache_stays_close_to_fp32() {
 
 #[test]
 fn every_kernel_set_gives_identical_attention_bits() {
-    let s = AttentionSpec { exact: false, ..spec(48) };
-    let mut reference: Option<Vec<Vec<f32>>> = None;
+    // Shapes with and without AVX-512's specialised kernels (head_dim 32/64 with 2/4 query heads
+    // per KV head; 48 has none), contexts crossing 16-slot blocks with tails (prefill 37, decode,
+    // a 16-token chunk), both cache types: every kernel set must give the scalar set's bits.
+    let shapes = [(64, 4, 2, 32), (128, 8, 2, 64), (96, 4, 2, 48)];
     let kinds = Kernels::available();
     assert!(!kinds.is_empty());
-    for k in kinds {
+    for (dim, n_heads, n_kv_heads, head_dim) in shapes {
+        let s = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 64, rope: RopeStyle::HalfSplit, exact: false };
         for kv in [KvDType::F16, KvDType::F32] {
-            let (got, _) = run_attention(&s, kv, &k, &[17, 1, 1], 3);
-            if kv == KvDType::F32 {
+            let mut reference: Option<Vec<Vec<f32>>> = None;
+            for k in &kinds {
+                let (got, _) = run_attention(&s, kv, k, &[37, 1, 1, 16, 1], 3);
                 match &reference {
                     None => reference = Some(got),
                     Some(r) => assert!(
                         r.iter().flatten().zip(got.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{:?} differs from the first kernel set",
+                        "{:?} differs from the first kernel set (head_dim {head_dim}, {kv:?})",
                         k.kind
                     ),
                 }

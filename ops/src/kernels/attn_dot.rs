@@ -155,15 +155,7 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
     let mut inv = [0.0f32; R];
     for r in 0..R {
         let row = &mut scores[r * n_ctx..(r + 1) * n_ctx];
-        let mut m = f32::NEG_INFINITY;
-        let mut nan = false;
-        for &x in row.iter() {
-            m = if x > m { x } else { m };
-            nan |= x.is_nan();
-        }
-        if nan {
-            m = f32::NAN;
-        }
+        let m = max_or_nan(row);
         for x in row.iter_mut() {
             *x = crate::moe::exp_f32(*x - m);
         }
@@ -188,5 +180,41 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
         for c in 0..C {
             _mm512_storeu_ps(out.as_mut_ptr().add(r * hd + 16 * c), _mm512_mul_ps(acc[r][c], iv));
         }
+    }
+}
+
+/// The maximum of `row`, NaN if any element is NaN: the value of `decoder::sdpa_generic`'s
+/// scalar loop (`m = if x > m { x } else { m }`, which is `vmaxps(x, m)` lane by lane). Only
+/// the sign of a zero maximum can depend on the order, and `exp_f32(x - m)` does not see it.
+///
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn max_or_nan(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let full = row.len() / 16 * 16;
+    let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut nan: __mmask16 = 0;
+    let mut i = 0;
+    while i < full {
+        // SAFETY: i + 16 <= row.len().
+        let x = _mm512_loadu_ps(row.as_ptr().add(i));
+        mv = _mm512_max_ps(x, mv);
+        nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        i += 16;
+    }
+    let mut lanes = [0.0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), mv);
+    let mut m = f32::NEG_INFINITY;
+    for &x in lanes.iter().chain(&row[full..]) {
+        m = if x > m { x } else { m };
+        nan |= u16::from(x.is_nan());
+    }
+    if nan != 0 {
+        f32::NAN
+    } else {
+        m
     }
 }
