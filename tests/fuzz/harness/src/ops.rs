@@ -296,7 +296,7 @@ pub fn ops_routing(data: &[u8]) {
 
     let e = inp.experts.get(|s| s as usize % 40);
     let k = inp.top_k.get(|s| s as usize % 12);
-    let t = inp.tokens.get(|s| s as usize % 20);
+    let t = inp.tokens.get(|s| s as usize % 9);
     let d = 1 + inp.d as usize % 48;
     let route_scale = inp.route_scale.map(|s| s.value()).unwrap_or(1.0);
     let mut cfg = RouterConfig {
@@ -337,10 +337,23 @@ pub fn ops_routing(data: &[u8]) {
     if r.is_err() {
         return;
     }
-    for i in 0..t {
+    // Every token's ids are in range; the sort-based references (naive_top_k, reference::route)
+    // check the first and last token and two more picked by a hash of the input: tokens route
+    // independently, and sorting every token under coverage instrumentation made this target
+    // spend 70% of its time in comparison tracing (381 exec/s).
+    assert!(ids.iter().all(|&id| (id as usize) < e), "expert id out of range: {ids:?}");
+    if t == 0 {
+        return;
+    }
+    let h = data.iter().fold(0usize, |a, &b| a.wrapping_mul(31).wrapping_add(b as usize));
+    let mut checked = [0, t - 1, h % t, (h / 7) % t];
+    checked.sort_unstable();
+    for (n, &i) in checked.iter().enumerate() {
+        if n > 0 && checked[n - 1] == i {
+            continue;
+        }
         let row = &ids[i * k..(i + 1) * k];
         let lrow = &logits[i * e..(i + 1) * e];
-        assert!(row.iter().all(|&id| (id as usize) < e), "expert id out of range: {row:?}");
         let wrow = &wts[i * k..(i + 1) * k];
         let plain =
             cfg.group_limit.groups == 1 && matches!(cfg.score_func, ScoreFunc::Softmax | ScoreFunc::SoftmaxAll | ScoreFunc::Sigmoid);
