@@ -98,13 +98,20 @@ fn method_load_unload_many_times_without_growth() {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
         s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
     };
+    // The other tests of this binary run in parallel threads of the same process: "after" is the
+    // smallest RSS seen after each of the last three of six batches, so a neighbour's transient
+    // allocation cannot fail this test, while a leak (which only grows) still does.
     let before = rss();
-    for _ in 0..300 {
-        cycle();
+    let mut samples = vec![];
+    for _ in 0..6 {
+        for _ in 0..50 {
+            cycle();
+        }
+        samples.push(rss());
     }
-    let after = rss();
-    eprintln!("RSS before {before} KiB, after 300 program+method load/execute/destroy {after} KiB");
-    assert!(after <= before + 4096, "RSS grew from {before} to {after} KiB");
+    let after = *samples[3..].iter().min().unwrap();
+    eprintln!("RSS before {before} KiB, after 150-300 program+method load/execute/destroy {samples:?} KiB");
+    assert!(after <= before + 4096, "RSS grew from {before} to {after} KiB ({samples:?})");
 }
 
 #[test]
