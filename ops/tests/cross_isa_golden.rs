@@ -50,10 +50,12 @@ const GOLDEN: &[(&str, u64)] = &[
     ("attention F16 cache, HalfSplit, exact=true", 0xc4096d95f39b89a5),
     ("attention F16 cache, Interleaved, exact=false", 0x41c0ea410b09c8c2),
     ("attention F16 cache, Interleaved, exact=true", 0x8a1f1555575c8aa3),
+    ("attention F16 cache, head_dim 64, 4 heads per KV head", 0x816f20bea0b1845e),
     ("attention F32 cache, HalfSplit, exact=false", 0x869b42523f2c1f00),
     ("attention F32 cache, HalfSplit, exact=true", 0x1fbb9ff0cdfd5922),
     ("attention F32 cache, Interleaved, exact=false", 0xfdcfe74731babdc4),
     ("attention F32 cache, Interleaved, exact=true", 0xd644c96628bd4472),
+    ("attention F32 cache, head_dim 64, 4 heads per KV head", 0x3aa050ba81c59624),
     ("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact=false", 0x1f20ac1626dc61e6),
     ("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact=true", 0x219da2a4c63d3bc8),
 ];
@@ -107,8 +109,12 @@ fn linear_case(k: &Kernels, pool: &ThreadPool, exact: bool, bits: WeightBits, sc
     digest(&out)
 }
 
-fn attention_case(k: &Kernels, pool: &ThreadPool, kv: KvDType, rope: RopeStyle, exact: bool) -> u64 {
-    let spec = AttentionSpec { dim: 64, n_heads: 4, n_kv_heads: 2, head_dim: 32, max_seq_len: 48, rope, exact };
+/// (dim, query heads, KV heads, head_dim): 2 query heads per KV head, and S's 4 with head_dim 64.
+const ATTN_SHAPES: [(usize, usize, usize, usize); 2] = [(64, 4, 2, 32), (128, 8, 2, 64)];
+
+fn attention_case(k: &Kernels, pool: &ThreadPool, shape: (usize, usize, usize, usize), kv: KvDType, rope: RopeStyle, exact: bool) -> u64 {
+    let (dim, n_heads, n_kv_heads, head_dim) = shape;
+    let spec = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 48, rope, exact };
     let mut r = Rng(0x22);
     let wqkv = packed(&mut r, spec.qkv_width(), spec.dim, 32, WeightBits::Int4);
     let wo = packed(&mut r, spec.dim, spec.q_width(), 32, WeightBits::Int4);
@@ -211,9 +217,16 @@ fn run_all(k: &Kernels) -> Vec<(String, u64)> {
     for kv in [KvDType::F16, KvDType::F32] {
         for rope in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
             for exact in [false, true] {
-                v.push((format!("attention {kv:?} cache, {rope:?}, exact={exact}"), attention_case(k, &pool, kv, rope, exact)));
+                v.push((
+                    format!("attention {kv:?} cache, {rope:?}, exact={exact}"),
+                    attention_case(k, &pool, ATTN_SHAPES[0], kv, rope, exact),
+                ));
             }
         }
+        v.push((
+            format!("attention {kv:?} cache, head_dim 64, 4 heads per KV head"),
+            attention_case(k, &pool, ATTN_SHAPES[1], kv, RopeStyle::HalfSplit, false),
+        ));
     }
     for exact in [false, true] {
         v.push((format!("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact={exact}"), dense_cases(k, &pool, exact)));

@@ -134,8 +134,39 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
             qv[r][c] = _mm512_loadu_ps(q.as_ptr().add(r * hd + 16 * c));
         }
     }
-    // scores
-    for t in 0..n_ctx {
+    // scores: with heads in fours, two slots at a time through `reduce_4x2` (the same tree, about
+    // a third of the shuffles and adds of one horizontal reduction per score); then one at a time
+    let pairs = if R % 4 == 0 { n_ctx / 2 * 2 } else { 0 };
+    let sc = _mm512_set1_ps(scale);
+    let mut t = 0;
+    while t < pairs {
+        let (mut ka, mut kb) = ([_mm512_setzero_ps(); C], [_mm512_setzero_ps(); C]);
+        for c in 0..C {
+            ka[c] = T::load16(k.as_ptr().add(t * hd + 16 * c));
+            kb[c] = T::load16(k.as_ptr().add((t + 1) * hd + 16 * c));
+        }
+        for r4 in 0..R / 4 {
+            let (mut a, mut b) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+            for j in 0..4 {
+                for c in 0..C {
+                    a[j] = _mm512_add_ps(a[j], _mm512_mul_ps(qv[4 * r4 + j][c], ka[c]));
+                    b[j] = _mm512_add_ps(b[j], _mm512_mul_ps(qv[4 * r4 + j][c], kb[c]));
+                }
+            }
+            // [h0 t, h0 t+1, h1 t, h1 t+1, h2 t, h2 t+1, h3 t, h3 t+1], scaled
+            let z = reduce_4x2(&a, &b, sc);
+            // two floats per head row (`_mm_storel_epi64` stores 8 bytes, no alignment needed)
+            let (lo, hi) = (_mm_castps_si128(_mm256_castps256_ps128(z)), _mm_castps_si128(_mm256_extractf128_ps::<1>(z)));
+            let base = scores.as_mut_ptr();
+            let row = |j: usize| base.add((4 * r4 + j) * n_ctx + t) as *mut __m128i;
+            _mm_storel_epi64(row(0), lo);
+            _mm_storel_epi64(row(1), _mm_unpackhi_epi64(lo, lo));
+            _mm_storel_epi64(row(2), hi);
+            _mm_storel_epi64(row(3), _mm_unpackhi_epi64(hi, hi));
+        }
+        t += 2;
+    }
+    for t in pairs..n_ctx {
         let mut kv = [_mm512_setzero_ps(); C];
         for c in 0..C {
             kv[c] = T::load16(k.as_ptr().add(t * hd + 16 * c));
@@ -217,4 +248,34 @@ unsafe fn max_or_nan(row: &[f32]) -> f32 {
     } else {
         m
     }
+}
+
+/// The scores of four heads at two slots from their 16-lane accumulators (`a` at slot t, `b` at
+/// t + 1), each by [`dot_avx512`]'s tree: `l + 8`, `l + 4`, `l + 2`, `l + 1`, the same additions
+/// of the same operands (so the same bits), done for eight sums at once; then times `scale`.
+/// Returns `[h0 t, h0 t+1, h1 t, h1 t+1, h2 t, h2 t+1, h3 t, h3 t+1]`.
+///
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+#[inline]
+unsafe fn reduce_4x2(
+    a: &[std::arch::x86_64::__m512; 4],
+    b: &[std::arch::x86_64::__m512; 4],
+    scale: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // l + 8 for two heads: 128-bit chunks [x lanes 0..4, x 4..8, y 0..4, y 4..8] + [x 8..12, ...]
+    let half = |x: __m512, y: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y));
+    // l + 4: chunk h = head h's lanes 0..4 + 4..8
+    let quarter = |x: __m512, y: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y));
+    let xa = quarter(half(a[0], a[1]), half(a[2], a[3]));
+    let xb = quarter(half(b[0], b[1]), half(b[2], b[3]));
+    // l + 2, within each chunk: [t lanes 0, 1 | t+1 lanes 0, 1] + [t 2, 3 | t+1 2, 3]
+    let y = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(xa, xb), _mm512_shuffle_ps::<0xEE>(xa, xb));
+    // l + 1: lane 0 (slot t) and lane 2 (slot t + 1) of each chunk
+    let z = _mm512_mul_ps(_mm512_add_ps(y, _mm512_movehdup_ps(y)), scale);
+    let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, z))
 }
