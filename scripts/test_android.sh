@@ -9,9 +9,10 @@
 #      (android_app/hosttest/stubs) and the generated R.
 #   3. The Rust JNI crate (android_app/native) builds for the host; its exported Java_* symbols
 #      equal the ones `javac -h` derives from MobileMoE.java.
-#   4. A plain JVM loads the host .so through the app's own MobileMoE class and runs a real .pte
-#      (python_export --preset tiny); the greedy token ids (and their text) must equal
-#      `mobilemoe generate`'s.
+#   4. A plain JVM loads the host .so through the app's own MobileMoE class and runs a real .pte:
+#      the embedded default model that `make demo` runs (the trained Shakespeare MobileMoE,
+#      python_export/mobilemoe_export/assets/default_model.pt), prompt "ROMEO:"; the greedy token
+#      ids (and their text) must equal `mobilemoe generate`'s.
 #
 # Env: CARGO_TARGET_DIR (default: the workspace's target/, shared with `make build`),
 #      ANDROID_TEST_WORK (scratch dir, default $CARGO_TARGET_DIR/android-test).
@@ -22,7 +23,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 W="${ANDROID_TEST_WORK:-$CARGO_TARGET_DIR/android-test}"
 PY="$ROOT/.venv/bin/python"
 FRAMEWORK_RES=/usr/share/android-framework-res/framework-res.apk
-PROMPT="Once upon a time"
+PROMPT="ROMEO:"
 MAX_NEW=24
 
 passed=0
@@ -131,17 +132,19 @@ step "host JVM: HostTest through MobileMoE.java + libmobilemoe_jni.so on a real 
 javac --release 17 -Xlint:all -Werror -d "$W/host-classes" \
   "$APP/app/src/main/java/org/mobilemoe/MobileMoE.java" "$APP/app/src/main/java/org/mobilemoe/TokenCallback.java" \
   $(find "$APP/hosttest/src" -name '*.java')
-# Cached per exporter version: keyed on the exporter's and the schema's sources.
-export_key=$(cat $(find "$ROOT/python_export/mobilemoe_export" "$ROOT/schema" -type f \( -name '*.py' -o -name '*.fbs' -o -name '*.txt' \) | sort) | sha1sum | cut -c1-12)
-MODEL="$CARGO_TARGET_DIR/android-test-model/tiny-$export_key.pte"
+# The embedded default model; cached per exporter version and checkpoint: keyed on the exporter's
+# and the schema's sources and the checkpoint.
+CKPT="$ROOT/python_export/mobilemoe_export/assets/default_model.pt"
+export_key=$(cat $(find "$ROOT/python_export/mobilemoe_export" "$ROOT/schema" -type f \( -name '*.py' -o -name '*.fbs' -o -name '*.txt' \) | sort) "$CKPT" | sha1sum | cut -c1-12)
+MODEL="$CARGO_TARGET_DIR/android-test-model/default-$export_key.pte"
 TOKENIZER="$ROOT/python_export/mobilemoe_export/assets/tokenizer.json"
 RUNNER="$CARGO_TARGET_DIR/release/mobilemoe"
 mkdir -p "$(dirname "$MODEL")"
-find "$(dirname "$MODEL")" -maxdepth 1 -name 'tiny-*' ! -name "tiny-$export_key.*" -delete  # stale exports
+find "$(dirname "$MODEL")" -maxdepth 1 \( -name 'tiny-*' -o -name 'default-*' \) ! -name "default-$export_key.*" -delete  # stale exports
 if [[ ! -s $MODEL ]]; then
   (cd "$ROOT" && PYTHONPATH="$ROOT/python_export${PYTHONPATH:+:$PYTHONPATH}" \
-     "$PY" -m mobilemoe_export --preset tiny --out "$MODEL.tmp" > "$W/export.log" 2>&1) || {
-    cat "$W/export.log"; echo "export of the tiny model failed"; exit 1; }
+     "$PY" -m mobilemoe_export --checkpoint "$CKPT" --out "$MODEL.tmp" --no-progress > "$W/export.log" 2>&1) || {
+    cat "$W/export.log"; echo "export of the default model failed"; exit 1; }
   mv "$MODEL.tmp" "$MODEL"
 fi
 # The reference: `mobilemoe generate` (greedy) on the same model, prompt and token budget. It
