@@ -449,7 +449,7 @@ pub fn attention(
 
 /// Whether the AVX-512 kernel specialised on (head_dim, heads per KV head) exists.
 fn fixed_avx512_shape(kind: crate::KernelKind, hd: usize, rep: usize) -> bool {
-    cfg!(target_arch = "x86_64") && kind == crate::KernelKind::Avx512Vnni && matches!(hd, 32 | 64 | 128) && matches!(rep, 1 | 2 | 4 | 8)
+    cfg!(target_arch = "x86_64") && kind == crate::KernelKind::Avx512Vnni && matches!(hd, 32 | 64 | 128) && matches!(rep, 1 | 2 | 4 | 5 | 8)
 }
 
 /// The AVX-512 kernel specialised on (head_dim, rep), reading K/V rows of either element type;
@@ -480,14 +480,17 @@ fn sdpa_fixed<T: KvElem>(
                 (64, 2) => f::<4, 2, T>(q, k, v, n_ctx, scale, scores, out),
                 (64, 1) => f::<4, 1, T>(q, k, v, n_ctx, scale, scores, out),
                 (64, 8) => f::<4, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 5) => f::<4, 5, T>(q, k, v, n_ctx, scale, scores, out),
                 (32, 4) => f::<2, 4, T>(q, k, v, n_ctx, scale, scores, out),
                 (32, 2) => f::<2, 2, T>(q, k, v, n_ctx, scale, scores, out),
                 (32, 1) => f::<2, 1, T>(q, k, v, n_ctx, scale, scores, out),
                 (32, 8) => f::<2, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 5) => f::<2, 5, T>(q, k, v, n_ctx, scale, scores, out),
                 (128, 4) => f::<8, 4, T>(q, k, v, n_ctx, scale, scores, out),
                 (128, 2) => f::<8, 2, T>(q, k, v, n_ctx, scale, scores, out),
                 (128, 1) => f::<8, 1, T>(q, k, v, n_ctx, scale, scores, out),
                 (128, 8) => f::<8, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 5) => f::<8, 5, T>(q, k, v, n_ctx, scale, scores, out),
                 _ => return false,
             }
         }

@@ -134,9 +134,11 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
             qv[r][c] = _mm512_loadu_ps(q.as_ptr().add(r * hd + 16 * c));
         }
     }
-    // scores: with heads in fours, two slots at a time through `reduce_4x2` (the same tree, about
-    // a third of the shuffles and adds of one horizontal reduction per score); then one at a time
-    let pairs = if R % 4 == 0 { n_ctx / 2 * 2 } else { 0 };
+    // scores: heads in fours, two slots at a time through `reduce_4x2` (the same tree, about a
+    // third of the shuffles and adds of one horizontal reduction per score); the remaining heads
+    // (R % 4) and the last slot of an odd count one at a time
+    let grouped = R / 4 * 4; // heads handled in fours by the paired loop; the rest one by one
+    let pairs = if grouped > 0 { n_ctx / 2 * 2 } else { 0 };
     let sc = _mm512_set1_ps(scale);
     let mut t = 0;
     while t < pairs {
@@ -166,12 +168,16 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
         }
         t += 2;
     }
-    for t in pairs..n_ctx {
+    for t in 0..n_ctx {
+        let first = if t < pairs { grouped } else { 0 };
+        if first == R {
+            continue;
+        }
         let mut kv = [_mm512_setzero_ps(); C];
         for c in 0..C {
             kv[c] = T::load16(k.as_ptr().add(t * hd + 16 * c));
         }
-        for r in 0..R {
+        for r in first..R {
             let mut acc = _mm512_setzero_ps();
             for c in 0..C {
                 acc = _mm512_add_ps(acc, _mm512_mul_ps(qv[r][c], kv[c]));
