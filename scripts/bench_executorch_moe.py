@@ -138,6 +138,9 @@ def main() -> int:
     if min(tokens) < 1 or max(tokens) > 256:
         ap.error("--tokens must be within 1..256 (the exported dynamic range)")
     os.environ["MOBILEMOE_THREADS"] = str(a.threads)
+    # PyTorch's OpenMP workers otherwise spin for a while after each eager op (the fp32 anchor)
+    # and steal the cores from whatever is timed next.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import torch
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers llama::*)
