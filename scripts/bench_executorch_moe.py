@@ -48,14 +48,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python_export"))
 
+from bench_llamacpp import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
+
 D, F, E, K, GROUP = 1024, 512, 32, 4, 32
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def build_layers(seed: int):
@@ -154,7 +149,7 @@ def main() -> int:
     mm.load_runtime()
     print(f"# ExecuTorch llama::quantized_moe_ffn vs mobilemoe moe_ffn, S-like layer (D={D}, {E} x F={F}, "
           f"top-{K}, sigmoid + bias, INT4 g{GROUP}), {a.threads} thread(s)")
-    print(f"# {cpu_name()}, {platform.platform()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# {cpu_model()}, {platform.platform()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     peer, ours, ours_exact, reference = build_layers(a.seed)
     rt = Runtime.get()
     with tempfile.TemporaryDirectory() as tmp:

@@ -126,7 +126,8 @@ fn attention_case(k: &Kernels, pool: &ThreadPool, shape: (usize, usize, usize, u
     let mut scratch = AttentionScratch::default();
     let mut h = Fnv::new();
     let mut p0 = 0;
-    // prefill 21 tokens (a 16-slot block and a tail), two decode steps, a chunk of 5
+    // prefill 21 tokens (an odd count: slot pairs and a last single slot), two decode steps, a
+    // chunk of 5
     for c in [21usize, 1, 1, 5] {
         let x = r.vec(c * spec.dim, 1.0);
         let pos: Vec<i64> = (p0 as i64..(p0 + c) as i64).collect();

@@ -144,8 +144,8 @@ fn fp16_cache_stays_close_to_fp32() {
 #[test]
 fn every_kernel_set_gives_identical_attention_bits() {
     // Shapes with and without AVX-512's specialised kernels (head_dim 32/64 with 2/4/5 query heads
-    // per KV head; 48 has none), contexts crossing 16-slot blocks with tails (prefill 37, decode,
-    // a 16-token chunk), both cache types: every kernel set must give the scalar set's bits.
+    // per KV head; 48 has none), odd and even context lengths (prefill 37, decode steps, a
+    // 16-token chunk), both cache types: every kernel set must give the scalar set's bits.
     let shapes = [(64, 4, 2, 32), (128, 8, 2, 64), (160, 10, 2, 64), (96, 4, 2, 48)];
     let kinds = Kernels::available();
     assert!(!kinds.is_empty());

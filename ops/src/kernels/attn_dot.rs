@@ -137,7 +137,7 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
     // scores: heads in fours, two slots at a time through `reduce_4x2` (the same tree, about a
     // third of the shuffles and adds of one horizontal reduction per score); the remaining heads
     // (R % 4) and the last slot of an odd count one at a time
-    let grouped = R / 4 * 4; // heads handled in fours by the paired loop; the rest one by one
+    let grouped = R / 4 * 4;
     let pairs = if grouped > 0 { n_ctx / 2 * 2 } else { 0 };
     let sc = _mm512_set1_ps(scale);
     let mut t = 0;
@@ -157,7 +157,8 @@ pub unsafe fn sdpa_avx512_fixed<const C: usize, const R: usize, T: KvLoad>(
             }
             // [h0 t, h0 t+1, h1 t, h1 t+1, h2 t, h2 t+1, h3 t, h3 t+1], scaled
             let z = reduce_4x2(&a, &b, sc);
-            // two floats per head row (`_mm_storel_epi64` stores 8 bytes, no alignment needed)
+            // two floats per head row (`_mm_storel_epi64` stores 8 bytes, no alignment needed);
+            // in bounds: head 4 * r4 + j < R and t + 1 < pairs <= n_ctx, scores holds R * n_ctx
             let (lo, hi) = (_mm_castps_si128(_mm256_castps256_ps128(z)), _mm_castps_si128(_mm256_extractf128_ps::<1>(z)));
             let base = scores.as_mut_ptr();
             let row = |j: usize| base.add((4 * r4 + j) * n_ctx + t) as *mut __m128i;

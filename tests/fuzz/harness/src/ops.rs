@@ -345,13 +345,11 @@ pub fn ops_routing(data: &[u8]) {
     if t == 0 {
         return;
     }
-    let h = data.iter().fold(0usize, |a, &b| a.wrapping_mul(31).wrapping_add(b as usize));
-    let mut checked = [0, t - 1, h % t, (h / 7) % t];
+    let h = fnv1a(data) as usize;
+    let mut checked = vec![0, t - 1, h % t, (h / 7) % t];
     checked.sort_unstable();
-    for (n, &i) in checked.iter().enumerate() {
-        if n > 0 && checked[n - 1] == i {
-            continue;
-        }
+    checked.dedup();
+    for i in checked {
         let row = &ids[i * k..(i + 1) * k];
         let lrow = &logits[i * e..(i + 1) * e];
         let wrow = &wts[i * k..(i + 1) * k];
