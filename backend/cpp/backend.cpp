@@ -346,6 +346,7 @@ void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     a.jitter_eps = (float)stack[A::jitter_eps]->toDouble();
     a.renorm_eps = (float)stack[A::renorm_eps]->toDouble();
     a.renorm_min = (float)stack[A::renorm_min]->toDouble();
+    a.scales_out = stack[A::expert_scales_out]->toBool() ? 1 : 0;
     a.renormalize = stack[A::renormalize]->toBool() ? 1 : 0;
     a.route_scale = (float)stack[A::route_scale]->toDouble();
     a.exact = stack[A::exact]->toBool() ? 1 : 0;

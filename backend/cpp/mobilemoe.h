@@ -38,6 +38,8 @@ typedef struct {
   float jitter_eps;
   float renorm_eps;
   float renorm_min;
+  // Format version 5: routed experts' scales grouped along the output dimension.
+  int32_t scales_out;
 } MobileMoeFfnArgs;
 
 typedef struct {
@@ -62,7 +64,7 @@ static_assert(offsetof(MobileMoeFfnArgs, tokens) == 16 && offsetof(MobileMoeFfnA
                   offsetof(MobileMoeFfnArgs, num_groups) == 288 && offsetof(MobileMoeFfnArgs, top_groups) == 296 &&
                   offsetof(MobileMoeFfnArgs, group_score) == 304 && offsetof(MobileMoeFfnArgs, weight_input) == 308 &&
                   offsetof(MobileMoeFfnArgs, jitter_eps) == 312 && offsetof(MobileMoeFfnArgs, renorm_eps) == 316 &&
-                  offsetof(MobileMoeFfnArgs, renorm_min) == 320,
+                  offsetof(MobileMoeFfnArgs, renorm_min) == 320 && offsetof(MobileMoeFfnArgs, scales_out) == 324,
               "MobileMoeFfnArgs field offsets differ from capi.rs");
 static_assert(sizeof(MobileMoeLinearArgs) == 128, "MobileMoeLinearArgs size differs from capi.rs");
 static_assert(offsetof(MobileMoeLinearArgs, in_features) == 72 && offsetof(MobileMoeLinearArgs, weight_bits) == 96 &&

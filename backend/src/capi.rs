@@ -66,6 +66,9 @@ pub struct MobileMoeFfnArgs {
     pub jitter_eps: f32,
     pub renorm_eps: f32,
     pub renorm_min: f32,
+    /// Routed experts' scales grouped along the output dimension (`MoeSpec::scales_out`);
+    /// appended in format version 5.
+    pub scales_out: i32,
 }
 
 #[repr(C)]
@@ -259,6 +262,7 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
                 renorm_min: a.renorm_min,
             },
             exact: a.exact != 0,
+            scales_out: a.scales_out != 0,
         };
         spec.validate().map_err(|e| e.to_string())?;
         let t = len_of("tokens", a.tokens)?;
@@ -407,7 +411,8 @@ thread_local! {
 /// - 2 embedding: bufs tokens i64, weight u8, scales f32; ints vocab, dim, group, bits.
 /// - 3 attention: bufs x f32, input_pos i64, wqkv u8, wqkv_scales f32, wo u8, wo_scales f32,
 ///   cos f32, sin f32, k_cache, v_cache (f16 or f32, written in place); ints dim, n_heads,
-///   n_kv_heads, head_dim, max_seq_len, interleaved, kv_f16, group, bits, exact.
+///   n_kv_heads, head_dim, max_seq_len, interleaved, kv_f16, group, bits, exact, qk_norm; floats
+///   qk_norm_eps.
 /// - 4 swiglu_ffn: bufs x f32, w13 u8, w13_scales f32, w2 u8, w2_scales f32; ints dim, hidden,
 ///   group, bits, exact.
 /// - 5 lm_head: bufs x f32, norm_weight f32, weight u8, scales f32; ints vocab, dim, group, bits,
@@ -465,7 +470,8 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                 dec::embedding(&pk(s, u(1, "weight")?, f(2, "scales")?)?, l(0, "tokens")?, out).map_err(|e| e.to_string())
             }
             DECODER_ATTENTION => {
-                want(10, 10, 0)?;
+                // ints[10] / floats[0]: QK-norm flag and epsilon (format version 5)
+                want(10, 11, 1)?;
                 let sp = AttentionSpec {
                     dim: pos("dim", ints[0])?,
                     n_heads: pos("n_heads", ints[1])?,
@@ -474,6 +480,7 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                     max_seq_len: pos("max_seq_len", ints[4])?,
                     rope: if ints[5] != 0 { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
                     exact: ints[9] != 0,
+                    qk_norm: (ints[10] != 0).then_some(floats[0] as f32),
                 };
                 sp.validate().map_err(|e| e.to_string())?;
                 let qkv_n = i64::try_from(sp.qkv_width()).map_err(|e| e.to_string())?;
@@ -559,7 +566,7 @@ fn abi_layout(which: i32) -> Option<(Vec<u64>, &'static str)> {
             shared_w13, shared_w13_len, shared_w13_scales, shared_w13_scales_len, shared_w2, shared_w2_len,
             shared_w2_scales, shared_w2_scales_len, shared_gate, shared_gate_len, num_experts, top_k, dim,
             hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize, route_scale,
-            exact, out, out_len, num_groups, top_groups, group_score, weight_input, jitter_eps, renorm_eps, renorm_min),
+            exact, out, out_len, num_groups, top_groups, group_score, weight_input, jitter_eps, renorm_eps, renorm_min, scales_out),
         2 => abi_layout!(MobileMoeLinearArgs; x, x_len, rows, weight, weight_len, scales, scales_len, bias,
             bias_len, in_features, out_features, group_size, weight_bits, exact, out, out_len),
         3 => abi_layout!(MobileMoeBuf; ptr, len),
@@ -612,6 +619,7 @@ const _: () = {
     assert!(offset_of!(MobileMoeFfnArgs, jitter_eps) == 312);
     assert!(offset_of!(MobileMoeFfnArgs, renorm_eps) == 316);
     assert!(offset_of!(MobileMoeFfnArgs, renorm_min) == 320);
+    assert!(offset_of!(MobileMoeFfnArgs, scales_out) == 324);
     assert!(size_of::<MobileMoeLinearArgs>() == 128);
     assert!(offset_of!(MobileMoeLinearArgs, in_features) == 72);
     assert!(offset_of!(MobileMoeLinearArgs, weight_bits) == 96);
@@ -659,7 +667,7 @@ mod abi_tests {
 
     #[test]
     fn abi_layout_reports_every_field() {
-        for (which, fields) in [(1, 45), (2, 16), (3, 2)] {
+        for (which, fields) in [(1, 46), (2, 16), (3, 2)] {
             let mut out = vec![u64::MAX; 64];
             let mut names: *const c_char = std::ptr::null();
             // SAFETY: `out` holds 64 values; `names` is a valid out-pointer.

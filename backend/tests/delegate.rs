@@ -75,6 +75,7 @@ fn via_capi(l: &Layer, x: &[f32], t: usize) -> Vec<f32> {
         jitter_eps: 0.0,
         renorm_eps: 0.0,
         renorm_min: f32::MIN_POSITIVE,
+        scales_out: 0,
     };
     assert_eq!(unsafe { mobilemoe_moe_ffn(&a) }, 0);
     let mut y = vec![0f32; t * 48];

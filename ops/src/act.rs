@@ -70,7 +70,8 @@ impl QuantActs {
             q: &self.q[..self.m * self.k],
             scale: &self.scale[..self.m],
             zp: &self.zp[..self.m],
-            gsum: &self.gsum[..self.m * (self.k / self.group)],
+            // (a never-reset buffer has group 0: no groups, no rows)
+            gsum: &self.gsum[..self.m * self.k.checked_div(self.group).unwrap_or(0)],
         }
     }
     /// Quantize `x[m, k]` (row-major) into `self`.

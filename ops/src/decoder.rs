@@ -95,6 +95,17 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// Weightless RMS norm of one head in place: `v * (1 / sqrt(mean(v^2) + eps))` (the same
+/// reduction and order as [`rms_norm`], so the same bits on every ISA).
+#[inline]
+pub fn qk_norm_head(v: &mut [f32], eps: f32) {
+    let ss = dot_lanes(v, v);
+    let r = 1.0 / (ss / v.len() as f32 + eps).sqrt();
+    for x in v.iter_mut() {
+        *x *= r;
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // RoPE
 
@@ -229,6 +240,9 @@ pub struct AttentionSpec {
     pub rope: RopeStyle,
     /// Q8 (int8 activations) projections unless set.
     pub exact: bool,
+    /// Weightless RMS norm of every q and k head after RoPE with this epsilon (MobileMoE's
+    /// QK-norm): `v * (1 / sqrt(mean(v^2) + eps))`.
+    pub qk_norm: Option<f32>,
 }
 
 impl AttentionSpec {
@@ -358,6 +372,9 @@ pub fn attention(
             let (cos, sin) = (&w.cos[p * half..(p + 1) * half], &w.sin[p * half..(p + 1) * half]);
             for head in row[..(hq + hkv) * hd].chunks_exact_mut(hd) {
                 rope_head(head, cos, sin, spec.rope);
+                if let Some(eps) = spec.qk_norm {
+                    qk_norm_head(head, eps);
+                }
             }
             let (kpart, vpart) = row[hq * hd..].split_at(hkv * hd);
             for g in 0..hkv {

@@ -22,6 +22,12 @@ pub struct MoeSpec {
     pub router: RouterConfig,
     /// fp32 activations with on-the-fly dequantisation instead of the int8 (Q8) path.
     pub exact: bool,
+    /// Routed experts' scales grouped along the *output* dimension (MobileMoE's QAT release:
+    /// experts stored `[E, in, out]`, groups of `group` along `out`): `w13_scales` is
+    /// `[E, D, 2F / group]`, `w2_scales` `[E, F, D / group]`, and the packed `w13`/`w2` hold the
+    /// integers alone (unit scales). Each output group then multiplies its input row by that
+    /// group's scales before the integer GEMM: exact, no re-quantization (docs/DESIGN.md 2b).
+    pub scales_out: bool,
 }
 
 impl MoeSpec {
@@ -41,6 +47,14 @@ impl MoeSpec {
         self.router.validate()?;
         self.w13_spec()?;
         self.w2_spec()?;
+        if self.scales_out && (self.dim % self.group != 0 || (2 * self.hidden) % self.group != 0) {
+            return Err(OpsError::Invalid(format!(
+                "output-grouped expert scales need group {} to divide dim {} and 2 * hidden {}",
+                self.group,
+                self.dim,
+                2 * self.hidden
+            )));
+        }
         if self.shared_hidden > 0 {
             self.shared_w13_spec()?;
             self.shared_w2_spec()?;
@@ -88,9 +102,15 @@ impl<'a> MoeWeights<'a> {
         check_len("router weight", mul_dims("router weight", &[e, spec.dim])?, self.router_w.len())?;
         spec.router.check_bias(self.expert_bias)?;
         check_len("w13 data", mul_dims("w13 data", &[e, s13.data_bytes()])?, self.w13.len())?;
-        check_len("w13 scales", mul_dims("w13 scales", &[e, s13.scale_count()])?, self.w13_scales.len())?;
         check_len("w2 data", mul_dims("w2 data", &[e, s2.data_bytes()])?, self.w2.len())?;
-        check_len("w2 scales", mul_dims("w2 scales", &[e, s2.scale_count()])?, self.w2_scales.len())?;
+        if spec.scales_out {
+            // [E, K, N / group]: one scale per input row and output group
+            check_len("w13 scales (output-grouped)", mul_dims("w13 scales", &[e, s13.k, s13.n / s13.group])?, self.w13_scales.len())?;
+            check_len("w2 scales (output-grouped)", mul_dims("w2 scales", &[e, s2.k, s2.n / s2.group])?, self.w2_scales.len())?;
+        } else {
+            check_len("w13 scales", mul_dims("w13 scales", &[e, s13.scale_count()])?, self.w13_scales.len())?;
+            check_len("w2 scales", mul_dims("w2 scales", &[e, s2.scale_count()])?, self.w2_scales.len())?;
+        }
         match (&self.shared, spec.shared_hidden) {
             (None, 0) => {}
             (Some(sh), f) if f > 0 => {
@@ -119,6 +139,25 @@ impl<'a> MoeWeights<'a> {
     /// Expert `e`'s down matrix; `s2` is `spec.w2_spec()` of the spec `validate` accepted.
     pub fn expert_w2(&self, s2: MatrixSpec, e: usize) -> PackedRef<'a> {
         expert_slice(s2, self.w2, self.w2_scales, e)
+    }
+
+    /// Expert `e`'s gate+up integers with unit scales `unit` (>= `s13.scale_count()` ones), for
+    /// output-grouped scales.
+    fn expert_w13_unit<'u>(&self, s13: MatrixSpec, e: usize, unit: &'u [f32]) -> PackedRef<'u>
+    where
+        'a: 'u,
+    {
+        let db = s13.data_bytes();
+        PackedRef { spec: s13, data: &self.w13[e * db..(e + 1) * db], scales: ScaleRef::F32(&unit[..s13.scale_count()]) }
+    }
+
+    /// Expert `e`'s down integers with unit scales (see [`Self::expert_w13_unit`]).
+    fn expert_w2_unit<'u>(&self, s2: MatrixSpec, e: usize, unit: &'u [f32]) -> PackedRef<'u>
+    where
+        'a: 'u,
+    {
+        let db = s2.data_bytes();
+        PackedRef { spec: s2, data: &self.w2[e * db..(e + 1) * db], scales: ScaleRef::F32(&unit[..s2.scale_count()]) }
     }
 
     /// Weight bytes the layer reads for `t` tokens routed to `distinct_experts` experts.
@@ -175,6 +214,8 @@ pub struct MoeScratch {
     sh_act: Vec<f32>,
     sh_o: Vec<f32>,
     items: Vec<GemmItem>,
+    /// Ones: the weight scales of output-grouped experts (their scales act on the input rows).
+    unit_scales: Vec<f32>,
     /// Per-expert token counts of the last call (routing statistics).
     pub last_counts: Vec<u32>,
 }
@@ -297,10 +338,12 @@ impl MoeScratch {
         self.last_counts.extend_from_slice(&self.counts);
     }
 
-    /// The experts' input rows in slot order: fp32 copies (exact path) or the tokens' Q8 rows.
+    /// The experts' input rows in slot order: fp32 copies (exact path and output-grouped scales,
+    /// which quantize per output group later) or the tokens' Q8 rows.
     fn gather_activations(&mut self, r: &MoeRun<'_, '_>) -> Result<()> {
         let _g = debug_span!("quantize").entered();
         let (d, tk) = (r.spec.dim, r.tk);
+        let og = r.spec.scales_out;
         if r.spec.router.weight_input {
             // expert(w * x): every pair has its own input row, quantized as a row of its own.
             grow(&mut self.xg, tk * d);
@@ -313,16 +356,21 @@ impl MoeScratch {
                 }
             }
             if !r.spec.exact {
-                self.qg.quantize(&self.xg[..tk * d], tk, d, r.spec.group)?;
+                if !og {
+                    self.qg.quantize(&self.xg[..tk * d], tk, d, r.spec.group)?;
+                }
                 if r.w.shared.is_some() {
                     self.qx.quantize(r.x, r.t, d, r.spec.group)?; // the shared expert's input
                 }
             }
-        } else if r.spec.exact {
+        } else if r.spec.exact || og {
             grow(&mut self.xg, tk * d);
             for p in 0..tk {
                 let tok = self.pair_token[p] as usize;
                 self.xg[p * d..(p + 1) * d].copy_from_slice(&r.x[tok * d..(tok + 1) * d]);
+            }
+            if og && !r.spec.exact && r.w.shared.is_some() {
+                self.qx.quantize(r.x, r.t, d, r.spec.group)?; // the shared expert's input
             }
         } else {
             self.qx.quantize(r.x, r.t, d, r.spec.group)?;
@@ -345,25 +393,35 @@ impl MoeScratch {
         if shared.is_some() {
             grow(&mut self.sh_h, t * 2 * fs);
         }
+        let og = r.spec.scales_out;
         self.items.clear();
-        push_items(&mut self.items, &self.counts, &self.offsets, (2 * f).div_ceil(16), r.threads);
+        push_items(&mut self.items, &self.counts, &self.offsets, (2 * f).div_ceil(16), r.threads, tiles_per_group(r.spec));
         if shared.is_some() {
             push_shared(&mut self.items, t, (2 * fs).div_ceil(16), r.threads);
         }
+        if og {
+            self.unit_scales.resize(s13.scale_count().max(r.spec.w2_spec()?.scale_count()), 1.0);
+        }
         let h_out = OutPtr::new(&mut self.h[..tk * 2 * f], 2 * f);
         let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_h[..t * 2 * fs], 2 * fs)) } else { None };
-        let acts = if r.spec.exact {
+        let acts = if og {
+            Acts::OutGrouped { pairs: &self.xg[..tk * d], scales: r.w.w13_scales, exact: r.spec.exact, shared_q8: self.qx.as_ref(), shared_f32: r.x }
+        } else if r.spec.exact {
             Acts::F32(&self.xg[..tk * d], r.x)
         } else {
             // (without a shared expert no item reads the second rows: `qx` may not be quantized then)
             Acts::Q8(self.qg.as_ref(), if shared.is_some() { self.qx.as_ref() } else { self.qg.as_ref() })
         };
-        let w = r.w;
+        let (w, unit) = (r.w, &self.unit_scales);
         run_gemms(
             pool,
             kernels,
             &self.items,
-            |m| if m == SHARED { shared.unwrap().w13 } else { w.expert_w13(s13, m as usize) },
+            |m| match m {
+                SHARED => shared.unwrap().w13,
+                _ if og => w.expert_w13_unit(s13, m as usize, unit),
+                _ => w.expert_w13(s13, m as usize),
+            },
             acts,
             h_out,
             sh_out,
@@ -376,7 +434,8 @@ impl MoeScratch {
         let _g = debug_span!("act").entered();
         let (t, f, fs, tk, group) = (r.t, r.spec.hidden, r.spec.shared_hidden, r.tk, r.spec.group);
         grow(&mut self.act, tk * f);
-        let qh = if r.spec.exact {
+        // (output-grouped scales quantize per output group in the down GEMM instead)
+        let qh = if r.spec.exact || r.spec.scales_out {
             None
         } else {
             self.qh.reset(tk, f, group);
@@ -405,25 +464,33 @@ impl MoeScratch {
         if shared.is_some() {
             grow(&mut self.sh_o, t * d);
         }
+        let og = r.spec.scales_out;
         let tiles2 = d.div_ceil(16);
         self.items.clear();
-        push_items(&mut self.items, &self.counts, &self.offsets, tiles2, r.threads);
+        push_items(&mut self.items, &self.counts, &self.offsets, tiles2, r.threads, tiles_per_group(r.spec));
         if shared.is_some() {
             push_shared(&mut self.items, t, tiles2, r.threads);
         }
         let o_out = OutPtr::new(&mut self.o[..tk * d], d);
         let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_o[..t * d], d)) } else { None };
-        let acts = if r.spec.exact {
-            Acts::F32(&self.act[..tk * f], &self.sh_act[..if shared.is_some() { t * fs } else { 0 }])
+        let sh_act = &self.sh_act[..if shared.is_some() { t * fs } else { 0 }];
+        let acts = if og {
+            Acts::OutGrouped { pairs: &self.act[..tk * f], scales: r.w.w2_scales, exact: r.spec.exact, shared_q8: self.qsh.as_ref(), shared_f32: sh_act }
+        } else if r.spec.exact {
+            Acts::F32(&self.act[..tk * f], sh_act)
         } else {
             Acts::Q8(self.qh.as_ref(), if shared.is_some() { self.qsh.as_ref() } else { self.qh.as_ref() })
         };
-        let w = r.w;
+        let (w, unit) = (r.w, &self.unit_scales);
         run_gemms(
             pool,
             kernels,
             &self.items,
-            |m| if m == SHARED { shared.unwrap().w2 } else { w.expert_w2(s2, m as usize) },
+            |m| match m {
+                SHARED => shared.unwrap().w2,
+                _ if og => w.expert_w2_unit(s2, m as usize, unit),
+                _ => w.expert_w2(s2, m as usize),
+            },
             acts,
             o_out,
             sh_out,
@@ -454,10 +521,11 @@ impl MoeScratch {
     }
 }
 
-fn push_items(items: &mut Vec<GemmItem>, counts: &[u32], offsets: &[u32], tiles: usize, threads: usize) {
+/// Items of the routed experts; `align` tiles never split (an output group of scales).
+fn push_items(items: &mut Vec<GemmItem>, counts: &[u32], offsets: &[u32], tiles: usize, threads: usize, align: usize) {
     let active = counts.iter().filter(|&&c| c > 0).count().max(1);
     let rows_avg = counts.iter().map(|&c| c as usize).sum::<usize>() / active;
-    let blk = tile_block(tiles * active, rows_avg, threads);
+    let blk = tile_block(tiles * active, rows_avg, threads).next_multiple_of(align.max(1));
     for (ex, &c) in counts.iter().enumerate() {
         if c == 0 {
             continue;
@@ -486,6 +554,73 @@ fn push_shared(items: &mut Vec<GemmItem>, t: usize, tiles: usize, threads: usize
 enum Acts<'a> {
     Q8(QuantActsRef<'a>, QuantActsRef<'a>),
     F32(&'a [f32], &'a [f32]),
+    /// Output-grouped expert scales (`MoeSpec::scales_out`): the pairs' fp32 rows, scaled by each
+    /// output group's scales `[E, K, N / group]` inside the item, then quantized (unless `exact`);
+    /// the shared expert's rows as Q8 or fp32 (per `exact`).
+    OutGrouped { pairs: &'a [f32], scales: ScaleRef<'a>, exact: bool, shared_q8: QuantActsRef<'a>, shared_f32: &'a [f32] },
+}
+
+thread_local! {
+    /// Per-thread scaled rows and their quantization for output-grouped scales (grow only).
+    static OG_TLS: std::cell::RefCell<(Vec<f32>, QuantActs)> = std::cell::RefCell::new((Vec::new(), QuantActs::default()));
+}
+
+/// Tiles of one output group when expert scales are grouped along the output (items must not
+/// split a group); 1 otherwise.
+fn tiles_per_group(spec: &MoeSpec) -> usize {
+    if spec.scales_out {
+        (spec.group / crate::quant::TILE_ROWS).max(1)
+    } else {
+        1
+    }
+}
+
+/// `dst[r, k] = src[r, k] * scales[base + k * stride]` for `rows` rows of `k` (one output group's
+/// scales of every input row, widened to f32 exactly).
+fn scale_rows(src: &[f32], k: usize, scales: ScaleRef<'_>, base: usize, stride: usize, dst: &mut [f32]) {
+    macro_rules! go {
+        ($s:expr, $to:expr) => {
+            for (d, x) in dst.chunks_exact_mut(k).zip(src.chunks_exact(k)) {
+                for (kk, (o, &v)) in d.iter_mut().zip(x).enumerate() {
+                    *o = v * $to($s[base + kk * stride]);
+                }
+            }
+        };
+    }
+    match scales {
+        ScaleRef::F32(s) => go!(s, |v: f32| v),
+        ScaleRef::F16(s) => go!(s, |v: half::f16| v.to_f32()),
+        ScaleRef::Bf16(s) => go!(s, |v: half::bf16| v.to_f32()),
+    }
+}
+
+/// One routed item with output-grouped scales: per output group in its tiles, the rows scaled by
+/// the group's scales, then the integer GEMM (unit weight scales) on the group's tiles.
+#[allow(clippy::too_many_arguments)]
+fn og_item(kernels: &Kernels, wref: &PackedRef<'_>, e: usize, tiles: std::ops::Range<usize>, src: &[f32], rows: usize, scales: ScaleRef<'_>, exact: bool, sub: OutPtr) -> bool {
+    let (k, n, g) = (wref.spec.k, wref.spec.n, wref.spec.group);
+    let ng = n / g;
+    let tpg = (g / crate::quant::TILE_ROWS).max(1);
+    let per_expert = k * ng;
+    if src.len() != rows * k || scales.len() < (e + 1) * per_expert || tiles.start % tpg != 0 || tiles.end % tpg != 0 {
+        return false;
+    }
+    OG_TLS.with(|tls| {
+        let mut guard = tls.borrow_mut();
+        let (xs, qa) = &mut *guard;
+        grow(xs, rows * k);
+        let mut ok = true;
+        for grp in tiles.start / tpg..tiles.end / tpg {
+            scale_rows(src, k, scales, e * per_expert + grp, ng, &mut xs[..rows * k]);
+            let gt = grp * tpg..(grp + 1) * tpg;
+            ok &= if exact {
+                kernels.gemm_f32(wref, gt, &xs[..rows * k], rows, sub)
+            } else {
+                qa.quantize(&xs[..rows * k], rows, k, g).is_ok() && kernels.gemm_q8(wref, gt, &qa.as_ref(), sub)
+            };
+        }
+        ok
+    })
 }
 
 fn run_gemms<'w>(
@@ -516,6 +651,18 @@ fn run_gemms<'w>(
                 let src = if is_shared { sh } else { pairs };
                 let kd = wref.spec.k;
                 kernels.gemm_f32(&wref, tiles, &src[row0 * kd..(row0 + rows) * kd], rows, sub)
+            }
+            Acts::OutGrouped { shared_q8, shared_f32, exact, .. } if is_shared => {
+                if exact {
+                    let kd = wref.spec.k;
+                    kernels.gemm_f32(&wref, tiles, &shared_f32[row0 * kd..(row0 + rows) * kd], rows, sub)
+                } else {
+                    kernels.gemm_q8(&wref, tiles, &shared_q8.rows(row0, rows), sub)
+                }
+            }
+            Acts::OutGrouped { pairs, scales, exact, .. } => {
+                let kd = wref.spec.k;
+                og_item(kernels, &wref, it.matrix as usize, tiles, &pairs[row0 * kd..(row0 + rows) * kd], rows, scales, exact, sub)
             }
         };
         if !ok {

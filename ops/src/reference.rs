@@ -350,25 +350,47 @@ fn matvec(q: &[i8], s: &[f32], n: usize, k: usize, group: usize, x: &[f32], exac
     y
 }
 
+/// Output-grouped scales (`MoeSpec::scales_out`): for each output group `g`, the row scaled by
+/// `s[k, g]` (`s` is `[k, n / group]`), then [`matvec`] of the group's rows with unit scales.
+fn matvec_out_grouped(q: &[i8], s: &[f32], n: usize, k: usize, group: usize, x: &[f32], exact: bool) -> Vec<f32> {
+    let ng = n / group;
+    let ones = vec![1f32; group * (k / group)];
+    let mut y = vec![0f32; n];
+    for g in 0..ng {
+        let xs: Vec<f32> = (0..k).map(|kk| x[kk] * s[kk * ng + g]).collect();
+        let yg = matvec(&q[g * group * k..(g + 1) * group * k], &ones, group, k, group, &xs, exact);
+        y[g * group..(g + 1) * group].copy_from_slice(&yg);
+    }
+    y
+}
+
 /// One expert's (or the shared expert's) unpacked gate+up and down matrices.
 struct Unpacked {
     spec13: MatrixSpec,
     w13: (Vec<i8>, Vec<f32>),
     spec2: MatrixSpec,
     w2: (Vec<i8>, Vec<f32>),
+    /// Output-grouped scales `[K, N / group]` of w13 and w2 (then `w13.1`/`w2.1` are ones).
+    out_scales: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Unpacked {
     fn new(w13: &PackedRef<'_>, w2: &PackedRef<'_>) -> Self {
-        Self { spec13: w13.spec, w13: unpack(w13), spec2: w2.spec, w2: unpack(w2) }
+        Self { spec13: w13.spec, w13: unpack(w13), spec2: w2.spec, w2: unpack(w2), out_scales: None }
     }
     /// `W2 (silu(W1 x) * W3 x)` (SwiGLU), W1 and W3 the two halves of the gate+up rows.
     fn ffn(&self, x: &[f32], exact: bool) -> Vec<f32> {
         let (a, b) = (&self.spec13, &self.spec2);
         let f = a.n / 2;
-        let h = matvec(&self.w13.0, &self.w13.1, 2 * f, a.k, a.group, x, exact);
+        let h = match &self.out_scales {
+            Some((s13, _)) => matvec_out_grouped(&self.w13.0, s13, 2 * f, a.k, a.group, x, exact),
+            None => matvec(&self.w13.0, &self.w13.1, 2 * f, a.k, a.group, x, exact),
+        };
         let act: Vec<f32> = (0..f).map(|j| silu(h[j]) * h[f + j]).collect();
-        matvec(&self.w2.0, &self.w2.1, b.n, b.k, b.group, &act, exact)
+        match &self.out_scales {
+            Some((_, s2)) => matvec_out_grouped(&self.w2.0, s2, b.n, b.k, b.group, &act, exact),
+            None => matvec(&self.w2.0, &self.w2.1, b.n, b.k, b.group, &act, exact),
+        }
     }
 }
 
@@ -410,8 +432,21 @@ pub fn moe_ffn_naive(spec: &MoeSpec, w: &MoeWeights<'_>, x: &[f32], t: usize) ->
         let y = &mut out[i * d..(i + 1) * d];
         for (&ex, &wt) in ids.iter().zip(&wts) {
             let ex = ex as usize;
-            let unpacked = experts[ex]
-                .get_or_insert_with(|| Unpacked::new(&expert(s13, w.w13, w.w13_scales, ex, e), &expert(s2, w.w2, w.w2_scales, ex, e)));
+            let unpacked = experts[ex].get_or_insert_with(|| {
+                if spec.scales_out {
+                    // the integers with unit scales, the stored scales kept apart
+                    let (o13, o2) = (vec![1f32; s13.scale_count()], vec![1f32; s2.scale_count()]);
+                    let a = PackedRef { spec: s13, data: &w.w13[ex * s13.data_bytes()..(ex + 1) * s13.data_bytes()], scales: (&o13[..]).into() };
+                    let b = PackedRef { spec: s2, data: &w.w2[ex * s2.data_bytes()..(ex + 1) * s2.data_bytes()], scales: (&o2[..]).into() };
+                    let mut u = Unpacked::new(&a, &b);
+                    let (n13, n2) = (w.w13_scales.len() / e, w.w2_scales.len() / e);
+                    let sc = |s: crate::quant::ScaleRef<'_>, n: usize| s.slice(ex * n..(ex + 1) * n).to_f32_vec();
+                    u.out_scales = Some((sc(w.w13_scales, n13), sc(w.w2_scales, n2)));
+                    u
+                } else {
+                    Unpacked::new(&expert(s13, w.w13, w.w13_scales, ex, e), &expert(s2, w.w2, w.w2_scales, ex, e))
+                }
+            });
             // weight_input: y += expert(w * x); otherwise y += w * expert(x).
             let (o, wt) = if spec.router.weight_input {
                 let scaled: Vec<f32> = xi.iter().map(|&v| v * wt).collect();

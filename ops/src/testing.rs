@@ -65,6 +65,7 @@ pub fn s_like_moe_spec() -> crate::MoeSpec {
             ..Default::default()
         },
         exact: false,
+        scales_out: false,
     }
 }
 

@@ -16,7 +16,8 @@ use common::{router, Layer, Rng};
 use mobilemoe_ops::decoder::*;
 use mobilemoe_ops::*;
 
-/// (case, digest of its outputs), computed on x86-64 (AVX-512 VNNI, AVX2 and scalar agree).
+/// (case, digest of its outputs), computed on x86-64 (AVX-512 VNNI, AVX2 and scalar agree; the
+/// MobileMoE cases were added on an AVX2 machine, where AVX2 and scalar agree).
 const GOLDEN: &[(&str, u64)] = &[
     ("moe q8 int4 sigmoid+bias+scale, shared, 1 token(s)", 0x493ef612bd781458),
     ("moe q8 int4 sigmoid+bias+scale, shared, 7 token(s)", 0x61bdc078246c4320),
@@ -34,6 +35,10 @@ const GOLDEN: &[(&str, u64)] = &[
     ("moe q8 sparsemixer, 7 token(s)", 0x87c5f63e5e4a81a7),
     ("moe q8 softmax, no shared, 1 token(s)", 0xdee5537e9ae2361f),
     ("moe q8 softmax, no shared, 7 token(s)", 0x707b990ad5f8c68b),
+    ("moe q8 output-grouped fp16 scales (MobileMoE QAT), 1 token(s)", 0x33dff05c7c97dc18),
+    ("moe q8 output-grouped fp16 scales (MobileMoE QAT), 7 token(s)", 0x7c7a9e199bcba225),
+    ("moe exact output-grouped fp16 scales (MobileMoE QAT), 1 token(s)", 0x2d88cf2d18dab4dd),
+    ("moe exact output-grouped fp16 scales (MobileMoE QAT), 7 token(s)", 0x4b61a3b8fe884c6e),
     ("linear q8 Int4 f32 scales", 0x51c6a406e5108830),
     ("linear q8 Int4 f16 scales", 0x1fc120ed2d91e79d),
     ("linear q8 Int4 bf16 scales", 0x52ad3bc690a8079a),
@@ -56,6 +61,8 @@ const GOLDEN: &[(&str, u64)] = &[
     ("attention F32 cache, Interleaved, exact=false", 0xfdcfe74731babdc4),
     ("attention F32 cache, Interleaved, exact=true", 0xd644c96628bd4472),
     ("attention F32 cache, head_dim 64, 4 heads per KV head", 0x3aa050ba81c59624),
+    ("attention F16 cache, MobileMoE: interleaved RoPE + QK-norm, head_dim 64, 4 heads per KV head", 0x8c2f587a1444c0a2),
+    ("attention F32 cache, MobileMoE: interleaved RoPE + QK-norm, head_dim 64, 4 heads per KV head", 0x9f4cfe5b46a1ee4a),
     ("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact=false", 0x1f20ac1626dc61e6),
     ("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact=true", 0x219da2a4c63d3bc8),
 ];
@@ -80,6 +87,23 @@ fn digest(v: &[f32]) -> u64 {
     Fnv::new().f32s(v).0
 }
 
+/// MobileMoE's QAT experts: the layer's integers with output-grouped fp16 scales
+/// (`[E, K, N / 32]`), sigmoid + bias routing with route scale 2.5 and eps 1e-20, ungated shared.
+fn moe_out_grouped_case(k: &Kernels, pool: &ThreadPool, exact: bool, t: usize) -> u64 {
+    let sig = RouterConfig { renorm_eps: 1e-20, ..router(8, 2, ScoreFunc::Sigmoid, true, 2.5) };
+    let spec = MoeSpec { scales_out: true, ..moe_spec(exact, WeightBits::Int4, sig) };
+    let layer = Layer::random(MoeSpec { scales_out: false, ..spec }, 0x66, true, false);
+    let mut r = Rng(0x77);
+    let (e, d, f) = (8, spec.dim, spec.hidden);
+    let mut scales = |n: usize| -> Vec<half::f16> { (0..n).map(|_| half::f16::from_f32(0.02 + 0.01 * r.f())).collect() };
+    let (s13, s2) = (scales(e * d * (2 * f / 32)), scales(e * f * (d / 32)));
+    let w = MoeWeights { w13_scales: (&s13[..]).into(), w2_scales: (&s2[..]).into(), ..layer.weights() };
+    let x = Rng(0x88).vec(t * d, 1.5);
+    let mut out = vec![0f32; t * d];
+    moe_ffn(&spec, &w, &x, t, &mut out, &mut MoeScratch::default(), pool, k).unwrap();
+    digest(&out)
+}
+
 fn moe_case(k: &Kernels, pool: &ThreadPool, spec: MoeSpec, seed: u64, bias: bool, gate: bool, t: usize) -> u64 {
     let layer = Layer::random(spec, seed, bias, gate);
     let x = Rng(seed ^ 0x5151).vec(t * spec.dim, 1.5);
@@ -89,7 +113,7 @@ fn moe_case(k: &Kernels, pool: &ThreadPool, spec: MoeSpec, seed: u64, bias: bool
 }
 
 fn moe_spec(exact: bool, bits: WeightBits, router: RouterConfig) -> MoeSpec {
-    MoeSpec { dim: 64, hidden: 32, shared_hidden: 64, group: 32, bits, router, exact }
+    MoeSpec { dim: 64, hidden: 32, shared_hidden: 64, group: 32, bits, router, exact, scales_out: false }
 }
 
 fn packed(r: &mut Rng, n: usize, k: usize, group: usize, bits: WeightBits) -> PackedMatrix {
@@ -113,8 +137,20 @@ fn linear_case(k: &Kernels, pool: &ThreadPool, exact: bool, bits: WeightBits, sc
 const ATTN_SHAPES: [(usize, usize, usize, usize); 2] = [(64, 4, 2, 32), (128, 8, 2, 64)];
 
 fn attention_case(k: &Kernels, pool: &ThreadPool, shape: (usize, usize, usize, usize), kv: KvDType, rope: RopeStyle, exact: bool) -> u64 {
+    attention_case_qk(k, pool, shape, kv, rope, exact, None)
+}
+
+fn attention_case_qk(
+    k: &Kernels,
+    pool: &ThreadPool,
+    shape: (usize, usize, usize, usize),
+    kv: KvDType,
+    rope: RopeStyle,
+    exact: bool,
+    qk_norm: Option<f32>,
+) -> u64 {
     let (dim, n_heads, n_kv_heads, head_dim) = shape;
-    let spec = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 48, rope, exact };
+    let spec = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 48, rope, exact, qk_norm };
     let mut r = Rng(0x22);
     let wqkv = packed(&mut r, spec.qkv_width(), spec.dim, 32, WeightBits::Int4);
     let wo = packed(&mut r, spec.dim, spec.q_width(), 32, WeightBits::Int4);
@@ -208,6 +244,12 @@ fn run_all(k: &Kernels) -> Vec<(String, u64)> {
         }
     }
     for exact in [false, true] {
+        for t in [1, 7] {
+            let path = if exact { "exact" } else { "q8" };
+            v.push((format!("moe {path} output-grouped fp16 scales (MobileMoE QAT), {t} token(s)"), moe_out_grouped_case(k, &pool, exact, t)));
+        }
+    }
+    for exact in [false, true] {
         for bits in [WeightBits::Int4, WeightBits::Int8] {
             for sc in [ScaleType::F32, ScaleType::F16, ScaleType::Bf16] {
                 let path = if exact { "exact" } else { "q8" };
@@ -227,6 +269,12 @@ fn run_all(k: &Kernels) -> Vec<(String, u64)> {
         v.push((
             format!("attention {kv:?} cache, head_dim 64, 4 heads per KV head"),
             attention_case(k, &pool, ATTN_SHAPES[1], kv, RopeStyle::HalfSplit, false),
+        ));
+    }
+    for kv in [KvDType::F16, KvDType::F32] {
+        v.push((
+            format!("attention {kv:?} cache, MobileMoE: interleaved RoPE + QK-norm, head_dim 64, 4 heads per KV head"),
+            attention_case_qk(k, &pool, ATTN_SHAPES[1], kv, RopeStyle::Interleaved, false, Some(1e-5)),
         ));
     }
     for exact in [false, true] {

@@ -110,7 +110,7 @@ fn run_attention(spec: &AttentionSpec, kv: KvDType, kernels: &Kernels, chunks: &
 }
 
 fn spec(max_seq: usize) -> AttentionSpec {
-    AttentionSpec { dim: 64, n_heads: 4, n_kv_heads: 2, head_dim: 32, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: true }
+    AttentionSpec { dim: 64, n_heads: 4, n_kv_heads: 2, head_dim: 32, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: true, qk_norm: None }
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
@@ -150,7 +150,7 @@ fn every_kernel_set_gives_identical_attention_bits() {
     let kinds = Kernels::available();
     assert!(!kinds.is_empty());
     for (dim, n_heads, n_kv_heads, head_dim) in shapes {
-        let s = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 64, rope: RopeStyle::HalfSplit, exact: false };
+        let s = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 64, rope: RopeStyle::HalfSplit, exact: false, qk_norm: None };
         for kv in [KvDType::F16, KvDType::F32] {
             let mut reference: Option<Vec<Vec<f32>>> = None;
             for k in &kinds {

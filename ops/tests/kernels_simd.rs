@@ -334,6 +334,7 @@ fn fused_prefill_equals_naive() {
                 ..Default::default()
             },
             exact,
+            scales_out: false,
         };
         let layer = common::Layer::random(spec, 11, true, true);
         let w = layer.weights();

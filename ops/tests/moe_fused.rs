@@ -25,6 +25,7 @@ fn spec(
         bits,
         router: RouterConfig { num_experts: e, top_k: k, score_func: sf, renormalize: renorm, route_scale: scale, ..Default::default() },
         exact,
+        scales_out: false,
     }
 }
 

@@ -109,6 +109,7 @@ fn nonfinite_activations_poison_only_their_token_moe() {
             bits: WeightBits::Int4,
             router: router(6, 2, sf, true, 1.0),
             exact,
+            scales_out: false,
         };
         let layer = Layer::random(spec, 3, sf == ScoreFunc::Sigmoid, true);
         let w = layer.weights();

@@ -59,6 +59,7 @@ fn moe_reference_equals_fp32_formula() {
         bits: WeightBits::Int4,
         router: router(e, 1, ScoreFunc::Softmax, false, 1.0),
         exact: true,
+        scales_out: false,
     };
     // Integer weights in [-8, 7] and per-row scales, packed directly (`quant::pack`), so the dense
     // fp32 weights of the formula are exactly q * s.

@@ -106,6 +106,7 @@ fn moe_layer_with_f16_scales_equals_f32_scales() {
             ..Default::default()
         },
         exact: false,
+        scales_out: false,
     };
     let layer = Layer::random(spec, 5, true, true);
     let pool = ThreadPool::new(2);

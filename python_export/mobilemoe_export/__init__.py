@@ -17,6 +17,7 @@ from . import ops  # noqa: F401, E402  (defines torch.ops.mobilemoe.*)
 from .moe_block import MoEFeedForward, SharedExpert  # noqa: E402
 from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe  # noqa: E402
 from .qat import fake_quantize_activations, fake_quantize_weight, prepare_qat, remove_qat  # noqa: E402
+from .sources.mobilemoe import load_mobilemoe  # noqa: F401, E402
 
 
 def __getattr__(name):

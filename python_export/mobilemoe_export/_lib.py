@@ -51,6 +51,7 @@ class MobileMoeFfnArgs(ctypes.Structure):
         ("jitter_eps", ctypes.c_float),
         ("renorm_eps", ctypes.c_float),
         ("renorm_min", ctypes.c_float),
+        ("scales_out", i32),
     ]
 
 

@@ -47,7 +47,8 @@ from ._fbs.mobilemoe.blob.RopeStyle import RopeStyle  # noqa: E402
 from . import decoder_ops as _dops  # noqa: E402
 
 MAGIC = b"MMOE"
-FORMAT_VERSION = 4  # 3: F16/BF16 per-group scales; 4: group-limited, topk_sigmoid, sparsemixer routing
+FORMAT_VERSION = 5  # 3: F16/BF16 per-group scales; 4: group-limited, topk_sigmoid, sparsemixer routing;
+# 5: QK-norm, output-grouped expert scales (MobileMoE's QAT release)
 # ops of the whole-decoder graph (decoder_ops) and the residual add
 DECODER_KINDS = tuple(_dops.SCHEMAS)
 HEADER_SIZE = 32
@@ -246,6 +247,8 @@ class _BlobWriter:
             A.AddGroupSize(b, int(a["group_size"]))
             A.AddWeightBits(b, int(a["weight_bits"]))
             A.AddExact(b, bool(a["exact"]))
+            A.AddQkNorm(b, bool(a["qk_norm"]))
+            A.AddQkNormEps(b, float(a["qk_norm_eps"]))
             return A.End(b), Op.Attention
         if kind == "swiglu_ffn":
             F = FbSwigluFfn
@@ -336,6 +339,7 @@ class _BlobWriter:
                 M.AddJitterEps(b, float(a["jitter_eps"]))
                 M.AddRenormEps(b, float(a["renorm_eps"]))
                 M.AddRenormMin(b, float(a["renorm_min"]))
+                M.AddExpertScalesOut(b, bool(a["expert_scales_out"]))
                 op_off, op_type = M.End(b), Op.MoeFfn
             elif kind in DECODER_KINDS or kind == "add":
                 op_off, op_type = self._decoder_node(b, kind, a, out)

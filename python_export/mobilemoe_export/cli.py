@@ -12,7 +12,10 @@ Examples::
 ``--hf``: a Hugging Face ``save_pretrained`` directory (needs ``transformers``: the ``hf`` extra).
 Its MoE blocks and every other linear are quantized, the model is exported with a KV cache and a
 dynamic token dimension, and ``tokenizer.json`` + ``tokenizer_config.json`` (with the chat template)
-are written beside the ``.pte``, where ``mobilemoe_export.generate`` finds them.
+are written beside the ``.pte``, where ``mobilemoe_export.generate`` finds them. A directory of
+Meta's MobileMoE release (config.json ``"model_type": "mobilemoe"``) is loaded by this project's own
+loader instead (:mod:`mobilemoe_export.sources.mobilemoe`, no transformers): the QAT release keeps its
+INT4 integers and fp16 scales, the bf16 Base/SFT release is quantized here (PTQ).
 
 ``--module-file``: a Python file defining ``build_model()`` (or ``build_model(max_seq_len)``)
 returning an ``nn.Module`` with ``forward(tokens int64 [1, S], input_pos int64 [S])``; optionally
@@ -118,6 +121,10 @@ def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any,
     if args.n_layers is not None and not args.preset:
         raise SystemExit("error: --n-layers needs --preset")
     cfg = None
+    if hf is not None and _is_mobilemoe(hf):
+        # Meta's MobileMoE release: this project's own loader (no transformers)
+        model = _load_mobilemoe(hf, args)
+        return model, model.cfg, model.example_inputs(), model.dynamic_shapes()
     if hf is not None:
         from . import hf_export
 
@@ -159,6 +166,64 @@ def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any,
         model.requires_grad_(False)
         cfg = model.cfg
     return model, cfg, model.example_inputs(), model.dynamic_shapes()
+
+
+def _is_mobilemoe(hf: Path) -> bool:
+    from .sources.mobilemoe import is_mobilemoe_dir
+
+    return is_mobilemoe_dir(hf)
+
+
+def _mobilemoe_info(cfg: Optional[models.ModelConfig]) -> Optional[Dict[str, Any]]:
+    """``cfg.extra`` of a model loaded by :func:`mobilemoe_export.sources.mobilemoe.load_mobilemoe`."""
+    extra = getattr(cfg, "extra", None) or {}
+    return extra if extra.get("source") == "mobilemoe" else None
+
+
+def _load_mobilemoe(hf: Path, args) -> nn.Module:
+    """A MobileMoE checkpoint directory (``model_type: "mobilemoe"``) for ``--hf``: the QAT release keeps
+    its INT4 integers, fp16 scales and group size (options that contradict them are refused); the bf16
+    release is quantized by the usual path (PTQ)."""
+    from .sources.mobilemoe import MobileMoEFormatError, load_mobilemoe, read_mobilemoe_config
+
+    try:
+        ck = read_mobilemoe_config(hf, args.max_seq_len)
+        if ck.format == "qat":
+            if args.weight_bits != 4:
+                raise SystemExit(f"error: {hf} is the MobileMoE QAT release (INT4): --weight-bits {args.weight_bits} "
+                                 f"is not possible")
+            if getattr(args, "scales", None) not in (None, "fp16"):
+                raise SystemExit(f"error: {hf} is the MobileMoE QAT release: its scales are fp16 as trained; "
+                                 f"--scales {args.scales} is not possible")
+            if ck.group_size != ck.embedding_group_size and whole_model_of(args) is None:
+                raise SystemExit(f"error: {hf}: group_size {ck.group_size} != embedding_group_size "
+                                 f"{ck.embedding_group_size}; the whole-decoder delegate uses one group size "
+                                 f"(export with --per-op)")
+            if args.group_size != ck.group_size:
+                print(f"note: {hf} is quantized with group size {ck.group_size}: using it (not --group-size "
+                      f"{args.group_size})", file=sys.stderr)
+                args.group_size = ck.group_size
+        model = load_mobilemoe(hf, args.max_seq_len, exact=args.exact)
+    except MobileMoEFormatError as e:
+        raise SystemExit(f"error: {hf}: {e}")
+    print(f"note: {hf}: MobileMoE {ck.format} release ({model.cfg.name}); {ck.quantization}", file=sys.stderr)
+    return model
+
+
+def _mobilemoe_extra(hf: Path, out: Path, model: nn.Module, info: Dict[str, Any]) -> Dict[str, Any]:
+    """Tokenizer files beside the .pte, end-of-sequence ids and the release for the summary."""
+    from . import hf_export
+    from .sources.mobilemoe import read_mobilemoe_config
+
+    written = []
+    if (Path(hf) / "tokenizer.json").is_file():  # copied as is: no transformers needed
+        written = hf_export.write_tokenizer(hf, Path(out).resolve().parent)
+    else:
+        print(f"warning: {hf} has no tokenizer.json; none written beside {out}", file=sys.stderr)
+    ck = read_mobilemoe_config(hf, model.cfg.max_seq_len)
+    return {"hf_model_type": "mobilemoe", "mobilemoe_format": info["format"], "quantization": ck.quantization,
+            "tokenizer": [Path(w).name for w in written], "eos_token_ids": list(info.get("eos_token_ids") or []),
+            "max_seq_len": model.cfg.max_seq_len, "vocab_size": model.cfg.vocab_size}
 
 
 def quantize(model: nn.Module, cfg: Optional[models.ModelConfig], args) -> nn.Module:
@@ -301,6 +366,9 @@ def main(argv=None) -> int:
 
     t = phase(0)
     model, cfg, example_args, dyn = build_from_args(args)
+    mobilemoe = _mobilemoe_info(cfg) if hf is not None else None
+    if mobilemoe is not None:
+        hf = None  # from here on a models.Transformer like --checkpoint (the --hf extras below: mobilemoe)
     if hf is not None:
         from . import hf_export
 
@@ -335,6 +403,8 @@ def main(argv=None) -> int:
                    dynamic_tokens=dyn is not None, whole_model=whole_model_of(args), kv_cache=args.kv_cache,
                    strict=hf is not None)
     hf_extra: Dict[str, Any] = {}
+    if mobilemoe is not None:
+        hf_extra = _mobilemoe_extra(args.hf, args.out, model, mobilemoe)
     if hf is not None:
         from . import hf_export
 
@@ -358,7 +428,7 @@ def main(argv=None) -> int:
 
     summary = {
         "out": str(args.out),
-        "model": cfg.name if cfg is not None else str(args.module_file or args.checkpoint or hf),
+        "model": cfg.name if cfg is not None else str(args.module_file or args.checkpoint or args.hf),
         "config": cfg.to_dict() if cfg is not None else None,
         "params_total": counts["total"],
         "params_active_per_token": counts["active"],
@@ -390,6 +460,10 @@ def main(argv=None) -> int:
               f"shared F={cfg.shared_hidden_dim}")
     elif cfg is not None:
         print(f"  dense FFN              F={cfg.dense_hidden_dim}")
+    if mobilemoe is not None:
+        print(f"  MobileMoE release      {summary['mobilemoe_format']}: {summary['quantization']}")
+        print(f"  eos token ids          {summary['eos_token_ids']}; tokenizer: "
+              f"{', '.join(summary['tokenizer']) or 'none'}")
     print(f"  params (total)         {_fmt_count(counts['total'])}")
     print(f"  params active / token  {_fmt_count(counts['active'])}")
     print(f"  INT{args.weight_bits} weight bytes      {_fmt_bytes(qbytes)} (group {args.group_size}, fp32 scales; "

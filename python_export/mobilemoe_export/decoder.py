@@ -67,12 +67,15 @@ def _pack(parts, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor
 
 class DecoderAttention(nn.Module):
     def __init__(self, attn: nn.Module, cfg, name: str, group_size: int, bits: int, kv_fp16: bool,
-                 rope_interleaved: bool, exact: bool, scales_dtype: torch.dtype = torch.float32) -> None:
+                 rope_interleaved: bool, exact: bool, scales_dtype: torch.dtype = torch.float32,
+                 qk_norm_eps: Optional[float] = None) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.max_seq_len = cfg.max_seq_len
         self.group_size, self.weight_bits, self.exact = group_size, bits, exact
         self.kv_fp16, self.rope_interleaved = kv_fp16, rope_interleaved
+        # MobileMoE's QK-norm: a weightless RMS norm of every q and k head after RoPE (None: off)
+        self.qk_norm_eps = None if qk_norm_eps is None else float(qk_norm_eps)
         sd = scales_dtype
         w, s = _pack([_qs(attn.wq, f"{name}.wq", group_size, bits, sd), _qs(attn.wk, f"{name}.wk", group_size, bits, sd),
                       _qs(attn.wv, f"{name}.wv", group_size, bits, sd)], group_size, bits)
@@ -109,7 +112,8 @@ class DecoderAttention(nn.Module):
         return torch.ops.mobilemoe.attention(
             x, input_pos, self.wqkv, self.wqkv_scales, self.wo, self.wo_scales, rope_cos, rope_sin, self.cache_id,
             self.n_heads, self.n_kv_heads, self.head_dim, self.max_seq_len, self.rope_interleaved, self.kv_fp16,
-            self.group_size, self.weight_bits, self.exact)
+            self.group_size, self.weight_bits, self.exact, self.qk_norm_eps is not None,
+            float(self.qk_norm_eps or 1e-5))
 
 
 class DecoderSwiGLU(nn.Module):
@@ -251,7 +255,8 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     modified, except that MoE blocks not yet quantized are quantized in place (as ``quantize_moe``
     would). ``kv_cache``: ``"fp16"`` or ``"fp32"``. ``rope_style``: ``"half_split"``
     (``rotate_half``: this project's and Hugging Face's) or ``"interleaved"`` (Meta's); by default
-    the model's own. ``scales_dtype`` ("fp32" | "fp16" | "bf16" or a torch dtype): the per-group
+    the model's own (``cfg.rope_style`` of a ``models.Transformer``: its RoPE tables, Llama 3-scaled
+    if ``cfg.rope_scaling``, and its QK-norm ``cfg.qk_norm_eps`` are carried over). ``scales_dtype`` ("fp32" | "fp16" | "bf16" or a torch dtype): the per-group
     scale type of the matrices this lowering quantizes; by default that of the model's already
     quantized modules (``quantize_moe(..., scales_dtype=...)``), else fp32. Features the decoder
     cannot compute exactly raise ``UnsupportedModuleError`` naming them."""
@@ -268,7 +273,8 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     exact = exact or any(getattr(m, "exact", False) for m in model.modules() if isinstance(m, (MobileMoEFFN, MobileMoELinear)))
     if isinstance(model, Transformer):
         cfg = model.cfg
-        style = rope_style or "half_split"
+        style = rope_style or getattr(cfg, "rope_style", "half_split")
+        qk_norm_eps = getattr(cfg, "qk_norm_eps", None)
         blocks = [(blk, blk.attention, blk.attention_norm.weight, blk.ffn_norm.weight, "feed_forward") for blk in model.layers]
         rope_cos, rope_sin = model.rope_cos, model.rope_sin
         tied = cfg.tie_embeddings
@@ -276,6 +282,7 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     elif _is_et_llama(model):
         cfg, style, blocks, rope_cos, rope_sin, tied, norm_w = _et_llama_parts(model, ModelConfig)
         style = rope_style or style
+        qk_norm_eps = None  # ExecuTorch's use_qk_norm (weighted, before RoPE) is refused by _et_llama_parts
     else:
         raise UnsupportedModuleError(f"lower_decoder: {type(model).__name__} is neither a mobilemoe_export.models."
                                      f"Transformer nor ExecuTorch's llama Transformer")
@@ -286,8 +293,14 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     for i, (blk, attn_mod, an, fn, ffn_attr) in enumerate(blocks):
         name = f"layers.{i}"
         attn = DecoderAttention(attn_mod, cfg, f"{name}.attention", G, B, kv_cache == "fp16",
-                                style == "interleaved", exact, sd)
+                                style == "interleaved", exact, sd, qk_norm_eps=qk_norm_eps)
+        renorm_eps = getattr(getattr(blk, ffn_attr), "renorm_eps", None)
         ffn = _lower_ffn(blk, ffn_attr, name, G, B, exact, sd)
+        # a routing renormalisation epsilon (MobileMoE: w / (sum + 1e-20)) of the fp32 block, or of
+        # the config, that quantize_moe's extraction does not carry over
+        renorm_eps = renorm_eps if renorm_eps is not None else getattr(cfg, "renorm_eps", 0.0)
+        if isinstance(ffn, MobileMoEFFN) and renorm_eps and not ffn.renorm_eps:
+            ffn.renorm_eps = float(renorm_eps)
         layers.append(DecoderLayer(an, attn, fn, ffn, cfg.norm_eps))
     return MobileMoEDecoder(cfg, emb, head, layers, norm_w, rope_cos, rope_sin, G, B, exact)
 

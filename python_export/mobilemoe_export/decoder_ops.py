@@ -31,7 +31,7 @@ SCHEMAS = {
     "attention": "attention(Tensor x, Tensor input_pos, Tensor wqkv, Tensor wqkv_scales, Tensor wo, "
                  "Tensor wo_scales, Tensor rope_cos, Tensor rope_sin, int cache_id, int n_heads, int n_kv_heads, "
                  "int head_dim, int max_seq_len, bool rope_interleaved, bool kv_fp16, int group_size, "
-                 "int weight_bits, bool exact) -> Tensor",
+                 "int weight_bits, bool exact, bool qk_norm=False, float qk_norm_eps=1e-05) -> Tensor",
     "swiglu_ffn": "swiglu_ffn(Tensor x, Tensor w13, Tensor w13_scales, Tensor w2, Tensor w2_scales, int hidden_dim, "
                   "int group_size, int weight_bits, bool exact) -> Tensor",
     "lm_head": "lm_head(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor scales, int vocab_size, "
@@ -41,7 +41,7 @@ SCHEMAS = {
 
 def arg_names(name: str):
     args = SCHEMAS[name].split("(", 1)[1].rsplit(")", 1)[0]
-    return [a.strip().split(" ")[-1] for a in args.split(",")]
+    return [a.strip().split(" ")[-1].split("=")[0] for a in args.split(",")]
 
 
 _library = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -105,7 +105,8 @@ def rms_norm_impl(x, weight, eps):
 
 
 def attention_impl(x, input_pos, wqkv, wqkv_scales, wo, wo_scales, rope_cos, rope_sin, cache_id, n_heads, n_kv_heads,
-                   head_dim, max_seq_len, rope_interleaved, kv_fp16, group_size, weight_bits, exact):
+                   head_dim, max_seq_len, rope_interleaved, kv_fp16, group_size, weight_bits, exact, qk_norm=False,
+                   qk_norm_eps=1e-5):
     if cache_id not in KV_CACHES:
         raise RuntimeError(f"mobilemoe::attention: no KV cache {cache_id} in this process")
     k, v = KV_CACHES[cache_id]
@@ -119,7 +120,7 @@ def attention_impl(x, input_pos, wqkv, wqkv_scales, wo, wo_scales, rope_cos, rop
                 [_f32(x, "attention"), input_pos.to(torch.int64), wqkv, _scales32(wqkv_scales), wo, _scales32(wo_scales), rope_cos, rope_sin,
                  k, v],
                 [d, n_heads, n_kv_heads, head_dim, max_seq_len, int(rope_interleaved), int(kv_fp16), group_size,
-                 weight_bits, int(exact)], [], out, "attention")
+                 weight_bits, int(exact), int(bool(qk_norm))], [float(qk_norm_eps)], out, "attention")
 
 
 def swiglu_ffn_impl(x, w13, w13_scales, w2, w2_scales, hidden_dim, group_size, weight_bits, exact):

@@ -7,7 +7,10 @@ Architecture (Llama-style, pre-norm):
     logits = head(RMSNorm(h))
 
 - Attention: grouped-query attention (``n_heads`` query heads sharing ``n_kv_heads`` key/value
-  heads), rotary position embedding (half-split "rotate_half" convention, ``rope_theta``), and a
+  heads), rotary position embedding (``rope_style``: half-split "rotate_half" by default, or
+  ``"interleaved"`` adjacent pairs 2i/2i+1 as Meta's Llama / MobileMoE; ``rope_theta``, optional
+  Llama 3 frequency scaling ``rope_scaling``), an optional weightless RMS norm of every query and
+  key head after RoPE (``qk_norm_eps``, MobileMoE's QK-norm), and a
   **static KV cache**: per layer two buffers ``k_cache``/``v_cache`` of shape
   ``[1, n_kv_heads, max_seq_len, head_dim]``, updated in-graph with ``index_copy_`` at ``input_pos``.
   Attention always runs over the whole cache with a mask ``key_pos <= query_pos`` built from
@@ -57,10 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .moe_block import MoEFeedForward
+from .moe_block import MoEFeedForward, route
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_TOKENIZER = ASSETS / "tokenizer.json"
+ROPE_STYLES = ("half_split", "interleaved")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -88,6 +93,15 @@ class ModelConfig:
     route_scale: float = 1.0
     use_expert_bias: bool = False
     dense_hidden_dim: int = 0
+    # MobileMoE checkpoints (mobilemoe_export.sources.mobilemoe); the defaults keep the original
+    # forward bit for bit. rope_style: "half_split" (rotate_half) | "interleaved" (pairs 2i, 2i+1);
+    # rope_scaling: None | {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; qk_norm_eps: weightless RMS norm of each q / k head after
+    # RoPE; renorm_eps: routing renormalisation w / (sum(w) + renorm_eps) (moe_block.route)
+    rope_style: str = "half_split"
+    rope_scaling: Optional[Dict] = None
+    qk_norm_eps: Optional[float] = None
+    renorm_eps: float = 0.0
     # paper targets (for documentation / tests), in parameters
     target_active: Optional[float] = None
     target_total: Optional[float] = None
@@ -108,6 +122,14 @@ class ModelConfig:
             raise ValueError("ffn='dense' needs dense_hidden_dim > 0")
         if self.max_seq_len <= 0:
             raise ValueError("max_seq_len must be positive")
+        if self.rope_style not in ROPE_STYLES:
+            raise ValueError(f"rope_style must be one of {ROPE_STYLES}, got {self.rope_style!r}")
+        if self.rope_scaling is not None:
+            llama3_inv_freq(torch.ones(1, dtype=torch.float64), self.rope_scaling)  # validates the dict
+        if self.qk_norm_eps is not None and not self.qk_norm_eps >= 0:
+            raise ValueError(f"qk_norm_eps must be None or >= 0, got {self.qk_norm_eps}")
+        if not self.renorm_eps >= 0:
+            raise ValueError(f"renorm_eps must be >= 0, got {self.renorm_eps}")
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
@@ -257,19 +279,68 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float):
+def llama3_inv_freq(inv_freq: torch.Tensor, scaling: Dict) -> torch.Tensor:
+    """Llama 3 frequency scaling (transformers' ``_compute_llama3_parameters``, Meta's
+    ``apply_scaling``): wavelengths shorter than ``original / high_freq_factor`` are kept, longer
+    than ``original / low_freq_factor`` divided by ``factor``, and those between interpolated
+    smoothly. ``scaling`` with ``rope_type`` (or ``type``) ``"default"`` returns ``inv_freq``."""
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be a dict, got {type(scaling).__name__}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return inv_freq
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling: rope_type {kind!r} is not supported (only 'llama3' and 'default')")
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
+    if missing:
+        raise ValueError(f"rope_scaling (llama3) lacks {', '.join(missing)}")
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old = float(scaling["original_max_position_embeddings"])
+    if not (factor > 0 and low > 0 and high > 0 and old > 0):
+        raise ValueError(f"rope_scaling (llama3): factor, low/high_freq_factor and original_max_position_embeddings "
+                         f"must be positive, got {factor}, {low}, {high}, {old}")
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = 2 * math.pi / inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    if high != low:
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        out = torch.where(medium, smoothed, out)
+    return out
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, scaling: Optional[Dict] = None):
+    """cos / sin tables ``[max_seq_len, head_dim / 2]`` (float64 angles, float32 tables), with the
+    Llama 3 frequency scaling ``scaling`` if given (:func:`llama3_inv_freq`)."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling is not None:
+        inv = llama3_inv_freq(inv, scaling)
     ang = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv)
     return ang.cos().to(torch.float32), ang.sin().to(torch.float32)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [1, S, H, hd]; cos/sin: [S, hd/2] (rotate_half convention)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
+def rope_tables_of(cfg: "ModelConfig"):
+    return rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half_split") -> torch.Tensor:
+    """x: [1, S, H, hd]; cos/sin: [S, hd/2]. ``style`` "half_split" rotates (x[i], x[i + hd/2])
+    (rotate_half), "interleaved" the adjacent pairs (x[2i], x[2i+1]) (Meta's complex form)."""
     c = cos[None, :, None, :]
     s = sin[None, :, None, :]
+    if style == "interleaved":
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).flatten(-2)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def head_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless RMS norm over the last (head) dimension: ``x * rsqrt(mean(x^2) + eps)``."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 class Attention(nn.Module):
@@ -280,6 +351,8 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         self.n_rep = cfg.n_heads // cfg.n_kv_heads
         self.max_seq_len = cfg.max_seq_len
+        self.rope_style = cfg.rope_style
+        self.qk_norm_eps = cfg.qk_norm_eps
         D = cfg.dim
         self.wq = nn.Linear(D, cfg.n_heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(D, cfg.n_kv_heads * cfg.head_dim, bias=False)
@@ -296,8 +369,11 @@ class Attention(nn.Module):
         q = self.wq(x).view(1, S, self.n_heads, self.head_dim)
         k = self.wk(x).view(1, S, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(1, S, self.n_kv_heads, self.head_dim)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q = apply_rope(q, cos, sin, self.rope_style)
+        k = apply_rope(k, cos, sin, self.rope_style)
+        if self.qk_norm_eps is not None:
+            q = head_rms_norm(q, self.qk_norm_eps)
+            k = head_rms_norm(k, self.qk_norm_eps)
         # static KV cache update at input_pos (a mutable buffer after export)
         self.k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
         self.v_cache.index_copy_(2, input_pos, v.transpose(1, 2))
@@ -326,6 +402,21 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class _RenormEpsMoE(MoEFeedForward):
+    """:class:`MoEFeedForward` whose routing renormalises with ``w / (sum(w) + renorm_eps)``
+    (MobileMoE: 1e-20). A ``renorm_eps`` attribute that :func:`mobilemoe_export.decoder.lower_decoder`
+    carries over to the quantized block."""
+
+    def __init__(self, *args, renorm_eps: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.renorm_eps = float(renorm_eps)
+
+    def route(self, x2d: torch.Tensor):
+        logits = self.router(x2d)
+        return route(logits, self.top_k, self.score_func, self.renormalize, self.route_scale, self.expert_bias,
+                     renorm_eps=self.renorm_eps)
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -333,7 +424,8 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         if cfg.ffn == "moe":
-            self.feed_forward = MoEFeedForward(
+            moe_cls, kw = (MoEFeedForward, {}) if not cfg.renorm_eps else (_RenormEpsMoE, {"renorm_eps": cfg.renorm_eps})
+            self.feed_forward = moe_cls(
                 dim=cfg.dim,
                 hidden_dim=cfg.expert_hidden_dim,
                 num_experts=cfg.num_experts,
@@ -344,6 +436,7 @@ class TransformerBlock(nn.Module):
                 use_expert_bias=cfg.use_expert_bias,
                 shared_hidden_dim=cfg.shared_hidden_dim or None,
                 shared_gate=cfg.shared_gate,
+                **kw,
             )
         else:
             self.feed_forward = FeedForward(cfg.dim, cfg.dense_hidden_dim)
@@ -366,7 +459,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables_of(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("cache_positions", torch.arange(cfg.max_seq_len), persistent=False)
@@ -462,7 +555,7 @@ def load_checkpoint(path, max_seq_len: Optional[int] = None) -> Transformer:
         model = Transformer(cfg)
     model.to_empty(device="cpu")
     # buffers that are not in the state dict (caches, RoPE tables) are rebuilt
-    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    cos, sin = rope_tables_of(cfg)
     model.rope_cos.copy_(cos)
     model.rope_sin.copy_(sin)
     model.cache_positions.copy_(torch.arange(cfg.max_seq_len))

@@ -85,7 +85,7 @@ def _moe_ffn_fake(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales,
                   shared_w13_scales, shared_w2, shared_w2_scales, shared_gate, num_experts, top_k,
                   hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize,
                   route_scale, exact, num_groups=1, top_groups=1, group_score="max", weight_input=False,
-                  jitter_eps=0.0, renorm_eps=0.0, renorm_min=1.1754943508222875e-38):
+                  jitter_eps=0.0, renorm_eps=0.0, renorm_min=1.1754943508222875e-38, expert_scales_out=False):
     return x.new_empty(_moe_out_shape(x), dtype=torch.float32)
 
 
@@ -153,7 +153,7 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
                  shared_w13_scales, shared_w2, shared_w2_scales, shared_gate, num_experts, top_k,
                  hidden_dim, shared_hidden_dim, group_size, weight_bits, score_func, renormalize,
                  route_scale, exact, num_groups=1, top_groups=1, group_score="max", weight_input=False,
-                 jitter_eps=0.0, renorm_eps=0.0, renorm_min=1.1754943508222875e-38):
+                 jitter_eps=0.0, renorm_eps=0.0, renorm_min=1.1754943508222875e-38, expert_scales_out=False):
     _check_moe_args(x, router_weight, num_experts, top_k, hidden_dim, group_size, weight_bits, score_func)
     if group_score not in _lib.GROUP_SCORE_IDS:
         raise ValueError(f"mobilemoe::moe_ffn: unknown group_score {group_score!r}; expected one of "
@@ -165,6 +165,8 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=torch.float32)
     if _use_reference():
+        if expert_scales_out:
+            raise RuntimeError("mobilemoe::moe_ffn: output-grouped expert scales need the Rust library (run make build)")
         return reference.moe_ffn(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales,
                                  shared_w13, shared_w13_scales, shared_w2, shared_w2_scales,
                                  shared_gate, num_experts, top_k, hidden_dim, shared_hidden_dim,
@@ -201,6 +203,7 @@ def moe_ffn_impl(x, router_weight, expert_bias, w13, w13_scales, w2, w2_scales, 
     a.jitter_eps = float(jitter_eps)
     a.renorm_eps = float(renorm_eps)
     a.renorm_min = float(renorm_min)
+    a.scales_out = int(bool(expert_scales_out))
     a.out, a.out_len = _ptr(out, ctypes.c_float)
     _lib.check(lib.mobilemoe_moe_ffn(ctypes.byref(a)), "mobilemoe::moe_ffn")
     return out

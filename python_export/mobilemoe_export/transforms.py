@@ -73,6 +73,13 @@ class MoESpec:
     renorm_eps: float = 0.0
     renorm_min: float = FLT_MIN
     weight_input: bool = False
+    # "in" (default): q13/q2 scales are [N, K/G] (groups along the reduction dimension, our
+    # layout). "out": MobileMoE's QAT experts, groups along the output: q13 holds per expert
+    # (q [2F, D], s [D, 2F/G]) and q2 (q [D, F], s [F, D/G]), s exactly as the checkpoint stores it
+    # ([in, out/G]); the weight is q[n, k] * s[k, n // G] (docs/DESIGN.md section 2b).
+    scales_axis: str = "in"
+    # integer shared expert: ((q1 [Fs, D], s1 [Fs, D/G]), (q3, s3), (q2 [D, Fs], s2 [D, Fs/G]))
+    shared_q: Optional[Tuple[Tuple[torch.Tensor, torch.Tensor], ...]] = None
 
     def route_kwargs(self) -> dict:
         """The keyword arguments of :func:`mobilemoe_export.moe_block.route` beyond the basic ones."""
@@ -343,6 +350,23 @@ def _extract_moe(m: nn.Module, name: str, live: bool) -> Optional[MoESpec]:
 # Replacement modules
 
 
+def _pack_out_grouped(qs, n: int, k: int, group_size: int, bits: int, sd: torch.dtype, what: str):
+    """Experts with output-grouped scales: per expert the integers ``q [n, k]`` packed with unit
+    scales, and the scales ``s [k, n/G]`` kept as stored -> ``([E, bytes], [E, k * n/G])``."""
+    if n % group_size:
+        raise ValueError(f"{what}: output-grouped scales need group_size {group_size} to divide N={n}")
+    ones = torch.ones(n, k // group_size)
+    datas, scs = [], []
+    for i, (q, s) in enumerate(qs):
+        if tuple(q.shape) != (n, k) or tuple(s.shape) != (k, n // group_size):
+            raise ValueError(f"{what}: expert {i} is q {tuple(q.shape)}, s {tuple(s.shape)}; expected "
+                             f"q ({n}, {k}) and s ({k}, {n // group_size})")
+        d, _ = quant.pack(q, ones, group_size, bits)
+        datas.append(torch.from_numpy(d))
+        scs.append(s.reshape(-1).to(torch.float32))
+    return torch.stack(datas), quant._exact_cast(torch.stack(scs), sd)
+
+
 class MobileMoEFFN(nn.Module):
     """A MoE FFN running ``torch.ops.mobilemoe.moe_ffn`` on T16K4-packed weights."""
 
@@ -373,7 +397,15 @@ class MobileMoEFFN(nn.Module):
                              f"group_score={self.group_score!r} does not fit {e} experts")
         self.register_buffer("router_weight", rw.clone())
         self.register_buffer("expert_bias", spec.expert_bias.reshape(e).clone() if spec.expert_bias is not None else None)
-        if spec.q13 is not None:
+        if spec.scales_axis not in ("in", "out"):
+            raise ValueError(f"{name}: scales_axis must be 'in' or 'out', got {spec.scales_axis!r}")
+        self.scales_out = spec.scales_axis == "out"
+        if self.scales_out:
+            if spec.q13 is None or spec.q2 is None:
+                raise ValueError(f"{name}: scales_axis='out' needs integer experts (q13, q2)")
+            w13, s13 = _pack_out_grouped(spec.q13, 2 * f, d, group_size, weight_bits, sd, f"{name} experts gate/up")
+            w2, s2 = _pack_out_grouped(spec.q2, d, f, group_size, weight_bits, sd, f"{name} experts down")
+        elif spec.q13 is not None:
             w13, s13 = quant.pack_quantized_experts([q for q, _ in spec.q13], [s for _, s in spec.q13], group_size,
                                                     weight_bits, sd)
             w2, s2 = quant.pack_quantized_experts([q for q, _ in spec.q2], [s for _, s in spec.q2], group_size, weight_bits, sd)
@@ -387,7 +419,18 @@ class MobileMoEFFN(nn.Module):
         self.shared_hidden_dim = 0
         for n in ("shared_w13", "shared_w13_scales", "shared_w2", "shared_w2_scales", "shared_gate"):
             self.register_buffer(n, None)
-        if spec.shared is not None:
+        if spec.shared_q is not None:
+            (q1, s1), (q3, s3), (q2s, s2s) = spec.shared_q
+            fs = q1.shape[0]
+            if tuple(q1.shape) != (fs, d) or tuple(q3.shape) != (fs, d) or tuple(q2s.shape) != (d, fs):
+                raise ValueError(f"{name}: shared expert shapes {tuple(q1.shape)}, {tuple(q3.shape)}, "
+                                 f"{tuple(q2s.shape)} do not match D={d}")
+            self.shared_hidden_dim = fs
+            dd, ss = quant.pack(torch.cat([q1, q3], 0), torch.cat([s1.float(), s3.float()], 0), group_size, weight_bits)
+            self.shared_w13, self.shared_w13_scales = torch.from_numpy(dd), quant._exact_cast(torch.from_numpy(ss), sd)
+            dd, ss = quant.pack(q2s, s2s.float(), group_size, weight_bits)
+            self.shared_w2, self.shared_w2_scales = torch.from_numpy(dd), quant._exact_cast(torch.from_numpy(ss), sd)
+        elif spec.shared is not None:
             sw1, sw3, sw2 = spec.shared
             fs = sw1.shape[0]
             if tuple(sw1.shape) != (fs, d) or tuple(sw3.shape) != (fs, d) or tuple(sw2.shape) != (d, fs):
@@ -421,7 +464,7 @@ class MobileMoEFFN(nn.Module):
             self.num_experts, self.top_k, self.hidden_dim, self.shared_hidden_dim, self.group_size,
             self.weight_bits, self.score_func, self.renormalize, self.route_scale, self.exact,
             self.num_groups, self.top_groups, self.group_score, self.weight_input, self.jitter_eps,
-            self.renorm_eps, self.renorm_min,
+            self.renorm_eps, self.renorm_min, getattr(self, "scales_out", False),
         )
         if in_dtype != torch.float32:
             out = out.to(in_dtype)

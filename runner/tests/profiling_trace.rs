@@ -37,6 +37,7 @@ impl SmallLayer {
                 ..Default::default()
             },
             exact: false,
+            scales_out: false,
         };
         let mut r = Rng(seed | 1);
         let mut gen = |n: usize| r.vec(n, 0.1);

@@ -1,4 +1,4 @@
-//! The MobileMoE delegate blob (format version 4; versions 1-3 are still read): a 32-byte header, a `Graph` flatbuffer
+//! The MobileMoE delegate blob (format version 5; versions 1-4 are still read): a 32-byte header, a `Graph` flatbuffer
 //! (`schema/mobilemoe.fbs`) and a 64-byte aligned data area of weight segments.
 //!
 //! * [`read::parse`] checks everything (header, flatbuffer verifier, every tensor id, segment
@@ -42,7 +42,7 @@ pub use write::{BlobBuilder, RawGraph};
 /// `"MMOE"`.
 pub const MAGIC: [u8; 4] = *b"MMOE";
 /// The format version this library writes (it also reads [`MIN_FORMAT_VERSION`]..).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format version still read (version 1: MoeFfn and Int4Linear nodes only).
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Header bytes; the flatbuffer starts right after it.

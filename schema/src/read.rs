@@ -514,7 +514,7 @@ fn read_node_op(n: &fb::Node<'_>, tensors: &[TensorDesc], ids: &TensorIds, versi
         fb::Op::Embedding => NodeOp::Embedding(check_embedding(tensors, &op_table(n.op_as_embedding(), ctx, "Embedding")?, ctx, ids)?),
         fb::Op::RmsNorm => NodeOp::RmsNorm(check_rms_norm(tensors, &op_table(n.op_as_rms_norm(), ctx, "RmsNorm")?, ctx, ids)?),
         fb::Op::Add => NodeOp::Add(check_add(tensors, &op_table(n.op_as_add(), ctx, "Add")?, ctx, ids)?),
-        fb::Op::Attention => NodeOp::Attention(check_attention(tensors, &op_table(n.op_as_attention(), ctx, "Attention")?, ctx, ids)?),
+        fb::Op::Attention => NodeOp::Attention(check_attention(tensors, &op_table(n.op_as_attention(), ctx, "Attention")?, ctx, ids, version)?),
         fb::Op::SwigluFfn => NodeOp::SwigluFfn(check_swiglu(tensors, &op_table(n.op_as_swiglu_ffn(), ctx, "SwigluFfn")?, ctx, ids)?),
         fb::Op::LmHead => NodeOp::LmHead(check_lm_head(tensors, &op_table(n.op_as_lm_head(), ctx, "LmHead")?, ctx, ids)?),
         other => return invalid(ctx(&format!("has unknown op type {}", other.0))),
@@ -683,7 +683,11 @@ fn check_moe(
         bits,
         router,
         exact: m.exact(),
+        scales_out: m.expert_scales_out(),
     };
+    if spec.scales_out && version < 5 {
+        return invalid(c(&format!("expert_scales_out needs format version 5 (blob is version {version})")));
+    }
     map_ops(ctx, spec.validate())?;
     let e = spec.router.num_experts;
     let d = spec.dim;
@@ -728,9 +732,15 @@ fn check_moe(
     }
     let (s13, s2) = (map_ops(ctx, spec.w13_spec())?, map_ops(ctx, spec.w2_spec())?);
     expect_const(tensors, ctx, "w13", n.w13, fb::DType::U8, &[e, s13.data_bytes()])?;
-    expect_scales(tensors, ctx, "w13_scales", n.w13_scales, &[e, s13.scale_count()])?;
     expect_const(tensors, ctx, "w2", n.w2, fb::DType::U8, &[e, s2.data_bytes()])?;
-    expect_scales(tensors, ctx, "w2_scales", n.w2_scales, &[e, s2.scale_count()])?;
+    if spec.scales_out {
+        // [E, K * N / group]: per expert, one scale per input row and output group
+        expect_scales(tensors, ctx, "w13_scales", n.w13_scales, &[e, s13.k * (s13.n / s13.group)])?;
+        expect_scales(tensors, ctx, "w2_scales", n.w2_scales, &[e, s2.k * (s2.n / s2.group)])?;
+    } else {
+        expect_scales(tensors, ctx, "w13_scales", n.w13_scales, &[e, s13.scale_count()])?;
+        expect_scales(tensors, ctx, "w2_scales", n.w2_scales, &[e, s2.scale_count()])?;
+    }
     if let Some(s) = &shared {
         let (a, b) = (map_ops(ctx, spec.shared_w13_spec())?, map_ops(ctx, spec.shared_w2_spec())?);
         expect_const(tensors, ctx, "shared_w13", s.w13, fb::DType::U8, &[a.data_bytes()])?;
@@ -873,7 +883,17 @@ fn check_add(tensors: &[TensorDesc], a: &fb::Add<'_>, ctx: &dyn Fn(&str) -> Stri
     Ok(AddNode { a: ai, b: bi, out: oi, dim })
 }
 
-fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&str) -> String, ids: &TensorIds) -> Result<AttentionNode> {
+fn check_attention(
+    tensors: &[TensorDesc],
+    a: &fb::Attention<'_>,
+    ctx: &dyn Fn(&str) -> String,
+    ids: &TensorIds,
+    version: u32,
+) -> Result<AttentionNode> {
+    if a.qk_norm() && version < 5 {
+        return invalid(ctx(&format!("qk_norm needs format version 5 (blob is version {version})")));
+    }
+    let qk_norm = if a.qk_norm() { Some(finite_eps(ctx, a.qk_norm_eps())?) } else { None };
     let rope = match a.rope_style() {
         fb::RopeStyle::HalfSplit => RopeStyle::HalfSplit,
         fb::RopeStyle::Interleaved => RopeStyle::Interleaved,
@@ -892,6 +912,7 @@ fn check_attention(tensors: &[TensorDesc], a: &fb::Attention<'_>, ctx: &dyn Fn(&
         max_seq_len: pos(ctx, "max_seq_len", a.max_seq_len())?,
         rope,
         exact: a.exact(),
+        qk_norm,
     };
     map_ops(ctx, spec.validate())?;
     let qkv_spec = spec_of(ctx, "wqkv", i32::try_from(spec.qkv_width()).unwrap_or(-1), a.dim(), a.group_size(), a.weight_bits())?;

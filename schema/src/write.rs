@@ -265,6 +265,7 @@ impl BlobBuilder {
             jitter_eps: spec.router.jitter_eps,
             renorm_eps: spec.router.renorm_eps,
             renorm_min: spec.router.renorm_min,
+            expert_scales_out: spec.scales_out,
         };
         self.node(name, RawOp::MoeFfn(args));
         out

@@ -87,6 +87,7 @@ fn main() {
         max_seq_len: max_seq,
         rope: RopeStyle::HalfSplit,
         exact: false,
+        qk_norm: None,
     };
     let wqkv = packed(spec.qkv_width(), d, 1);
     let wo = packed(d, spec.q_width(), 2);

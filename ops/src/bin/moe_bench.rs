@@ -166,6 +166,7 @@ fn moe_spec(l: &LayerShape) -> MoeSpec {
             ..Default::default()
         },
         exact: false,
+        scales_out: false,
     }
 }
 

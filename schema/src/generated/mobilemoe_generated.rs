@@ -917,6 +917,7 @@ impl<'a> MoeFfn<'a> {
   pub const VT_JITTER_EPS: flatbuffers::VOffsetT = 60;
   pub const VT_RENORM_EPS: flatbuffers::VOffsetT = 62;
   pub const VT_RENORM_MIN: flatbuffers::VOffsetT = 64;
+  pub const VT_EXPERT_SCALES_OUT: flatbuffers::VOffsetT = 66;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -954,6 +955,7 @@ impl<'a> MoeFfn<'a> {
     builder.add_expert_bias(args.expert_bias);
     builder.add_router_weight(args.router_weight);
     builder.add_x(args.x);
+    builder.add_expert_scales_out(args.expert_scales_out);
     builder.add_weight_input(args.weight_input);
     builder.add_group_score(args.group_score);
     builder.add_exact(args.exact);
@@ -1180,6 +1182,13 @@ impl<'a> MoeFfn<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<f32>(MoeFfn::VT_RENORM_MIN, Some(1.17549435e-38)).unwrap()}
   }
+  #[inline]
+  pub fn expert_scales_out(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MoeFfn::VT_EXPERT_SCALES_OUT, Some(false)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for MoeFfn<'_> {
@@ -1220,6 +1229,7 @@ impl flatbuffers::Verifiable for MoeFfn<'_> {
      .visit_field::<f32>("jitter_eps", Self::VT_JITTER_EPS, false)?
      .visit_field::<f32>("renorm_eps", Self::VT_RENORM_EPS, false)?
      .visit_field::<f32>("renorm_min", Self::VT_RENORM_MIN, false)?
+     .visit_field::<bool>("expert_scales_out", Self::VT_EXPERT_SCALES_OUT, false)?
      .finish();
     Ok(())
   }
@@ -1256,6 +1266,7 @@ pub struct MoeFfnArgs {
     pub jitter_eps: f32,
     pub renorm_eps: f32,
     pub renorm_min: f32,
+    pub expert_scales_out: bool,
 }
 impl<'a> Default for MoeFfnArgs {
   #[inline]
@@ -1292,6 +1303,7 @@ impl<'a> Default for MoeFfnArgs {
       jitter_eps: 0.0,
       renorm_eps: 0.0,
       renorm_min: 1.17549435e-38,
+      expert_scales_out: false,
     }
   }
 }
@@ -1426,6 +1438,10 @@ impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> MoeFfnBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<f32>(MoeFfn::VT_RENORM_MIN, renorm_min, 1.17549435e-38);
   }
   #[inline]
+  pub fn add_expert_scales_out(&mut self, expert_scales_out: bool) {
+    self.fbb_.push_slot::<bool>(MoeFfn::VT_EXPERT_SCALES_OUT, expert_scales_out, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> MoeFfnBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MoeFfnBuilder {
@@ -1474,6 +1490,7 @@ impl core::fmt::Debug for MoeFfn<'_> {
       ds.field("jitter_eps", &self.jitter_eps());
       ds.field("renorm_eps", &self.renorm_eps());
       ds.field("renorm_min", &self.renorm_min());
+      ds.field("expert_scales_out", &self.expert_scales_out());
       ds.finish()
   }
 }
@@ -2274,6 +2291,8 @@ impl<'a> Attention<'a> {
   pub const VT_GROUP_SIZE: flatbuffers::VOffsetT = 36;
   pub const VT_WEIGHT_BITS: flatbuffers::VOffsetT = 38;
   pub const VT_EXACT: flatbuffers::VOffsetT = 40;
+  pub const VT_QK_NORM: flatbuffers::VOffsetT = 42;
+  pub const VT_QK_NORM_EPS: flatbuffers::VOffsetT = 44;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2285,6 +2304,7 @@ impl<'a> Attention<'a> {
     args: &'args AttentionArgs
   ) -> flatbuffers::WIPOffset<Attention<'bldr>> {
     let mut builder = AttentionBuilder::new(_fbb);
+    builder.add_qk_norm_eps(args.qk_norm_eps);
     builder.add_weight_bits(args.weight_bits);
     builder.add_group_size(args.group_size);
     builder.add_max_seq_len(args.max_seq_len);
@@ -2301,6 +2321,7 @@ impl<'a> Attention<'a> {
     builder.add_wqkv(args.wqkv);
     builder.add_input_pos(args.input_pos);
     builder.add_x(args.x);
+    builder.add_qk_norm(args.qk_norm);
     builder.add_exact(args.exact);
     builder.add_kv_cache(args.kv_cache);
     builder.add_rope_style(args.rope_style);
@@ -2441,6 +2462,20 @@ impl<'a> Attention<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Attention::VT_EXACT, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn qk_norm(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Attention::VT_QK_NORM, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn qk_norm_eps(&self) -> f32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f32>(Attention::VT_QK_NORM_EPS, Some(1e-5)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for Attention<'_> {
@@ -2469,6 +2504,8 @@ impl flatbuffers::Verifiable for Attention<'_> {
      .visit_field::<i32>("group_size", Self::VT_GROUP_SIZE, false)?
      .visit_field::<i32>("weight_bits", Self::VT_WEIGHT_BITS, false)?
      .visit_field::<bool>("exact", Self::VT_EXACT, false)?
+     .visit_field::<bool>("qk_norm", Self::VT_QK_NORM, false)?
+     .visit_field::<f32>("qk_norm_eps", Self::VT_QK_NORM_EPS, false)?
      .finish();
     Ok(())
   }
@@ -2493,6 +2530,8 @@ pub struct AttentionArgs {
     pub group_size: i32,
     pub weight_bits: i32,
     pub exact: bool,
+    pub qk_norm: bool,
+    pub qk_norm_eps: f32,
 }
 impl<'a> Default for AttentionArgs {
   #[inline]
@@ -2517,6 +2556,8 @@ impl<'a> Default for AttentionArgs {
       group_size: 32,
       weight_bits: 4,
       exact: false,
+      qk_norm: false,
+      qk_norm_eps: 1e-5,
     }
   }
 }
@@ -2603,6 +2644,14 @@ impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> AttentionBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(Attention::VT_EXACT, exact, false);
   }
   #[inline]
+  pub fn add_qk_norm(&mut self, qk_norm: bool) {
+    self.fbb_.push_slot::<bool>(Attention::VT_QK_NORM, qk_norm, false);
+  }
+  #[inline]
+  pub fn add_qk_norm_eps(&mut self, qk_norm_eps: f32) {
+    self.fbb_.push_slot::<f32>(Attention::VT_QK_NORM_EPS, qk_norm_eps, 1e-5);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> AttentionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AttentionBuilder {
@@ -2639,6 +2688,8 @@ impl core::fmt::Debug for Attention<'_> {
       ds.field("group_size", &self.group_size());
       ds.field("weight_bits", &self.weight_bits());
       ds.field("exact", &self.exact());
+      ds.field("qk_norm", &self.qk_norm());
+      ds.field("qk_norm_eps", &self.qk_norm_eps());
       ds.finish()
   }
 }

@@ -39,6 +39,7 @@ pub fn layer(seed: u64) -> Layer {
             ..Default::default()
         },
         exact: false,
+        scales_out: false,
     };
     let mut r = Rng(seed | 1);
     let (mut w13, mut w13_s, mut w2, mut w2_s) = (vec![], vec![], vec![], vec![]);

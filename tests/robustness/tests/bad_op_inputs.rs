@@ -23,6 +23,7 @@ fn layer(score: ScoreFunc, exact: bool) -> Layer {
         bits: WeightBits::Int4,
         router: RouterConfig { num_experts: e, top_k: 2, score_func: score, renormalize: true, route_scale: 1.0, ..Default::default() },
         exact,
+        scales_out: false,
     };
     let mut r = Rng(5);
     let mut v = |n: usize| (0..n).map(|_| r.f32() * 0.2).collect::<Vec<f32>>();

@@ -25,6 +25,7 @@ fn layer(seed: u64, e: usize, k: usize, score: ScoreFunc, exact: bool) -> (MoeSp
         bits: WeightBits::Int4,
         router: RouterConfig { num_experts: e, top_k: k, score_func: score, renormalize: true, route_scale: 1.0, ..Default::default() },
         exact,
+        scales_out: false,
     };
     let mut r = Rng(seed);
     let mut v = |n: usize| (0..n).map(|_| r.f32() * 0.2).collect::<Vec<f32>>();

@@ -215,6 +215,7 @@ pub fn make_blob(
             ..Default::default()
         },
         exact: seed % 2 == 1,
+        scales_out: false,
     };
     let (s13, s2) = (spec.w13_spec().unwrap(), spec.w2_spec().unwrap());
     let (mut w13, mut w13s, mut w2, mut w2s) = (vec![], vec![], vec![], vec![]);

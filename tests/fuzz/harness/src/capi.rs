@@ -214,6 +214,8 @@ pub fn capi(data: &[u8]) {
                 jitter_eps: if inp.score_func >> 17 & 1 != 0 { inp.route_scale } else { 0.0 },
                 renorm_eps: if inp.score_func >> 18 & 1 != 0 { inp.route_scale } else { 0.0 },
                 renorm_min: if inp.score_func >> 19 & 1 != 0 { inp.route_scale } else { f32::MIN_POSITIVE },
+                // output-grouped expert scales (format version 5): other scale counts are expected
+                scales_out: (inp.score_func >> 20 & 1) as i32,
             };
             unsafe { mobilemoe_moe_ffn(&args) }
         }

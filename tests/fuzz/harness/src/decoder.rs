@@ -113,6 +113,7 @@ pub fn ops_decoder(data: &[u8]) {
         max_seq_len: 1 + inp.max_seq as usize % 40,
         rope: if inp.interleaved { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
         exact: inp.exact,
+        qk_norm: None,
     };
     assert!(spec.validate().is_ok());
     let pool1 = crate::ops::pool(false);

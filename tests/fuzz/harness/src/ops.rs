@@ -717,6 +717,7 @@ pub fn ops_moe_ffn(data: &[u8]) {
             ..Default::default()
         },
         exact: inp.exact,
+        scales_out: false,
     };
     let mut spec = spec;
     v4_routing(&mut spec.router, inp.score / 10);

@@ -161,8 +161,22 @@ class Attention(object):
             return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
         return False
 
+    # Attention
+    def QkNorm(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(42))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+    # Attention
+    def QkNormEps(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(44))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 1e-5
+
 def AttentionStart(builder):
-    builder.StartObject(19)
+    builder.StartObject(21)
 
 def Start(builder):
     AttentionStart(builder)
@@ -280,6 +294,18 @@ def AttentionAddExact(builder, exact):
 
 def AddExact(builder, exact):
     AttentionAddExact(builder, exact)
+
+def AttentionAddQkNorm(builder, qkNorm):
+    builder.PrependBoolSlot(19, qkNorm, 0)
+
+def AddQkNorm(builder, qkNorm):
+    AttentionAddQkNorm(builder, qkNorm)
+
+def AttentionAddQkNormEps(builder, qkNormEps):
+    builder.PrependFloat32Slot(20, qkNormEps, 1e-5)
+
+def AddQkNormEps(builder, qkNormEps):
+    AttentionAddQkNormEps(builder, qkNormEps)
 
 def AttentionEnd(builder):
     return builder.EndObject()

@@ -245,8 +245,15 @@ class MoeFfn(object):
             return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
         return 1.17549435e-38
 
+    # MoeFfn
+    def ExpertScalesOut(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(66))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
 def MoeFfnStart(builder):
-    builder.StartObject(31)
+    builder.StartObject(32)
 
 def Start(builder):
     MoeFfnStart(builder)
@@ -436,6 +443,12 @@ def MoeFfnAddRenormMin(builder, renormMin):
 
 def AddRenormMin(builder, renormMin):
     MoeFfnAddRenormMin(builder, renormMin)
+
+def MoeFfnAddExpertScalesOut(builder, expertScalesOut):
+    builder.PrependBoolSlot(31, expertScalesOut, 0)
+
+def AddExpertScalesOut(builder, expertScalesOut):
+    MoeFfnAddExpertScalesOut(builder, expertScalesOut)
 
 def MoeFfnEnd(builder):
     return builder.EndObject()
