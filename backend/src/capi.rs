@@ -411,8 +411,8 @@ thread_local! {
 /// - 2 embedding: bufs tokens i64, weight u8, scales f32; ints vocab, dim, group, bits.
 /// - 3 attention: bufs x f32, input_pos i64, wqkv u8, wqkv_scales f32, wo u8, wo_scales f32,
 ///   cos f32, sin f32, k_cache, v_cache (f16 or f32, written in place); ints dim, n_heads,
-///   n_kv_heads, head_dim, max_seq_len, interleaved, kv_f16, group, bits, exact, qk_norm; floats
-///   qk_norm_eps.
+///   n_kv_heads, head_dim, max_seq_len, interleaved, kv_f16, group, bits, exact, qk_norm, window;
+///   floats qk_norm_eps. The caches hold `AttentionSpec::cache_rows` slots per KV head.
 /// - 4 swiglu_ffn: bufs x f32, w13 u8, w13_scales f32, w2 u8, w2_scales f32; ints dim, hidden,
 ///   group, bits, exact.
 /// - 5 lm_head: bufs x f32, norm_weight f32, weight u8, scales f32; ints vocab, dim, group, bits,
@@ -470,8 +470,9 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                 dec::embedding(&pk(s, u(1, "weight")?, f(2, "scales")?)?, l(0, "tokens")?, out).map_err(|e| e.to_string())
             }
             DECODER_ATTENTION => {
-                // ints[10] / floats[0]: QK-norm flag and epsilon (format version 5)
-                want(10, 11, 1)?;
+                // ints[10] / floats[0]: QK-norm flag and epsilon, ints[11]: sliding window (format
+                // version 5)
+                want(10, 12, 1)?;
                 let sp = AttentionSpec {
                     dim: pos("dim", ints[0])?,
                     n_heads: pos("n_heads", ints[1])?,
@@ -481,6 +482,7 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                     rope: if ints[5] != 0 { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
                     exact: ints[9] != 0,
                     qk_norm: (ints[10] != 0).then_some(floats[0] as f32),
+                    window: usize::try_from(ints[11]).map_err(|_| format!("window = {} must be >= 0", ints[11]))?,
                 };
                 sp.validate().map_err(|e| e.to_string())?;
                 let qkv_n = i64::try_from(sp.qkv_width()).map_err(|e| e.to_string())?;

@@ -192,7 +192,7 @@ impl Delegate {
         for n in &graph.nodes {
             if let NodeOp::Attention(a) = &n.op {
                 kv.push(
-                    KvCache::new(a.kv, a.spec.n_kv_heads, a.spec.max_seq_len, a.spec.head_dim)
+                    KvCache::new(a.kv, a.spec.n_kv_heads, a.spec.cache_rows(), a.spec.head_dim)
                         .map_err(|e| format!("node {}: {e}", n.name))?,
                 );
             }

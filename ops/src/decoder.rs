@@ -173,6 +173,19 @@ impl KvSlice<'_> {
             KvSlice::F32(s) => s.len(),
         }
     }
+    /// `out.len()` values from `at`, widened to f32.
+    #[inline(always)]
+    fn read_f32(&self, at: usize, out: &mut [f32]) {
+        match self {
+            KvSlice::F16(s) => {
+                let n = out.len();
+                for (o, h) in out.iter_mut().zip(&s[at..at + n]) {
+                    *o = f16_bits_to_f32(h.to_bits());
+                }
+            }
+            KvSlice::F32(s) => out.copy_from_slice(&s[at..at + out.len()]),
+        }
+    }
     #[inline(always)]
     fn write(&mut self, at: usize, v: &[f32]) {
         match self {
@@ -243,6 +256,9 @@ pub struct AttentionSpec {
     /// Weightless RMS norm of every q and k head after RoPE with this epsilon (MobileMoE's
     /// QK-norm): `v * (1 / sqrt(mean(v^2) + eps))`.
     pub qk_norm: Option<f32>,
+    /// Sliding-window (local) attention: query at position `p` sees slots `p - window + 1 ..= p`;
+    /// 0 = global. A local layer's KV cache is a ring of [`AttentionSpec::cache_rows`] slots.
+    pub window: usize,
 }
 
 impl AttentionSpec {
@@ -274,6 +290,7 @@ impl AttentionSpec {
             .ok_or(OpsError::Overflow { what: "attention head count" })?;
         mul_dims("attention qkv width", &[heads, self.head_dim])?;
         mul_dims("attention kv cache", &[self.n_kv_heads, self.max_seq_len, self.head_dim])?;
+        self.window.checked_add(WINDOW_BLOCK).ok_or(OpsError::Overflow { what: "attention window" })?;
         Ok(())
     }
     /// Rows of the fused q/k/v projection: `(n_heads + 2 n_kv_heads) * head_dim`.
@@ -282,6 +299,20 @@ impl AttentionSpec {
     }
     pub fn q_width(&self) -> usize {
         self.n_heads * self.head_dim
+    }
+    /// Whether the window bounds the context below `max_seq_len`.
+    pub fn is_local(&self) -> bool {
+        self.window > 0 && self.window < self.max_seq_len
+    }
+    /// Slots of this layer's K (and V) cache per KV head: `max_seq_len`, or for a local layer the
+    /// window plus one token block (position `p` lives in slot `p % cache_rows`; a block's writes
+    /// never overwrite a slot one of its queries still reads).
+    pub fn cache_rows(&self) -> usize {
+        if self.is_local() {
+            (self.window + WINDOW_BLOCK).min(self.max_seq_len)
+        } else {
+            self.max_seq_len
+        }
     }
 }
 
@@ -338,7 +369,7 @@ pub fn attention(
     let _span = debug_span!("attention", tokens = t).entered();
     check_len("attention input", mul_dims("attention input", &[t, d])?, x.len())?;
     check_len("attention output", t * d, out.len())?;
-    let cache_len = hkv * spec.max_seq_len * hd;
+    let cache_len = hkv * spec.cache_rows() * hd;
     check_len("attention k cache", cache_len, k_cache.len())?;
     check_len("attention v cache", cache_len, v_cache.len())?;
     let half = hd / 2;
@@ -376,6 +407,9 @@ pub fn attention(
                     qk_norm_head(head, eps);
                 }
             }
+            if spec.is_local() {
+                continue; // written block by block in `local_sdpa`
+            }
             let (kpart, vpart) = row[hq * hd..].split_at(hkv * hd);
             for g in 0..hkv {
                 let at = (g * spec.max_seq_len + p) * hd;
@@ -383,6 +417,11 @@ pub fn attention(
                 v_cache.write(at, &vpart[g * hd..(g + 1) * hd]);
             }
         }
+    }
+    if spec.is_local() {
+        scratch.ctx.resize(t * hq * hd, 0.0);
+        local_sdpa(spec, &scratch.qkv, positions, k_cache, v_cache, &mut scratch.ctx, pool, kernels)?;
+        return linear(&w.wo, None, &scratch.ctx[..t * hq * hd], t, out, spec.exact, &mut scratch.lin, pool, kernels);
     }
     // 3. attention per (kv head, token block): the block's K/V rows are made f32 once (fp16
     //    caches) and serve every query head sharing the KV head and every token of the block.
@@ -462,6 +501,86 @@ pub fn attention(
     }
     // 4. output projection
     linear(&w.wo, None, &scratch.ctx[..t * hq * hd], t, out, spec.exact, &mut scratch.lin, pool, kernels)
+}
+
+/// Token block of local (sliding-window) attention: its K/V are written, then its queries attend.
+pub const WINDOW_BLOCK: usize = 32;
+
+/// Sliding-window attention over a ring cache: per block of up to [`WINDOW_BLOCK`] tokens, their
+/// K/V written at slot `p % cache_rows`, then per KV head the union of the block's windows
+/// gathered once into contiguous f32 rows, and each query attends to its own window in it.
+#[allow(clippy::too_many_arguments)]
+fn local_sdpa(
+    spec: &AttentionSpec,
+    qkv: &[f32],
+    positions: &[i64],
+    k_cache: &mut KvSlice<'_>,
+    v_cache: &mut KvSlice<'_>,
+    ctx: &mut [f32],
+    pool: &ThreadPool,
+    kernels: &Kernels,
+) -> Result<()> {
+    let (hd, hq, hkv, win) = (spec.head_dim, spec.n_heads, spec.n_kv_heads, spec.window);
+    let (rows, qkv_w, rep) = (spec.cache_rows(), spec.qkv_width(), hq / hkv);
+    let _g = debug_span!("sdpa_local", window = win).entered();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kind = kernels.kind;
+    for (b, block) in positions.chunks(WINDOW_BLOCK).enumerate() {
+        let s0 = b * WINDOW_BLOCK;
+        let (lo_b, hi_b) = (block.iter().min().copied().unwrap_or(0) as usize, block.iter().max().copied().unwrap_or(0) as usize);
+        if hi_b - lo_b >= WINDOW_BLOCK {
+            // a block's writes must not overwrite a slot its queries read: positions of one block
+            // span fewer than WINDOW_BLOCK (true for the runners' consecutive positions)
+            return Err(OpsError::Invalid(format!(
+                "attention: local layer needs the positions of each {WINDOW_BLOCK}-token block within {WINDOW_BLOCK} of each other, got {lo_b}..={hi_b}"
+            )));
+        }
+        for (j, &p) in block.iter().enumerate() {
+            let row = &qkv[(s0 + j) * qkv_w..(s0 + j + 1) * qkv_w];
+            let (kpart, vpart) = row[hq * hd..].split_at(hkv * hd);
+            let slot = p as usize % rows;
+            for g in 0..hkv {
+                let at = (g * rows + slot) * hd;
+                k_cache.write(at, &kpart[g * hd..(g + 1) * hd]);
+                v_cache.write(at, &vpart[g * hd..(g + 1) * hd]);
+            }
+        }
+        // rows first..=hi_b cover every window of the block
+        let first = (lo_b + 1).saturating_sub(win);
+        let n_rows = hi_b + 1 - first;
+        let ctx_out = SharedMut(ctx.as_mut_ptr());
+        let (kc, vc): (&KvSlice<'_>, &KvSlice<'_>) = (k_cache, v_cache);
+        pool.run(hkv, &|g| {
+            let _ = &ctx_out;
+            ATTN_TLS.with(|tls| {
+                let mut buf = tls.borrow_mut();
+                let need = 2 * n_rows * hd + rep * win.min(n_rows) + rep * hd;
+                if buf.len() < need {
+                    buf.resize(need, 0.0);
+                }
+                let (kv32, rest) = buf.split_at_mut(2 * n_rows * hd);
+                let (k32, v32) = kv32.split_at_mut(n_rows * hd);
+                for (i, pos) in (first..=hi_b).enumerate() {
+                    let at = (g * rows + pos % rows) * hd;
+                    kc.read_f32(at, &mut k32[i * hd..(i + 1) * hd]);
+                    vc.read_f32(at, &mut v32[i * hd..(i + 1) * hd]);
+                }
+                for (j, &p) in block.iter().enumerate() {
+                    let s = s0 + j;
+                    let p = p as usize;
+                    let lo = (p + 1).saturating_sub(win);
+                    let (off, n) = (lo - first, p + 1 - lo);
+                    let q = &qkv[s * qkv_w + g * rep * hd..s * qkv_w + (g + 1) * rep * hd];
+                    let dst = (s * hq + g * rep) * hd;
+                    // SAFETY: (s, g) ranges are disjoint between items; dst + rep*hd <= t*hq*hd.
+                    let o = unsafe { std::slice::from_raw_parts_mut(ctx_out.0.add(dst), rep * hd) };
+                    sdpa_dispatch(kind, q, &k32[off * hd..(off + n) * hd], &v32[off * hd..(off + n) * hd], n, hd, rep, scale, rest, o);
+                }
+            });
+        })
+        .map_err(|_| OpsError::Invalid("an attention thread panicked".into()))?;
+    }
+    Ok(())
 }
 
 /// Whether the AVX-512 kernel specialised on (head_dim, heads per KV head) exists.

@@ -62,7 +62,9 @@ const GOLDEN: &[(&str, u64)] = &[
     ("attention F32 cache, Interleaved, exact=true", 0xd644c96628bd4472),
     ("attention F32 cache, head_dim 64, 4 heads per KV head", 0x3aa050ba81c59624),
     ("attention F16 cache, MobileMoE: interleaved RoPE + QK-norm, head_dim 64, 4 heads per KV head", 0x8c2f587a1444c0a2),
+    ("attention F16 cache, sliding window 8 (ring cache), 2 heads per KV head", 0xa2e63e546aed88c8),
     ("attention F32 cache, MobileMoE: interleaved RoPE + QK-norm, head_dim 64, 4 heads per KV head", 0x9f4cfe5b46a1ee4a),
+    ("attention F32 cache, sliding window 8 (ring cache), 2 heads per KV head", 0x8ebc8589dfeef8b6),
     ("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact=false", 0x1f20ac1626dc61e6),
     ("rms_norm, embedding, lm_head, swiglu_ffn, rope, exact=true", 0x219da2a4c63d3bc8),
 ];
@@ -149,8 +151,22 @@ fn attention_case_qk(
     exact: bool,
     qk_norm: Option<f32>,
 ) -> u64 {
+    attention_case_full(k, pool, shape, kv, rope, exact, qk_norm, 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_case_full(
+    k: &Kernels,
+    pool: &ThreadPool,
+    shape: (usize, usize, usize, usize),
+    kv: KvDType,
+    rope: RopeStyle,
+    exact: bool,
+    qk_norm: Option<f32>,
+    window: usize,
+) -> u64 {
     let (dim, n_heads, n_kv_heads, head_dim) = shape;
-    let spec = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 48, rope, exact, qk_norm };
+    let spec = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 48, rope, exact, qk_norm, window };
     let mut r = Rng(0x22);
     let wqkv = packed(&mut r, spec.qkv_width(), spec.dim, 32, WeightBits::Int4);
     let wo = packed(&mut r, spec.dim, spec.q_width(), 32, WeightBits::Int4);
@@ -158,7 +174,7 @@ fn attention_case_qk(
     let half = spec.head_dim / 2;
     let (cos, sin) = (r.vec(spec.max_seq_len * half, 1.0), r.vec(spec.max_seq_len * half, 1.0));
     let w = AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
-    let mut cache = KvCache::new(kv, spec.n_kv_heads, spec.max_seq_len, spec.head_dim).unwrap();
+    let mut cache = KvCache::new(kv, spec.n_kv_heads, spec.cache_rows(), spec.head_dim).unwrap();
     let mut scratch = AttentionScratch::default();
     let mut h = Fnv::new();
     let mut p0 = 0;
@@ -275,6 +291,10 @@ fn run_all(k: &Kernels) -> Vec<(String, u64)> {
         v.push((
             format!("attention {kv:?} cache, MobileMoE: interleaved RoPE + QK-norm, head_dim 64, 4 heads per KV head"),
             attention_case_qk(k, &pool, ATTN_SHAPES[1], kv, RopeStyle::Interleaved, false, Some(1e-5)),
+        ));
+        v.push((
+            format!("attention {kv:?} cache, sliding window 8 (ring cache), 2 heads per KV head"),
+            attention_case_full(k, &pool, ATTN_SHAPES[0], kv, RopeStyle::HalfSplit, false, None, 8),
         ));
     }
     for exact in [false, true] {

@@ -55,9 +55,17 @@ fn naive_attention(
             let v = &mut row[h * hd..(h + 1) * hd];
             for i in 0..half {
                 let (c, s) = (cos[p * half + i] as f64, sin[p * half + i] as f64);
-                let (a, b) = (v[i], v[i + half]);
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
+                // half-split pairs i with i + half; interleaved (Meta, MobileMoE) 2i with 2i + 1
+                let (ia, ib) = if spec.rope == RopeStyle::Interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (a, b) = (v[ia], v[ib]);
+                v[ia] = a * c - b * s;
+                v[ib] = b * c + a * s;
+            }
+            if let Some(eps) = spec.qk_norm {
+                // MobileMoE's weightless QK-norm after RoPE
+                let ms = v.iter().map(|x| x * x).sum::<f64>() / hd as f64;
+                let r = 1.0 / (ms + eps as f64).sqrt();
+                v.iter_mut().for_each(|x| *x *= r);
             }
         }
         ks[p] = row[hq * hd..(hq + hkv) * hd].to_vec();
@@ -69,13 +77,15 @@ fn naive_attention(
         let mut ctx = vec![0.0f64; hq * hd];
         for h in 0..hq {
             let g = h / (hq / hkv);
+            // a sliding window sees positions p - window + 1 ..= p
+            let lo = if spec.window > 0 { (p + 1).saturating_sub(spec.window) } else { 0 };
             let sc: Vec<f64> =
-                (0..=p).map(|t| (0..hd).map(|i| q[h * hd + i] * ks[t][g * hd + i]).sum::<f64>() / (hd as f64).sqrt()).collect();
+                (lo..=p).map(|t| (0..hd).map(|i| q[h * hd + i] * ks[t][g * hd + i]).sum::<f64>() / (hd as f64).sqrt()).collect();
             let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for i in 0..hd {
-                ctx[h * hd + i] = (0..=p).map(|t| e[t] / z * vs[t][g * hd + i]).sum();
+                ctx[h * hd + i] = (lo..=p).map(|t| e[t - lo] / z * vs[t][g * hd + i]).sum();
             }
         }
         outs.push((0..d).map(|n| (0..hq * hd).map(|k| ctx[k] * wo[n * hq * hd + k] as f64).sum()).collect());
@@ -91,7 +101,7 @@ fn run_attention(spec: &AttentionSpec, kv: KvDType, kernels: &Kernels, chunks: &
     let w = AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
     let total: usize = chunks.iter().sum();
     let xs: Vec<Vec<f32>> = (0..total).map(|_| r.vec(spec.dim, 1.0)).collect();
-    let mut cache = KvCache::new(kv, spec.n_kv_heads, spec.max_seq_len, spec.head_dim).unwrap();
+    let mut cache = KvCache::new(kv, spec.n_kv_heads, spec.cache_rows(), spec.head_dim).unwrap();
     let mut scratch = AttentionScratch::default();
     let pool = ThreadPool::new(3);
     let mut got = vec![];
@@ -110,7 +120,7 @@ fn run_attention(spec: &AttentionSpec, kv: KvDType, kernels: &Kernels, chunks: &
 }
 
 fn spec(max_seq: usize) -> AttentionSpec {
-    AttentionSpec { dim: 64, n_heads: 4, n_kv_heads: 2, head_dim: 32, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: true, qk_norm: None }
+    AttentionSpec { dim: 64, n_heads: 4, n_kv_heads: 2, head_dim: 32, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: true, qk_norm: None, window: 0 }
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
@@ -128,6 +138,47 @@ fn attention_matches_f64_formula_prefill_then_decode() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let e = rel_err(g, w);
         assert!(e < 2e-5, "token {i}: relative error {e}");
+    }
+}
+
+#[test]
+fn mobilemoe_attention_interleaved_rope_and_qk_norm_match_the_formula() {
+    let s = AttentionSpec { rope: RopeStyle::Interleaved, qk_norm: Some(1e-5), ..spec(64) };
+    let (got, want) = run_attention(&s, KvDType::F32, &Kernels::best(), &[20, 1, 1, 3], 9);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let e = rel_err(g, w);
+        assert!(e < 2e-5, "token {i}: relative error {e}");
+    }
+}
+
+#[test]
+fn sliding_window_attention_matches_the_formula_with_a_ring_cache() {
+    // window 16 (ring of 48 slots) over 120 positions: prefill longer than window + block, decode
+    // steps, chunks that wrap the ring; every kernel set, both cache types
+    for ks in Kernels::available() {
+        for kv in [KvDType::F32, KvDType::F16] {
+            let s = AttentionSpec { window: 16, rope: RopeStyle::Interleaved, qk_norm: Some(1e-5), ..spec(128) };
+            assert_eq!(s.cache_rows(), 48);
+            let (got, want) = run_attention(&s, kv, &ks, &[70, 1, 1, 1, 33, 2, 12], 13);
+            assert_eq!(got.len(), 120);
+            let tol = if kv == KvDType::F32 { 2e-5 } else { 2e-3 };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let e = rel_err(g, w);
+                assert!(e < tol, "{} {kv:?} token {i}: relative error {e}", ks.kind.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_window_wider_than_the_context_gives_the_global_bits() {
+    let global = spec(64);
+    let local = AttentionSpec { window: 40, ..global };
+    assert!(local.is_local() && local.cache_rows() == 64);
+    let (a, _) = run_attention(&global, KvDType::F16, &Kernels::best(), &[30, 1, 1, 5], 3);
+    let (b, _) = run_attention(&local, KvDType::F16, &Kernels::best(), &[30, 1, 1, 5], 3);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert_eq!(x.to_bits(), y.to_bits());
     }
 }
 
@@ -150,7 +201,7 @@ fn every_kernel_set_gives_identical_attention_bits() {
     let kinds = Kernels::available();
     assert!(!kinds.is_empty());
     for (dim, n_heads, n_kv_heads, head_dim) in shapes {
-        let s = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 64, rope: RopeStyle::HalfSplit, exact: false, qk_norm: None };
+        let s = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 64, rope: RopeStyle::HalfSplit, exact: false, qk_norm: None, window: 0 };
         for kv in [KvDType::F16, KvDType::F32] {
             let mut reference: Option<Vec<Vec<f32>>> = None;
             for k in &kinds {

@@ -249,6 +249,7 @@ class _BlobWriter:
             A.AddExact(b, bool(a["exact"]))
             A.AddQkNorm(b, bool(a["qk_norm"]))
             A.AddQkNormEps(b, float(a["qk_norm_eps"]))
+            A.AddWindow(b, int(a["window"]))
             return A.End(b), Op.Attention
         if kind == "swiglu_ffn":
             F = FbSwigluFfn

@@ -31,7 +31,7 @@ SCHEMAS = {
     "attention": "attention(Tensor x, Tensor input_pos, Tensor wqkv, Tensor wqkv_scales, Tensor wo, "
                  "Tensor wo_scales, Tensor rope_cos, Tensor rope_sin, int cache_id, int n_heads, int n_kv_heads, "
                  "int head_dim, int max_seq_len, bool rope_interleaved, bool kv_fp16, int group_size, "
-                 "int weight_bits, bool exact, bool qk_norm=False, float qk_norm_eps=1e-05) -> Tensor",
+                 "int weight_bits, bool exact, bool qk_norm=False, float qk_norm_eps=1e-05, int window=0) -> Tensor",
     "swiglu_ffn": "swiglu_ffn(Tensor x, Tensor w13, Tensor w13_scales, Tensor w2, Tensor w2_scales, int hidden_dim, "
                   "int group_size, int weight_bits, bool exact) -> Tensor",
     "lm_head": "lm_head(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor scales, int vocab_size, "
@@ -55,8 +55,18 @@ KV_CACHES: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 _next_cache_id = [0]
 
 
-def new_kv_cache(n_kv_heads: int, max_seq_len: int, head_dim: int, fp16: bool) -> int:
+WINDOW_BLOCK = 32  # ops/src/decoder.rs WINDOW_BLOCK
+
+
+def cache_rows(max_seq_len: int, window: int = 0) -> int:
+    """Slots per KV head of an attention layer's cache: ``max_seq_len``, or for a sliding-window
+    layer a ring of ``window + 32`` (``AttentionSpec::cache_rows``)."""
+    return min(window + WINDOW_BLOCK, max_seq_len) if 0 < window < max_seq_len else max_seq_len
+
+
+def new_kv_cache(n_kv_heads: int, max_seq_len: int, head_dim: int, fp16: bool, window: int = 0) -> int:
     dt = torch.float16 if fp16 else torch.float32
+    max_seq_len = cache_rows(max_seq_len, window)
     cid = _next_cache_id[0]
     _next_cache_id[0] += 1
     KV_CACHES[cid] = (torch.zeros(n_kv_heads, max_seq_len, head_dim, dtype=dt),
@@ -106,12 +116,12 @@ def rms_norm_impl(x, weight, eps):
 
 def attention_impl(x, input_pos, wqkv, wqkv_scales, wo, wo_scales, rope_cos, rope_sin, cache_id, n_heads, n_kv_heads,
                    head_dim, max_seq_len, rope_interleaved, kv_fp16, group_size, weight_bits, exact, qk_norm=False,
-                   qk_norm_eps=1e-5):
+                   qk_norm_eps=1e-5, window=0):
     if cache_id not in KV_CACHES:
         raise RuntimeError(f"mobilemoe::attention: no KV cache {cache_id} in this process")
     k, v = KV_CACHES[cache_id]
     want = torch.float16 if kv_fp16 else torch.float32
-    if k.dtype != want or tuple(k.shape) != (n_kv_heads, max_seq_len, head_dim):
+    if k.dtype != want or tuple(k.shape) != (n_kv_heads, cache_rows(max_seq_len, window), head_dim):
         raise RuntimeError(f"mobilemoe::attention: KV cache {cache_id} is {tuple(k.shape)} {k.dtype}")
     out = torch.empty(x.shape, dtype=torch.float32)
     d = x.shape[-1]
@@ -120,7 +130,7 @@ def attention_impl(x, input_pos, wqkv, wqkv_scales, wo, wo_scales, rope_cos, rop
                 [_f32(x, "attention"), input_pos.to(torch.int64), wqkv, _scales32(wqkv_scales), wo, _scales32(wo_scales), rope_cos, rope_sin,
                  k, v],
                 [d, n_heads, n_kv_heads, head_dim, max_seq_len, int(rope_interleaved), int(kv_fp16), group_size,
-                 weight_bits, int(exact), int(bool(qk_norm))], [float(qk_norm_eps)], out, "attention")
+                 weight_bits, int(exact), int(bool(qk_norm)), int(window)], [float(qk_norm_eps)], out, "attention")
 
 
 def swiglu_ffn_impl(x, w13, w13_scales, w2, w2_scales, hidden_dim, group_size, weight_bits, exact):

@@ -150,7 +150,7 @@ fn cli_inspect_run_bench() {
     let Some(dir) = programs() else { return };
     let o = Command::new(exe).arg("inspect").arg(dir.join("delegate.pte")).output().unwrap();
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && s.contains("MobileMoEBackend") && s.contains("MMOE format v4"), "{s}");
+    assert!(o.status.success() && s.contains("MobileMoEBackend") && s.contains("MMOE format v5"), "{s}");
     let out = dir.join("cli_out.npy");
     let o = Command::new(exe)
         .arg("run")

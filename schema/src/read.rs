@@ -894,6 +894,12 @@ fn check_attention(
         return invalid(ctx(&format!("qk_norm needs format version 5 (blob is version {version})")));
     }
     let qk_norm = if a.qk_norm() { Some(finite_eps(ctx, a.qk_norm_eps())?) } else { None };
+    if a.window() != 0 && version < 5 {
+        return invalid(ctx(&format!("window needs format version 5 (blob is version {version})")));
+    }
+    if a.window() < 0 {
+        return invalid(ctx(&format!("window = {} must be >= 0", a.window())));
+    }
     let rope = match a.rope_style() {
         fb::RopeStyle::HalfSplit => RopeStyle::HalfSplit,
         fb::RopeStyle::Interleaved => RopeStyle::Interleaved,
@@ -913,6 +919,7 @@ fn check_attention(
         rope,
         exact: a.exact(),
         qk_norm,
+        window: a.window() as usize,
     };
     map_ops(ctx, spec.validate())?;
     let qkv_spec = spec_of(ctx, "wqkv", i32::try_from(spec.qkv_width()).unwrap_or(-1), a.dim(), a.group_size(), a.weight_bits())?;

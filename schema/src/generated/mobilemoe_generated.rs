@@ -2293,6 +2293,7 @@ impl<'a> Attention<'a> {
   pub const VT_EXACT: flatbuffers::VOffsetT = 40;
   pub const VT_QK_NORM: flatbuffers::VOffsetT = 42;
   pub const VT_QK_NORM_EPS: flatbuffers::VOffsetT = 44;
+  pub const VT_WINDOW: flatbuffers::VOffsetT = 46;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2304,6 +2305,7 @@ impl<'a> Attention<'a> {
     args: &'args AttentionArgs
   ) -> flatbuffers::WIPOffset<Attention<'bldr>> {
     let mut builder = AttentionBuilder::new(_fbb);
+    builder.add_window(args.window);
     builder.add_qk_norm_eps(args.qk_norm_eps);
     builder.add_weight_bits(args.weight_bits);
     builder.add_group_size(args.group_size);
@@ -2476,6 +2478,13 @@ impl<'a> Attention<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<f32>(Attention::VT_QK_NORM_EPS, Some(1e-5)).unwrap()}
   }
+  #[inline]
+  pub fn window(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(Attention::VT_WINDOW, Some(0)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for Attention<'_> {
@@ -2506,6 +2515,7 @@ impl flatbuffers::Verifiable for Attention<'_> {
      .visit_field::<bool>("exact", Self::VT_EXACT, false)?
      .visit_field::<bool>("qk_norm", Self::VT_QK_NORM, false)?
      .visit_field::<f32>("qk_norm_eps", Self::VT_QK_NORM_EPS, false)?
+     .visit_field::<i32>("window", Self::VT_WINDOW, false)?
      .finish();
     Ok(())
   }
@@ -2532,6 +2542,7 @@ pub struct AttentionArgs {
     pub exact: bool,
     pub qk_norm: bool,
     pub qk_norm_eps: f32,
+    pub window: i32,
 }
 impl<'a> Default for AttentionArgs {
   #[inline]
@@ -2558,6 +2569,7 @@ impl<'a> Default for AttentionArgs {
       exact: false,
       qk_norm: false,
       qk_norm_eps: 1e-5,
+      window: 0,
     }
   }
 }
@@ -2652,6 +2664,10 @@ impl<'a: 'b, 'b, A: flatbuffers::Allocator + 'a> AttentionBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<f32>(Attention::VT_QK_NORM_EPS, qk_norm_eps, 1e-5);
   }
   #[inline]
+  pub fn add_window(&mut self, window: i32) {
+    self.fbb_.push_slot::<i32>(Attention::VT_WINDOW, window, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a, A>) -> AttentionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AttentionBuilder {
@@ -2690,6 +2706,7 @@ impl core::fmt::Debug for Attention<'_> {
       ds.field("exact", &self.exact());
       ds.field("qk_norm", &self.qk_norm());
       ds.field("qk_norm_eps", &self.qk_norm_eps());
+      ds.field("window", &self.window());
       ds.finish()
   }
 }

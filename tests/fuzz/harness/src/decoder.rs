@@ -59,7 +59,7 @@ fn run_attention(
 ) -> Option<Vec<Vec<f32>>> {
     let mut r = Rng(inp.seed | 1);
     let mut cache =
-        KvCache::new(if inp.kv_f16 { KvDType::F16 } else { KvDType::F32 }, spec.n_kv_heads, spec.max_seq_len, spec.head_dim).ok()?;
+        KvCache::new(if inp.kv_f16 { KvDType::F16 } else { KvDType::F32 }, spec.n_kv_heads, spec.cache_rows(), spec.head_dim).ok()?;
     let mut scratch = Default::default();
     let mut outs = vec![];
     // a few calls that reuse the cache: the positions are split into chunks
@@ -70,7 +70,10 @@ fn run_attention(
         let chunk: Vec<i64> = inp.positions[i.min(n)..(i + step).min(n)].iter().map(|&p| p as i64).collect();
         let x: Vec<f32> = (0..chunk.len() * spec.dim).map(|_| r.f32()).collect();
         let mut out = vec![0f32; chunk.len() * spec.dim];
-        let valid = chunk.iter().all(|&p| p >= 0 && (p as usize) < spec.max_seq_len);
+        let mut valid = chunk.iter().all(|&p| p >= 0 && (p as usize) < spec.max_seq_len);
+        // a local layer's block (chunks here are <= 4 tokens: one block) must span < WINDOW_BLOCK
+        let span = chunk.iter().max().zip(chunk.iter().min()).map_or(0, |(a, b)| a - b);
+        valid &= !spec.is_local() || span < mobilemoe_ops::decoder::WINDOW_BLOCK as i64;
         let (mut kc, mut vc) = cache.views();
         let res = attention(spec, w, &x, &chunk, &mut kc, &mut vc, &mut out, &mut scratch, pool, kernels);
         assert_eq!(res.is_ok(), valid, "attention accept/reject: positions {chunk:?}, spec {spec:?}: {res:?}");
@@ -113,7 +116,9 @@ pub fn ops_decoder(data: &[u8]) {
         max_seq_len: 1 + inp.max_seq as usize % 40,
         rope: if inp.interleaved { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
         exact: inp.exact,
-        qk_norm: None,
+        // MobileMoE's QK-norm and a sliding window (0 = global) from spare seed bits
+        qk_norm: (inp.seed >> 8 & 1 == 1).then_some(1e-5),
+        window: (inp.seed >> 9 & 15) as usize,
     };
     assert!(spec.validate().is_ok());
     let pool1 = crate::ops::pool(false);

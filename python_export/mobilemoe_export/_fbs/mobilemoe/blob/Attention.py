@@ -175,8 +175,15 @@ class Attention(object):
             return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
         return 1e-5
 
+    # Attention
+    def Window(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(46))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 0
+
 def AttentionStart(builder):
-    builder.StartObject(21)
+    builder.StartObject(22)
 
 def Start(builder):
     AttentionStart(builder)
@@ -306,6 +313,12 @@ def AttentionAddQkNormEps(builder, qkNormEps):
 
 def AddQkNormEps(builder, qkNormEps):
     AttentionAddQkNormEps(builder, qkNormEps)
+
+def AttentionAddWindow(builder, window):
+    builder.PrependInt32Slot(21, window, 0)
+
+def AddWindow(builder, window):
+    AttentionAddWindow(builder, window)
 
 def AttentionEnd(builder):
     return builder.EndObject()
