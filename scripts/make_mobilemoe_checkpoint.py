@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_export"))
 def main(argv=None) -> int:
     from mobilemoe_export.sources import mobilemoe_format as mf
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    head, rest = __doc__.split("\n\n", 1)
+    ap = argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", required=True, choices=["S", "M", "L", "tiny"],
                     help="S / L as published, M inferred, tiny for tests")
-    ap.add_argument("--format", default="qat", choices=list(mf.FORMATS), help="qat (INT4 + fp16 scales, default) or bf16")
+    ap.add_argument("--format", default="qat", choices=list(mf.FORMATS),
+                    help="qat (INT4 + fp16 scales, default) or bf16")
     ap.add_argument("--out", required=True, type=Path, help="output directory (created)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-shard-gb", type=float, default=2.0,

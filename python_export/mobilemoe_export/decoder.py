@@ -113,7 +113,7 @@ class DecoderAttention(nn.Module):
             x, input_pos, self.wqkv, self.wqkv_scales, self.wo, self.wo_scales, rope_cos, rope_sin, self.cache_id,
             self.n_heads, self.n_kv_heads, self.head_dim, self.max_seq_len, self.rope_interleaved, self.kv_fp16,
             self.group_size, self.weight_bits, self.exact, self.qk_norm_eps is not None,
-            float(self.qk_norm_eps or 1e-5))
+            1e-5 if self.qk_norm_eps is None else self.qk_norm_eps)
 
 
 class DecoderSwiGLU(nn.Module):
@@ -255,11 +255,12 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     modified, except that MoE blocks not yet quantized are quantized in place (as ``quantize_moe``
     would). ``kv_cache``: ``"fp16"`` or ``"fp32"``. ``rope_style``: ``"half_split"``
     (``rotate_half``: this project's and Hugging Face's) or ``"interleaved"`` (Meta's); by default
-    the model's own (``cfg.rope_style`` of a ``models.Transformer``: its RoPE tables, Llama 3-scaled
-    if ``cfg.rope_scaling``, and its QK-norm ``cfg.qk_norm_eps`` are carried over). ``scales_dtype`` ("fp32" | "fp16" | "bf16" or a torch dtype): the per-group
-    scale type of the matrices this lowering quantizes; by default that of the model's already
-    quantized modules (``quantize_moe(..., scales_dtype=...)``), else fp32. Features the decoder
-    cannot compute exactly raise ``UnsupportedModuleError`` naming them."""
+    the model's own (``cfg.rope_style`` of a ``models.Transformer``, whose RoPE tables — Llama
+    3-scaled if ``cfg.rope_scaling`` — and QK-norm ``cfg.qk_norm_eps`` are carried over).
+    ``scales_dtype`` ("fp32" | "fp16" | "bf16" or a torch dtype): the per-group scale type of the
+    matrices this lowering quantizes; by default that of the model's already quantized modules
+    (``quantize_moe(..., scales_dtype=...)``), else fp32. Features the decoder cannot compute
+    exactly raise ``UnsupportedModuleError`` naming them."""
     from .models import ModelConfig, Transformer
 
     if isinstance(model, MobileMoEDecoder):

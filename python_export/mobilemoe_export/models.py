@@ -424,7 +424,9 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         if cfg.ffn == "moe":
-            moe_cls, kw = (MoEFeedForward, {}) if not cfg.renorm_eps else (_RenormEpsMoE, {"renorm_eps": cfg.renorm_eps})
+            moe_cls, kw = MoEFeedForward, {}
+            if cfg.renorm_eps:
+                moe_cls, kw = _RenormEpsMoE, {"renorm_eps": cfg.renorm_eps}
             self.feed_forward = moe_cls(
                 dim=cfg.dim,
                 hidden_dim=cfg.expert_hidden_dim,

@@ -159,6 +159,9 @@ class MobileMoEReference:
         out = torch.zeros_like(x)
         s = torch.sigmoid(x @ L["router"].T)  # [S, E]
         for t in range(x.shape[0]):
+            keys = torch.sort(s[t] + L["bias"], descending=True).values
+            if self.k < keys.numel():  # how close the last chosen expert is to the first left out
+                self.route_margin = min(self.route_margin, float(keys[self.k - 1] - keys[self.k]))
             chosen = torch.topk(s[t] + L["bias"], self.k).indices  # the bias only chooses
             w = s[t, chosen]
             w = w * self.rsf / (w.sum() + 1e-20)
@@ -171,7 +174,10 @@ class MobileMoEReference:
         return out
 
     def logits(self, ids) -> torch.Tensor:
-        """Logits ``[len(ids), vocab]`` (float64) of every position of ``ids``."""
+        """Logits ``[len(ids), vocab]`` (float64) of every position of ``ids``. ``route_margin``: the
+        smallest gap, over this call's tokens and layers, between the selection keys of the last chosen
+        expert and the first one left out (a perturbation larger than that may choose other experts)."""
+        self.route_margin = math.inf
         h = self.emb[torch.as_tensor(list(ids), dtype=torch.long)]
         for L in self.layers:
             h = h + self.attention(rms(h, self.eps) * L["n1"], L)
@@ -180,11 +186,14 @@ class MobileMoEReference:
 
     def incremental(self, prompt: List[int], steps: int) -> List[Tuple[List[int], torch.Tensor]]:
         """Prefill ``prompt``, then ``steps`` greedy decode steps (full recompute each step):
-        ``[(ids fed so far, logits of the last position)]``, ``steps + 1`` entries."""
+        ``[(ids fed so far, logits of the last position)]``, ``steps + 1`` entries; ``min_route_margin``:
+        the smallest ``route_margin`` of the steps."""
         ids = list(prompt)
         out = []
+        self.min_route_margin = math.inf
         for i in range(steps + 1):
             last = self.logits(ids)[-1]
+            self.min_route_margin = min(self.min_route_margin, self.route_margin)
             out.append((list(ids), last))
             if i < steps:
                 ids.append(int(last.argmax()))

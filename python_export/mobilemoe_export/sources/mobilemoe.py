@@ -234,7 +234,8 @@ def read_mobilemoe_config(path, max_seq_len: Optional[int] = None) -> MobileMoEC
     head_dim = _get(cfg, "head_dim", int, default=0)
     if not head_dim:
         if ints["hidden_size"] % heads:
-            raise _err("config.json: field 'head_dim' is missing and hidden_size is not divisible by num_attention_heads")
+            raise _err("config.json: field 'head_dim' is missing and hidden_size is not divisible by "
+                       "num_attention_heads")
         head_dim = ints["hidden_size"] // heads
     if head_dim % 2:
         raise _err(f"config.json: field 'head_dim' must be even (RoPE pairs), got {head_dim}")
@@ -286,7 +287,7 @@ def read_mobilemoe_config(path, max_seq_len: Optional[int] = None) -> MobileMoEC
     step = _get(cfg, "interleave_moe_layer_step", int, default=1)
     if step != 1:
         raise _err(f"config.json: interleave_moe_layer_step {step} is not supported (an MoE block in every layer)")
-    if cfg.get("moe_layers") is not None and list(cfg["moe_layers"]) != list(range(layers)):
+    if cfg.get("moe_layers") is not None and cfg["moe_layers"] != list(range(layers)):
         raise _err(f"config.json: moe_layers {cfg['moe_layers']!r} is not supported (an MoE block in every layer)")
     if cfg.get("first_k_dense_replace"):
         raise _err(f"config.json: first_k_dense_replace {cfg['first_k_dense_replace']!r} is not supported")

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 FORMATS = ("qat", "bf16")
@@ -220,24 +219,16 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     return (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous()
 
 
-def _nibble_table():
-    b = np.arange(256)
-    lo, hi = b & 0xF, b >> 4
-    return np.stack([np.where(lo > 7, lo - 16, lo), np.where(hi > 7, hi - 16, hi)], -1).astype(np.int8)  # [256, 2]
-
-
-_NIBBLES = None
-
-
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: uint8 ``[..., n/2]`` -> int8 ``[..., n]``."""
-    global _NIBBLES
-    if _NIBBLES is None:
-        _NIBBLES = _nibble_table()
+    """Inverse of :func:`pack_int4`: uint8 ``[..., n/2]`` -> int8 ``[..., n]`` (the bytes read as int8:
+    an arithmetic right shift by 4 sign-extends the high nibble, shifting left by 4 first the low one)."""
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed int4 data must be uint8, got {packed.dtype}")
-    q = _NIBBLES[packed.contiguous().numpy()]  # [..., n/2, 2]: (low nibble, high nibble) of each byte
-    return torch.from_numpy(q.reshape(*packed.shape[:-1], packed.shape[-1] * 2))
+    p = packed.contiguous().view(torch.int8)
+    out = torch.empty(*p.shape[:-1], p.shape[-1] * 2, dtype=torch.int8)
+    out[..., 0::2] = (p << 4) >> 4
+    out[..., 1::2] = p >> 4
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +370,8 @@ def build_tokenizer(vocab_size: int, max_merges: int = 2000):
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
         special_tokens=[("<|begin_of_text|>", base)])
     if tok.get_vocab_size() != vocab_size or tok.token_to_id("<|begin_of_text|>") != base:
-        raise AssertionError(f"tokenizer layout: {tok.get_vocab_size()} ids, bos {tok.token_to_id('<|begin_of_text|>')}")
+        bos = tok.token_to_id("<|begin_of_text|>")
+        raise AssertionError(f"tokenizer layout: {tok.get_vocab_size()} ids, <|begin_of_text|> = {bos}")
     return tok
 
 
