@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write a random checkpoint in the format of Meta's published MobileMoE releases
-(facebook/MobileMoE-{S,M,L}-{QAT,Base,SFT}; /work/shared/MOBILEMOE_MODEL.md): config.json, the
+(facebook/MobileMoE-{S,M,L}-{QAT,Base,SFT}; docs/mobilemoe_format.md): config.json, the
 weights as safetensors (one file, or shards + model.safetensors.index.json above --max-shard-gb),
 and a Llama-3-style byte-level BPE tokenizer.json + tokenizer_config.json (chat template).
 

@@ -8,6 +8,8 @@ it is current; regenerate with ``python -m mobilemoe_export.backend --regen``).
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import re
 import struct
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import flatbuffers
+import numpy as np
 import torch
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
 from executorch.exir.backend.compile_spec_schema import CompileSpec
@@ -99,6 +102,7 @@ class _BlobWriter:
         self.tensors: List[dict] = []
         self.ids: Dict[torch.fx.Node, int] = {}
         self.segments: List[bytes] = []
+        self._seg_of: Dict[bytes, int] = {}
         self.inputs: List[int] = []
         self.outputs: List[int] = []
         self.nodes: List[tuple] = []
@@ -120,8 +124,14 @@ class _BlobWriter:
         t = t.detach().cpu().contiguous()
         if t.dtype not in _DTYPES:
             raise TypeError(f"MobileMoEBackend: constant {node.name} has unsupported dtype {t.dtype}")
-        seg = len(self.segments)
-        self.segments.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        # identical constants share one segment (a tied embedding / LM head that torch.export lifted
+        # as two placeholders is stored once)
+        key = hashlib.sha256(data).digest()
+        seg = self._seg_of.get(key)
+        if seg is None:
+            seg = self._seg_of[key] = len(self.segments)
+            self.segments.append(data)
         tid = len(self.tensors)
         self.tensors.append(dict(dtype=_DTYPES[t.dtype], shape=list(t.shape), dyn=False, segment=seg))
         self.ids[node] = tid
@@ -461,6 +471,67 @@ class MobileMoEPartitioner(Partitioner):
                     tags[tag] = self.delegation_spec
         tag_constant_data(exported_program)
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading blobs back (tests, tools): what the delegate will see
+
+
+_NP_DTYPES = {DType.F32: np.float32, DType.U8: np.uint8, DType.I8: np.int8, DType.I32: np.int32, DType.I64: np.int64,
+              DType.F16: np.float16}
+
+
+class BlobView:
+    """A processed MobileMoE blob, read back: ``graph`` (the flatbuffer ``Graph``), ``nodes`` as
+    ``(op name, op table, node name)`` with the op table of its type (``Attention``, ``MoeFfn``,
+    ...), and ``constant(tensor id)`` -> the constant's values as a numpy array (BF16 as float32)."""
+
+    def __init__(self, blob: bytes) -> None:
+        # the generated reader code imports its siblings absolutely (``mobilemoe.blob.X``)
+        if str(_FBS_DIR) not in sys.path:
+            sys.path.append(str(_FBS_DIR))
+        from mobilemoe.blob import Graph as RGraph
+        from mobilemoe.blob import Op as FbOp
+
+        if blob[:4] != MAGIC:
+            raise ValueError("not a MobileMoE blob (magic)")
+        self.version, fb_off, fb_size, self.data_off = struct.unpack("<IQQQ", blob[4:32])
+        self.blob = blob
+        self.graph = RGraph.Graph.GetRootAs(blob[fb_off:fb_off + fb_size], 0)
+        names = {v: k for k, v in vars(FbOp.Op).items() if not k.startswith("_")}
+        self.nodes = []
+        for i in range(self.graph.NodesLength()):
+            n = self.graph.Nodes(i)
+            kind = names[n.OpType()]
+            mod = importlib.import_module(f"mobilemoe.blob.{kind}")
+            tab = getattr(mod, kind)()
+            t = n.Op()
+            tab.Init(t.Bytes, t.Pos)
+            self.nodes.append((kind, tab, n.Name().decode()))
+
+    def constant(self, tid: int) -> np.ndarray:
+        t = self.graph.Tensors(tid)
+        if t.Segment() < 0:
+            raise ValueError(f"tensor {tid} is an activation")
+        seg = self.graph.Segments(t.Segment())
+        raw = self.blob[self.data_off + seg.Offset():self.data_off + seg.Offset() + seg.Size()]
+        shape = [t.Shape(j) for j in range(t.ShapeLength())]
+        if t.Dtype() == DType.BF16:
+            return (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return np.frombuffer(raw, dtype=_NP_DTYPES[t.Dtype()]).reshape(shape)
+
+
+def pte_blobs(path) -> List[bytes]:
+    """The processed MobileMoE blobs of a ``.pte`` file, in delegate order."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(Path(path).read_bytes())
+    prog = getattr(pte, "program", pte)
+    out = []
+    for d in prog.execution_plan[0].delegates:
+        if d.id == MobileMoEBackend.__name__:
+            out.append(bytes(prog.backend_delegate_data[d.processed.index].data))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

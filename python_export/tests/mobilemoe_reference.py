@@ -1,5 +1,5 @@
 """An independent reference forward of Meta's MobileMoE, written from the formulas of
-/work/shared/MOBILEMOE_MODEL.md, in float64 plain PyTorch. It reads config.json and the safetensors
+docs/mobilemoe_format.md, in float64 plain PyTorch. It reads config.json and the safetensors
 files itself (its own nibble unpacking and dequantization) and does NOT import mobilemoe_export:
 the tests compare the project's loader, eager model and exported .pte against it.
 

@@ -21,7 +21,7 @@ def _parse_blob(blob: bytes):
 
     assert blob[:4] == b"MMOE"
     ver, fb_off, fb_size, data_off = struct.unpack("<IQQQ", blob[4:32])
-    assert ver == backend.FORMAT_VERSION == 4 and fb_off == 32 and data_off % 64 == 0 and data_off >= 32 + fb_size
+    assert ver == backend.FORMAT_VERSION == 5 and fb_off == 32 and data_off % 64 == 0 and data_off >= 32 + fb_size
     g = Graph.GetRootAs(blob[fb_off:fb_off + fb_size], 0)
     assert Graph.GraphBufferHasIdentifier(blob[fb_off:fb_off + fb_size], 0)
     return g, data_off
@@ -49,7 +49,7 @@ def test_blob_contents():
     blobs = _lowered_blobs(edge)
     assert len(blobs) == 2
     g, data_off = _parse_blob(blobs[0])
-    assert g.Version() == 4 and g.NodesLength() == 1 and g.InputsLength() == 1 and g.OutputsLength() == 1
+    assert g.Version() == 5 and g.NodesLength() == 1 and g.InputsLength() == 1 and g.OutputsLength() == 1
     from mobilemoe.blob.MoeFfn import MoeFfn
     from mobilemoe.blob.Op import Op
 

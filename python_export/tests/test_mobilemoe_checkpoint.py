@@ -100,6 +100,21 @@ def test_s_inventory_is_the_published_file():
     assert cfg["quantization"] == mf.QUANTIZATION
 
 
+@pytest.mark.parametrize("size", ["S", "M", "L"])
+def test_size_configs_and_presets_are_one_definition(tmp_path, size):
+    """The config.json this format writes for a size, read back by the loader, is the preset
+    ``models.get_config(size)`` (every forward field; the shapes are defined once, in models.PRESETS)."""
+    (tmp_path / "config.json").write_text(json.dumps(mf.size_config(size, "qat")))
+    ck = read_mobilemoe_config(tmp_path)
+    got, want = ck.model_config.to_dict(), models.get_config(size).to_dict()
+    for d in (got, want):
+        d.pop("name")
+        d.pop("extra")
+    assert got == want
+    assert ck.size == size and ck.model_config.max_seq_len == models.DEFAULT_MAX_SEQ_LEN
+    assert read_mobilemoe_config(tmp_path, max_seq_len=8192).model_config.max_seq_len == 8192
+
+
 def test_nibble_packing_is_the_spec():
     # byte 0x8F: even column = low nibble 0xF = -1, odd column = high nibble 0x8 = -8
     b = torch.tensor([[0x8F, 0x70, 0x01]], dtype=torch.uint8)
@@ -537,3 +552,47 @@ def test_e2e_bf16_release_exports_with_ptq(bf16_dir, tmp_path):
     m.reset_cache()
     for (i, got, _), (_, want, _) in zip(_steps(pte, ref), _steps(m, ref)):
         assert _rel(got, want) < 1e-4, f"step {i}: relative error {_rel(got, want)}"
+
+
+@needs_lib
+def test_e2e_pte_blob_weights_are_the_checkpoints_bit_for_bit(qat_exact_pte, qat_ref):
+    """#23 item 2: the integers and scales that reach the kernels, read back from the .pte's delegate
+    blob, dequantize to exactly the checkpoint's weights (linears grouped along `in`, the tied
+    embedding / LM head, the [E, in, out] experts grouped along `out`, the shared expert)."""
+    from mobilemoe_export import backend
+
+    path, _ = qat_exact_pte
+    (blob,) = backend.pte_blobs(path)
+    v = backend.BlobView(blob)
+    assert v.version == backend.FORMAT_VERSION == 5
+    R, g = qat_ref, 32
+    f32 = lambda x: x.to(torch.float32)  # noqa: E731
+    kinds = [k for k, _, _ in v.nodes]
+    att = [t for k, t, _ in v.nodes if k == "Attention"]
+    moe = [t for k, t, _ in v.nodes if k == "MoeFfn"]
+    assert len(att) == len(moe) == len(R.layers) and kinds[0] == "Embedding" and kinds[-1] == "LmHead"
+    c = lambda tid: torch.from_numpy(np.array(v.constant(tid)))  # noqa: E731
+    emb = next(t for k, t, _ in v.nodes if k == "Embedding")
+    head = next(t for k, t, _ in v.nodes if k == "LmHead")
+    seg = lambda tid: v.graph.Tensors(tid).Segment()  # noqa: E731
+    assert seg(emb.Weight()) == seg(head.Weight()) and seg(emb.Scales()) == seg(head.Scales())  # tied: stored once
+    assert c(emb.Scales()).dtype == torch.float16
+    vocab, dim = emb.VocabSize(), emb.Dim()
+    assert torch.equal(_deq_packed(c(emb.Weight()), c(emb.Scales()), vocab, dim, g), f32(R.emb))
+    for i, (a, m, L) in enumerate(zip(att, moe, R.layers)):
+        assert a.QkNorm() and a.RopeStyle() == 1 and a.Window() == 0
+        qkv = torch.cat([L["q"], L["k"], L["v"]])
+        assert torch.equal(_deq_packed(c(a.Wqkv()), c(a.WqkvScales()), qkv.shape[0], dim, g), f32(qkv)), f"layer {i} wqkv"
+        assert torch.equal(_deq_packed(c(a.Wo()), c(a.WoScales()), dim, L["o"].shape[1], g), f32(L["o"])), f"layer {i} wo"
+        assert m.ExpertScalesOut() and m.ScoreFunc() == 2 and m.RouteScale() == 2.5 and m.RenormEps() == np.float32(1e-20)
+        E, F_ = m.NumExperts(), m.HiddenDim()
+        w13, s13, w2, s2 = c(m.W13()), c(m.W13Scales()), c(m.W2()), c(m.W2Scales())
+        assert s13.dtype == s2.dtype == torch.float16
+        for e in range(E):
+            assert torch.equal(_deq_out_grouped(w13[e], s13[e], 2 * F_, dim, g), f32(L["gate_up"][e].t())), f"{i}/{e}"
+            assert torch.equal(_deq_out_grouped(w2[e], s2[e], dim, F_, g), f32(L["down"][e].t())), f"{i}/{e}"
+        fs = m.SharedHiddenDim()
+        sh13 = _deq_packed(c(m.SharedW13()), c(m.SharedW13Scales()), 2 * fs, dim, g)
+        assert torch.equal(sh13, f32(torch.cat([L["sg"], L["su"]])))
+        assert torch.equal(_deq_packed(c(m.SharedW2()), c(m.SharedW2Scales()), dim, fs, g), f32(L["sd"]))
+        assert torch.equal(c(m.RouterWeight()), f32(L["router"])) and torch.equal(c(m.ExpertBias()), f32(L["bias"]))

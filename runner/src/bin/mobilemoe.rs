@@ -551,7 +551,10 @@ fn generate(a: GenerateArgs) -> Res<()> {
     } else {
         a.prompt.clone()
     };
+    let t_load = std::time::Instant::now();
     let mut model = PteModel::load(&a.model)?;
+    // (stderr: the program's load and delegate init, for benchmark scripts; stdout stays the text)
+    eprintln!("program load: {:.1} ms", t_load.elapsed().as_secs_f64() * 1e3);
     if tok.vocab_size() > model.vocab_size() {
         eprintln!("warning: tokenizer vocabulary ({}) is larger than the model's ({})", tok.vocab_size(), model.vocab_size());
     }
