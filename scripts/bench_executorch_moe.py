@@ -48,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python_export"))
 
-from bench_llamacpp import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
+from bench_common import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
 
 D, F, E, K, GROUP = 1024, 512, 32, 4, 32
 

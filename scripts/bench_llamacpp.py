@@ -2,7 +2,7 @@
 """llama.cpp on a model of the MobileMoE-S shape (random weights), measured on this machine: the
 reproducible comparison anchor for the README's comparison against llama.cpp.
 
-    .venv/bin/python scripts/bench_llamacpp.py                 # full S shape (22 layers), Q4_0 + Q4_K_M
+    .venv/bin/python scripts/bench_llamacpp.py                 # full S shape (20 layers), Q4_0 + Q4_K_M
     .venv/bin/python scripts/bench_llamacpp.py --quick         # 2-layer smoke run
     .venv/bin/python scripts/bench_llamacpp.py --quants Q4_0 --json-out runs/llamacpp.json
 
@@ -21,10 +21,11 @@ What it does (everything downloaded, built or generated goes to --cache-dir, def
 3. Writes a GGUF with seeded random weights (``gguf`` PyPI package, installed if missing), tensor
    by tensor (never the whole model in memory): architecture ``deepseek`` (llama.cpp's
    DeepSeek-V1/MoE-16B graph: softmax gating over routed experts + always-on shared experts, SwiGLU,
-   RMSNorm, GQA, RoPE), the S preset's shape: D=1024, 22 layers, 16 heads / 4 KV heads of 64,
-   vocabulary 32000, 32 experts x F=512, top-4, shared expert F=1024 (llama.cpp's deepseek sizes
-   the shared expert as n_expert_shared x expert_ff_length: 2 x 512), no leading dense block,
-   RoPE theta 10000, RMS eps 1e-5, tied embeddings (no ``output.weight``), tokenizer model
+   RMSNorm, GQA, RoPE), the S preset's shape (read from ``models.PRESETS["S"]``): D=768, 20 layers,
+   12 heads / 4 KV heads of 64, vocabulary 128256, 60 experts x F=384, top-4, shared expert F=1536
+   (llama.cpp's deepseek sizes the shared expert as n_expert_shared x expert_ff_length: 4 x 384), no
+   leading dense block, RoPE theta 500000, RMS eps 1e-5, tied embeddings (no ``output.weight``);
+   not S's sigmoid routing, QK-norm or llama3 RoPE scaling (deepseek's graph), tokenizer model
    "none" with ``deepseek.vocab_size``. Stored F16 (norms and router F32), then quantized with
    ``llama-quantize`` to each of --quants (default Q4_0 and Q4_K_M; llama-quantize's default
    mixes: the tied embedding / LM head becomes Q6_K, the router stays F32).
@@ -43,7 +44,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -55,19 +55,28 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import cpu_model, loadavg  # noqa: E402
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG)
 SDIST_SHA256 = {"0.3.36": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"}
 GGUF_VERSION = "0.19.0"
 CMAKE_PIP_SPEC = "cmake>=3.21"
 
-# The MobileMoE-S preset (python_export/mobilemoe_export/models.py, PRESETS["S"]); kept here
-# literally so that this script does not import torch.
-S_SHAPE = dict(
-    n_layers=22, dim=1024, n_heads=16, n_kv_heads=4, head_dim=64, vocab_size=32000,
-    num_experts=32, top_k=4, expert_hidden_dim=512, shared_hidden_dim=1024,
-    rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, context_length=2048,
-)
+def s_shape() -> dict:
+    """The shape of the MobileMoE-S preset (python_export/mobilemoe_export/models.py, PRESETS["S"]),
+    read from the preset (imports torch, only when called: ``cpu_model`` stays importable without)."""
+    sys.path.insert(0, str(REPO / "python_export"))
+    from mobilemoe_export.models import get_config
+
+    c = get_config("S")
+    return dict(
+        n_layers=c.n_layers, dim=c.dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim,
+        vocab_size=c.vocab_size, num_experts=c.num_experts, top_k=c.top_k, expert_hidden_dim=c.expert_hidden_dim,
+        shared_hidden_dim=c.shared_hidden_dim, rope_theta=c.rope_theta, norm_eps=c.norm_eps,
+        tie_embeddings=c.tie_embeddings, context_length=c.max_seq_len,
+    )
 
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
@@ -137,23 +146,6 @@ def ensure_gguf():
         pip_install(f"gguf=={GGUF_VERSION}")
     import gguf
     return gguf
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +369,64 @@ def run_bench(bench: Path, model: Path, args, feats: dict) -> tuple[list[dict], 
     return rows, ru.ru_maxrss / 1024.0, stderr
 
 
+def ensure_ours(args) -> Path:
+    """Our .pte of the S shape (the CLI's preset S: whole decoder, INT4 g32, fp16 scales, fp16 KV
+    cache, max_seq_len 2048), exported once."""
+    out = args.ours
+    if out.is_file():
+        log(f"ours cached: {out}")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "mobilemoe_export", "--preset", "S", "--max-seq-len", "2048",
+           "--scales", "fp16", "--no-progress", "--out", str(out)]
+    if args.layers != s_shape()["n_layers"]:
+        cmd[4:4] = ["--n-layers", str(args.layers)]
+    run(cmd)
+    return out
+
+
+def render_markdown(doc) -> str:
+    """Ours against llama.cpp per quant: prefill from depth 0, decode at each depth (medians over
+    rounds of llama-bench's per-run means / our per-round figures), ratio against each quant."""
+    import bench_common as bc
+
+    depths = [int(d) for d in str(doc["depths"]).split(",") if int(d) > 0]
+    quants = sorted({r["quant"] for r in doc["llamacpp"]}, key=lambda q: (q != "Q4_0", q))
+    p, g = doc["prompt"], doc["gen"]
+
+    def lc(q, test):
+        return [r["tok_s"] for r in doc["llamacpp"] if r["quant"] == q and r["test"] == test]
+
+    tests = [(f"prefill tok/s, {p}-token prompt from depth 0", "prefill", f"pp{p}")]
+    tests += [(f"decode tok/s at depth {d} ({g} tokens)", f"decode@{d}", f"tg{g} @ d{d}") for d in depths]
+    head = f"| S shape ({doc['layers']} layers), {doc['threads']} threads | mobilemoe | " + " | ".join(
+        f"llama.cpp {q}" for q in quants) + " | " + " | ".join(f"mobilemoe / {q}" for q in quants) + " |"
+    out = [head, "|---" * (2 + 2 * len(quants)) + "|"]
+    fmt = lambda xs: "-" if not xs else (f"{min(xs):.1f}" if f"{min(xs):.1f}" == f"{max(xs):.1f}"  # noqa: E731
+                                         else f"{min(xs):.1f}-{max(xs):.1f}")
+    for label, ours_key, test in tests:
+        mine = [r.get(ours_key) for r in doc["ours"] if r.get(ours_key)]
+        theirs = [lc(q, test) for q in quants]
+        ratios = [f"**{bc.median(mine) / bc.median(t):.2f}x**" if mine and t else "-" for t in theirs]
+        out.append(f"| {label} | {fmt(mine)} | " + " | ".join(fmt(t) for t in theirs) + " | " + " | ".join(ratios) + " |")
+    rss_l = [max((r["peak_rss_mib"] for r in doc["llamacpp"] if r["quant"] == q), default=0) for q in quants]
+    rss_o = max((r.get("peak_rss_mib", 0) for r in doc["ours"]), default=0)
+    out.append(f"| peak RSS | {rss_o:.0f} MiB | " + " | ".join(f"{x:.0f} MiB" for x in rss_l) + " |" + " |" * len(quants))
+    lcx = doc["llama_cpp"]
+    out.append("")
+    out.append(f"llama.cpp {lcx.get('build_commit')} (llama-cpp-python {lcx.get('version')} sdist, built natively), "
+               f"`llama-bench -p {p} -n {g} -d {doc['depths']} -r {doc['reps']}`, weights loaded without mmap; a GGUF of "
+               f"the same shape with random weights in llama.cpp's `deepseek` architecture — the closest graph it has: "
+               f"softmax top-{doc['shape']['top_k']} gating over {doc['shape']['num_experts']} experts + "
+               f"{doc['shape']['shared_hidden_dim'] // doc['shape']['expert_hidden_dim']} always-on shared experts of "
+               f"F={doc['shape']['expert_hidden_dim']} (= our shared F={doc['shape']['shared_hidden_dim']}), no QK-norm, "
+               f"half-split RoPE — against ours with sigmoid + bias routing, QK-norm and llama3 RoPE. Ours: "
+               f"`mobilemoe bench` (prefill = one forward over the prompt from position 0; decode = real greedy "
+               f"steps after prefilling to the depth), .pte {doc['ours_pte_bytes'] / 2**20:.0f} MiB. "
+               f"{doc['rounds']} alternating rounds; ranges over rounds, ratios of the medians.")
+    return "\n".join(out) + "\n"
+
+
 def test_name(r: dict) -> str:
     if r.get("n_prompt", 0) > 0 and r.get("n_gen", 0) > 0:
         t = f"pp{r['n_prompt']}+tg{r['n_gen']}"
@@ -422,16 +472,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 layers, Q4_0, depth 128, 2 reps, -n 16")
     ap.add_argument("--rebuild", action="store_true", help="rebuild llama.cpp even if cached")
     ap.add_argument("--regen", action="store_true", help="rewrite the GGUF files even if cached")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternating rounds of llama-bench (each quant) and ours (default: %(default)s)")
+    ap.add_argument("--ours", type=Path, default=REPO / "artifacts" / "bench" / "S_llamacpp_seq2048_fp16.pte",
+                    help="our .pte of the same shape (exported with the CLI's preset S if missing)")
+    ap.add_argument("--no-ours", action="store_true", help="llama.cpp only")
+    ap.add_argument("--no-save", action="store_true", help="do not write docs/results")
     ap.add_argument("--json-out", type=Path, help="write every raw number here")
     ap.add_argument("--markdown-out", type=Path, help="write the markdown table here")
     args = ap.parse_args()
 
     if args.layers is None:
-        args.layers = 2 if args.quick else S_SHAPE["n_layers"]
+        args.layers = 2 if args.quick else s_shape()["n_layers"]
     if args.quants is None:
         args.quants = "Q4_0" if args.quick else "Q4_0,Q4_K_M"
     if args.depths is None:
-        args.depths = "128" if args.quick else "128,1024"
+        # depth 0 for prefill (ours prefills from position 0 too), 128 and 1024 for decode
+        args.depths = "0,128" if args.quick else "0,128,1024"
     if args.reps is None:
         args.reps = 2 if args.quick else 5
     if args.quick and args.gen == 64:
@@ -481,7 +538,7 @@ def main() -> None:
         log("this llama-bench has no -d/--n-depth: tests run at depth 0")
 
     # 3: GGUF
-    shape = dict(S_SHAPE, n_layers=args.layers)
+    shape = dict(s_shape(), n_layers=args.layers)
     tag = shape_tag(shape, args.seed)
     f16 = cache / f"{tag}-F16.gguf"
     t0 = time.time()
@@ -509,22 +566,35 @@ def main() -> None:
         models[q] = out
     timings["prepare_total_s"] = round(time.time() - t_all, 1)
 
-    # 4: benchmark
+    # 4: benchmark, llama.cpp and ours alternating
+    ours = None if args.no_ours else ensure_ours(args)
+    import bench_common as bc
+
     load_before = loadavg()
-    results = []
-    for q, path in models.items():
-        t0 = time.time()
-        rows, rss_mib, _ = run_bench(bench, path, args, feats)
-        timings[f"bench_{q}_s"] = round(time.time() - t0, 1)
-        for r in rows:
-            results.append({
-                "quant": q, "test": test_name(r), "tok_s": r.get("avg_ts"),
-                "tok_s_stdev": r.get("stddev_ts", r.get("stdev_ts")),
-                "tok_s_median": statistics.median(r["samples_ts"]) if r.get("samples_ts") else None,
-                "tok_s_best": max(r["samples_ts"]) if r.get("samples_ts") else None,
-                "samples_tok_s": r.get("samples_ts"), "peak_rss_mib": round(rss_mib, 1),
-                "model_size_bytes": r.get("model_size"), "gguf": str(path), "raw": r,
-            })
+    bw_before = bc.bandwidth_probe(args.threads)
+    results, ours_rounds = [], []
+    decode_depths = [int(d) for d in args.depths.split(",") if int(d) > 0]
+    for rnd in range(args.rounds):
+        for q, path in models.items():
+            t0 = time.time()
+            rows, rss_mib, _ = run_bench(bench, path, args, feats)
+            timings[f"bench_{q}_s"] = round(timings.get(f"bench_{q}_s", 0) + time.time() - t0, 1)
+            for r in rows:
+                results.append({
+                    "round": rnd, "quant": q, "test": test_name(r), "tok_s": r.get("avg_ts"),
+                    "tok_s_stdev": r.get("stddev_ts", r.get("stdev_ts")),
+                    "tok_s_median": statistics.median(r["samples_ts"]) if r.get("samples_ts") else None,
+                    "tok_s_best": max(r["samples_ts"]) if r.get("samples_ts") else None,
+                    "samples_tok_s": r.get("samples_ts"), "peak_rss_mib": round(rss_mib, 1),
+                    "model_size_bytes": r.get("model_size"), "gguf": str(path), "raw": r,
+                })
+        if ours is not None:
+            env = dict(os.environ, MOBILEMOE_THREADS=str(args.threads))
+            o = bc.run_measured([bc.RUNNER, "bench", ours, "--threads", str(args.threads), "--prefill", str(args.prompt),
+                                 "--depths", ",".join(map(str, decode_depths)), "--decode-tokens", str(args.gen),
+                                 "--iters", str(args.reps)], env=env)
+            ours_rounds.append(bc.parse_llm_bench(o["stdout"]))
+            log(f"round {rnd + 1}: ours {ours_rounds[-1]}")
     load_after = loadavg()
 
     # 5: report
@@ -552,6 +622,22 @@ def main() -> None:
     log("timings: " + json.dumps(timings))
     if args.markdown_out:
         args.markdown_out.write_text(title + "\n\n" + table + "\n")
+    doc = {
+        "renderer": "bench_llamacpp", "threads": args.threads, "prompt": args.prompt, "gen": args.gen,
+        "depths": args.depths, "reps": args.reps, "rounds": args.rounds, "layers": args.layers,
+        "shape": shape, "params": param_count(shape), "gguf_arch": "deepseek",
+        "llama_cpp": {"build_commit": first.get("build_commit"), "version": build_info.get("llama_cpp_python_version"),
+                      "features": feats, "cpu_info": first.get("cpu_info")},
+        "llamacpp": [{k: v for k, v in r.items() if k != "raw"} for r in results],
+        "ours": ours_rounds, "ours_pte": str(ours) if ours else None,
+        "ours_pte_bytes": ours.stat().st_size if ours else None,
+        "loadavg_before": load_before, "loadavg_after": load_after,
+        "machine": dict(bc.machine(), bandwidth_gbps={str(args.threads): bw_before}),
+    }
+    if ours is not None:
+        print(render_markdown(doc))
+        if not args.no_save and not args.quick:
+            log(f"wrote {bc.write_results('llamacpp-vs-mobilemoe', doc)}")
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps({
@@ -577,6 +663,6 @@ if __name__ == "__main__":
         _p.add_argument("--layers", type=int)
         _p.add_argument("--seed", type=int)
         _a = _p.parse_args()
-        write_gguf(_a.path, dict(S_SHAPE, n_layers=_a.layers), _a.seed)
+        write_gguf(_a.path, dict(s_shape(), n_layers=_a.layers), _a.seed)
     else:
         main()

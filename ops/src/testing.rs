@@ -47,21 +47,23 @@ pub fn process_cpu_s() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// The MobileMoE-S-like MoE layer of the benchmark and demo binaries: D=1024, 32 experts x
-/// F=512, top-4 sigmoid routing with renormalisation, shared expert F=1024, INT4 group 32, Q8.
+/// MobileMoE-S's MoE layer (as published) for the benchmark and demo binaries: D=768, 60 experts
+/// x F=384, top-4 sigmoid routing renormalised with route scale 2.5, ungated shared expert
+/// F=1536, INT4 group 32, Q8.
 pub fn s_like_moe_spec() -> crate::MoeSpec {
     crate::MoeSpec {
-        dim: 1024,
-        hidden: 512,
-        shared_hidden: 1024,
+        dim: 768,
+        hidden: 384,
+        shared_hidden: 1536,
         group: 32,
         bits: crate::WeightBits::Int4,
         router: crate::RouterConfig {
-            num_experts: 32,
+            num_experts: 60,
             top_k: 4,
             score_func: crate::ScoreFunc::Sigmoid,
             renormalize: true,
-            route_scale: 1.0,
+            route_scale: 2.5,
+            renorm_eps: 1e-20,
             ..Default::default()
         },
         exact: false,

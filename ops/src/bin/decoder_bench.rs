@@ -1,5 +1,5 @@
-//! Per-op timings of the decoder ops around the MoE FFN on the S shape (D=1024, 16 heads, 4 KV
-//! heads, head_dim 64, vocabulary 32000): attention at a context depth (decode = 1 token),
+//! Per-op timings of the decoder ops around the MoE FFN on MobileMoE-S's shape (D=768, 12 heads,
+//! 4 KV heads, head_dim 64, vocabulary 128,256): attention at a context depth (decode = 1 token),
 //! RMSNorm, embedding, LM head. Prints min and median of `--iters` runs per op.
 //!
 //! `cargo run --release -p mobilemoe-ops --bin decoder_bench -- --help`
@@ -78,7 +78,7 @@ fn main() {
     };
     let pool = ThreadPool::new(threads);
     let kernels = Kernels::best();
-    let (d, hq, hkv, hd, max_seq, vocab) = (1024, 16, 4, 64, 2048, 32000);
+    let (d, hq, hkv, hd, max_seq, vocab) = (768, 12, 4, 64, 2048, 128256);
     let spec = AttentionSpec {
         dim: d,
         n_heads: hq,
@@ -129,7 +129,7 @@ fn main() {
     let mut ds = DenseScratch::default();
     let (mn, md) =
         time(iters.min(50), || lm_head_last(&x, 1, &nw, 1e-5, &head.as_ref(), false, &mut logits, &mut ds, &pool, &kernels).unwrap());
-    println!("{:<28} {:>10.1} {:>10.1}", "lm_head (32000 x 1024)", mn, md);
+    println!("{:<28} {:>10.1} {:>10.1}", "lm_head (128256 x 768)", mn, md);
     let (mn, md) = time(iters, || embedding(&head.as_ref(), &[12345], &mut out).unwrap());
     println!("{:<28} {:>10.1} {:>10.1}", "embedding (1 token)", mn, md);
     if threads > 1 {

@@ -45,7 +45,7 @@ struct Cli {
     /// Target measuring time per row in ms (default 400; quick: 60).
     #[arg(long, value_name = "MS", value_parser = positive_ms)]
     budget_ms: Option<f64>,
-    /// Time the bare kernels (1 thread, min of many calls) on the S-like expert shapes.
+    /// Time the bare kernels (1 thread, min of many calls) on MobileMoE-S's expert shapes.
     #[arg(long)]
     gemm_only: bool,
 }
@@ -72,10 +72,10 @@ fn kernel_set(s: &str) -> std::result::Result<Kernels, String> {
     Kernels::get(kind).ok_or_else(|| format!("kernel set {s} is not supported on this CPU"))
 }
 
-const NOTES: &str = "Layers (INT4, group 32, sigmoid top-k routing with renormalisation, gated shared expert):
-  S: D=1024 F=512  E=32 top-4 shared F=1024  (MobileMoE-S-like)
-  M: D=1280 F=640  E=56 top-6 shared F=1280  (the `M` preset of python_export's models.py: 19 layers)
-  L: D=1536 F=768  E=56 top-6 shared F=1536  (the `L` preset: 25 layers)
+const NOTES: &str = "Layers (MobileMoE's published shapes; INT4, group 32, sigmoid top-k routing with renormalisation, shared expert):
+  S: D=768  F=384 E=60 top-4 shared F=1536  (MobileMoE-S, 20 layers)
+  M: D=1024 F=512 E=60 top-4 shared F=2048  (MobileMoE-M, inferred from its totals: 26 layers)
+  L: D=1280 F=640 E=60 top-4 shared F=2560  (MobileMoE-L, from its model card: 32 layers)
 
 Columns: warm = the same layer every call (weights of the hit experts stay in the last-level cache);
 cold = calls cycle through N layer copies so that N x (bytes touched per call) > 2 x LLC (read from
@@ -98,10 +98,11 @@ struct LayerShape {
     fs: usize,
 }
 
+/// MobileMoE's published layer shapes (docs/mobilemoe_format.md; M is inferred from its totals).
 const LAYERS: [LayerShape; 3] = [
-    LayerShape { name: "S", d: 1024, f: 512, e: 32, k: 4, fs: 1024 },
-    LayerShape { name: "M", d: 1280, f: 640, e: 56, k: 6, fs: 1280 },
-    LayerShape { name: "L", d: 1536, f: 768, e: 56, k: 6, fs: 1536 },
+    LayerShape { name: "S", d: 768, f: 384, e: 60, k: 4, fs: 1536 },
+    LayerShape { name: "M", d: 1024, f: 512, e: 60, k: 4, fs: 2048 },
+    LayerShape { name: "L", d: 1280, f: 640, e: 60, k: 4, fs: 2560 },
 ];
 
 /// The last-level cache size read from the machine (Linux sysfs: the largest data/unified cache
@@ -162,7 +163,8 @@ fn moe_spec(l: &LayerShape) -> MoeSpec {
             top_k: l.k,
             score_func: ScoreFunc::Sigmoid,
             renormalize: true,
-            route_scale: 1.0,
+            route_scale: 2.5,
+            renorm_eps: 1e-20,
             ..Default::default()
         },
         exact: false,
@@ -247,7 +249,7 @@ impl LayerBuf {
             shared: Some(SharedExpert {
                 w13: PackedRef::new(spec.shared_w13_spec().unwrap(), &self.sh13, &self.sh13_s).unwrap(),
                 w2: PackedRef::new(spec.shared_w2_spec().unwrap(), &self.sh2, &self.sh2_s).unwrap(),
-                gate: Some(&self.gate),
+                gate: None, // MobileMoE's shared expert is ungated
             }),
         }
     }
@@ -577,7 +579,8 @@ fn gemm_only(ks: Kernels) {
     use mobilemoe_ops::act::QuantActs;
     use mobilemoe_ops::kernels::OutPtr;
     let mut r = Rng(5);
-    for (n, k) in [(2048usize, 1024usize), (1024, 512), (1024, 1024)] {
+    // MobileMoE-S's expert gate+up, expert down and shared gate+up matrices
+    for (n, k) in [(768usize, 768usize), (768, 384), (3072, 768)] {
         for bits in [WeightBits::Int4, WeightBits::Int8] {
             let spec = MatrixSpec::new(n, k, 32, bits).unwrap();
             let (d, s) = rand_matrix(&mut r, spec, 1);

@@ -6,8 +6,8 @@ use mobilemoe_ops::testing::{Rng, SLikeLayer};
 use mobilemoe_ops::*;
 use std::time::Instant;
 
-/// Runs the fused MoE FFN on a MobileMoE-S-like layer (D=1024, F=512, 32 experts, top-4, shared
-/// F=1024, INT4 g32) and prints parity against the naive reference and speed.
+/// Runs the fused MoE FFN on MobileMoE-S's layer (D=768, F=384, 60 experts, top-4, shared
+/// F=1536, INT4 g32) and prints parity against the naive reference and speed.
 #[derive(Parser)]
 #[command(name = "moe_demo", after_help = "Environment: MOBILEMOE_THREADS (pool size), MOBILEMOE_KERNEL (kernel set).")]
 struct Cli {}

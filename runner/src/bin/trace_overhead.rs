@@ -99,7 +99,7 @@ fn main() {
     let mut med: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
     let mut p10: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
     let mut span: Vec<Vec<f64>> = vec![vec![]; MODES.len()];
-    println!("decode layer (1 token, D=1024 F=512 E=32 top-4 + shared F=1024, INT4 g32), {iters} calls per run");
+    println!("decode layer (1 token, D=768 F=384 E=60 top-4 + shared F=1536, INT4 g32), {iters} calls per run");
     for r in 0..rounds {
         for mi in 0..MODES.len() {
             // Rotate the order per round so drift does not favour one mode.
