@@ -439,7 +439,7 @@ pub fn attention(
         let kind = kernels.kind;
         let max_seq = spec.max_seq_len;
         let rep = hq / hkv;
-        let fixed = fixed_avx512_shape(kind, hd, rep);
+        let fixed = fixed_shape(kind, hd, rep);
         pool.run(items, &|item| {
             let (g, b) = (item % hkv, item / hkv);
             let s0 = b * block;
@@ -455,7 +455,7 @@ pub fn attention(
                 }
                 let base = g * max_seq * hd;
                 if fixed {
-                    // AVX-512 with a specialised shape: fp16 rows converted in registers.
+                    // AVX-512 or AVX2 with a specialised shape: fp16 rows converted in registers.
                     for s in s0..s1 {
                         let p = positions[s] as usize;
                         let q = &qkv[s * qkv_w + g * rep * hd..s * qkv_w + (g + 1) * rep * hd];
@@ -464,12 +464,30 @@ pub fn attention(
                         let o = unsafe { std::slice::from_raw_parts_mut(ctx_out.0.add(dst), rep * hd) };
                         let sc = &mut buf[..rep * (p + 1)];
                         let r = match (kc, vc) {
-                            (KvSlice::F32(k), KvSlice::F32(v)) => {
-                                sdpa_fixed(hd, rep, q, &k[base..base + (p + 1) * hd], &v[base..base + (p + 1) * hd], p + 1, scale, sc, o)
-                            }
-                            (KvSlice::F16(k), KvSlice::F16(v)) => {
-                                sdpa_fixed(hd, rep, q, &k[base..base + (p + 1) * hd], &v[base..base + (p + 1) * hd], p + 1, scale, sc, o)
-                            }
+                            (KvSlice::F32(k), KvSlice::F32(v)) => sdpa_fixed(
+                                kind,
+                                hd,
+                                rep,
+                                q,
+                                &k[base..base + (p + 1) * hd],
+                                &v[base..base + (p + 1) * hd],
+                                p + 1,
+                                scale,
+                                sc,
+                                o,
+                            ),
+                            (KvSlice::F16(k), KvSlice::F16(v)) => sdpa_fixed(
+                                kind,
+                                hd,
+                                rep,
+                                q,
+                                &k[base..base + (p + 1) * hd],
+                                &v[base..base + (p + 1) * hd],
+                                p + 1,
+                                scale,
+                                sc,
+                                o,
+                            ),
                             _ => false,
                         };
                         debug_assert!(r);
@@ -574,7 +592,10 @@ fn local_sdpa(
                     let dst = (s * hq + g * rep) * hd;
                     // SAFETY: (s, g) ranges are disjoint between items; dst + rep*hd <= t*hq*hd.
                     let o = unsafe { std::slice::from_raw_parts_mut(ctx_out.0.add(dst), rep * hd) };
-                    sdpa_dispatch(kind, q, &k32[off * hd..(off + n) * hd], &v32[off * hd..(off + n) * hd], n, hd, rep, scale, rest, o);
+                    let (kw, vw) = (&k32[off * hd..(off + n) * hd], &v32[off * hd..(off + n) * hd]);
+                    if !sdpa_fixed(kind, hd, rep, q, kw, vw, n, scale, rest, o) {
+                        sdpa_dispatch(kind, q, kw, vw, n, hd, rep, scale, rest, o);
+                    }
                 }
             });
         })
@@ -583,15 +604,24 @@ fn local_sdpa(
     Ok(())
 }
 
-/// Whether the AVX-512 kernel specialised on (head_dim, heads per KV head) exists.
-fn fixed_avx512_shape(kind: crate::KernelKind, hd: usize, rep: usize) -> bool {
-    cfg!(target_arch = "x86_64") && kind == crate::KernelKind::Avx512Vnni && matches!(hd, 32 | 64 | 128) && matches!(rep, 1 | 2 | 4 | 5 | 8)
+/// Whether a kernel specialised on (head_dim, heads per KV head) exists for this kernel set: AVX-512
+/// and AVX2 (with F16C), head_dim 32 / 64 / 128, 1 to 8 query heads per KV head.
+fn fixed_shape(kind: crate::KernelKind, hd: usize, rep: usize) -> bool {
+    use crate::KernelKind::*;
+    let isa = match kind {
+        Avx512Vnni => true,
+        #[cfg(target_arch = "x86_64")]
+        Avx2 => std::arch::is_x86_feature_detected!("f16c"),
+        _ => false,
+    };
+    cfg!(target_arch = "x86_64") && isa && matches!(hd, 32 | 64 | 128) && (1..=8).contains(&rep)
 }
 
-/// The AVX-512 kernel specialised on (head_dim, rep), reading K/V rows of either element type;
-/// false if there is none for this shape (then nothing was written).
+/// The kernel specialised on (head_dim, rep) for `kind` (AVX-512 or AVX2), reading K/V rows of
+/// either element type; false if there is none for this shape (then nothing was written).
 #[allow(clippy::too_many_arguments, unused_variables)]
 fn sdpa_fixed<T: KvElem>(
+    kind: crate::KernelKind,
     hd: usize,
     rep: usize,
     q: &[f32],
@@ -604,30 +634,49 @@ fn sdpa_fixed<T: KvElem>(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::kernels::attn_dot::sdpa_avx512_fixed as f;
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        use crate::kernels::attn_dot::{sdpa_avx2_fixed, sdpa_avx512_fixed};
+        macro_rules! arms {
+            ($f:ident) => {
+                match (hd, rep) {
+                    (32, 1) => $f::<2, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 2) => $f::<2, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 3) => $f::<2, 3, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 4) => $f::<2, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 5) => $f::<2, 5, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 6) => $f::<2, 6, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 7) => $f::<2, 7, T>(q, k, v, n_ctx, scale, scores, out),
+                    (32, 8) => $f::<2, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 1) => $f::<4, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 2) => $f::<4, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 3) => $f::<4, 3, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 4) => $f::<4, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 5) => $f::<4, 5, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 6) => $f::<4, 6, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 7) => $f::<4, 7, T>(q, k, v, n_ctx, scale, scores, out),
+                    (64, 8) => $f::<4, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 1) => $f::<8, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 2) => $f::<8, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 3) => $f::<8, 3, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 4) => $f::<8, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 5) => $f::<8, 5, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 6) => $f::<8, 6, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 7) => $f::<8, 7, T>(q, k, v, n_ctx, scale, scores, out),
+                    (128, 8) => $f::<8, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                    _ => return false,
+                }
+            };
+        }
+        if !fixed_shape(kind, hd, rep) {
             return false;
         }
-        // SAFETY (all arms): AVX-512F checked; the slices cover the const shapes (asserted by the
-        // caller's slicing: q rep*hd, k/v n_ctx*hd, scores rep*n_ctx, out rep*hd).
+        // SAFETY (all arms): `fixed_avx512_shape` checked the ISA of `kind` (Kernels selects
+        // Avx512Vnni / Avx2 only on CPUs that have them; F16C checked for AVX2); the slices cover
+        // the const shapes (the caller's slicing: q rep*hd, k/v n_ctx*hd, scores rep*n_ctx, out rep*hd).
         unsafe {
-            match (hd, rep) {
-                (64, 4) => f::<4, 4, T>(q, k, v, n_ctx, scale, scores, out),
-                (64, 2) => f::<4, 2, T>(q, k, v, n_ctx, scale, scores, out),
-                (64, 1) => f::<4, 1, T>(q, k, v, n_ctx, scale, scores, out),
-                (64, 8) => f::<4, 8, T>(q, k, v, n_ctx, scale, scores, out),
-                (64, 5) => f::<4, 5, T>(q, k, v, n_ctx, scale, scores, out),
-                (32, 4) => f::<2, 4, T>(q, k, v, n_ctx, scale, scores, out),
-                (32, 2) => f::<2, 2, T>(q, k, v, n_ctx, scale, scores, out),
-                (32, 1) => f::<2, 1, T>(q, k, v, n_ctx, scale, scores, out),
-                (32, 8) => f::<2, 8, T>(q, k, v, n_ctx, scale, scores, out),
-                (32, 5) => f::<2, 5, T>(q, k, v, n_ctx, scale, scores, out),
-                (128, 4) => f::<8, 4, T>(q, k, v, n_ctx, scale, scores, out),
-                (128, 2) => f::<8, 2, T>(q, k, v, n_ctx, scale, scores, out),
-                (128, 1) => f::<8, 1, T>(q, k, v, n_ctx, scale, scores, out),
-                (128, 8) => f::<8, 8, T>(q, k, v, n_ctx, scale, scores, out),
-                (128, 5) => f::<8, 5, T>(q, k, v, n_ctx, scale, scores, out),
-                _ => return false,
+            if kind == crate::KernelKind::Avx512Vnni {
+                arms!(sdpa_avx512_fixed)
+            } else {
+                arms!(sdpa_avx2_fixed)
             }
         }
         return true;
@@ -638,7 +687,7 @@ fn sdpa_fixed<T: KvElem>(
 
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::attn_dot::KvLoad as KvElem;
-/// Placeholder bound off x86-64 (the specialised kernels are AVX-512 only).
+/// Placeholder bound off x86-64 (the specialised kernels are AVX-512 / AVX2 only).
 #[cfg(not(target_arch = "x86_64"))]
 pub trait KvElem: Copy {}
 #[cfg(not(target_arch = "x86_64"))]

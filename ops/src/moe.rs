@@ -405,7 +405,13 @@ impl MoeScratch {
         let h_out = OutPtr::new(&mut self.h[..tk * 2 * f], 2 * f);
         let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_h[..t * 2 * fs], 2 * fs)) } else { None };
         let acts = if og {
-            Acts::OutGrouped { pairs: &self.xg[..tk * d], scales: r.w.w13_scales, exact: r.spec.exact, shared_q8: self.qx.as_ref(), shared_f32: r.x }
+            Acts::OutGrouped {
+                pairs: &self.xg[..tk * d],
+                scales: r.w.w13_scales,
+                exact: r.spec.exact,
+                shared_q8: self.qx.as_ref(),
+                shared_f32: r.x,
+            }
         } else if r.spec.exact {
             Acts::F32(&self.xg[..tk * d], r.x)
         } else {
@@ -475,7 +481,13 @@ impl MoeScratch {
         let sh_out = if shared.is_some() { Some(OutPtr::new(&mut self.sh_o[..t * d], d)) } else { None };
         let sh_act = &self.sh_act[..if shared.is_some() { t * fs } else { 0 }];
         let acts = if og {
-            Acts::OutGrouped { pairs: &self.act[..tk * f], scales: r.w.w2_scales, exact: r.spec.exact, shared_q8: self.qsh.as_ref(), shared_f32: sh_act }
+            Acts::OutGrouped {
+                pairs: &self.act[..tk * f],
+                scales: r.w.w2_scales,
+                exact: r.spec.exact,
+                shared_q8: self.qsh.as_ref(),
+                shared_f32: sh_act,
+            }
         } else if r.spec.exact {
             Acts::F32(&self.act[..tk * f], sh_act)
         } else {
@@ -557,7 +569,13 @@ enum Acts<'a> {
     /// Output-grouped expert scales (`MoeSpec::scales_out`): the pairs' fp32 rows, scaled by each
     /// output group's scales `[E, K, N / group]` inside the item, then quantized (unless `exact`);
     /// the shared expert's rows as Q8 or fp32 (per `exact`).
-    OutGrouped { pairs: &'a [f32], scales: ScaleRef<'a>, exact: bool, shared_q8: QuantActsRef<'a>, shared_f32: &'a [f32] },
+    OutGrouped {
+        pairs: &'a [f32],
+        scales: ScaleRef<'a>,
+        exact: bool,
+        shared_q8: QuantActsRef<'a>,
+        shared_f32: &'a [f32],
+    },
 }
 
 thread_local! {
@@ -597,7 +615,17 @@ fn scale_rows(src: &[f32], k: usize, scales: ScaleRef<'_>, base: usize, stride: 
 /// One routed item with output-grouped scales: per output group in its tiles, the rows scaled by
 /// the group's scales, then the integer GEMM (unit weight scales) on the group's tiles.
 #[allow(clippy::too_many_arguments)]
-fn og_item(kernels: &Kernels, wref: &PackedRef<'_>, e: usize, tiles: std::ops::Range<usize>, src: &[f32], rows: usize, scales: ScaleRef<'_>, exact: bool, sub: OutPtr) -> bool {
+fn og_item(
+    kernels: &Kernels,
+    wref: &PackedRef<'_>,
+    e: usize,
+    tiles: std::ops::Range<usize>,
+    src: &[f32],
+    rows: usize,
+    scales: ScaleRef<'_>,
+    exact: bool,
+    sub: OutPtr,
+) -> bool {
     let (k, n, g) = (wref.spec.k, wref.spec.n, wref.spec.group);
     let ng = n / g;
     let tpg = (g / crate::quant::TILE_ROWS).max(1);

@@ -436,7 +436,11 @@ pub fn moe_ffn_naive(spec: &MoeSpec, w: &MoeWeights<'_>, x: &[f32], t: usize) ->
                 if spec.scales_out {
                     // the integers with unit scales, the stored scales kept apart
                     let (o13, o2) = (vec![1f32; s13.scale_count()], vec![1f32; s2.scale_count()]);
-                    let a = PackedRef { spec: s13, data: &w.w13[ex * s13.data_bytes()..(ex + 1) * s13.data_bytes()], scales: (&o13[..]).into() };
+                    let a = PackedRef {
+                        spec: s13,
+                        data: &w.w13[ex * s13.data_bytes()..(ex + 1) * s13.data_bytes()],
+                        scales: (&o13[..]).into(),
+                    };
                     let b = PackedRef { spec: s2, data: &w.w2[ex * s2.data_bytes()..(ex + 1) * s2.data_bytes()], scales: (&o2[..]).into() };
                     let mut u = Unpacked::new(&a, &b);
                     let (n13, n2) = (w.w13_scales.len() / e, w.w2_scales.len() / e);

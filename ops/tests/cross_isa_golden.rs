@@ -262,7 +262,10 @@ fn run_all(k: &Kernels) -> Vec<(String, u64)> {
     for exact in [false, true] {
         for t in [1, 7] {
             let path = if exact { "exact" } else { "q8" };
-            v.push((format!("moe {path} output-grouped fp16 scales (MobileMoE QAT), {t} token(s)"), moe_out_grouped_case(k, &pool, exact, t)));
+            v.push((
+                format!("moe {path} output-grouped fp16 scales (MobileMoE QAT), {t} token(s)"),
+                moe_out_grouped_case(k, &pool, exact, t),
+            ));
         }
     }
     for exact in [false, true] {

@@ -120,7 +120,17 @@ fn run_attention(spec: &AttentionSpec, kv: KvDType, kernels: &Kernels, chunks: &
 }
 
 fn spec(max_seq: usize) -> AttentionSpec {
-    AttentionSpec { dim: 64, n_heads: 4, n_kv_heads: 2, head_dim: 32, max_seq_len: max_seq, rope: RopeStyle::HalfSplit, exact: true, qk_norm: None, window: 0 }
+    AttentionSpec {
+        dim: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 32,
+        max_seq_len: max_seq,
+        rope: RopeStyle::HalfSplit,
+        exact: true,
+        qk_norm: None,
+        window: 0,
+    }
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
@@ -194,14 +204,35 @@ fn fp16_cache_stays_close_to_fp32() {
 
 #[test]
 fn every_kernel_set_gives_identical_attention_bits() {
-    // Shapes with and without AVX-512's specialised kernels (head_dim 32/64 with 2/4/5 query heads
-    // per KV head; 48 has none), odd and even context lengths (prefill 37, decode steps, a
-    // 16-token chunk), both cache types: every kernel set must give the scalar set's bits.
-    let shapes = [(64, 4, 2, 32), (128, 8, 2, 64), (160, 10, 2, 64), (96, 4, 2, 48)];
+    // Shapes with and without the AVX-512 / AVX2 specialised kernels (head_dim 32/64/128 with 1 to
+    // 8 query heads per KV head: MobileMoE-S has 3, MobileLLM-Pro 5; 48 has none), odd and even
+    // context lengths (prefill 37, decode steps, a 16-token chunk), both cache types: every kernel
+    // set must give the scalar set's bits.
+    let shapes = [
+        (64, 4, 2, 32),
+        (128, 8, 2, 64),
+        (160, 10, 2, 64),
+        (96, 4, 2, 48),
+        (192, 12, 4, 64),
+        (64, 1, 1, 64),
+        (384, 6, 1, 64),
+        (256, 7, 1, 32),
+        (256, 2, 1, 128),
+    ];
     let kinds = Kernels::available();
     assert!(!kinds.is_empty());
     for (dim, n_heads, n_kv_heads, head_dim) in shapes {
-        let s = AttentionSpec { dim, n_heads, n_kv_heads, head_dim, max_seq_len: 64, rope: RopeStyle::HalfSplit, exact: false, qk_norm: None, window: 0 };
+        let s = AttentionSpec {
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            max_seq_len: 64,
+            rope: RopeStyle::HalfSplit,
+            exact: false,
+            qk_norm: None,
+            window: 0,
+        };
         for kv in [KvDType::F16, KvDType::F32] {
             let mut reference: Option<Vec<Vec<f32>>> = None;
             for k in &kinds {

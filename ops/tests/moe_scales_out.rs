@@ -50,7 +50,9 @@ fn layer(d: usize, f: usize, e: usize, k: usize, exact: bool, seed: u64) -> OgLa
         ),
     };
     for _ in 0..e {
-        for (ms, qs, ws, ss, n, kk) in [(s13, &mut out.q13, &mut out.w13, &mut out.s13, 2 * f, d), (s2, &mut out.q2, &mut out.w2, &mut out.s2, d, f)] {
+        for (ms, qs, ws, ss, n, kk) in
+            [(s13, &mut out.q13, &mut out.w13, &mut out.s13, 2 * f, d), (s2, &mut out.q2, &mut out.w2, &mut out.s2, d, f)]
+        {
             let q: Vec<i8> = (0..n * kk).map(|_| (r.next_u64() % 16) as i8 - 8).collect();
             let p = quant::pack(&q, &vec![1.0; n * (kk / g)], ms).unwrap();
             ws.extend_from_slice(&p.data);

@@ -155,7 +155,8 @@ fn sparsemixer_with_a_selection_bias_is_an_error() {
     let e = routing::route(&cfg, &x, 2, 4, &w, Some(&bias), &mut logits, &mut scratch, &mut ids, &mut wts).unwrap_err();
     assert!(e.to_string().contains("sparsemixer routing takes no expert bias"), "{e}");
     assert!(routing::route(&cfg, &x, 2, 4, &w, None, &mut logits, &mut scratch, &mut ids, &mut wts).is_ok());
-    let sp = MoeSpec { dim: 32, hidden: 32, shared_hidden: 0, group: 32, bits: WeightBits::Int4, router: cfg, exact: false, scales_out: false };
+    let sp =
+        MoeSpec { dim: 32, hidden: 32, shared_hidden: 0, group: 32, bits: WeightBits::Int4, router: cfg, exact: false, scales_out: false };
     let mut layer = Layer::random(sp, 3, false, false);
     layer.bias = Some(vec![0.0; 4]);
     let e = layer.weights().validate(&sp).unwrap_err();

@@ -514,7 +514,9 @@ fn read_node_op(n: &fb::Node<'_>, tensors: &[TensorDesc], ids: &TensorIds, versi
         fb::Op::Embedding => NodeOp::Embedding(check_embedding(tensors, &op_table(n.op_as_embedding(), ctx, "Embedding")?, ctx, ids)?),
         fb::Op::RmsNorm => NodeOp::RmsNorm(check_rms_norm(tensors, &op_table(n.op_as_rms_norm(), ctx, "RmsNorm")?, ctx, ids)?),
         fb::Op::Add => NodeOp::Add(check_add(tensors, &op_table(n.op_as_add(), ctx, "Add")?, ctx, ids)?),
-        fb::Op::Attention => NodeOp::Attention(check_attention(tensors, &op_table(n.op_as_attention(), ctx, "Attention")?, ctx, ids, version)?),
+        fb::Op::Attention => {
+            NodeOp::Attention(check_attention(tensors, &op_table(n.op_as_attention(), ctx, "Attention")?, ctx, ids, version)?)
+        }
         fb::Op::SwigluFfn => NodeOp::SwigluFfn(check_swiglu(tensors, &op_table(n.op_as_swiglu_ffn(), ctx, "SwigluFfn")?, ctx, ids)?),
         fb::Op::LmHead => NodeOp::LmHead(check_lm_head(tensors, &op_table(n.op_as_lm_head(), ctx, "LmHead")?, ctx, ids)?),
         other => return invalid(ctx(&format!("has unknown op type {}", other.0))),

@@ -87,7 +87,8 @@ fn main() {
         max_seq_len: max_seq,
         rope: RopeStyle::HalfSplit,
         exact: false,
-        qk_norm: None, window: 0,
+        qk_norm: None,
+        window: 0,
     };
     let wqkv = packed(spec.qkv_width(), d, 1);
     let wo = packed(d, spec.q_width(), 2);

@@ -85,6 +85,9 @@ pub trait KvLoad: Copy {
     /// # Safety
     /// AVX-512F available; 16 elements readable at `p`.
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// # Safety
+    /// AVX2 and F16C available; 8 elements readable at `p`.
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -92,6 +95,10 @@ impl KvLoad for f32 {
     #[inline(always)]
     unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
         std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
     }
 }
 
@@ -101,6 +108,95 @@ impl KvLoad for half::f16 {
     unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// AVX2 attention of `R` query heads sharing one KV head, head_dim = `16 * C`, reading the K/V
+/// rows in their stored type (fp16 converted in registers by `vcvtph2ps`, exact): K and V are
+/// read once for all `R` heads, with no f32 copy of the cache. The same arithmetic in the same
+/// order as `decoder::sdpa_generic` (scores by [`dot_avx2`]'s lanes and tree, times `scale`;
+/// max, deterministic exp, 16-lane sum; `acc += p * v` in slot order; `out = acc * (1/sum)`), so
+/// the same bits. The value pass runs one 16-lane chunk of the head at a time (its `R` pairs of
+/// accumulators stay in registers; each lane still sums its slots in order).
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `q.len() >= R*16*C`, `k.len(), v.len() >= n_ctx*16*C`,
+/// `scores.len() >= R*n_ctx`, `out.len() >= R*16*C`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sdpa_avx2_fixed<const C: usize, const R: usize, T: KvLoad>(
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    n_ctx: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = 16 * C;
+    debug_assert!(q.len() >= R * hd && k.len() >= n_ctx * hd && v.len() >= n_ctx * hd);
+    debug_assert!(scores.len() >= R * n_ctx && out.len() >= R * hd);
+    for t in 0..n_ctx {
+        let mut kv = [[_mm256_setzero_ps(); 2]; C];
+        for c in 0..C {
+            kv[c][0] = T::load8(k.as_ptr().add(t * hd + 16 * c));
+            kv[c][1] = T::load8(k.as_ptr().add(t * hd + 16 * c + 8));
+        }
+        for r in 0..R {
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for c in 0..C {
+                let qp = q.as_ptr().add(r * hd + 16 * c);
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(qp), kv[c][0]));
+                hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(qp.add(8)), kv[c][1]));
+            }
+            let s8 = _mm256_add_ps(lo, hi);
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            *scores.get_unchecked_mut(r * n_ctx + t) = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1))) * scale;
+        }
+    }
+    // softmax numerators (the generic loops, vectorised by the compiler under these features)
+    let mut inv = [0.0f32; R];
+    for r in 0..R {
+        let row = &mut scores[r * n_ctx..(r + 1) * n_ctx];
+        let mut m = f32::NEG_INFINITY;
+        let mut nan = false;
+        for &x in row.iter() {
+            m = if x > m { x } else { m };
+            nan |= x.is_nan();
+        }
+        if nan {
+            m = f32::NAN;
+        }
+        for x in row.iter_mut() {
+            *x = crate::moe::exp_f32(*x - m);
+        }
+        inv[r] = 1.0 / crate::decoder::sum_lanes(row);
+    }
+    for c in 0..C {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for t in 0..n_ctx {
+            let v0 = T::load8(v.as_ptr().add(t * hd + 16 * c));
+            let v1 = T::load8(v.as_ptr().add(t * hd + 16 * c + 8));
+            for r in 0..R {
+                let p = _mm256_set1_ps(*scores.get_unchecked(r * n_ctx + t));
+                acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_mul_ps(p, v0));
+                acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_mul_ps(p, v1));
+            }
+        }
+        for r in 0..R {
+            let iv = _mm256_set1_ps(inv[r]);
+            let o = out.as_mut_ptr().add(r * hd + 16 * c);
+            _mm256_storeu_ps(o, _mm256_mul_ps(acc[r][0], iv));
+            _mm256_storeu_ps(o.add(8), _mm256_mul_ps(acc[r][1], iv));
+        }
     }
 }
 
