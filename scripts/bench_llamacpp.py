@@ -456,7 +456,7 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=10,
                     help="nice level for the build, GGUF writing and quantization; the benchmark itself "
                          "runs at normal priority (default: %(default)s)")
-    ap.add_argument("--layers", type=int, default=None, help="layers (default: 22, the S preset; 2 with --quick)")
+    ap.add_argument("--layers", type=int, default=None, help="layers (default: the S preset's 20; 2 with --quick)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     ap.add_argument("--quants", default=None,
                     help="comma-separated llama-quantize types (default: Q4_0,Q4_K_M; Q4_0 with --quick)")

@@ -5,6 +5,7 @@ Examples::
     python -m mobilemoe_export --preset tiny --out tiny.pte
     python -m mobilemoe_export --preset S --max-seq-len 512 --out s.pte
     python -m mobilemoe_export --preset S --dense-baseline total --out s_dense.pte
+    python -m mobilemoe_export --preset mobilellm-pro --out mobilellm_pro.pte   # the dense baseline
     python -m mobilemoe_export --checkpoint my.ckpt --out my.pte          # save_checkpoint() format
     python -m mobilemoe_export --module-file my_model.py [--checkpoint sd.pt] --out my.pte
     python -m mobilemoe_export --hf ./olmoe-dir --max-seq-len 1024 --out olmoe.pte   # save_pretrained dir
@@ -51,14 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = ap.add_argument_group("model source (one of)")
-    src.add_argument("--preset", choices=sorted(models.PRESETS), help="built-in config with seeded random weights")
+    src.add_argument("--preset", choices=list(models.PRESETS),
+                     help="built-in config with seeded random weights: "
+                          + "; ".join(f"{k} = {models.preset_summary(k)}" for k in models.PRESETS))
     src.add_argument("--module-file", type=Path, help="Python file defining build_model() (see below)")
     src.add_argument("--checkpoint", type=Path,
                      help="models.save_checkpoint() file, or a state dict for --module-file")
     src.add_argument("--hf", type=Path, metavar="DIR",
                      help="Hugging Face save_pretrained directory (config.json, safetensors, tokenizer)")
     ap.add_argument("--dense-baseline", choices=["total", "active"],
-                    help="with --preset: the dense baseline instead (FFN weights = MoE total or active)")
+                    help="with an MoE --preset: the dense baseline instead (FFN weights = MoE total or active); "
+                         "the published dense baseline is --preset mobilellm-pro")
     ap.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128, 256])
     ap.add_argument("--weight-bits", type=int, default=4, choices=[4, 8])
     ap.add_argument("--fp32-linears", action="store_true",
@@ -71,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "bytes (~10%% fewer weight bytes per token). Default: fp16 for --preset (random weights) "
                          "unless --no-delegate, fp32 otherwise (a checkpoint keeps the precision it was trained / QAT'd with)")
     ap.add_argument("--max-seq-len", type=int, default=None,
-                    help="KV cache length = largest token count (default: the preset's; tiny 256)")
+                    help="KV cache length = largest token count (default: the preset's: tiny 256, S/M/L and "
+                         "mobilellm-pro 2048; MobileMoE's context is 8192)")
     ap.add_argument("--n-layers", type=int, default=None,
                     help="with --preset: override the layer count (e.g. a 2-layer S for quick benchmarks)")
     ap.add_argument("--out", type=Path, required=False, help="output .pte path (a .json sidecar is written next to it)")

@@ -68,10 +68,15 @@ def _pack(parts, group_size: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor
 class DecoderAttention(nn.Module):
     def __init__(self, attn: nn.Module, cfg, name: str, group_size: int, bits: int, kv_fp16: bool,
                  rope_interleaved: bool, exact: bool, scales_dtype: torch.dtype = torch.float32,
-                 qk_norm_eps: Optional[float] = None) -> None:
+                 qk_norm_eps: Optional[float] = None, window: int = 0) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.max_seq_len = cfg.max_seq_len
+        # sliding-window (local) attention over the last `window` positions (0: global); such a
+        # layer's KV cache is a ring of decoder_ops.cache_rows(max_seq_len, window) slots
+        if isinstance(window, bool) or int(window) != window or window < 0:
+            raise ValueError(f"{name}: window must be an integer >= 0, got {window!r}")
+        self.window = int(window)
         self.group_size, self.weight_bits, self.exact = group_size, bits, exact
         self.kv_fp16, self.rope_interleaved = kv_fp16, rope_interleaved
         # MobileMoE's QK-norm: a weightless RMS norm of every q and k head after RoPE (None: off)
@@ -86,7 +91,8 @@ class DecoderAttention(nn.Module):
         self.register_buffer("wo_scales", s)
         # eager-mode cache (the delegate allocates its own); a plain attribute, not a buffer, so
         # that it is not serialised into the .pte
-        self.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, kv_fp16)
+        self.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, kv_fp16,
+                                                 window=self.window)
         # the eager cache lives as long as this module
         weakref.finalize(self, decoder_ops.KV_CACHES.pop, self.cache_id, None)
 
@@ -98,7 +104,8 @@ class DecoderAttention(nn.Module):
         for k, v in self.__dict__.items():
             setattr(new, k, copy.deepcopy(v, memo))
         k, v = decoder_ops.KV_CACHES[self.cache_id]
-        new.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, self.kv_fp16)
+        new.cache_id = decoder_ops.new_kv_cache(self.n_kv_heads, self.max_seq_len, self.head_dim, self.kv_fp16,
+                                                window=self.window)
         decoder_ops.KV_CACHES[new.cache_id][0].copy_(k)
         decoder_ops.KV_CACHES[new.cache_id][1].copy_(v)
         weakref.finalize(new, decoder_ops.KV_CACHES.pop, new.cache_id, None)
@@ -113,7 +120,7 @@ class DecoderAttention(nn.Module):
             x, input_pos, self.wqkv, self.wqkv_scales, self.wo, self.wo_scales, rope_cos, rope_sin, self.cache_id,
             self.n_heads, self.n_kv_heads, self.head_dim, self.max_seq_len, self.rope_interleaved, self.kv_fp16,
             self.group_size, self.weight_bits, self.exact, self.qk_norm_eps is not None,
-            1e-5 if self.qk_norm_eps is None else self.qk_norm_eps)
+            1e-5 if self.qk_norm_eps is None else self.qk_norm_eps, self.window)
 
 
 class DecoderSwiGLU(nn.Module):
@@ -293,8 +300,10 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     layers = []
     for i, (blk, attn_mod, an, fn, ffn_attr) in enumerate(blocks):
         name = f"layers.{i}"
+        # a models.Attention's sliding window (cfg.layer_window(i)); ExecuTorch's llama has none
         attn = DecoderAttention(attn_mod, cfg, f"{name}.attention", G, B, kv_cache == "fp16",
-                                style == "interleaved", exact, sd, qk_norm_eps=qk_norm_eps)
+                                style == "interleaved", exact, sd, qk_norm_eps=qk_norm_eps,
+                                window=getattr(attn_mod, "window", 0) if isinstance(model, Transformer) else 0)
         renorm_eps = getattr(getattr(blk, ffn_attr), "renorm_eps", None)
         ffn = _lower_ffn(blk, ffn_attr, name, G, B, exact, sd)
         # a routing renormalisation epsilon (MobileMoE: w / (sum + 1e-20)) of the fp32 block, or of
@@ -325,6 +334,9 @@ def _et_llama_parts(model: nn.Module, ModelConfig):
         "attention_type other than mha": getattr(p, "attention_type", "mha") != "mha",
         "mlp_type skip": any(str(t).lower() == "skip" for t in (p.mlp_type or [])),
         "rms_norm_add_unit_offset": getattr(p, "rms_norm_add_unit_offset", False),
+        # (this project's models.Transformer carries its windows to the delegate; ExecuTorch's are not mapped)
+        "sliding_window": getattr(p, "sliding_window", None) is not None,
+        "local_rope_theta": getattr(p, "local_rope_theta", None) is not None,
     }
     bad = [k for k, v in checks.items() if v]
     if bad:

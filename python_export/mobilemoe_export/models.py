@@ -34,13 +34,23 @@ evaluation). A runner should take the last ``V`` floats of the output, which is 
 The caller (``generate.py``, the Rust generator) checks ``start + S <= max_seq_len``: the graph
 cannot raise, an out-of-range position fails inside ``index_copy`` with a less helpful message.
 
-Presets: ``tiny`` (tests and demo: 2 layers, D=128, vocab = the shipped tokenizer's 1024), and
-``S``/``M``/``L`` whose parameter counts approximate MobileMoE's 0.3B/1.3B, 0.5B/2.8B and
-0.9B/5.3B (active/total). :func:`count_params` computes the counts from the config alone; never
-instantiate S/M/L in tests (use ``device="meta"``). :func:`dense_baseline` gives the dense model
+Presets (:data:`PRESETS`): ``tiny`` (tests and demo: 2 layers, D=128, vocab = the shipped
+tokenizer's 1024); ``S`` / ``M`` / ``L``, Meta's MobileMoE as published (1.263B total / 272.5M
+active, 2.818B / 528M, 5.326B / 922M; docs/mobilemoe_format.md): S's shape as read from its
+config.json, L's from its model card, **M's inferred** (the only shape giving 2.8B / 0.5B with the
+same pattern; not published); and ``mobilellm-pro``, the dense baseline of the paper's speed table
+(MobileLLM-Pro, 1.08B: dense SwiGLU FFN, 3:1 local / global attention with a 512-token window).
+:func:`count_params` computes the counts from the config alone; never instantiate S/M/L or
+mobilellm-pro in tests (use ``device="meta"``). :func:`dense_baseline` gives the dense model
 with the same dimensions and attention whose FFN holds the same number of weights (so the same
 INT4 weight bytes) as the MoE FFN — by default matching the *total* expert weights; pass
 ``match="active"`` to match the weights read per token instead.
+
+Sliding-window (local) attention: with ``sliding_window = W > 0`` every layer not listed in
+``global_layers`` lets the query at position ``p`` see only keys ``p - W < key <= p`` (W keys,
+itself included); :meth:`ModelConfig.layer_window` gives each layer's window (0 = global). The
+eager model masks its full-size static cache; the whole-decoder delegate keeps a ring of ``W + 32``
+slots for such a layer (``decoder_ops.cache_rows``).
 
 Parameter counting convention: embeddings and the LM head count in both totals (the tied matrix
 once); the router, norms, shared expert and attention count as active; of the routed experts, only
@@ -49,12 +59,13 @@ once); the router, norms, shared expert and attention count as active; of the ro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +79,44 @@ ROPE_STYLES = ("half_split", "interleaved")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
+def llama3_inv_freq(inv_freq: torch.Tensor, scaling: Dict) -> torch.Tensor:
+    """Llama 3 frequency scaling (transformers' ``_compute_llama3_parameters``, Meta's
+    ``apply_scaling``): wavelengths shorter than ``original / high_freq_factor`` are kept, longer
+    than ``original / low_freq_factor`` divided by ``factor``, and those between interpolated
+    smoothly. ``scaling`` with ``rope_type`` (or ``type``) ``"default"`` returns ``inv_freq``."""
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be a dict, got {type(scaling).__name__}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return inv_freq
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling: rope_type {kind!r} is not supported (only 'llama3' and 'default')")
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
+    if missing:
+        raise ValueError(f"rope_scaling (llama3) lacks {', '.join(missing)}")
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old = float(scaling["original_max_position_embeddings"])
+    if not (factor > 0 and low > 0 and high > 0 and old > 0):
+        raise ValueError(f"rope_scaling (llama3): factor, low/high_freq_factor and original_max_position_embeddings "
+                         f"must be positive, got {factor}, {low}, {high}, {old}")
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = 2 * math.pi / inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    if high != low:
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        out = torch.where(medium, smoothed, out)
+    return out
+
+
 @dataclass
 class ModelConfig:
+    """Everything the forward depends on. Presets (:data:`PRESETS`, :func:`get_config`): ``tiny``;
+    MobileMoE ``S`` (as published), ``M`` (dimensions INFERRED, not published), ``L`` (its model
+    card); ``mobilellm-pro`` (the dense baseline, with local / global attention)."""
+
     name: str = "custom"
     vocab_size: int = 1024
     dim: int = 128
@@ -102,9 +149,11 @@ class ModelConfig:
     rope_scaling: Optional[Dict] = None
     qk_norm_eps: Optional[float] = None
     renorm_eps: float = 0.0
-    # paper targets (for documentation / tests), in parameters
-    target_active: Optional[float] = None
-    target_total: Optional[float] = None
+    # sliding-window (local) attention: sliding_window W > 0 makes every layer not in global_layers
+    # (None: none) attend to its last W positions only (key_pos > query_pos - W); 0 = all global.
+    # Layer indices >= n_layers are ignored (so --n-layers can shorten a preset).
+    sliding_window: int = 0
+    global_layers: Optional[List[int]] = None
     extra: Dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,6 +179,20 @@ class ModelConfig:
             raise ValueError(f"qk_norm_eps must be None or >= 0, got {self.qk_norm_eps}")
         if not self.renorm_eps >= 0:
             raise ValueError(f"renorm_eps must be >= 0, got {self.renorm_eps}")
+        if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) or self.sliding_window < 0:
+            raise ValueError(f"sliding_window must be an integer >= 0, got {self.sliding_window!r}")
+        if self.global_layers is not None:
+            gl = list(self.global_layers)
+            if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in gl):
+                raise ValueError(f"global_layers must list layer indices >= 0, got {self.global_layers!r}")
+            self.global_layers = sorted(set(gl))
+
+    def layer_window(self, layer: int) -> int:
+        """The attention window of layer ``layer``: ``sliding_window`` for a local layer, 0 (the whole
+        causal context) for a global one."""
+        if self.sliding_window <= 0 or (self.global_layers is not None and layer in self.global_layers):
+            return 0
+        return self.sliding_window
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
@@ -146,38 +209,97 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------
 # Presets
 # --------------------------------------------------------------------------------------------
-# Fine-grained experts (expert hidden = D/2), one shared expert (hidden = D), softmax top-k
-# routing, GQA with head_dim 64, 32k vocabulary, tied embeddings. Layer counts / expert counts
-# chosen so that count_params() lands within a few percent of the paper's active/total counts.
+# MobileMoE (Meta, facebook/MobileMoE-{S,M,L}; docs/mobilemoe_format.md): GQA with 4 KV heads
+# of 64, QK-norm (a weightless RMS norm of every q / k head after RoPE), RoPE on adjacent pairs with
+# Llama 3 frequency scaling, 60 routed SwiGLU experts, top-4 by sigmoid score + a selection-only expert
+# bias, weights renormalised w * 2.5 / (sum(w) + 1e-20), one ungated shared expert, vocab 128,256 tied.
+# THE definition of these shapes: sources/mobilemoe_format.py writes the config.json of each size from
+# these presets, and the checkpoint loader (sources/mobilemoe.py) maps a config.json back onto a
+# ModelConfig (tests check the round trip).
+MOBILEMOE_CONTEXT = 8192  # max_position_embeddings of the published configs
+MOBILEMOE_ROPE_SCALING = {"rope_type": "llama3", "factor": 16, "original_max_position_embeddings": MOBILEMOE_CONTEXT,
+                          "low_freq_factor": 1.0, "high_freq_factor": 1.0}  # as read
+MOBILEMOE_RENORM_EPS = 1e-20
+DEFAULT_MAX_SEQ_LEN = 2048  # of the full-size presets (any length up to MOBILEMOE_CONTEXT works)
+
+
+def _mobilemoe(name: str, dim: int, n_layers: int, n_heads: int, expert_hidden_dim: int) -> ModelConfig:
+    """A MobileMoE size: S's pattern (config.json of MobileMoE-S-QAT as read) with its dimensions; the
+    shared expert is 4 routed experts wide (2 D)."""
+    return ModelConfig(
+        name=name, vocab_size=128256, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=4, head_dim=64,
+        max_seq_len=DEFAULT_MAX_SEQ_LEN, norm_eps=1e-5, rope_theta=500000.0, tie_embeddings=True,
+        ffn="moe", num_experts=60, top_k=4, expert_hidden_dim=expert_hidden_dim, shared_hidden_dim=2 * dim,
+        shared_gate=False, score_func="sigmoid", renormalize=True, route_scale=2.5, use_expert_bias=True,
+        rope_style="interleaved", rope_scaling=dict(MOBILEMOE_ROPE_SCALING), qk_norm_eps=1e-5,
+        renorm_eps=MOBILEMOE_RENORM_EPS,
+    )
+
+
+# What each preset is (preset_summary adds its shape): M's dimensions are INFERRED, not published.
+PRESET_LABELS = {
+    "tiny": "tests / demo",
+    "S": "MobileMoE-S as published",
+    "M": "MobileMoE-M, dimensions INFERRED (not published)",
+    "L": "MobileMoE-L from its model card",
+    "mobilellm-pro": "MobileLLM-Pro, the dense baseline of the paper's speed table",
+}
+
+
 PRESETS: Dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         name="tiny", vocab_size=1024, dim=128, n_layers=2, n_heads=4, n_kv_heads=2,
         max_seq_len=256, num_experts=8, top_k=2, expert_hidden_dim=64, shared_hidden_dim=128,
         tie_embeddings=False,
     ),
-    "S": ModelConfig(
-        name="S", vocab_size=32000, dim=1024, n_layers=22, n_heads=16, n_kv_heads=4,
-        max_seq_len=2048, num_experts=32, top_k=4, expert_hidden_dim=512, shared_hidden_dim=1024,
-        tie_embeddings=True, target_active=0.3e9, target_total=1.3e9,
-    ),
-    "M": ModelConfig(
-        name="M", vocab_size=32000, dim=1280, n_layers=19, n_heads=20, n_kv_heads=4,
-        max_seq_len=2048, num_experts=56, top_k=6, expert_hidden_dim=640, shared_hidden_dim=1280,
-        tie_embeddings=True, target_active=0.5e9, target_total=2.8e9,
-    ),
-    "L": ModelConfig(
-        name="L", vocab_size=32000, dim=1536, n_layers=25, n_heads=24, n_kv_heads=6,
-        max_seq_len=2048, num_experts=56, top_k=6, expert_hidden_dim=768, shared_hidden_dim=1536,
-        tie_embeddings=True, target_active=0.9e9, target_total=5.3e9,
+    "S": _mobilemoe("S", dim=768, n_layers=20, n_heads=12, expert_hidden_dim=384),  # as read (config.json)
+    "M": _mobilemoe("M", dim=1024, n_layers=26, n_heads=16, expert_hidden_dim=512),  # INFERRED, not published
+    "L": _mobilemoe("L", dim=1280, n_layers=32, n_heads=20, expert_hidden_dim=640),  # the L model card
+    # MobileLLM-Pro (MobileLLMP1ForCausalLM): 30 layers, D 1280, dense SwiGLU 6144, 20 / 4 heads x 64,
+    # vocab 202,048 tied; layer_types full_attention at 0, 4, ..., 28 and 29, sliding_attention (512)
+    # elsewhere (its published config.json). Its rope_theta / rope_scaling were not found: theta
+    # 500,000 (Llama 3 / 4's, MobileMoE's) without scaling is assumed. RoPE on adjacent pairs
+    # ("interleaved"): the model is Llama 4 style (Meta's complex-rotation RoPE, as MobileMoE), and it
+    # keeps the two sides of the speed comparison on the same attention kernel; the style changes no
+    # cost. Its QK-norm and attn_scale (Llama 4's NoPE-layer temperature) are left out: not confirmed
+    # for this model, and they do not change the cost.
+    "mobilellm-pro": ModelConfig(
+        name="mobilellm-pro", vocab_size=202048, dim=1280, n_layers=30, n_heads=20, n_kv_heads=4, head_dim=64,
+        max_seq_len=DEFAULT_MAX_SEQ_LEN, norm_eps=1e-5, rope_theta=500000.0, tie_embeddings=True,
+        ffn="dense", dense_hidden_dim=6144, rope_style="interleaved",
+        sliding_window=512, global_layers=list(range(0, 30, 4)) + [29],
     ),
 }
+
+
+def layer_windows(cfg: ModelConfig) -> List[int]:
+    """The attention window of every layer of ``cfg`` (0 = global; :meth:`ModelConfig.layer_window`)."""
+    return [cfg.layer_window(i) for i in range(cfg.n_layers)]
 
 
 def get_config(preset: str, **overrides) -> ModelConfig:
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = dataclasses.replace(PRESETS[preset])
+    cfg = copy.deepcopy(PRESETS[preset])  # (rope_scaling / global_layers: not shared with the preset)
     return cfg.replace(**overrides) if overrides else cfg
+
+
+def preset_summary(preset: str) -> str:
+    """One line on ``preset``: what it is (:data:`PRESET_LABELS`) and its shape, from the config."""
+    c = PRESETS[preset]
+    parts = [f"{c.n_layers} layers", f"D={c.dim}", f"{c.n_heads}/{c.n_kv_heads} heads"]
+    if c.ffn == "moe":
+        parts.append(f"{c.num_experts} experts x {c.expert_hidden_dim} top-{c.top_k}"
+                     + (f" + shared {c.shared_hidden_dim}" if c.shared_hidden_dim else ""))
+    else:
+        parts.append(f"dense SwiGLU {c.dense_hidden_dim}")
+    if c.sliding_window:
+        n_global = layer_windows(c).count(0)
+        parts.append(f"{c.n_layers - n_global} local (window {c.sliding_window}) / {n_global} global layers")
+    parts.append(f"vocab {c.vocab_size}")
+    n = count_params(c)
+    parts.append(f"{n['total'] / 1e9:.3f}B" + (f" / {n['active'] / 1e6:.1f}M active" if n["active"] != n["total"] else ""))
+    return f"{PRESET_LABELS.get(preset, preset)}: " + ", ".join(parts)
 
 
 def _round_up(x: float, m: int) -> int:
@@ -195,10 +317,7 @@ def dense_baseline(cfg: ModelConfig, match: str = "total", multiple: int = 256) 
     if n_exp is None:
         raise ValueError("match must be 'total' or 'active'")
     hidden = n_exp * cfg.expert_hidden_dim + cfg.shared_hidden_dim
-    return cfg.replace(
-        name=f"{cfg.name}-dense-{match}", ffn="dense", dense_hidden_dim=_round_up(hidden, multiple),
-        target_active=None, target_total=None,
-    )
+    return cfg.replace(name=f"{cfg.name}-dense-{match}", ffn="dense", dense_hidden_dim=_round_up(hidden, multiple))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,38 +398,6 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def llama3_inv_freq(inv_freq: torch.Tensor, scaling: Dict) -> torch.Tensor:
-    """Llama 3 frequency scaling (transformers' ``_compute_llama3_parameters``, Meta's
-    ``apply_scaling``): wavelengths shorter than ``original / high_freq_factor`` are kept, longer
-    than ``original / low_freq_factor`` divided by ``factor``, and those between interpolated
-    smoothly. ``scaling`` with ``rope_type`` (or ``type``) ``"default"`` returns ``inv_freq``."""
-    if not isinstance(scaling, dict):
-        raise ValueError(f"rope_scaling must be a dict, got {type(scaling).__name__}")
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind == "default":
-        return inv_freq
-    if kind != "llama3":
-        raise ValueError(f"rope_scaling: rope_type {kind!r} is not supported (only 'llama3' and 'default')")
-    missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
-    if missing:
-        raise ValueError(f"rope_scaling (llama3) lacks {', '.join(missing)}")
-    factor = float(scaling["factor"])
-    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-    old = float(scaling["original_max_position_embeddings"])
-    if not (factor > 0 and low > 0 and high > 0 and old > 0):
-        raise ValueError(f"rope_scaling (llama3): factor, low/high_freq_factor and original_max_position_embeddings "
-                         f"must be positive, got {factor}, {low}, {high}, {old}")
-    low_wavelen, high_wavelen = old / low, old / high
-    wavelen = 2 * math.pi / inv_freq
-    out = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-    if high != low:
-        smooth = (old / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * out / factor + smooth * out
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        out = torch.where(medium, smoothed, out)
-    return out
-
-
 def rope_tables(head_dim: int, max_seq_len: int, theta: float, scaling: Optional[Dict] = None):
     """cos / sin tables ``[max_seq_len, head_dim / 2]`` (float64 angles, float32 tables), with the
     Llama 3 frequency scaling ``scaling`` if given (:func:`llama3_inv_freq`)."""
@@ -344,8 +431,13 @@ def head_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """GQA with RoPE, optional QK-norm and a static KV cache. ``window`` > 0: sliding-window (local)
+    attention, applied through the mask the caller passes (:meth:`Transformer.forward` builds it from
+    this attribute); the cache stays ``max_seq_len`` long."""
+
+    def __init__(self, cfg: ModelConfig, window: int = 0) -> None:
         super().__init__()
+        self.window = int(window)
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.n_kv_heads
         self.head_dim = cfg.head_dim
@@ -418,10 +510,10 @@ class _RenormEpsMoE(MoEFeedForward):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = Attention(cfg)
+        self.attention = Attention(cfg, window=cfg.layer_window(layer))
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         if cfg.ffn == "moe":
             moe_cls, kw = MoEFeedForward, {}
@@ -456,7 +548,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.all_logits = all_logits
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -486,9 +578,15 @@ class Transformer(nn.Module):
         cos = self.rope_cos[input_pos]  # [S, hd/2]
         sin = self.rope_sin[input_pos]
         # [S, T] bool: query s sees cache slot t iff t <= input_pos[s]
-        mask = self.cache_positions.unsqueeze(0) <= input_pos.unsqueeze(1)
+        keys, queries = self.cache_positions.unsqueeze(0), input_pos.unsqueeze(1)
+        mask = keys <= queries
+        masks = {0: mask}
         for layer in self.layers:
-            h = layer(h, input_pos, cos, sin, mask)
+            w = layer.attention.window
+            if w not in masks:
+                # sliding window w: and t > input_pos[s] - w (the last w positions, s's own included)
+                masks[w] = mask & (keys > queries - w)
+            h = layer(h, input_pos, cos, sin, masks[w])
         if not self.all_logits:
             h = h[:, -1, :]  # [1, D]
         return self.output(self.norm(h))
@@ -524,6 +622,12 @@ def init_weights(model: Transformer, seed: int = 0) -> Transformer:
                 fan_in = p.shape[-1]
                 bound = 1.0 / math.sqrt(fan_in)
                 p.uniform_(-bound, bound, generator=g)
+        # a small selection-only expert bias (sigmoid routing), drawn after the parameters so that
+        # their values do not depend on it: small against the spread of the sigmoid scores (~0.13
+        # with these weights), it changes some choices near the top-k boundary, no expert dominates
+        for name, b in model.named_buffers():
+            if name.endswith("expert_bias") and b.device.type != "meta":
+                b.copy_(0.02 * torch.randn(b.shape, generator=g))
     return model
 
 

@@ -1,7 +1,8 @@
 """The whole decoder in one MobileMoEBackend delegate (mobilemoe_export.decoder): the .pte equals
 eager PyTorch calling the same Rust ops bit for bit over prefill + 64 greedy decode steps, for MoE
-and dense models, fp16 and fp32 KV caches and both RoPE conventions; and the lowered ops compute
-what the original PyTorch model computes with the same (dequantized) weights."""
+and dense models, fp16 and fp32 KV caches, both RoPE conventions and sliding-window (local)
+attention; and the lowered ops compute what the original PyTorch model computes with the same
+(dequantized) weights."""
 
 import copy
 
@@ -207,19 +208,86 @@ def test_executorch_llama_unsupported_features_are_named():
         decoder.lower_decoder(_et_llama(use_qk_norm=True))
 
 
-@pytest.mark.parametrize("preset", ["S", "M", "L"])
+@pytest.mark.parametrize("preset", ["S", "M", "L", "mobilellm-pro"])
 def test_preset_geometries_pte_equals_eager(tmp_path, preset):
-    """Every preset's attention/FFN geometry (S: 16 heads / 4 KV heads, M: 20 / 4 — 5 query heads
-    per KV head, the generic attention path —, L: 24 / 6), one layer, a small vocabulary and fewer
-    experts for M/L to keep the test fast: .pte == eager bit for bit over 16 greedy steps."""
+    """Every preset's attention/FFN geometry (S: 12 heads / 4 KV heads, M: 16 / 4, L: 20 / 4 — 5 query
+    heads per KV head, the generic attention path —, all with QK-norm, interleaved llama3 RoPE and
+    sigmoid routing with an expert bias; mobilellm-pro: 20 / 4 and a dense 6144 FFN, a global then a
+    local layer), one or two layers, a small vocabulary, fewer experts for M/L and a 16-token window
+    for mobilellm-pro to keep the test fast: .pte == eager bit for bit over 16 greedy steps."""
     import mobilemoe_export as mm
     from mobilemoe_export import decoder, models
 
     over = dict(n_layers=1, vocab_size=1024, max_seq_len=128)
-    if preset != "S":
+    if preset in ("M", "L"):
         over["num_experts"] = 8
+    if preset == "mobilellm-pro":
+        over.update(n_layers=2, sliding_window=16)  # layer 0 global, layer 1 local
     m = models.build_model(models.get_config(preset, **over), seed=1)
     dec = decoder.lower_decoder(m)
+    if preset == "mobilellm-pro":
+        assert [layer.attention.window for layer in dec.layers] == [0, 16]
     path = tmp_path / f"{preset}.pte"
     mm.export_pte(dec, dec.example_inputs(4), path)
     _greedy_parity(dec, path, steps=16)
+
+
+def _local_global_cfg(**over):
+    """A tiny dense model with sliding-window attention: 4 layers, window 8, global layers 0 and 3."""
+    from mobilemoe_export import models
+
+    kw = dict(n_layers=4, sliding_window=8, global_layers=[0, 3], max_seq_len=64, tie_embeddings=True,
+              rope_style="interleaved")
+    kw.update(over)
+    return models.dense_baseline(models.get_config("tiny", **kw), match="active")
+
+
+def test_sliding_window_lowered_ops_compute_the_pytorch_model():
+    """exact=True and an fp32 cache: the lowered decoder with local layers (ring KV caches of window +
+    32 = 40 slots) equals the PyTorch Transformer (which masks keys_pos <= query_pos - window in a
+    full-size cache) on the same dequantized weights over a 40-token prefill, decode steps past the
+    ring's length and a multi-token chunk; and the window changes the result."""
+    from mobilemoe_export import decoder, decoder_ops, models
+
+    cfg = _local_global_cfg()
+    ref = models.build_model(cfg, seed=5)
+    dec = decoder.lower_decoder(copy.deepcopy(ref), kv_cache="fp32", exact=True)
+    assert [layer.attention.window for layer in dec.layers] == [0, 8, 8, 0]
+    rows = [decoder_ops.KV_CACHES[layer.attention.cache_id][0].shape[1] for layer in dec.layers]
+    assert rows == [64, 40, 40, 64] == [decoder_ops.cache_rows(64, w) for w in (0, 8, 8, 0)]
+    glob = models.build_model(cfg.replace(sliding_window=0), seed=5)  # the same weights, global attention
+    for r in (ref, glob):
+        for mod in r.modules():
+            if isinstance(mod, torch.nn.Linear):
+                _fake_quantize_(mod)
+        r.reset_cache()
+    dec.reset_cache()
+    toks = torch.randint(0, cfg.vocab_size, (1, 60), generator=torch.Generator().manual_seed(2))
+    chunks = [(0, 40)] + [(i, i + 1) for i in range(40, 52)] + [(52, 57), (57, 58)]
+    for a, b in chunks:
+        pos = torch.arange(a, b)
+        want = ref(toks[:, a:b], pos)
+        got = dec(toks[:, a:b], pos)
+        err = ((got - want).norm() / want.norm()).item()
+        assert err < 1e-5, f"positions {a}..{b}: relative error {err}"
+        other = glob(toks[:, a:b], pos)
+        assert ((other - want).norm() / want.norm()).item() > 1e-3, f"positions {a}..{b}: the window changed nothing"
+    # a copy has its own ring caches of the same size
+    dup = copy.deepcopy(dec)
+    assert [decoder_ops.KV_CACHES[layer.attention.cache_id][0].shape[1] for layer in dup.layers] == rows
+    assert dup.layers[1].attention.cache_id != dec.layers[1].attention.cache_id
+
+
+def test_sliding_window_pte_equals_eager(tmp_path):
+    """The exported .pte (Q8 path, fp16 ring caches) equals the eager lowered decoder bit for bit over
+    a 48-token prefill (longer than window + 32 = 40: the ring wraps inside the prefill) and 15
+    greedy decode steps (to position 63 of 64)."""
+    import mobilemoe_export as mm
+    from mobilemoe_export import decoder, models
+
+    m = models.build_model(_local_global_cfg(tie_embeddings=False), seed=6)  # (a tied head repeats its input)
+    dec = decoder.lower_decoder(m)
+    path = tmp_path / "local_global.pte"
+    mm.export_pte(dec, dec.example_inputs(4), path)
+    ids = _greedy_parity(dec, path, steps=15, prompt_len=48)
+    assert len(set(ids)) > 1

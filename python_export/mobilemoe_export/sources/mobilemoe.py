@@ -3,7 +3,7 @@ config.json with ``"model_type": "mobilemoe"`` and safetensors shards) into this
 :class:`mobilemoe_export.models.Transformer`, without transformers and without network, so that the
 usual ``lower_decoder`` / ``export_pte`` path exports them (``python -m mobilemoe_export --hf DIR``).
 
-The forward (/work/shared/MOBILEMOE_MODEL.md) maps onto ``models.Transformer`` as: RoPE on adjacent
+The forward (docs/mobilemoe_format.md) maps onto ``models.Transformer`` as: RoPE on adjacent
 pairs (``rope_style="interleaved"``) with Llama 3 frequency scaling (``rope_scaling``), a weightless
 RMS norm of every q and k head after RoPE (``qk_norm_eps = rms_norm_eps``), sigmoid routing with a
 selection-only expert bias, ``w * routed_scaling_factor / (sum(w) + 1e-20)`` (``renorm_eps``), an
@@ -40,8 +40,8 @@ from . import mobilemoe_format as fmt_
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "mobilemoe"
-DEFAULT_MAX_SEQ_LEN = 2048
-RENORM_EPS = 1e-20
+DEFAULT_MAX_SEQ_LEN = models.DEFAULT_MAX_SEQ_LEN
+RENORM_EPS = models.MOBILEMOE_RENORM_EPS
 
 
 class MobileMoEFormatError(ValueError):

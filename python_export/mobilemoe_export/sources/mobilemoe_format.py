@@ -1,5 +1,5 @@
 """The published MobileMoE checkpoint format (``facebook/MobileMoE-{S,M,L}-{Base,SFT,QAT}``,
-/work/shared/MOBILEMOE_MODEL.md): the tensor inventory of both releases in ONE table, the configs
+docs/mobilemoe_format.md): the tensor inventory of both releases in ONE table, the configs
 of the three sizes (and a ``tiny`` one for tests), and a writer of random checkpoints in that format
 (config.json, safetensors shards, a Llama-3-style byte-level BPE ``tokenizer.json`` with a chat
 template) that the tests and ``scripts/make_mobilemoe_checkpoint.py`` share.
@@ -25,6 +25,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from .. import models
+
 FORMATS = ("qat", "bf16")
 QUANT_FORMAT = "mobilemoe-int4-g32"
 LINEAR_GROUP_AXIS = "in (last dim of [out, in])"
@@ -39,28 +41,34 @@ ST_DTYPES = {"U8": torch.uint8, "F16": torch.float16, "BF16": torch.bfloat16, "F
 LLAMA3_EOS = [128001, 128008, 128009]
 
 
-def _size_config(hidden: int, inter: int, layers: int, heads: int) -> Dict:
-    """config.json of MobileMoE-S-QAT (as read) with another size's dimensions."""
+def _size_config(preset) -> Dict:
+    """config.json of MobileMoE-S-QAT (as read) with the dimensions of ``preset``, a MobileMoE
+    :class:`~mobilemoe_export.models.ModelConfig` (``models.PRESETS``: the one definition of the S / M /
+    L shapes)."""
+    layers = preset.n_layers
     return {
-        "model_type": "mobilemoe", "architectures": ["MobileMoEForCausalLM"], "vocab_size": 128256,
-        "hidden_size": hidden, "intermediate_size": inter, "intermediate_size_mlp": 2 * hidden,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 4, "head_dim": 64,
-        "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 16, "original_max_position_embeddings": 8192,
-                         "low_freq_factor": 1.0, "high_freq_factor": 1.0},
-        "num_local_experts": 60, "num_experts_per_tok": 4, "interleave_moe_layer_step": 1,
-        "no_rope_layers": [1] * layers, "layer_types": ["full_attention"] * layers, "use_qk_norm": True,
-        "tie_word_embeddings": True, "attention_bias": False, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
+        "model_type": "mobilemoe", "architectures": ["MobileMoEForCausalLM"], "vocab_size": preset.vocab_size,
+        "hidden_size": preset.dim, "intermediate_size": preset.expert_hidden_dim,
+        "intermediate_size_mlp": preset.shared_hidden_dim, "num_hidden_layers": layers,
+        "num_attention_heads": preset.n_heads, "num_key_value_heads": preset.n_kv_heads, "head_dim": preset.head_dim,
+        "hidden_act": "silu", "max_position_embeddings": models.MOBILEMOE_CONTEXT, "rms_norm_eps": preset.norm_eps,
+        "rope_theta": preset.rope_theta, "rope_scaling": copy.deepcopy(preset.rope_scaling),
+        "num_local_experts": preset.num_experts, "num_experts_per_tok": preset.top_k, "interleave_moe_layer_step": 1,
+        "no_rope_layers": [1] * layers, "layer_types": ["full_attention"] * layers,
+        "use_qk_norm": preset.qk_norm_eps is not None, "tie_word_embeddings": preset.tie_embeddings,
+        "attention_bias": False, "routed_scaling_factor": preset.route_scale, "norm_topk_prob": preset.renormalize,
         "eos_token_id": list(LLAMA3_EOS), "attn_temperature_tuning": False, "torch_dtype": "bfloat16",
         "attention_dropout": 0.0, "quantization": dict(QUANTIZATION),
     }
 
 
 def _tiny_config() -> Dict:
-    c = _size_config(64, 64, 2, 4)
+    c = _size_config(models.PRESETS["S"])
     # vocab: 304 byte-level BPE tokens + 16 Llama-3-style special tokens (see build_tokenizer)
-    c.update(vocab_size=320, intermediate_size_mlp=128, num_key_value_heads=2, head_dim=32, num_local_experts=8,
-             num_experts_per_tok=2, max_position_embeddings=256, eos_token_id=[305, 312, 313])
+    c.update(vocab_size=320, hidden_size=64, intermediate_size=64, intermediate_size_mlp=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_local_experts=8, num_experts_per_tok=2,
+             max_position_embeddings=256, eos_token_id=[305, 312, 313], no_rope_layers=[1, 1],
+             layer_types=["full_attention"] * 2)
     # a short original context so that the tiny head_dim has kept, interpolated and divided frequencies
     c["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64,
                          "low_freq_factor": 1.0, "high_freq_factor": 4.0}
@@ -68,11 +76,10 @@ def _tiny_config() -> Dict:
 
 
 # S as read; L from its model card; M [inferred] (the only shape giving 2.8B / 0.5B); the
-# routed_scaling_factor and rope_scaling of M and L were not found: S's are assumed.
+# routed_scaling_factor and rope_scaling of M and L were not found: S's are assumed. The shapes are
+# models.PRESETS' (defined once there).
 SIZES: Dict[str, Dict] = {
-    "S": _size_config(768, 384, 20, 12),
-    "M": _size_config(1024, 512, 26, 16),
-    "L": _size_config(1280, 640, 32, 20),
+    **{size: _size_config(models.PRESETS[size]) for size in ("S", "M", "L")},
     "tiny": _tiny_config(),
 }
 INFERRED_NOTES = {
