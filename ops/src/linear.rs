@@ -69,8 +69,9 @@ pub fn linear(
             let t1 = ((tb + 1) * tile_blk).min(tiles);
             let sub = outp.rows_from(r0);
             let ok = match &qx {
-                None => kernels.gemm_f32(w, t0..t1, &x[r0 * spec.k..r1 * spec.k], r1 - r0, sub),
-                Some(qx) => kernels.gemm_q8(w, t0..t1, &qx.rows(r0, r1 - r0), sub),
+                // SAFETY: `out` outlives `pool.run`; items write disjoint (row block, tile) ranges.
+                None => unsafe { kernels.gemm_f32_raw(w, t0..t1, &x[r0 * spec.k..r1 * spec.k], r1 - r0, sub) },
+                Some(qx) => unsafe { kernels.gemm_q8_raw(w, t0..t1, &qx.rows(r0, r1 - r0), sub) },
             };
             if !ok {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -641,10 +641,12 @@ fn og_item(
         for grp in tiles.start / tpg..tiles.end / tpg {
             scale_rows(src, k, scales, e * per_expert + grp, ng, &mut xs[..rows * k]);
             let gt = grp * tpg..(grp + 1) * tpg;
+            // SAFETY: as in `run_gemms`: `sub` points into a buffer alive for the pool job, and this
+            // item alone writes its rows' columns of these tiles.
             ok &= if exact {
-                kernels.gemm_f32(wref, gt, &xs[..rows * k], rows, sub)
+                unsafe { kernels.gemm_f32_raw(wref, gt, &xs[..rows * k], rows, sub) }
             } else {
-                qa.quantize(&xs[..rows * k], rows, k, g).is_ok() && kernels.gemm_q8(wref, gt, &qa.as_ref(), sub)
+                qa.quantize(&xs[..rows * k], rows, k, g).is_ok() && unsafe { kernels.gemm_q8_raw(wref, gt, &qa.as_ref(), sub) }
             };
         }
         ok
@@ -670,22 +672,25 @@ fn run_gemms<'w>(
         // Output rows of this item start at row0 of `dst`.
         let sub = dst.rows_from(row0);
         let tiles = it.tile0 as usize..it.tile1 as usize;
+        // SAFETY (every raw GEMM below): `out`/`shared_out` point into the caller's buffers, which
+        // outlive `pool.run`; items cover disjoint (matrix rows, tile) ranges, so no two threads
+        // write one element, and nothing reads the buffers until the job has joined.
         let ok = match acts {
             Acts::Q8(pairs, sh) => {
                 let a = if is_shared { sh.rows(row0, rows) } else { pairs.rows(row0, rows) };
-                kernels.gemm_q8(&wref, tiles, &a, sub)
+                unsafe { kernels.gemm_q8_raw(&wref, tiles, &a, sub) }
             }
             Acts::F32(pairs, sh) => {
                 let src = if is_shared { sh } else { pairs };
                 let kd = wref.spec.k;
-                kernels.gemm_f32(&wref, tiles, &src[row0 * kd..(row0 + rows) * kd], rows, sub)
+                unsafe { kernels.gemm_f32_raw(&wref, tiles, &src[row0 * kd..(row0 + rows) * kd], rows, sub) }
             }
             Acts::OutGrouped { shared_q8, shared_f32, exact, .. } if is_shared => {
                 if exact {
                     let kd = wref.spec.k;
-                    kernels.gemm_f32(&wref, tiles, &shared_f32[row0 * kd..(row0 + rows) * kd], rows, sub)
+                    unsafe { kernels.gemm_f32_raw(&wref, tiles, &shared_f32[row0 * kd..(row0 + rows) * kd], rows, sub) }
                 } else {
-                    kernels.gemm_q8(&wref, tiles, &shared_q8.rows(row0, rows), sub)
+                    unsafe { kernels.gemm_q8_raw(&wref, tiles, &shared_q8.rows(row0, rows), sub) }
                 }
             }
             Acts::OutGrouped { pairs, scales, exact, .. } => {

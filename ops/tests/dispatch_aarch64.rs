@@ -10,7 +10,7 @@
 #![cfg(target_arch = "aarch64")]
 
 use mobilemoe_ops::act::QuantActs;
-use mobilemoe_ops::kernels::{KernelKind, Kernels, OutPtr};
+use mobilemoe_ops::kernels::{KernelKind, Kernels};
 use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::*;
 use proptest::prelude::*;
@@ -86,13 +86,13 @@ fn check_case(n: usize, kg: usize, group: usize, int8: bool, m: usize, tlo: usiz
     let scalar = Kernels::get(KernelKind::Scalar).unwrap();
     let mut want_q = vec![SENTINEL; m * ldo];
     let mut want_f = vec![SENTINEL; m * ldo];
-    assert!(scalar.gemm_q8(&w, t0..t1, &a, OutPtr::new(&mut want_q, ldo)));
-    assert!(scalar.gemm_f32(&w, t0..t1, &x, m, OutPtr::new(&mut want_f, ldo)));
+    assert!(scalar.gemm_q8(&w, t0..t1, &a, &mut want_q, ldo));
+    assert!(scalar.gemm_f32(&w, t0..t1, &x, m, &mut want_f, ldo));
     for ks in Kernels::available() {
         let mut got_q = vec![SENTINEL; m * ldo];
         let mut got_f = vec![SENTINEL; m * ldo];
-        assert!(ks.gemm_q8(&w, t0..t1, &a, OutPtr::new(&mut got_q, ldo)));
-        assert!(ks.gemm_f32(&w, t0..t1, &x, m, OutPtr::new(&mut got_f, ldo)));
+        assert!(ks.gemm_q8(&w, t0..t1, &a, &mut got_q, ldo));
+        assert!(ks.gemm_f32(&w, t0..t1, &x, m, &mut got_f, ldo));
         for (path, got, want) in [("q8", &got_q, &want_q), ("f32", &got_f, &want_f)] {
             for i in 0..got.len() {
                 assert_eq!(

@@ -3,7 +3,7 @@
 mod common;
 use common::Rng;
 use mobilemoe_ops::act::{QuantActs, QuantActsRef};
-use mobilemoe_ops::kernels::{KernelKind, Kernels, OutPtr};
+use mobilemoe_ops::kernels::{KernelKind, Kernels};
 use mobilemoe_ops::quant::{pack, MatrixSpec, PackedMatrix, WeightBits};
 use proptest::prelude::*;
 use std::ops::Range;
@@ -29,13 +29,13 @@ fn same(a: f32, b: f32) -> bool {
 
 /// Runs `f` for the scalar kernel and every SIMD kernel into sentinel-filled buffers with row
 /// stride `ldo`, and checks equality (including untouched columns).
-fn check_all(name: &str, m: usize, ldo: usize, mut f: impl FnMut(&Kernels, OutPtr) -> bool) -> Result<(), TestCaseError> {
+fn check_all(name: &str, m: usize, ldo: usize, mut f: impl FnMut(&Kernels, &mut [f32], usize) -> bool) -> Result<(), TestCaseError> {
     let len = if m == 0 { 0 } else { (m - 1) * ldo + ldo };
     let mut want = vec![SENTINEL; len];
-    prop_assert!(f(&scalar(), OutPtr::new(&mut want, ldo)), "scalar call rejected");
+    prop_assert!(f(&scalar(), &mut want, ldo), "scalar call rejected");
     for ks in simd_kernels() {
         let mut got = vec![SENTINEL; len];
-        prop_assert!(f(&ks, OutPtr::new(&mut got, ldo)), "{} call rejected", ks.kind.name());
+        prop_assert!(f(&ks, &mut got, ldo), "{} call rejected", ks.kind.name());
         for (idx, (a, b)) in got.iter().zip(&want).enumerate() {
             prop_assert!(
                 same(*a, *b),
@@ -90,7 +90,7 @@ proptest! {
         qa.quantize(&x, m, k, group).unwrap();
         let tiles = if full { 0..spec.tiles() } else { tile_range(&spec, ta, tb) };
         let ldo = n + pad;
-        check_all("q8", m, ldo, |ks, out| ks.gemm_q8(&w.as_ref(), tiles.clone(), &qa.as_ref(), out))?;
+        check_all("q8", m, ldo, |ks, out, ldo| ks.gemm_q8(&w.as_ref(), tiles.clone(), &qa.as_ref(), out, ldo))?;
     }
 
     #[test]
@@ -115,7 +115,7 @@ proptest! {
         }
         let tiles = if full { 0..spec.tiles() } else { tile_range(&spec, ta, tb) };
         let ldo = n + pad;
-        check_all("f32", m, ldo, |ks, out| ks.gemm_f32(&w.as_ref(), tiles.clone(), &x, m, out))?;
+        check_all("f32", m, ldo, |ks, out, ldo| ks.gemm_f32(&w.as_ref(), tiles.clone(), &x, m, out, ldo))?;
     }
 }
 
@@ -163,10 +163,10 @@ fn extremes_are_exact() {
                 let scale: Vec<f32> = (0..m).map(|i| 0.5 + i as f32).collect();
                 let a = QuantActsRef { m, k, group, q: &qv, scale: &scale, zp: &zp, gsum: &gsum };
                 let mut want = vec![0f32; m * n];
-                assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, OutPtr::new(&mut want, n)));
+                assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, &mut want, n));
                 for ks in simd_kernels() {
                     let mut got = vec![0f32; m * n];
-                    assert!(ks.gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, OutPtr::new(&mut got, n)));
+                    assert!(ks.gemm_q8(&w.as_ref(), 0..spec.tiles(), &a, &mut got, n));
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.to_bits(), e.to_bits(), "{} {bits:?} G={group} p={pattern} idx {i}", ks.kind.name());
                     }
@@ -214,10 +214,10 @@ fn q8_zero_point_and_scale_edge_paths() {
                         assert!(pattern != 0 || qa.zp[0] == -128);
                     }
                     let mut want = vec![SENTINEL; m * n];
-                    assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut want, n)));
+                    assert!(scalar().gemm_q8(&w.as_ref(), 0..spec.tiles(), &qa.as_ref(), &mut want, n));
                     for ks in simd_kernels() {
                         let mut got = vec![SENTINEL; m * n];
-                        assert!(ks.gemm_q8(&w.as_ref(), 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut got, n)));
+                        assert!(ks.gemm_q8(&w.as_ref(), 0..spec.tiles(), &qa.as_ref(), &mut got, n));
                         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                             assert!(same(*a, *b), "{} {bits:?} G={group} m={m} p={pattern} idx {i}: {a} vs {b}", ks.kind.name());
                         }
@@ -239,10 +239,10 @@ fn contract_violations_rejected() {
     qa.quantize(&x, 3, 64, 32).unwrap();
     for ks in Kernels::available() {
         let mut small = vec![SENTINEL; 2 * 20];
-        assert!(!ks.gemm_q8(&w.as_ref(), 0..2, &qa.as_ref(), OutPtr::new(&mut small, 20)));
-        assert!(!ks.gemm_f32(&w.as_ref(), 0..2, &x, 3, OutPtr::new(&mut small, 20)));
+        assert!(!ks.gemm_q8(&w.as_ref(), 0..2, &qa.as_ref(), &mut small, 20));
+        assert!(!ks.gemm_f32(&w.as_ref(), 0..2, &x, 3, &mut small, 20));
         let mut buf = vec![SENTINEL; 3 * 20];
-        assert!(!ks.gemm_q8(&w.as_ref(), 0..3, &qa.as_ref(), OutPtr::new(&mut buf, 20)));
+        assert!(!ks.gemm_q8(&w.as_ref(), 0..3, &qa.as_ref(), &mut buf, 20));
         assert!(buf.iter().all(|&v| v == SENTINEL));
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 use common::{Layer, Rng};
 use mobilemoe_ops::act::QuantActs;
-use mobilemoe_ops::kernels::{Kernels, OutPtr};
+use mobilemoe_ops::kernels::Kernels;
 use mobilemoe_ops::quant::{pack, quantize_rows_as, MatrixSpec, OwnedScales, PackedRef, ScaleRef, ScaleType, WeightBits};
 use mobilemoe_ops::{moe_ffn, MoeScratch, MoeSpec, MoeWeights, RouterConfig, ScoreFunc, ThreadPool};
 
@@ -66,9 +66,9 @@ fn every_kernel_reads_f16_and_bf16_scales_exactly() {
                         let run = |w: &PackedRef<'_>| {
                             let mut out = vec![0f32; m * n];
                             let ok = if exact {
-                                ks.gemm_f32(w, 0..spec.tiles(), &x, m, OutPtr::new(&mut out, n))
+                                ks.gemm_f32(w, 0..spec.tiles(), &x, m, &mut out, n)
                             } else {
-                                ks.gemm_q8(w, 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut out, n))
+                                ks.gemm_q8(w, 0..spec.tiles(), &qa.as_ref(), &mut out, n)
                             };
                             assert!(ok, "{} rejected the call", ks.kind.name());
                             out

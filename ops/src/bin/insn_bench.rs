@@ -11,7 +11,7 @@
 
 use clap::Parser;
 use mobilemoe_ops::act::QuantActs;
-use mobilemoe_ops::kernels::{Kernels, OutPtr};
+use mobilemoe_ops::kernels::Kernels;
 use mobilemoe_ops::testing::Rng;
 use mobilemoe_ops::{MatrixSpec, PackedRef, WeightBits};
 use std::hint::black_box;
@@ -54,10 +54,9 @@ fn main() {
             qa.quantize(&x, m, k, group).unwrap();
             let a = qa.as_ref();
             let mut out = vec![0f32; m * n];
-            let ptr = OutPtr::new(&mut out, n);
             let t = Instant::now();
             marker();
-            let ok = ks.gemm_q8(&w, 0..spec.tiles(), &a, ptr);
+            let ok = ks.gemm_q8(&w, 0..spec.tiles(), &a, &mut out, n);
             marker();
             let dt = t.elapsed();
             assert!(ok);

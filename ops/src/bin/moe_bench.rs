@@ -577,7 +577,6 @@ fn print_row(r: &Row, json: bool) {
 /// Bare kernel timing: one matrix, `m` tokens, 1 thread, min over calls (robust to background load).
 fn gemm_only(ks: Kernels) {
     use mobilemoe_ops::act::QuantActs;
-    use mobilemoe_ops::kernels::OutPtr;
     let mut r = Rng(5);
     // MobileMoE-S's expert gate+up, expert down and shared gate+up matrices
     for (n, k) in [(768usize, 768usize), (768, 384), (3072, 768)] {
@@ -594,10 +593,10 @@ fn gemm_only(ks: Kernels) {
                 let reps = (200_000_000 / (m * n * k)).clamp(5, 2000);
                 for _ in 0..reps {
                     let t0 = Instant::now();
-                    assert!(ks.gemm_q8(&w, 0..spec.tiles(), &qa.as_ref(), OutPtr::new(&mut out, n)));
+                    assert!(ks.gemm_q8(&w, 0..spec.tiles(), &qa.as_ref(), &mut out, n));
                     best[0] = best[0].min(t0.elapsed().as_secs_f64());
                     let t0 = Instant::now();
-                    assert!(ks.gemm_f32(&w, 0..spec.tiles(), &x, m, OutPtr::new(&mut out, n)));
+                    assert!(ks.gemm_f32(&w, 0..spec.tiles(), &x, m, &mut out, n));
                     best[1] = best[1].min(t0.elapsed().as_secs_f64());
                 }
                 let macs = (m * n * k) as f64;

@@ -25,14 +25,41 @@ pub mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_geo;
 
-/// A raw output pointer shared by threads that write disjoint columns.
+/// A raw output pointer shared by threads that write disjoint columns. Building one is safe;
+/// writing through it is not: only the `unsafe` [`Kernels::gemm_q8_raw`] / [`Kernels::gemm_f32_raw`]
+/// (and [`OutPtr::write`]) take it, with the buffer's liveness and the writers' disjointness as
+/// their callers' invariant. The safe entry points take `&mut [f32]`.
+///
+/// Safe code can neither reach the pointer nor write through one (issue #26 item 5):
+/// ```compile_fail
+/// let mut v = vec![0f32; 4];
+/// let p = mobilemoe_ops::kernels::OutPtr::new(&mut v, 4);
+/// let _raw = p.ptr; // private field
+/// ```
+/// ```compile_fail
+/// use mobilemoe_ops::{kernels::OutPtr, Kernels, MatrixSpec, PackedMatrix, WeightBits};
+/// let spec = MatrixSpec::new(16, 32, 32, WeightBits::Int4).unwrap();
+/// let w = PackedMatrix::quantize(&[0.5; 512], spec).unwrap();
+/// let mut out = vec![0f32; 16];
+/// let p = OutPtr::new(&mut out, 16);
+/// drop(out);
+/// Kernels::best().gemm_f32_raw(&w.as_ref(), 0..1, &[1.0; 32], 1, p); // needs `unsafe`
+/// ```
+/// ```
+/// use mobilemoe_ops::{Kernels, MatrixSpec, PackedMatrix, WeightBits};
+/// let spec = MatrixSpec::new(16, 32, 32, WeightBits::Int4).unwrap();
+/// let w = PackedMatrix::quantize(&[0.5; 512], spec).unwrap();
+/// let mut out = vec![0f32; 16];
+/// assert!(Kernels::best().gemm_f32(&w.as_ref(), 0..1, &[1.0; 32], 1, &mut out, 16)); // the safe API
+/// assert!(!Kernels::best().gemm_f32(&w.as_ref(), 0..1, &[1.0; 32], 1, &mut out[..15], 16)); // too short: refused
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct OutPtr {
-    pub ptr: *mut f32,
+    ptr: *mut f32,
     /// Number of f32 elements valid from `ptr`.
-    pub len: usize,
+    len: usize,
     /// Row stride in elements.
-    pub ldo: usize,
+    ldo: usize,
 }
 // SAFETY: an OutPtr is only used to write disjoint (row, column) ranges from different threads;
 // the owner of the buffer keeps it alive and does not read it until all writers have joined.
@@ -42,6 +69,17 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     pub fn new(buf: &mut [f32], ldo: usize) -> Self {
         Self { ptr: buf.as_mut_ptr(), len: buf.len(), ldo }
+    }
+    /// Elements valid from the start.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Row stride in elements.
+    pub fn ldo(&self) -> usize {
+        self.ldo
     }
     /// The same buffer starting at row `row0` (empty if past the end). Safe: only offsets within
     /// the buffer are formed.
@@ -200,9 +238,26 @@ impl Kernels {
         KernelKind::ALL.iter().filter_map(|&k| Self::get(k)).collect()
     }
 
-    /// Q8 GEMM on `tiles` (see module docs). Returns false (and does nothing) on a contract
-    /// violation, so a bad call can never read or write out of bounds.
-    pub fn gemm_q8(&self, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) -> bool {
+    /// Q8 GEMM on `tiles` into `out` (row stride `ldo`; see module docs). Returns false (and does
+    /// nothing) on a contract violation, so a bad call can never read or write out of bounds.
+    pub fn gemm_q8(&self, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: &mut [f32], ldo: usize) -> bool {
+        // SAFETY: `out` is borrowed mutably for the call: alive, and written by no one else.
+        unsafe { self.gemm_q8_raw(w, tiles, a, OutPtr::new(out, ldo)) }
+    }
+
+    /// Exact fp32 GEMM on `tiles` into `out` (row stride `ldo`). Returns false on a contract
+    /// violation.
+    pub fn gemm_f32(&self, w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: &mut [f32], ldo: usize) -> bool {
+        // SAFETY: as in `gemm_q8`.
+        unsafe { self.gemm_f32_raw(w, tiles, x, m, OutPtr::new(out, ldo)) }
+    }
+
+    /// [`Self::gemm_q8`] through a shared output pointer (pool threads writing disjoint tiles).
+    ///
+    /// # Safety
+    /// The buffer `out` was built from is alive for the call, and no other thread reads or
+    /// writes the (row, column) elements of `tiles` (rows `0..a.m`) meanwhile. Sizes are checked.
+    pub unsafe fn gemm_q8_raw(&self, w: &PackedRef<'_>, tiles: Range<usize>, a: &QuantActsRef<'_>, out: OutPtr) -> bool {
         let ok = check_call(w, &tiles, a.m, a.k, &out)
             && a.group == w.spec.group
             && a.q.len() == a.m * a.k
@@ -217,8 +272,11 @@ impl Kernels {
         ok
     }
 
-    /// Exact fp32 GEMM on `tiles` (see module docs). Returns false on a contract violation.
-    pub fn gemm_f32(&self, w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) -> bool {
+    /// [`Self::gemm_f32`] through a shared output pointer.
+    ///
+    /// # Safety
+    /// As [`Self::gemm_q8_raw`].
+    pub unsafe fn gemm_f32_raw(&self, w: &PackedRef<'_>, tiles: Range<usize>, x: &[f32], m: usize, out: OutPtr) -> bool {
         let ok = check_call(w, &tiles, m, w.spec.k, &out) && x.len() == m * w.spec.k;
         if ok {
             // SAFETY: as in gemm_q8.

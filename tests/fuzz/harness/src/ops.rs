@@ -12,7 +12,6 @@
 use crate::gen::*;
 use arbitrary::{Arbitrary, Unstructured};
 use mobilemoe_ops::act::QuantActs;
-use mobilemoe_ops::kernels::OutPtr;
 use mobilemoe_ops::moe::{exp_f32, sigmoid}; // the library's deterministic exp: same scores, same order
 use mobilemoe_ops::quant::{self, MatrixSpec, PackedRef, WeightBits};
 use mobilemoe_ops::reference;
@@ -467,8 +466,7 @@ pub fn ops_kernels(data: &[u8]) {
     let mut reference: Option<Vec<f32>> = None;
     for ks in Kernels::available() {
         let mut out = vec![f32::from_bits(SENTINEL); out_len];
-        let op = OutPtr::new(&mut out, ldo);
-        let ok = if inp.exact { ks.gemm_f32(&w, t0..t1, xs, m, op) } else { ks.gemm_q8(&w, t0..t1, &a, op) };
+        let ok = if inp.exact { ks.gemm_f32(&w, t0..t1, xs, m, &mut out, ldo) } else { ks.gemm_q8(&w, t0..t1, &a, &mut out, ldo) };
         assert_eq!(ok, expect_ok, "{:?}: contract check disagrees", ks.kind);
         if !ok {
             assert!(out.iter().all(|v| v.to_bits() == SENTINEL), "{:?} wrote after refusing", ks.kind);
