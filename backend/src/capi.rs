@@ -551,7 +551,7 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
 
 // ------------------------------------------------------------------------------------------------
 // Layout of the C ABI structs. They are copied by hand into C++ (backend/cpp/mobilemoe.h, held by
-// static_asserts with the same numbers as below) and Python (mobilemoe_export/_lib.py and
+// static_asserts with the same numbers as below) and Python (mobilemoe_export/operators/_lib.py and
 // decoder_ops.py, held by python_export/tests/test_abi_layout.py against `mobilemoe_abi_layout`).
 
 /// `[size, offset of each field in declaration order]` and the field names, per struct.

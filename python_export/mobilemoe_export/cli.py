@@ -131,7 +131,7 @@ def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any,
         model = _load_mobilemoe(hf, args)
         return model, model.cfg, model.example_inputs(), model.dynamic_shapes()
     if hf is not None:
-        from . import hf_export
+        from .sources import hf_export
 
         hf_model = hf_export.load_hf_model(hf)
         program = hf_export.HFCausalLMProgram(hf_model, args.max_seq_len or hf_export.default_max_seq_len(hf_model))
@@ -217,7 +217,7 @@ def _load_mobilemoe(hf: Path, args) -> nn.Module:
 
 def _mobilemoe_extra(hf: Path, out: Path, model: nn.Module, info: Dict[str, Any]) -> Dict[str, Any]:
     """Tokenizer files beside the .pte, end-of-sequence ids and the release for the summary."""
-    from . import hf_export
+    from .sources import hf_export
     from .sources.mobilemoe import read_mobilemoe_config
 
     written = []
@@ -232,7 +232,7 @@ def _mobilemoe_extra(hf: Path, out: Path, model: nn.Module, info: Dict[str, Any]
 
 
 def quantize(model: nn.Module, cfg: Optional[models.ModelConfig], args) -> nn.Module:
-    from .transforms import MobileMoELinear, quantize_moe
+    from .quantization.transforms import MobileMoELinear, quantize_moe
 
     if cfg is not None and cfg.ffn == "dense" and args.fp32_linears:
         # dense baseline: quantize exactly the FFN matrices (what the MoE model quantizes)
@@ -257,7 +257,7 @@ def scales_of(args) -> str:
 
 
 def quantized_weight_bytes(model: nn.Module) -> int:
-    from .transforms import MobileMoEFFN, MobileMoELinear
+    from .quantization.transforms import MobileMoEFFN, MobileMoELinear
 
     total = 0
     for m in model.modules():
@@ -341,7 +341,7 @@ def whole_model_of(args) -> "bool | None":
 def lower_like_export(model, args):
     """The module ``export_pte`` traces for these options (the lowered decoder, or ``model``), so
     that eager parity checks compare like with like."""
-    from . import decoder
+    from .lowering import decoder
 
     if whole_model_of(args) is None and decoder.is_lowerable(model):
         return decoder.lower_decoder(model, args.group_size, args.weight_bits, kv_cache=args.kv_cache)
@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     if mobilemoe is not None:
         hf = None  # from here on a models.Transformer like --checkpoint (the --hf extras below: mobilemoe)
     if hf is not None:
-        from . import hf_export
+        from .sources import hf_export
 
         counts = hf_export.param_counts(model)
     else:
@@ -394,14 +394,14 @@ def main(argv=None) -> int:
     bar.update(1)
 
     t = phase(2)
-    from .export import export_pte
+    from .lowering.export import export_pte
 
     if hasattr(model, "reset_cache"):
         model.reset_cache()
     model = lower_like_export(model, args)
     with contextlib.ExitStack() as stack:
         if hf is not None:
-            from . import hf_export
+            from .sources import hf_export
 
             stack.enter_context(hf_export.exportable(model.hf_config.model_type))
         export_pte(model, example_args, args.out, dynamic_shapes=dyn, delegate=not args.no_delegate,
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
     if mobilemoe is not None:
         hf_extra = _mobilemoe_extra(args.hf, args.out, model, mobilemoe)
     if hf is not None:
-        from . import hf_export
+        from .sources import hf_export
 
         hf_export.check_pte_dynamic_tokens(args.out)
         written = hf_export.write_tokenizer(hf, Path(args.out).resolve().parent)

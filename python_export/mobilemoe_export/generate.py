@@ -46,7 +46,9 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
+from ._paths import ASSETS_DIR
+
+DEFAULT_TOKENIZER = ASSETS_DIR / "tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
 MASK64 = (1 << 64) - 1
 
@@ -228,7 +230,7 @@ class PteModel:
 
     def __init__(self, path, load_plugin: bool = True) -> None:
         if load_plugin:
-            from ._lib import load_runtime
+            from .operators._lib import load_runtime
 
             try:
                 load_runtime()
@@ -367,7 +369,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.threads:
-        from ._lib import set_num_threads
+        from .operators._lib import set_num_threads
 
         set_num_threads(args.threads)
     if tok.get_vocab_size() > model.vocab_size:

@@ -64,16 +64,16 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._paths import ASSETS_DIR
 from .moe_block import MoEFeedForward, route
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = ASSETS_DIR
 DEFAULT_TOKENIZER = ASSETS / "tokenizer.json"
 ROPE_STYLES = ("half_split", "interleaved")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -496,7 +496,7 @@ class FeedForward(nn.Module):
 
 class _RenormEpsMoE(MoEFeedForward):
     """:class:`MoEFeedForward` whose routing renormalises with ``w / (sum(w) + renorm_eps)``
-    (MobileMoE: 1e-20). A ``renorm_eps`` attribute that :func:`mobilemoe_export.decoder.lower_decoder`
+    (MobileMoE: 1e-20). A ``renorm_eps`` attribute that :func:`mobilemoe_export.lowering.decoder.lower_decoder`
     carries over to the quantized block."""
 
     def __init__(self, *args, renorm_eps: float = 0.0, **kwargs) -> None:

@@ -8,7 +8,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mobilemoe_export import _lib  # noqa: E402
+from mobilemoe_export.operators import _lib  # noqa: E402
 
 LIB = _lib.lib_available()
 # Under `make test` (MOBILEMOE_NO_SKIP=1) nothing may be skipped and the Rust library must exist:

@@ -7,7 +7,7 @@ import ctypes
 import pytest
 
 from conftest import needs_lib
-from mobilemoe_export import _lib, decoder_ops
+from mobilemoe_export.operators import _lib, decoder_ops
 
 
 @needs_lib

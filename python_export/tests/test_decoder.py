@@ -1,4 +1,4 @@
-"""The whole decoder in one MobileMoEBackend delegate (mobilemoe_export.decoder): the .pte equals
+"""The whole decoder in one MobileMoEBackend delegate (mobilemoe_export.lowering.decoder): the .pte equals
 eager PyTorch calling the same Rust ops bit for bit over prefill + 64 greedy decode steps, for MoE
 and dense models, fp16 and fp32 KV caches, both RoPE conventions and sliding-window (local)
 attention; and the lowered ops compute what the original PyTorch model computes with the same
@@ -55,7 +55,7 @@ def _greedy_parity(dec, path, steps=64, prompt_len=7):
 @pytest.mark.parametrize("kv", ["fp16", "fp32"])
 def test_moe_decoder_pte_equals_eager_over_64_steps(tmp_path, kv):
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder
+    from mobilemoe_export.lowering import decoder
     from mobilemoe_export.cli import pte_summary
 
     m = _tiny()
@@ -71,7 +71,8 @@ def test_moe_decoder_pte_equals_eager_over_64_steps(tmp_path, kv):
 
 def test_dense_decoder_and_interleaved_rope(tmp_path):
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder, models
+    from mobilemoe_export import models
+    from mobilemoe_export.lowering import decoder
 
     cfg = models.dense_baseline(models.get_config("tiny"), match="active")
     m = models.build_model(cfg, seed=4)
@@ -98,7 +99,7 @@ def test_export_pte_lowers_a_transformer_by_default(tmp_path):
 
 
 def _fake_quantize_(lin, g=32):
-    from mobilemoe_export import quant
+    from mobilemoe_export.quantization import quant
 
     q, s = quant.quantize_per_group(lin.weight.detach(), g, 4)
     with torch.no_grad():
@@ -109,7 +110,8 @@ def test_lowered_ops_compute_the_pytorch_model():
     """exact=True (fp32 activations) and an fp32 cache: the lowered decoder equals the original
     PyTorch Transformer whose weights are replaced by their dequantized INT4 values, to fp32
     rounding — an independent check of attention, RoPE, the cache, norms, embedding and head."""
-    from mobilemoe_export import decoder, models
+    from mobilemoe_export import models
+    from mobilemoe_export.lowering import decoder
 
     cfg = models.dense_baseline(models.get_config("tiny", tie_embeddings=True), match="active")
     ref = models.build_model(cfg, seed=5)
@@ -131,7 +133,7 @@ def test_lowered_ops_compute_the_pytorch_model():
 
 def test_bad_positions_and_tokens_are_clear_errors():
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder
+    from mobilemoe_export.lowering import decoder
 
     m = _tiny(max_seq_len=16)
     mm.quantize_moe(m, dense_linears=True)
@@ -167,7 +169,8 @@ def test_executorch_llama_moe_transformer(tmp_path, hf_rope):
     cache) it equals the ExecuTorch model on the same dequantized weights; its .pte equals the
     eager lowered decoder bit for bit over 64 greedy steps (Q8 path, fp16 cache)."""
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder, quant
+    from mobilemoe_export.lowering import decoder
+    from mobilemoe_export.quantization import quant
 
     ref = _et_llama(use_hf_rope=hf_rope)
     dec = decoder.lower_decoder(copy.deepcopy(ref), kv_cache="fp32", exact=True)
@@ -201,8 +204,8 @@ def test_executorch_llama_moe_transformer(tmp_path, hf_rope):
 
 
 def test_executorch_llama_unsupported_features_are_named():
-    from mobilemoe_export import decoder
-    from mobilemoe_export.transforms import UnsupportedModuleError
+    from mobilemoe_export.lowering import decoder
+    from mobilemoe_export.quantization.transforms import UnsupportedModuleError
 
     with pytest.raises(UnsupportedModuleError, match="use_qk_norm"):
         decoder.lower_decoder(_et_llama(use_qk_norm=True))
@@ -216,7 +219,8 @@ def test_preset_geometries_pte_equals_eager(tmp_path, preset):
     local layer), one or two layers, a small vocabulary, fewer experts for M/L and a 16-token window
     for mobilellm-pro to keep the test fast: .pte == eager bit for bit over 16 greedy steps."""
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder, models
+    from mobilemoe_export import models
+    from mobilemoe_export.lowering import decoder
 
     over = dict(n_layers=1, vocab_size=1024, max_seq_len=128)
     if preset in ("M", "L"):
@@ -247,7 +251,9 @@ def test_sliding_window_lowered_ops_compute_the_pytorch_model():
     32 = 40 slots) equals the PyTorch Transformer (which masks keys_pos <= query_pos - window in a
     full-size cache) on the same dequantized weights over a 40-token prefill, decode steps past the
     ring's length and a multi-token chunk; and the window changes the result."""
-    from mobilemoe_export import decoder, decoder_ops, models
+    from mobilemoe_export import models
+    from mobilemoe_export.lowering import decoder
+    from mobilemoe_export.operators import decoder_ops
 
     cfg = _local_global_cfg()
     ref = models.build_model(cfg, seed=5)
@@ -283,7 +289,8 @@ def test_sliding_window_pte_equals_eager(tmp_path):
     a 48-token prefill (longer than window + 32 = 40: the ring wraps inside the prefill) and 15
     greedy decode steps (to position 63 of 64)."""
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder, models
+    from mobilemoe_export import models
+    from mobilemoe_export.lowering import decoder
 
     m = models.build_model(_local_global_cfg(tie_embeddings=False), seed=6)  # (a tied head repeats its input)
     dec = decoder.lower_decoder(m)

@@ -9,11 +9,11 @@ import torch
 
 import blocks
 import mobilemoe_export as mm
-from mobilemoe_export import backend
+from mobilemoe_export.lowering import backend
 from test_transforms import D, E, F, K, et_block, own_block
 
 PKG = Path(mm.__file__).resolve().parent
-sys.path.insert(0, str(PKG / "_fbs"))  # generated reader code uses absolute imports
+sys.path.insert(0, str(PKG / "lowering" / "_fbs"))  # generated reader code uses absolute imports
 
 
 def _parse_blob(blob: bytes):
@@ -37,7 +37,7 @@ def _lowered_blobs(ep_or_manager):
 
 def test_blob_contents():
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
-    from mobilemoe_export.backend import MobileMoEPartitioner
+    from mobilemoe_export.lowering.backend import MobileMoEPartitioner
 
     block = own_block("sigmoid", route_scale=2.0)
     model = torch.nn.Sequential(block, torch.nn.Linear(D, 32))
@@ -108,7 +108,7 @@ def test_export_and_run(case, delegate, tmp_path):
         eager = model(x)
     path = mm.export_pte(model, (x,), tmp_path / f"{case}.pte", delegate=delegate, max_tokens=32)
     assert Path(path).stat().st_size > 0
-    if not mm._lib.lib_available():
+    if not mm.operators._lib.lib_available():
         pytest.skip("libmobilemoe_executorch.so not built: runtime part skipped")
     for t in (5, 1, 17):  # dynamic token count
         xt = torch.randn(1, t, D)
@@ -120,7 +120,7 @@ def test_export_and_run(case, delegate, tmp_path):
 
 
 def test_dynamic_shape_inference():
-    from mobilemoe_export.export import infer_dynamic_shapes
+    from mobilemoe_export.lowering.export import infer_dynamic_shapes
 
     tok = torch.zeros(1, 7, dtype=torch.long)
     pos = torch.tensor([0])
@@ -151,7 +151,7 @@ def test_token_model(delegate, tmp_path):
     tok = torch.randint(0, 50, (1, 6))
     pos = torch.tensor([0])
     path = mm.export_pte(model, (tok, pos), tmp_path / "tok.pte", delegate=delegate, max_tokens=16)
-    if not mm._lib.lib_available():
+    if not mm.operators._lib.lib_available():
         pytest.skip("libmobilemoe_executorch.so not built: runtime part skipped")
     from executorch.runtime import Runtime
 

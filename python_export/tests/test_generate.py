@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mobilemoe_export import _lib, cli
+from mobilemoe_export import cli
+from mobilemoe_export.operators import _lib
 from mobilemoe_export import generate as gen
 from mobilemoe_export.models import build_model, get_config
 
@@ -240,7 +241,7 @@ def test_cli_help_and_errors(capsys):
 
 
 def test_cli_dense_baseline_quantizes_only_ffn():
-    from mobilemoe_export.transforms import MobileMoELinear
+    from mobilemoe_export.quantization.transforms import MobileMoELinear
 
     args = cli.build_parser().parse_args(["--preset", "tiny", "--dense-baseline", "total", "--max-seq-len", "16",
                                           "--fp32-linears"])

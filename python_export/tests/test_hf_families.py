@@ -31,8 +31,9 @@ from torch import nn
 transformers = pytest.importorskip("transformers")  # installed by scripts/bootstrap_venv.sh
 
 import mobilemoe_export as mm  # noqa: E402
-from mobilemoe_export import cli, generate, quant  # noqa: E402
-from mobilemoe_export.hf_families import VERIFIED_BLOCKS  # noqa: E402
+from mobilemoe_export import cli, generate  # noqa: E402
+from mobilemoe_export.quantization import quant  # noqa: E402
+from mobilemoe_export.sources.hf_families import VERIFIED_BLOCKS  # noqa: E402
 
 from conftest import needs_lib  # noqa: E402
 
@@ -485,7 +486,7 @@ def test_cli_refuses_loudly(tmp_path):
 @needs_lib
 def test_static_token_dim_is_an_error(tmp_path_factory, tmp_path):
     """A program whose token input came out static is rejected (here: exported without dynamic shapes)."""
-    from mobilemoe_export import hf_export
+    from mobilemoe_export.sources import hf_export
 
     _, out = export_family("olmoe", tmp_path_factory)
     hf_export.check_pte_dynamic_tokens(out)  # the CLI's program passes

@@ -28,7 +28,8 @@ import torch
 from conftest import LIB, needs_lib
 from mobilemoe_reference import MobileMoEReference, llama3_inv_freq as ref_inv_freq, nibbles, read_tensors
 
-from mobilemoe_export import cli, models, quant
+from mobilemoe_export import cli, models
+from mobilemoe_export.quantization import quant
 from mobilemoe_export.sources import mobilemoe_format as mf
 from mobilemoe_export.sources.mobilemoe import MobileMoEFormatError, load_mobilemoe, read_mobilemoe_config
 
@@ -223,7 +224,7 @@ def _deq_out_grouped(w, s, n, k, g):
 
 @pytest.mark.parametrize("group_size", [32, 64])
 def test_qat_weights_are_the_checkpoints_bit_for_bit(tmp_path, group_size):
-    from mobilemoe_export.transforms import MobileMoEFFN, MobileMoELinear
+    from mobilemoe_export.quantization.transforms import MobileMoEFFN, MobileMoELinear
 
     def edit(c):
         c["quantization"]["group_size"] = c["quantization"]["embedding_group_size"] = group_size
@@ -559,7 +560,7 @@ def test_e2e_pte_blob_weights_are_the_checkpoints_bit_for_bit(qat_exact_pte, qat
     """#23 item 2: the integers and scales that reach the kernels, read back from the .pte's delegate
     blob, dequantize to exactly the checkpoint's weights (linears grouped along `in`, the tied
     embedding / LM head, the [E, in, out] experts grouped along `out`, the shared expert)."""
-    from mobilemoe_export import backend
+    from mobilemoe_export.lowering import backend
 
     path, _ = qat_exact_pte
     (blob,) = backend.pte_blobs(path)

@@ -1,4 +1,4 @@
-"""QAT with the kernels' numerics (mobilemoe_export.qat, docs/DESIGN.md sections 1 and 3).
+"""QAT with the kernels' numerics (mobilemoe_export.quantization.qat, docs/DESIGN.md sections 1 and 3).
 
 - The fake quantizers equal torchao's bit for bit (values and straight-through gradients): per-token
   asymmetric int8 activations (8da4w) and symmetric group-wise INT4 weights, on 3-D expert stacks.
@@ -27,9 +27,10 @@ import torch.nn.functional as Fn
 import blocks
 import mobilemoe_export as mm
 from conftest import needs_lib
-from mobilemoe_export import quant, reference
-from mobilemoe_export.qat import fake_quantize_activations, fake_quantize_weight, is_qat_prepared
-from mobilemoe_export.transforms import MobileMoEFFN, MobileMoELinear, extract_moe
+from mobilemoe_export.operators import reference
+from mobilemoe_export.quantization import quant
+from mobilemoe_export.quantization.qat import fake_quantize_activations, fake_quantize_weight, is_qat_prepared
+from mobilemoe_export.quantization.transforms import MobileMoEFFN, MobileMoELinear, extract_moe
 from test_transforms import D, E, F, K, et_block, own_block
 
 REL = 1e-5

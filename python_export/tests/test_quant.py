@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import needs_lib
-from mobilemoe_export import quant
+from mobilemoe_export.quantization import quant
 
 
 def _weights(n, k, seed=0):
@@ -97,7 +97,7 @@ def test_pack_layout_by_hand():
 @needs_lib
 @pytest.mark.parametrize("bits", [4, 8])
 def test_pack_equals_rust(bits):
-    from mobilemoe_export.ops import pack_weights_rust
+    from mobilemoe_export.operators.ops import pack_weights_rust
 
     for n, k, g in [(16, 32, 32), (40, 128, 64), (3, 256, 128)]:
         q, s = quant.quantize_per_group(torch.randn(n, k), g, bits)
@@ -123,7 +123,7 @@ def test_qat_converted_linears_map_bit_for_bit():
     import copy
 
     import mobilemoe_export as mm
-    from mobilemoe_export.transforms import MobileMoELinear
+    from mobilemoe_export.quantization.transforms import MobileMoELinear
     from torchao.quantization.qat import Int8DynActInt4WeightQATQuantizer
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 32, bias=False))

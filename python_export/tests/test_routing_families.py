@@ -10,8 +10,8 @@ import torch
 
 import mobilemoe_export as mm
 from conftest import needs_lib
-from mobilemoe_export import reference
-from mobilemoe_export.transforms import MoESpec
+from mobilemoe_export.operators import reference
+from mobilemoe_export.quantization.transforms import MoESpec
 
 D, F, E = 64, 32, 8
 

@@ -19,8 +19,8 @@ def test_quantizer_equals_torchao_fake_quantizer(dt):
     from torchao.quantization.qat.utils import _fake_quantize_per_channel_group
     from torchao.quantization.utils import get_group_qparams_symmetric
 
-    from mobilemoe_export import quant
-    from mobilemoe_export.qat import fake_quantize_weight
+    from mobilemoe_export.quantization import quant
+    from mobilemoe_export.quantization.qat import fake_quantize_weight
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(48, 256, generator=g) * 0.03
@@ -36,14 +36,15 @@ def test_quantizer_equals_torchao_fake_quantizer(dt):
 @pytest.mark.parametrize("dt", ["fp16", "bf16"])
 def test_whole_model_pte_with_narrow_scales_equals_eager(tmp_path, dt):
     import mobilemoe_export as mm
-    from mobilemoe_export import decoder, models
+    from mobilemoe_export import models
+    from mobilemoe_export.lowering import decoder
     from test_decoder import _greedy_parity
 
     m = models.build_model(models.get_config("tiny"), seed=3)
     mm.quantize_moe(m, dense_linears=True, scales_dtype=dt)
     dec = decoder.lower_decoder(m)
-    assert dec.emb_scales.dtype == mm.quant.scale_dtype(dt)
-    assert all(b.dtype == mm.quant.scale_dtype(dt) for n, b in dec.named_buffers() if n.endswith("scales"))
+    assert dec.emb_scales.dtype == mm.quantization.quant.scale_dtype(dt)
+    assert all(b.dtype == mm.quantization.quant.scale_dtype(dt) for n, b in dec.named_buffers() if n.endswith("scales"))
     path = tmp_path / f"tiny_{dt}.pte"
     mm.export_pte(dec, dec.example_inputs(4), path)
     ids = _greedy_parity(dec, path, steps=32)

@@ -2,7 +2,7 @@ import filecmp
 from pathlib import Path
 
 import mobilemoe_export
-from mobilemoe_export import ops
+from mobilemoe_export.operators import ops
 
 PKG = Path(mobilemoe_export.__file__).resolve().parent
 REPO = PKG.parents[1]
@@ -14,12 +14,12 @@ def test_packaged_schema_copies_are_current():
 
 
 def test_generated_flatbuffers_code_is_current(tmp_path):
-    from mobilemoe_export.backend import generate_fbs
+    from mobilemoe_export.lowering.backend import generate_fbs
 
     generate_fbs(tmp_path)
     gen = tmp_path / "mobilemoe" / "blob"
     for f in sorted(gen.glob("*.py")):
-        assert filecmp.cmp(f, PKG / "_fbs" / "mobilemoe" / "blob" / f.name, shallow=False), f.name
+        assert filecmp.cmp(f, PKG / "lowering" / "_fbs" / "mobilemoe" / "blob" / f.name, shallow=False), f.name
 
 
 def test_ops_defined_from_schema():

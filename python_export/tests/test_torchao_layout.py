@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import mobilemoe_export as mm
-from mobilemoe_export import quant, torchao_layout as tl
+from mobilemoe_export.quantization import quant, torchao_layout as tl
 from test_transforms import D, E, F, K, et_block
 
 

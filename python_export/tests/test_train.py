@@ -1,4 +1,4 @@
-"""CI smoke of the training recipe (mobilemoe_export.train) on a tiny model and a slice of the
+"""CI smoke of the training recipe (mobilemoe_export.training.train) on a tiny model and a slice of the
 Shakespeare corpus (< 1 minute): the four stages run, the loss falls, an interrupted stage resumes
 to bit-identical weights, the batched training forward equals Transformer.forward, the fake
 quantization equals quant.py's, and the final checkpoint round-trips through the export CLI /
@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from mobilemoe_export import _lib, cli, models, quant
-from mobilemoe_export import train as T
-from mobilemoe_export import train_data as D
+from mobilemoe_export import cli, models
+from mobilemoe_export.operators import _lib
+from mobilemoe_export.quantization import quant
+from mobilemoe_export.training import train as T
+from mobilemoe_export.training import train_data as D
 
 LIB = _lib.lib_available()
 

@@ -4,8 +4,8 @@ import torch
 
 import blocks
 import mobilemoe_export as mm
-from mobilemoe_export import reference
-from mobilemoe_export.transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError
+from mobilemoe_export.operators import reference
+from mobilemoe_export.quantization.transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError
 
 D, F, E, K = 64, 32, 4, 2
 

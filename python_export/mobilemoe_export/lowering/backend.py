@@ -25,7 +25,8 @@ from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, Par
 from executorch.exir.backend.utils import tag_constant_data
 from torch.export.exported_program import ExportedProgram
 
-from . import ops as _ops
+from .._paths import REPO_ROOT, SCHEMA_DIR
+from ..operators import ops as _ops
 
 _FBS_DIR = Path(__file__).resolve().parent / "_fbs"
 
@@ -47,7 +48,7 @@ from ._fbs.mobilemoe.blob import RmsNorm as FbRmsNorm  # noqa: E402
 from ._fbs.mobilemoe.blob import SwigluFfn as FbSwigluFfn  # noqa: E402
 from ._fbs.mobilemoe.blob.KvCacheType import KvCacheType  # noqa: E402
 from ._fbs.mobilemoe.blob.RopeStyle import RopeStyle  # noqa: E402
-from . import decoder_ops as _dops  # noqa: E402
+from ..operators import decoder_ops as _dops  # noqa: E402
 
 MAGIC = b"MMOE"
 FORMAT_VERSION = 5  # 3: F16/BF16 per-group scales; 4: group-limited, topk_sigmoid, sparsemixer routing;
@@ -434,7 +435,7 @@ class MobileMoEBackend(BackendDetails):
 
 
 class MobileMoEPartitioner(Partitioner):
-    """A graph with whole-decoder ops (``mobilemoe_export.decoder``): tags every MobileMoE op and
+    """A graph with whole-decoder ops (``mobilemoe_export.lowering.decoder``): tags every MobileMoE op and
     the residual adds between them as ONE delegate (the whole forward). Otherwise tags every
     ``mobilemoe.moe_ffn`` / ``mobilemoe.int4_linear`` call (one delegate per op). Constants only
     they use go with them; everything else stays on ExecuTorch's portable/optimized kernels."""
@@ -545,7 +546,7 @@ def generate_fbs(out_dir: Path) -> None:
     import executorch
 
     flatc = Path(executorch.__path__[0]) / "data" / "bin" / "flatc"
-    schema = Path(__file__).resolve().parent / "schema" / "mobilemoe.fbs"
+    schema = SCHEMA_DIR / "mobilemoe.fbs"
     subprocess.run([str(flatc), "--python", "-o", str(out_dir), str(schema)], check=True)
 
 
@@ -554,10 +555,10 @@ if __name__ == "__main__":  # pragma: no cover
         import shutil
 
         # refresh the packaged schema copies from the repository (if running from a checkout)
-        repo_schema = Path(__file__).resolve().parents[2] / "schema"
+        repo_schema = REPO_ROOT / "schema"
         for name in ("ops.txt", "mobilemoe.fbs"):
             if (repo_schema / name).is_file():
-                shutil.copyfile(repo_schema / name, Path(__file__).resolve().parent / "schema" / name)
+                shutil.copyfile(repo_schema / name, SCHEMA_DIR / name)
         shutil.rmtree(_FBS_DIR, ignore_errors=True)
         _FBS_DIR.mkdir()
         generate_fbs(_FBS_DIR)

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import decoder_ops  # noqa: F401  (defines the ops)
-from . import models as _models
-from . import quant
-from .transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe
+from .. import models as _models
+from ..operators import decoder_ops  # noqa: F401  (defines the ops)
+from ..quantization import quant
+from ..quantization.transforms import MobileMoEFFN, MobileMoELinear, UnsupportedModuleError, quantize_moe
 
 
 def _qs(mod: nn.Module, name: str, group_size: int, bits: int,
@@ -216,7 +216,7 @@ def _is_et_llama(model: nn.Module) -> bool:
 
 
 def is_lowerable(model: nn.Module) -> bool:
-    from .models import Transformer
+    from ..models import Transformer
 
     return isinstance(model, (Transformer, MobileMoEDecoder)) or _is_et_llama(model)
 
@@ -268,7 +268,7 @@ def lower_decoder(model: nn.Module, group_size: int = 32, weight_bits: int = 4, 
     matrices this lowering quantizes; by default that of the model's already quantized modules
     (``quantize_moe(..., scales_dtype=...)``), else fp32. Features the decoder cannot compute
     exactly raise ``UnsupportedModuleError`` naming them."""
-    from .models import ModelConfig, Transformer
+    from ..models import ModelConfig, Transformer
 
     if isinstance(model, MobileMoEDecoder):
         return model

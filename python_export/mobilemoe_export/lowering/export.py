@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import ops as _ops  # noqa: F401
+from ..operators import ops as _ops  # noqa: F401
 
 
 def infer_dynamic_shapes(example_args: Sequence[Any], max_tokens: int = 256, min_tokens: int = 1):
@@ -85,7 +85,7 @@ def export_pte(
     ops run on ExecuTorch's portable/optimized kernels.
 
     ``whole_model`` (default: on when ``delegate`` and ``model`` is a ``models.Transformer``)
-    first lowers the model with :func:`mobilemoe_export.decoder.lower_decoder` (INT4 g32 weights,
+    first lowers the model with :func:`mobilemoe_export.lowering.decoder.lower_decoder` (INT4 g32 weights,
     ``kv_cache`` "fp16" or "fp32"), so the whole forward — embedding, attention with its KV
     cache, norms, FFNs, LM head — runs in one ``MobileMoEBackend`` delegate. ``scales_dtype``
     ("fp32" | "fp16" | "bf16") is the per-group scale type of the matrices that lowering quantizes

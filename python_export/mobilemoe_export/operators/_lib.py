@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from .._paths import REPO_ROOT
+
 LIB_NAME = "libmobilemoe_executorch.so"
 ENV_VAR = "MOBILEMOE_LIB"
 
@@ -80,8 +82,8 @@ class MobileMoELibraryError(RuntimeError):
 
 
 def repo_root() -> Path:
-    # python_export/mobilemoe_export/_lib.py -> repo root
-    return Path(__file__).resolve().parents[2]
+    # python_export/mobilemoe_export -> repo root
+    return REPO_ROOT
 
 
 def lib_path() -> Path:

@@ -5,10 +5,10 @@ and the delegate compute the same numbers.
 
 These ops exist to be claimed by ``MobileMoEPartitioner`` into one ``MobileMoEBackend`` delegate;
 they have no portable ExecuTorch kernels (``export_pte(..., delegate=False)`` keeps the model's
-own attention instead, see :mod:`mobilemoe_export.decoder`).
+own attention instead, see :mod:`mobilemoe_export.lowering.decoder`).
 
 The attention op's KV cache is state: in eager mode it lives in :data:`KV_CACHES` under the op's
-``cache_id`` (allocated by :class:`mobilemoe_export.decoder.DecoderAttention`); inside the delegate
+``cache_id`` (allocated by :class:`mobilemoe_export.lowering.decoder.DecoderAttention`); inside the delegate
 each Attention node owns a cache allocated at init. ``cache_id`` is not serialised.
 """
 

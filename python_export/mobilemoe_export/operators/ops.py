@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .._paths import SCHEMA_DIR
 from . import _lib
 from . import reference
 
@@ -29,7 +30,7 @@ FALLBACK_ENV = "MOBILEMOE_REFERENCE_FALLBACK"
 
 
 def schema_path() -> Path:
-    p = Path(__file__).resolve().parent / "schema" / "ops.txt"
+    p = SCHEMA_DIR / "ops.txt"
     if p.is_file():
         return p
     return _lib.repo_root() / "schema" / "ops.txt"
@@ -239,7 +240,7 @@ def pack_weights_rust(q: torch.Tensor, scales: torch.Tensor, group_size: int, bi
     """T16K4 packing by the Rust library (``mobilemoe_pack_weights``): -> (uint8 data, fp32 scales)."""
     import numpy as np
 
-    from . import quant
+    from ..quantization import quant
 
     lib = _lib.get_lib()
     q = q.to(torch.int8).contiguous()

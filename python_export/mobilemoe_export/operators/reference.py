@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import quant
-from .moe_block import FLT_MIN, route
+from ..moe_block import FLT_MIN, route
+from ..quantization import quant
 
 F32_MIN_POSITIVE = torch.finfo(torch.float32).smallest_normal
 F32_EPS = torch.finfo(torch.float32).eps

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import quant
-from .moe_block import route
+from ..moe_block import route
 
 __all__ = [
     "prepare_qat",
@@ -77,7 +77,7 @@ def fake_quantize_weight(w: torch.Tensor, group_size: int = 32, bits: int = 4,
                          scales_dtype=torch.float32) -> torch.Tensor:
     """Symmetric per-row, per-group fake quantization of ``w [..., N, K]`` (any number of leading
     dims: 3-D expert stacks included), with a straight-through gradient. Bit for bit the values of
-    :func:`mobilemoe_export.quant.quantize_per_group` + ``dequantize`` and of torchao's
+    :func:`mobilemoe_export.quantization.quant.quantize_per_group` + ``dequantize`` and of torchao's
     ``IntxFakeQuantizer`` (``is_symmetric=True``, ``scale_precision=scales_dtype``: the scale cast
     to that type, the reciprocal computed in it)."""
     scales_dtype = quant.scale_dtype(scales_dtype)

@@ -1,6 +1,6 @@
 """torchao's "universal" packed layout for ``linear_8bit_act_xbit_weight`` (what ExecuTorch's
 ``QuantizedMoEFFN`` stores per expert), and the conversion of a ``QuantizedMoEFFN`` to a
-:class:`~mobilemoe_export.transforms.MoESpec`.
+:class:`~mobilemoe_export.quantization.transforms.MoESpec`.
 
 The x86 torchao 0.18 wheel does not ship the packer (``torchao::_pack_8bit_act_4bit_weight``), so
 the layout is implemented here from torchao's portable packing code

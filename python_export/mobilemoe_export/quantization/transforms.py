@@ -7,7 +7,7 @@ Recognised MoE blocks (see :func:`extract_moe`):
 3. ExecuTorch's ``QuantizedMoEFFN`` (``.../source_transformation/moe.py``; torchao-packed buffers);
 4. ``transformers``' own MoE blocks, by family: every block with routed experts of the pinned
    transformers (5.24) is either mapped exactly or refused with the reason
-   (:mod:`mobilemoe_export.hf_families`);
+   (:mod:`mobilemoe_export.sources.hf_families`);
 5. other Hugging Face-style blocks, by structure: Mixtral-like (``gate`` + ``experts[i].w1/w2/w3``),
    Qwen-MoE / OLMoE-like (``gate`` + ``experts[i].gate_proj/up_proj/down_proj``, ``norm_topk_prob``,
    optional ``shared_expert`` + ``shared_expert_gate``), DeepSeek-like (``gate.weight`` +
@@ -24,9 +24,9 @@ from typing import Any, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import ops as _ops  # noqa: F401  (defines torch.ops.mobilemoe.*)
+from ..operators import ops as _ops  # noqa: F401  (defines torch.ops.mobilemoe.*)
 from . import quant
-from .moe_block import FLT_MIN, GROUP_SCORES, SCORE_FUNCS, MoEFeedForward
+from ..moe_block import FLT_MIN, GROUP_SCORES, SCORE_FUNCS, MoEFeedForward
 
 
 class UnsupportedModuleError(ValueError):
@@ -90,7 +90,7 @@ class MoESpec:
 
 def _f32(t: torch.Tensor, live: bool = False) -> torch.Tensor:
     """fp32 copy of ``t`` (detached, CPU, contiguous); with ``live`` the tensor itself as fp32,
-    still attached to autograd (the QAT forward of :mod:`mobilemoe_export.qat`)."""
+    still attached to autograd (the QAT forward of :mod:`mobilemoe_export.quantization.qat`)."""
     if live:
         return t if t.dtype == torch.float32 else t.to(torch.float32)
     t = t.detach()
@@ -267,7 +267,7 @@ def _extract_moe(m: nn.Module, name: str, live: bool) -> Optional[MoESpec]:
 
         return spec_from_quantized_moe_ffn(m, name)
     # (4) transformers' own MoE blocks: by family, with the routing read from its modeling file
-    from .hf_families import NOT_HF, extract_hf_moe
+    from ..sources.hf_families import NOT_HF, extract_hf_moe
 
     hf = extract_hf_moe(m, name, live)
     if hf is not NOT_HF:

@@ -109,7 +109,7 @@ def _check_silu(act: Any, where: str) -> None:
 
 
 def _router_weight(router: nn.Module, name: str, live: bool) -> torch.Tensor:
-    from .transforms import _f32
+    from ..quantization.transforms import _f32
 
     if getattr(router, "bias", None) is not None:
         raise ValueError(f"{name}: router bias is not supported by mobilemoe::moe_ffn")
@@ -120,7 +120,7 @@ def _router_weight(router: nn.Module, name: str, live: bool) -> torch.Tensor:
 
 
 def _experts(m: nn.Module, e: int, d: int, name: str, live: bool):
-    from .transforms import _experts_fused
+    from ..quantization.transforms import _experts_fused
 
     experts = m.experts
     _check_silu(getattr(experts, "act_fn", None), f"{name}.experts")
@@ -128,7 +128,7 @@ def _experts(m: nn.Module, e: int, d: int, name: str, live: bool):
 
 
 def _shared_mlp(mlp: Optional[nn.Module], name: str, live: bool):
-    from .transforms import _shared_from
+    from ..quantization.transforms import _shared_from
 
     if mlp is None:
         return None
@@ -149,7 +149,7 @@ def _group_limit(name: str, num_group: Optional[int], topk_group: Optional[int],
 
 def _spec(m, name, live, rw, experts=None, **routing):
     """``experts``: (w1, w3, w2) for a layout other than transformers' fused ``gate_up_proj``/``down_proj``."""
-    from .transforms import MoESpec, _check3
+    from ..quantization.transforms import MoESpec, _check3
 
     e, d = rw.shape
     w1, w3, w2 = experts if experts is not None else _experts(m, e, d, name, live)
@@ -170,7 +170,7 @@ def _mixtral_like(m, name, live):
 
 def _qwen_like(m, name, live, renormalize=None):
     # renormalize: None reads the router's norm_topk_prob
-    from .transforms import _linear_w
+    from ..quantization.transforms import _linear_w
 
     gate = m.gate
     rw = _router_weight(gate, f"{name}.gate", live)
@@ -204,7 +204,7 @@ def _deepseek_v2(m, name, live):
 
 
 def _deepseek_v3(m, name, live):
-    from .transforms import _f32
+    from ..quantization.transforms import _f32
 
     gate = m.gate
     rw = _router_weight(gate, f"{name}.gate", live)
@@ -268,7 +268,7 @@ def _hunyuan_v1(m, name, live):
 def _experts_transposed(m: nn.Module, e: int, d: int, name: str, live: bool):
     """(w1, w3, w2) of experts stored for ``x @ W`` (Aria, Llama 4): gate_up_proj [E, D, 2F], down_proj
     [E, F, D]. The shapes alone cannot tell this layout from [E, 2F, D] when D == 2F."""
-    from .transforms import _check3, _f32
+    from ..quantization.transforms import _check3, _f32
 
     ex = m.experts
     _check_silu(getattr(ex, "act_fn", None), f"{name}.experts")
@@ -293,7 +293,7 @@ def _aria(m, name, live):
 def _dbrx(m, name, live):
     # softmax over all E, top-k, divided by their L_p norm: p=1 is their sum (probabilities are positive),
     # None no division. Experts: w1 (gate), v1 (up) [E*F, D]; w2 [E*F, D] applied as h @ w2[e].
-    from .transforms import _f32
+    from ..quantization.transforms import _f32
 
     p = m.moe_normalize_expert_weights
     if p is not None and float(p) != 1.0:
@@ -344,7 +344,7 @@ def _axk2(m, name, live):
 def _sigmoid(m, name, live, rw, top_k, renormalize, scale, bias=None, shared=None, renorm_eps=0.0, **groups):
     # sigmoid, selection on sigmoid + bias, weights the unbiased sigmoids of the k, divided by
     # (sum + renorm_eps) if renormalize (transformers: "+ 1e-20" in most families, none in some), * scale
-    from .transforms import _f32
+    from ..quantization.transforms import _f32
 
     return _spec(m, name, live, rw, top_k=int(top_k), score_func="sigmoid", renormalize=bool(renormalize),
                  route_scale=float(scale), expert_bias=_f32(bias) if bias is not None else None, shared=shared,
@@ -423,7 +423,7 @@ def _lfm2_moe(m, name, live):
 def _ernie4_5_moe(m, name, live):
     # softmax over all E, selection on softmax + e_score_correction_bias, the unbiased probabilities of
     # the k divided by max(sum, moe_norm_min); shared experts ungated
-    from .transforms import _f32
+    from ..quantization.transforms import _f32
 
     gate = m.gate
     return _spec(m, name, live, _router_weight(gate, f"{name}.gate", live), top_k=int(gate.top_k),
@@ -435,7 +435,7 @@ def _ernie4_5_moe(m, name, live):
 def _kolibri(m, name, live):
     # top-k over the logits + e_score_correction_bias, the sigmoids of the selected logits, /sum if
     # norm_topk_prob; shared experts ungated
-    from .transforms import _f32
+    from ..quantization.transforms import _f32
 
     gate = m.gate
     return _spec(m, name, live, _router_weight(gate, f"{name}.gate", live), top_k=int(gate.top_k),

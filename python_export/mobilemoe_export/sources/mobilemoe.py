@@ -10,8 +10,8 @@ selection-only expert bias, ``w * routed_scaling_factor / (sum(w) + 1e-20)`` (``
 ungated shared expert, tied embeddings.
 
 - The QAT release keeps its integers and fp16 scales exactly: the linears (q/k/v/o, shared expert)
-  become :class:`~mobilemoe_export.transforms.MobileMoELinear` (``qweight=``), the routed experts a
-  :class:`~mobilemoe_export.transforms.MobileMoEFFN` with ``scales_axis="out"`` (the checkpoint groups
+  become :class:`~mobilemoe_export.quantization.transforms.MobileMoELinear` (``qweight=``), the routed experts a
+  :class:`~mobilemoe_export.quantization.transforms.MobileMoEFFN` with ``scales_axis="out"`` (the checkpoint groups
   the experts' scales along the output axis), the tied embedding the INT4 LM head (its dequantized
   values are the fp32 embedding table of the eager model).
 - The bf16 release (Base / SFT) fills a plain fp32 ``models.Transformer``; the export path quantizes it
@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import models, quant
+from .. import models
+from ..quantization import quant
 from . import mobilemoe_format as fmt_
 
 log = logging.getLogger(__name__)
@@ -531,7 +532,7 @@ def _fill_bf16(model: models.Transformer, reader: _Reader) -> None:
 
 
 def _fill_qat(model: models.Transformer, reader: _Reader, exact: bool) -> None:
-    from ..transforms import MobileMoEFFN, MobileMoELinear, MoESpec
+    from ..quantization.transforms import MobileMoEFFN, MobileMoELinear, MoESpec
 
     have = {f.name for f in dataclasses.fields(MoESpec)}
     if not {"scales_axis", "shared_q"} <= have:

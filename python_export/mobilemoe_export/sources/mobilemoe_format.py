@@ -26,6 +26,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from .. import models
+from .._paths import ASSETS_DIR
 
 FORMATS = ("qat", "bf16")
 QUANT_FORMAT = "mobilemoe-int4-g32"
@@ -356,7 +357,7 @@ def build_tokenizer(vocab_size: int, max_merges: int = 2000):
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
     ])
-    corpus = (Path(__file__).resolve().parents[1] / "assets" / "corpus.txt").read_text()
+    corpus = (ASSETS_DIR / "corpus.txt").read_text()
     trainer = trainers.BpeTrainer(vocab_size=min(base, 256 + max_merges), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     t = Tokenizer(models.BPE())

@@ -56,9 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import models
+from .. import models
+from ..moe_block import MoEFeedForward, route
 from . import train_data as data
-from .moe_block import MoEFeedForward, route
 
 DEFAULT_CONFIG = models.ModelConfig(
     name="shakespeare", vocab_size=1024, dim=192, n_layers=4, n_heads=6, n_kv_heads=2,
@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .generate import load_tokenizer
+    from ..generate import load_tokenizer
 
     tok = load_tokenizer()
     try:

