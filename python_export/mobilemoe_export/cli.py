@@ -143,6 +143,8 @@ def build_from_args(args) -> Tuple[nn.Module, Optional[models.ModelConfig], Any,
         if args.n_layers:
             cfg = cfg.replace(n_layers=args.n_layers)
         if args.dense_baseline:
+            if cfg.ffn != "moe":
+                raise SystemExit(f"error: --dense-baseline needs an MoE preset; {args.preset} is dense already")
             cfg = models.dense_baseline(cfg, match=args.dense_baseline, multiple=max(64, args.group_size))
         model = models.build_model(cfg, seed=args.seed)
     elif args.module_file:
@@ -254,6 +256,19 @@ def scales_of(args) -> str:
         return args.scales
     # the portable kernels of --no-delegate read fp32 scales
     return "fp16" if getattr(args, "preset", None) and not getattr(args, "no_delegate", False) else "fp32"
+
+
+def scale_dtype_names(model: nn.Module) -> str:
+    """The per-group scale types of the model's quantized modules (e.g. "fp16"), as stored."""
+    from .quantization.transforms import MobileMoEFFN, MobileMoELinear
+
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    found = set()
+    for m in model.modules():
+        s = m.w13_scales if isinstance(m, MobileMoEFFN) else m.scales if isinstance(m, MobileMoELinear) else None
+        if s is not None:
+            found.add(names.get(s.dtype, str(s.dtype)))
+    return "/".join(sorted(found)) or "no"
 
 
 def quantized_weight_bytes(model: nn.Module) -> int:
@@ -390,6 +405,7 @@ def main(argv=None) -> int:
         bar.close()
         raise SystemExit(f"error: quantization failed: {e}")
     qbytes = quantized_weight_bytes(model)
+    scale_names = scale_dtype_names(model)
     times["quantize"] = time.perf_counter() - t
     bar.update(1)
 
@@ -471,7 +487,7 @@ def main(argv=None) -> int:
               f"{', '.join(summary['tokenizer']) or 'none'}")
     print(f"  params (total)         {_fmt_count(counts['total'])}")
     print(f"  params active / token  {_fmt_count(counts['active'])}")
-    print(f"  INT{args.weight_bits} weight bytes      {_fmt_bytes(qbytes)} (group {args.group_size}, fp32 scales; "
+    print(f"  INT{args.weight_bits} weight bytes      {_fmt_bytes(qbytes)} (group {args.group_size}, {scale_names} scales; "
           f"{'FFNs only' if args.fp32_linears else 'FFNs + attention + LM head'})")
     print(f"  .pte size              {_fmt_bytes(size)}")
     if args.no_delegate:
