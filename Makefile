@@ -5,7 +5,7 @@ PY := .venv/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test build venv bench lint test-rust test-python test-aarch64 test-android test-robustness test-fuzz fuzz clean help
+.PHONY: demo test test-clock build venv bench lint test-rust test-python test-aarch64 test-android test-robustness test-fuzz fuzz clean help
 
 help:
 	@echo "make demo          run the main job on the embedded default model"
@@ -16,10 +16,10 @@ help:
 	@echo "make fuzz          every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 
 venv:
-	@scripts/bootstrap_venv.sh
+	@scripts/timed.sh venv scripts/bootstrap_venv.sh
 
 build: venv
-	$(CARGO) build --release --workspace
+	@scripts/timed.sh build $(CARGO) build --release --workspace
 
 demo: build
 	@scripts/demo.sh
@@ -27,11 +27,16 @@ demo: build
 # Under `make test` a missing prerequisite fails instead of skipping (every suite honours it).
 test test-rust test-python test-robustness: export MOBILEMOE_NO_SKIP := 1
 
-test: build test-rust test-python test-robustness test-fuzz test-aarch64 test-android
+test: test-clock build test-rust test-python test-robustness test-fuzz test-aarch64 test-android
+	@echo "make test: wall time per suite (s):"; sort -k2 -n -r target/suite-times.txt | awk '{t+=$$2; printf "    %-12s %5d %s\n", $$1, $$2, $$3} END {printf "    %-12s %5d\n", "total", t}'
 	@echo "make test: all suites passed (nothing skipped: MOBILEMOE_NO_SKIP=1)"
 
+# Empties the per-suite timing file of scripts/timed.sh (CI time is budgeted per suite).
+test-clock:
+	@mkdir -p target && : > target/suite-times.txt
+
 test-rust: build lint
-	$(CARGO) test --release --workspace
+	scripts/timed.sh cargo-test $(CARGO) test --release --workspace
 
 # Formatting (rustfmt.toml; also the fuzz and robustness workspaces) and clippy with warnings as
 # errors; ruff over the Python sources.
@@ -41,28 +46,28 @@ lint: venv
 	$(CARGO) fmt --all --check
 	cd tests/fuzz && $(CARGO) fmt --all --check
 	cd tests/robustness && $(CARGO) fmt --all --check
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	scripts/timed.sh clippy $(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(PY) -m ruff check python_export scripts tests runner/tests
 
 test-python: build
-	@scripts/run_pytest.sh
+	@scripts/timed.sh python scripts/run_pytest.sh
 
 test-aarch64:
-	@scripts/test_aarch64.sh
+	@scripts/timed.sh aarch64 scripts/test_aarch64.sh
 
 test-android: build
-	@scripts/test_android.sh
+	@scripts/timed.sh android scripts/test_android.sh
 
 # Malformed blobs/programs/op inputs + concurrency (own workspace, debug assertions on).
 test-robustness: build
 	$(PY) tests/backend/make_pte.py target/robustness/leak_pte --lib target/release/libmobilemoe_executorch.so >/dev/null
 	cd tests/robustness && MOBILEMOE_LEAK_PTE=$(CURDIR)/target/robustness/leak_pte/delegate.pte \
-	  CARGO_TARGET_DIR=../../target/robustness $(CARGO) test --release
+	  CARGO_TARGET_DIR=../../target/robustness ../../scripts/timed.sh robustness $(CARGO) test --release
 
 # Regression inputs replayed, then every fuzz target briefly on the checked-in seed corpus.
 test-fuzz:
-	@scripts/fuzz.sh --replay
-	@scripts/fuzz.sh --smoke
+	@scripts/timed.sh fuzz-replay scripts/fuzz.sh --replay
+	@scripts/timed.sh fuzz-smoke scripts/fuzz.sh --smoke
 
 # Longer fuzzing: FUZZ_SECONDS per target (default 60).
 fuzz:

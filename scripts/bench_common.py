@@ -147,8 +147,9 @@ RUNNER = REPO / "target" / "release" / "mobilemoe"
 _LLM_ROW = re.compile(r"^(prefill-\d+|decode @\d+)\s+\S+\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
 
 
-def run_measured(cmd, env=None, cwd=REPO) -> Dict[str, Any]:
-    """Run ``cmd``; its stdout, stderr, wall time (s) and the child's own peak RSS (MiB, from wait4)."""
+def run_measured(cmd, env=None, cwd=REPO, check: bool = True) -> Dict[str, Any]:
+    """Run ``cmd``; its stdout, stderr, exit code, wall time (s) and the child's own peak RSS (MiB,
+    from wait4: the child alone, not this process). ``check``: a failure ends the script."""
     import tempfile
     import time
 
@@ -161,9 +162,37 @@ def run_measured(cmd, env=None, cwd=REPO) -> Dict[str, Any]:
         fo.seek(0)
         fe.seek(0)
         out, err = fo.read(), fe.read()
-    if p.returncode != 0:
+    if check and p.returncode != 0:
         raise SystemExit(f"error: {' '.join(map(str, cmd))} failed ({p.returncode}):\n{out[-4000:]}\n{err[-4000:]}")
-    return {"stdout": out, "stderr": err, "wall_s": wall, "peak_rss_mib": ru.ru_maxrss / 1024}
+    return {"stdout": out, "stderr": err, "returncode": p.returncode, "wall_s": wall,
+            "peak_rss_mib": ru.ru_maxrss / 1024}
+
+
+def export_preset(out: Path, preset: str, *, extra=(), max_seq_len: int = 2048, scales: str = "fp16",
+                  n_layers: Optional[int] = None, force: bool = False) -> Path:
+    """``python -m mobilemoe_export --preset PRESET`` into ``out``, once: the sidecar ``out.json`` is
+    written last by the exporter, so its presence marks a complete export. Records the export's wall
+    time and peak RSS in the sidecar (``export_wall_s``, ``export_peak_rss_mib``)."""
+    import json
+    import sys
+
+    side = Path(str(out) + ".json")
+    if out.exists() and side.exists() and not force:
+        print(f"[export] cached: {out}", file=sys.stderr)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [REPO / ".venv" / "bin" / "python", "-m", "mobilemoe_export", "--preset", preset, *extra,
+           "--max-seq-len", str(max_seq_len), "--scales", scales, "--no-progress", "--out", out]
+    if n_layers:
+        cmd += ["--n-layers", str(n_layers)]
+    side.unlink(missing_ok=True)
+    r = run_measured(cmd)
+    print(f"[export] {preset} {' '.join(extra)}: {r['wall_s']:.0f} s, peak RSS {r['peak_rss_mib'] / 1024:.1f} GiB",
+          file=sys.stderr)
+    doc = json.loads(side.read_text())
+    doc["export_wall_s"], doc["export_peak_rss_mib"] = round(r["wall_s"], 1), round(r["peak_rss_mib"])
+    side.write_text(json.dumps(doc, indent=1))
+    return out
 
 
 def parse_llm_bench(out: str) -> Dict[str, float]:

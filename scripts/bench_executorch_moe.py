@@ -1,45 +1,40 @@
 #!/usr/bin/env python3
 """ExecuTorch's own MoE op, ``llama::quantized_moe_ffn`` (the kernel in the pinned executorch wheel),
-vs this project's ``moe_ffn`` on the same MobileMoE-S-like layer with the same INT4 weights, in one
-run on this CPU.
+vs this project's ``moe_ffn`` on MobileMoE-S's published layer with the same INT4 weights, in one
+run on this CPU, each side through the real ExecuTorch runtime (a ``.pte`` per side).
 
-    .venv/bin/python scripts/bench_executorch_moe.py                   # tokens 1, 8, 128; 2 threads
+    .venv/bin/python scripts/bench_executorch_moe.py                   # tokens 1, 8, 128; threads 1, 2
     .venv/bin/python scripts/bench_executorch_moe.py --tokens 1,128 --threads 1 --iters 20
 
-The layer: D=1024, 32 routed experts x F=512, top-4, sigmoid scores with a selection bias, INT4
+The layer: D=768, 60 routed experts x F=384, top-4, sigmoid scores with a selection bias, INT4
 symmetric group-32 weights (the routed part only: ExecuTorch's op leaves the shared expert to a
 dense module). Its weights are ExecuTorch's ``MOEFeedForward`` quantized the way ExecuTorch's
 ``replace_moe_with_quantized_op`` does (``_symmetric_quantize_per_group``, torchao's universal
-packing, here by ``mobilemoe_export.torchao_layout`` since the x86 torchao wheel has no packer),
-giving a ``QuantizedMoEFFN``; ``quantize_moe`` converts that module into ours without quantizing
-again, so both read the same integers and scales.
+packing, here by ``mobilemoe_export.quantization.torchao_layout`` since the x86 torchao wheel has
+no packer), giving a ``QuantizedMoEFFN``; ``quantize_moe`` converts that module into ours without
+quantizing again, so both read the same integers and scales.
 
-Measured, each the median of --iters calls after warm-up, the same layer every call (warm caches;
-the full model's cold-weight numbers are in the README's end-to-end tables):
+What is compared, said plainly: on x86 the wheel's ``llama::quantized_moe_ffn`` is its portable
+fallback (it dequantizes the selected experts to fp32 on every call and runs on the calling
+thread); on phones the same op runs torchao's int8 x int4 aarch64 kernels, which this x86 run does
+not measure. So the fair rows are **1 thread against 1 thread**; the 2-thread rows give ours a
+second core the peer cannot use and say so.
 
-* ``.pte`` on the ExecuTorch runtime (Python pybindings, the real C++ runtime): the peer op as the
-  wheel's portable kernel ``llama::quantized_moe_ffn.out``; ours as one ``MobileMoEBackend``
-  delegate (plugin loaded with ``mobilemoe_export.load_runtime``). Both exported with a dynamic
-  token dimension.
-* eager PyTorch: ``torch.ops.llama.quantized_moe_ffn`` vs ``torch.ops.mobilemoe.moe_ffn``; and, as
-  an anchor, the fp32 PyTorch formula over the active experts only (dequantized weights, one
-  ``F.linear`` chain per selected expert).
+* *warm*: the same layer and input every call (weights in the caches: ~26 MB of expert weights,
+  not all of them touched per call);
+* *cold*: before every timed call, a buffer of 2x the last-level cache is written, so the weights
+  come from DRAM on both sides.
 
-Also printed: each output's relative L2 distance to that fp32 formula (the peer computes with fp32
-activations; ours by default with per-token int8 activations, DESIGN section 3, and as the exact
-path with fp32 activations, ``quantize_moe(..., exact=True)``, also timed). ``MOBILEMOE_THREADS`` is set to
---threads for our kernels and ``torch.set_num_threads`` for PyTorch; ExecuTorch's kernel runs on
-the calling thread (its x86 path).
+Every timed sample is kept. Each thread count runs in its own process (``MOBILEMOE_THREADS`` is read
+when our runtime starts). Accuracy: each output's relative L2 distance to the fp32 formula on the
+dequantized weights (untimed). Results: ``docs/results/executorch-moe-op-<date>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -48,21 +43,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python_export"))
 
-from bench_common import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
+import bench_common as bc  # noqa: E402  (this folder is on sys.path when run as a script)
 
-D, F, E, K, GROUP = 1024, 512, 32, 4, 32
+D, F, E, K, GROUP = 768, 384, 60, 4, 32  # MobileMoE-S (../shared/MOBILEMOE_MODEL.md)
 
 
 def build_layers(seed: int):
     """(ExecuTorch QuantizedMoEFFN, our converted block: int8 activations and exact fp32-activation
-    path, fp32 reference function)."""
+    path, the fp32 formula for accuracy; untimed, so a plain loop)."""
     import torch
     from executorch.examples.models.llama.llama_transformer import MOEFeedForward
     from executorch.examples.models.llama.model_args import ModelArgs
     from executorch.examples.models.llama.source_transformation.moe import QuantizedMoEFFN, _symmetric_quantize_per_group
 
     import mobilemoe_export as mm
-    from mobilemoe_export import torchao_layout as tl
+    from mobilemoe_export.quantization import torchao_layout as tl
 
     torch.manual_seed(seed)
     args = ModelArgs(dim=D, n_layers=1, n_heads=16, vocab_size=8, hidden_dim=F, moe=True, num_experts=E,
@@ -106,37 +101,36 @@ def build_layers(seed: int):
     return peer, ours, ours_exact, reference
 
 
-def median_ms(fn, iters: int, warmup: int = 3) -> float:
+def samples_ms(fn, iters: int, flush=None, warmup: int = 3) -> list:
+    """``iters`` timed calls of ``fn`` after ``warmup`` untimed ones; ``flush`` (untimed) before each."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
+        if flush is not None:
+            flush()
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def rel_l2(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", default="1,8,128", help="comma-separated token counts per call (default 1,8,128)")
-    ap.add_argument("--threads", type=int, default=2, help="threads for our kernels and for PyTorch (default 2)")
-    ap.add_argument("--iters", type=int, default=15, help="timed calls per measurement (median; default 15)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-eager", action="store_true", help="skip the eager PyTorch rows")
-    a = ap.parse_args()
-    tokens = [int(t) for t in a.tokens.split(",")]
-    if min(tokens) < 1 or max(tokens) > 256:
-        ap.error("--tokens must be within 1..256 (the exported dynamic range)")
-    os.environ["MOBILEMOE_THREADS"] = str(a.threads)
-    # PyTorch's OpenMP workers otherwise spin for a while after each eager op (the fp32 anchor)
-    # and steal the cores from whatever is timed next.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def llc_bytes() -> int:
+    sizes = bc.cache_sizes()
+    txt = sizes.get("L3") or sizes.get("L2") or "32M"
+    num = float("".join(c for c in txt if c.isdigit() or c == ".") or 32)
+    unit = 1 << 20 if "M" in txt.upper() else (1 << 10 if "K" in txt.upper() else 1)
+    return int(num * unit)
 
+
+def measure(a) -> dict:
+    """One process, one thread count: every (tokens, side, warm/cold) sample."""
+    os.environ["MOBILEMOE_THREADS"] = str(a.threads)
+    import numpy as np
     import torch
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers llama::*)
     from executorch.runtime import Runtime
@@ -147,11 +141,14 @@ def main() -> int:
 
     torch.set_num_threads(a.threads)
     mm.load_runtime()
-    print(f"# ExecuTorch llama::quantized_moe_ffn vs mobilemoe moe_ffn, S-like layer (D={D}, {E} x F={F}, "
-          f"top-{K}, sigmoid + bias, INT4 g{GROUP}), {a.threads} thread(s)")
-    print(f"# {cpu_model()}, {platform.platform()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     peer, ours, ours_exact, reference = build_layers(a.seed)
+    flush_buf = np.zeros(2 * llc_bytes() // 8, dtype=np.float64)
+
+    def flush():
+        np.add(flush_buf, 1.0, out=flush_buf)  # writes every line: the weights leave the caches
+
     rt = Runtime.get()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         x2 = torch.randn(2, D)
         t = Dim("tokens", min=1, max=256)
@@ -160,43 +157,81 @@ def main() -> int:
         peer_pte.write_bytes(to_edge(ep).to_executorch().buffer)
         ours_pte = mm.export_pte(ours, (x2,), Path(tmp) / "ours.pte", max_tokens=256)
         exact_pte = mm.export_pte(ours_exact, (x2,), Path(tmp) / "ours_exact.pte", max_tokens=256)
-        progs = (("peer", peer_pte), ("ours", ours_pte), ("exact", exact_pte))
+        progs = (("peer", peer_pte), ("ours", ours_pte), ("ours_exact", exact_pte))
         methods = {name: rt.load_program(str(p)).load_method("forward") for name, p in progs}
-        rows = []
-        for n in tokens:
+        for n in a.tokens:
             x = torch.randn(n, D, generator=torch.Generator().manual_seed(a.seed + n))
             with torch.no_grad():
                 ref = reference(x)
-                outs = {name: m.execute([x])[0] for name, m in methods.items()}
-                r = {
-                    "tokens": n,
-                    "pte_peer": median_ms(lambda: methods["peer"].execute([x]), a.iters),
-                    "pte_ours": median_ms(lambda: methods["ours"].execute([x]), a.iters),
-                    "pte_exact": median_ms(lambda: methods["exact"].execute([x]), a.iters),
-                    "err_peer": rel_l2(outs["peer"], ref),
-                    "err_ours": rel_l2(outs["ours"], ref),
-                    "err_exact": rel_l2(outs["exact"], ref),
-                }
-                if not a.no_eager:
-                    r["eager_peer"] = median_ms(lambda: peer(x), a.iters)
-                    r["eager_ours"] = median_ms(lambda: ours(x), a.iters)
-                    r["eager_fp32"] = median_ms(lambda: reference(x), max(3, a.iters // 3), warmup=1)
+                r = {"tokens": n, "threads": a.threads}
+                for name, m in methods.items():
+                    r[f"err_{name}"] = rel_l2(m.execute([x])[0], ref)
+                # Alternate the sides per state so that drift in the machine hits both.
+                for state, fl in (("warm", None), ("cold", flush)):
+                    for name, m in methods.items():
+                        r[f"{state}_{name}_ms"] = samples_ms(lambda m=m: m.execute([x]), a.iters, flush=fl)
             rows.append(r)
-            print(f"  measured {n} token(s)", file=sys.stderr)
-    print()
-    print("| tokens | ExecuTorch op, .pte (ms) | ours, .pte (ms) | **ExecuTorch / ours** | ours exact (fp32 activations), .pte (ms) | ExecuTorch / ours exact |"
-          + ("" if a.no_eager else " ExecuTorch op, eager (ms) | ours, eager (ms) | fp32 PyTorch over active experts (ms) | fp32 / ours (eager) |")
-          + " rel. L2 vs fp32: ExecuTorch / ours / ours exact |")
-    print("|---" * (7 if a.no_eager else 11) + "|")
-    for r in rows:
-        line = (f"| {r['tokens']} | {r['pte_peer']:.3f} | {r['pte_ours']:.3f} | **{r['pte_peer'] / r['pte_ours']:.1f}x** |"
-                f" {r['pte_exact']:.3f} | {r['pte_peer'] / r['pte_exact']:.1f}x |")
-        if not a.no_eager:
-            line += (f" {r['eager_peer']:.3f} | {r['eager_ours']:.3f} | {r['eager_fp32']:.3f} |"
-                     f" {r['eager_fp32'] / r['eager_ours']:.1f}x |")
-        line += f" {r['err_peer']:.1e} / {r['err_ours']:.1e} / {r['err_exact']:.1e} |"
-        print(line)
+            print(f"  measured {n} token(s), {a.threads} thread(s)", file=sys.stderr)
+    return {"rows": rows}
+
+
+def main(argv=None) -> int:
+    import json
+    import subprocess
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", default="1,8,128", help="comma-separated token counts per call (default 1,8,128)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts for our kernels (default 1,2); "
+                    "the peer's x86 kernel always runs on the calling thread")
+    ap.add_argument("--iters", type=int, default=15, help="timed calls per measurement (default 15)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-save", action="store_true", help="print only; no results file")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    a.tokens = [int(t) for t in str(a.tokens).split(",")]
+    if min(a.tokens) < 1 or max(a.tokens) > 256:
+        ap.error("--tokens must be within 1..256 (the exported dynamic range)")
+    if a.child:
+        a.threads = int(a.threads)
+        print(json.dumps(measure(a)))
+        return 0
+    threads = [int(t) for t in a.threads.split(",")]
+    load0, runs = bc.loadavg(), []
+    for th in threads:
+        cmd = [sys.executable, __file__, "--child", "--threads", str(th), "--iters", str(a.iters), "--seed", str(a.seed),
+               "--tokens", ",".join(map(str, a.tokens))]
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"error: {' '.join(cmd)} failed:\n{p.stderr[-4000:]}")
+        runs.extend(json.loads(p.stdout.strip().splitlines()[-1])["rows"])
+    doc = {"renderer": "bench_executorch_moe", "layer": {"dim": D, "experts": E, "expert_hidden": F, "top_k": K,
+                                                         "group": GROUP, "score": "sigmoid+bias"},
+           "peer": "llama::quantized_moe_ffn.out of executorch 1.5.1, x86 portable fallback (fp32 dequantize per call, "
+                   "calling thread only)",
+           "rows": runs, "loadavg_before": load0, "loadavg_after": bc.loadavg(), "machine": bc.machine()}
+    print(render_markdown(doc))
+    if not a.no_save:
+        print(f"wrote {bc.write_results('executorch-moe-op', doc)}")
     return 0
+
+
+def render_markdown(doc) -> str:
+    """Medians per (tokens, threads, warm/cold); the ratio is the peer's time over ours."""
+    import statistics as st
+
+    lines = [f"ExecuTorch `llama::quantized_moe_ffn` ({doc['peer']}) vs ours, MobileMoE-S layer "
+             f"(D={doc['layer']['dim']}, {doc['layer']['experts']} x F={doc['layer']['expert_hidden']}, top-"
+             f"{doc['layer']['top_k']}, INT4 g{doc['layer']['group']}); {bc.machine_line(doc)}", "",
+             "| tokens | our threads | caches | ExecuTorch op (ms) | ours (ms) | **ExecuTorch / ours** | ours exact, fp32 activations (ms) | ExecuTorch / ours exact | rel. L2 vs fp32: ExecuTorch / ours / exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        for state in ("warm", "cold"):
+            pe, ou, ex = (st.median(r[f"{state}_{k}_ms"]) for k in ("peer", "ours", "ours_exact"))
+            th = f"{r['threads']}" + ("" if r["threads"] == 1 else " (peer: 1)")
+            lines.append(f"| {r['tokens']} | {th} | {state} | {pe:.3f} | {ou:.3f} | **{pe / ou:.1f}x** | {ex:.3f} | "
+                         f"{pe / ex:.1f}x | {r['err_peer']:.1e} / {r['err_ours']:.1e} / {r['err_ours_exact']:.1e} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import cpu_model, loadavg  # noqa: E402
+from bench_common import cpu_model, export_preset, loadavg, run_measured  # noqa: E402
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG)
 SDIST_SHA256 = {"0.3.36": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"}
@@ -348,41 +348,27 @@ def run_bench(bench: Path, model: Path, args, feats: dict) -> tuple[list[dict], 
             cmd += ["-mmp", "0"]
     cmd += shlex.split(args.bench_args)
     log("$ " + " ".join(shlex.quote(c) for c in cmd))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if p.returncode != 0:
+    r = run_measured(cmd, check=False)
+    stdout, stderr = r["stdout"], r["stderr"]
+    if r["returncode"] != 0:
         sys.stderr.write(stderr[-4000:])
-        if p.returncode == -4:
+        if r["returncode"] == -4:
             raise SystemExit("llama-bench died with SIGILL: an instruction this CPU/VM does not allow "
                              "(AMX?). Rebuild with --no-native or check the -mno-amx flags.")
-        raise SystemExit(f"llama-bench failed with exit code {p.returncode}")
+        raise SystemExit(f"llama-bench failed with exit code {r['returncode']}")
     try:
         rows = json.loads(stdout)
     except json.JSONDecodeError:
         sys.stderr.write(stdout[-2000:])
         raise SystemExit("could not parse llama-bench's JSON output")
-    return rows, ru.ru_maxrss / 1024.0, stderr
+    return rows, r["peak_rss_mib"], stderr
 
 
 def ensure_ours(args) -> Path:
     """Our .pte of the S shape (the CLI's preset S: whole decoder, INT4 g32, fp16 scales, fp16 KV
     cache, max_seq_len 2048), exported once."""
-    out = args.ours
-    if out.is_file():
-        log(f"ours cached: {out}")
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "mobilemoe_export", "--preset", "S", "--max-seq-len", "2048",
-           "--scales", "fp16", "--no-progress", "--out", str(out)]
-    if args.layers != s_shape()["n_layers"]:
-        cmd[4:4] = ["--n-layers", str(args.layers)]
-    run(cmd)
-    return out
+    n_layers = args.layers if args.layers != s_shape()["n_layers"] else None
+    return export_preset(args.ours, "S", max_seq_len=2048, scales="fp16", n_layers=n_layers)
 
 
 def render_markdown(doc) -> str:

@@ -96,23 +96,8 @@ def kv_bytes_at(nb: dict, depth: int) -> int:
 def ensure_export(args, preset: str, extra: list) -> Path:
     tag = "_".join([preset] + [e.strip("-") for e in extra] + [f"L{args.layers or 'all'}", f"seq{args.max_seq_len}",
                                                              args.scales])
-    out = args.cache_dir / f"{tag}.pte"
-    side = Path(str(out) + ".json")
-    if out.exists() and side.exists() and not args.force_export:
-        print(f"[export] cached: {out}", file=sys.stderr)
-        return out
-    cmd = [PY, "-m", "mobilemoe_export", "--preset", preset, *extra, "--max-seq-len", str(args.max_seq_len),
-           "--scales", args.scales, "--no-progress", "--out", str(out)]
-    if args.layers:
-        cmd[5:5] = ["--n-layers", str(args.layers)]
-    side.unlink(missing_ok=True)  # the sidecar is written last: it marks a complete export
-    r = bc.run_measured(cmd)
-    print(f"[export] {preset} {' '.join(extra)}: {r['wall_s']:.0f} s, peak RSS {r['peak_rss_mib'] / 1024:.1f} GiB",
-          file=sys.stderr)
-    side_doc = json.loads(side.read_text())
-    side_doc["export_wall_s"], side_doc["export_peak_rss_mib"] = round(r["wall_s"], 1), round(r["peak_rss_mib"])
-    side.write_text(json.dumps(side_doc, indent=1))
-    return out
+    return bc.export_preset(args.cache_dir / f"{tag}.pte", preset, extra=extra, max_seq_len=args.max_seq_len,
+                            scales=args.scales, n_layers=args.layers, force=args.force_export)
 
 
 # --------------------------------------------------------------------------------------------
