@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Creates/updates the project virtualenv at .venv/ (idempotent): pinned torch + executorch,
-# pytest, transformers (the --hf export and its tests), safetensors (MobileMoE checkpoints), and
+# pytest (+ xdist: two workers in make test), transformers (the --hf export and its tests), safetensors (MobileMoE checkpoints), and
 # python_export in editable mode.
 # A stamp file records what was installed, so a second run costs a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-PINS="torch==2.14.0 executorch==1.5.1 torchao==0.18.0 pytest==8.4.2 matplotlib perfetto ruff==0.8.4 transformers==5.24.0 safetensors==0.8.0"
+PINS="torch==2.14.0 executorch==1.5.1 torchao==0.18.0 pytest==8.4.2 pytest-xdist==3.8.0 matplotlib perfetto ruff==0.8.4 transformers==5.24.0 safetensors==0.8.0"
 STAMP=.venv/.mobilemoe-stamp
 WANT="$PINS|$(sha1sum python_export/pyproject.toml 2>/dev/null | cut -c1-12)"
 if [[ -f $STAMP && "$(cat $STAMP)" == "$WANT" && -x .venv/bin/python ]]; then

@@ -2,7 +2,7 @@
 with MOBILEMOE_NO_SKIP=1 a skipped test is reported as a failure, so a missing prerequisite cannot
 hide behind a green run — including a module skipped at collection (a module-level
 ``pytest.importorskip``), whose tests would otherwise vanish. At the end it prints how many tests
-each test file ran, so a suite that silently shrank is visible."""
+each test file ran, so a suite that silently shrank is visible (also under pytest-xdist)."""
 
 import collections
 import os
@@ -20,8 +20,13 @@ def pytest_runtest_makereport(item, call):
     if NO_SKIP and rep.skipped and not hasattr(rep, "wasxfail"):
         rep.outcome = "failed"
         rep.longrepr = f"skipped under MOBILEMOE_NO_SKIP: {rep.longrepr}"
-    if rep.when == "call" or (rep.when == "setup" and not rep.passed):
-        _ran[item.nodeid.split("::", 1)[0]] += 1
+
+
+def pytest_runtest_logreport(report):
+    # Counted here, not in makereport: with pytest-xdist only this hook sees every worker's reports
+    # in the controller process, which prints the summary.
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _ran[report.nodeid.split("::", 1)[0]] += 1
 
 
 @pytest.hookimpl(hookwrapper=True)
