@@ -27,17 +27,30 @@
 namespace mobilemoe {
 namespace {
 
-// The ExecuTorch error for a Rust error message (backend/src/bridge.rs prefixes the kinds that are
-// not a bad input): a panic is Internal, an unsupported dtype/op NotSupported, anything else (bad
-// shapes, positions, token ids) InvalidArgument.
-executorch::runtime::Error error_kind(const char* what) {
+// The one mapping from the Rust side's error codes (MobileMoeErrorCode: C ABI return values and
+// bridge `Status::code`) to ExecuTorch errors. An unknown code is a bug: Internal.
+executorch::runtime::Error to_et_error(int32_t code) {
   using executorch::runtime::Error;
-  if (std::strncmp(what, "internal error", 14) == 0) return Error::Internal;
-  if (std::strstr(what, "not supported") != nullptr) return Error::NotSupported;
-  if (std::strstr(what, "out of memory") != nullptr) return Error::MemoryAllocationFailed;
-  return Error::InvalidArgument;
+  switch (code) {
+    case MOBILEMOE_OK: return Error::Ok;
+    case MOBILEMOE_INVALID_ARGUMENT: return Error::InvalidArgument;
+    case MOBILEMOE_INTERNAL: return Error::Internal;
+    case MOBILEMOE_INVALID_PROGRAM: return Error::InvalidProgram;
+    case MOBILEMOE_NOT_SUPPORTED: return Error::NotSupported;
+    case MOBILEMOE_OUT_OF_MEMORY: return Error::MemoryAllocationFailed;
+    default: return Error::Internal;
+  }
 }
 
+// Logs a failed Rust call (`where: message`) and returns its ExecuTorch error.
+executorch::runtime::Error report(const char* where, int32_t code, const char* msg, size_t len) {
+  ET_LOG(Error, "%s: %.*s", where, (int)len, msg);
+  return to_et_error(code);
+}
+
+executorch::runtime::Error report(const char* where, const Status& st) {
+  return report(where, st.code, st.message.data(), st.message.size());
+}
 
 using executorch::aten::ScalarType;
 using executorch::aten::SizesType;
@@ -62,8 +75,11 @@ constexpr const char* kBackendName = "MobileMoEBackend";
 // Per-program state. `processed` is not freed by us: the runtime keeps the FreeableBuffer alive
 // until after destroy(), and the Rust delegate borrows the weights from it (zero copy).
 struct Handle {
-  rust::Box<Delegate> state;
-  explicit Handle(rust::Box<Delegate>&& s) : state(std::move(s)) {}
+  Delegate* state;  // owned: from delegate_init, freed by delegate_free
+  explicit Handle(Delegate* s) : state(s) {}
+  ~Handle() { delegate_free(state); }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
 };
 
 class MobileMoEBackend final : public BackendInterface {
@@ -77,17 +93,22 @@ class MobileMoEBackend final : public BackendInterface {
         ET_LOG(Error, "MobileMoEBackend::init: no processed blob");
         return Error::InvalidArgument;
       }
-      rust::Box<Delegate> state =
-          delegate_init(static_cast<const uint8_t*>(processed->data()), processed->size());
-      Handle* h = new (std::nothrow) Handle(std::move(state));
+      Status st;
+      Delegate* state = delegate_init(static_cast<const uint8_t*>(processed->data()), processed->size(), st);
+      if (state == nullptr) return report("MobileMoEBackend::init", st);
+      Handle* h = new (std::nothrow) Handle(state);
       if (h == nullptr) {
+        delegate_free(state);
         ET_LOG(Error, "MobileMoEBackend::init: out of memory");
         return Error::MemoryAllocationFailed;
       }
       return h;
+    } catch (const std::bad_alloc&) {
+      ET_LOG(Error, "MobileMoEBackend::init: out of memory");
+      return Error::MemoryAllocationFailed;
     } catch (const std::exception& e) {
-      ET_LOG(Error, "MobileMoEBackend::init: invalid delegate blob: %s", e.what());
-      return Error::InvalidProgram;
+      ET_LOG(Error, "MobileMoEBackend::init: %s", e.what());
+      return Error::Internal;
     } catch (...) {
       ET_LOG(Error, "MobileMoEBackend::init: unknown exception");
       return Error::Internal;
@@ -101,7 +122,7 @@ class MobileMoEBackend final : public BackendInterface {
         ET_LOG(Error, "MobileMoEBackend::execute: null handle");
         return Error::InvalidArgument;
       }
-      const Delegate& d = *static_cast<Handle*>(handle)->state;
+      const Delegate& d = *static_cast<Handle*>(handle)->state;  // never null (init checked)
       const size_t nin = delegate_num_inputs(d);
       const size_t nout = delegate_num_outputs(d);
       if (args.size() != nin + nout) {
@@ -127,15 +148,16 @@ class MobileMoEBackend final : public BackendInterface {
         } else {
           ET_LOG(Error, "MobileMoEBackend::execute: input %zu has dtype %d, expected float32 or int64", i,
                  (int)t.scalar_type());
-          return Error::InvalidArgument;
+          return Error::NotSupported;  // as the Rust side's answer to another dtype
         }
         in_dtypes[i] = (int32_t)t.scalar_type();
         in_ranks[i] = (uint32_t)t.dim();
         for (ssize_t k = 0; k < t.dim(); ++k) in_dims.push_back(t.size(k));
       }
-      Shapes shapes = delegate_output_shapes(
-          d, rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
-          rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()));
+      Shapes shapes;
+      Status st = delegate_output_shapes(d, rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
+                                         rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()), shapes);
+      if (st.code != MOBILEMOE_OK) return report("MobileMoEBackend::execute", st);
       size_t off = 0;
       for (size_t j = 0; j < nout; ++j) {
         EValue* ev = args[nin + j];
@@ -167,13 +189,14 @@ class MobileMoEBackend final : public BackendInterface {
       executorch::runtime::EventTracer* tracer = context.event_tracer();
       if (tracer != nullptr) {
         const et_timestamp_t t0 = et_pal_current_ticks();
-        rust::Vec<PhaseRecord> ev = delegate_execute_profiled(
-            d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
-            rust::Slice<const int32_t>(in_dtypes.data(), in_dtypes.size()),
-            rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
-            rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
-            rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
-            rust::Slice<const size_t>(out_numels.data(), out_numels.size()));
+        rust::Vec<PhaseRecord> ev;
+        st = delegate_execute_profiled(d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
+                                       rust::Slice<const int32_t>(in_dtypes.data(), in_dtypes.size()),
+                                       rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
+                                       rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
+                                       rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
+                                       rust::Slice<const size_t>(out_numels.data(), out_numels.size()), ev);
+        if (st.code != MOBILEMOE_OK) return report("MobileMoEBackend::execute", st);
         const et_tick_ratio_t r = et_pal_ticks_to_ns_multiplier();  // ns per tick = num / den
         const auto to_ticks = [&](uint64_t ns) -> et_timestamp_t {
           return t0 + (et_timestamp_t)(r.numerator == 0 ? ns : ns * r.denominator / r.numerator);
@@ -186,19 +209,21 @@ class MobileMoEBackend final : public BackendInterface {
         }
         return Error::Ok;
       }
-      delegate_execute(d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
-                       rust::Slice<const int32_t>(in_dtypes.data(), in_dtypes.size()),
-                       rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
-                       rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
-                       rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
-                       rust::Slice<const size_t>(out_numels.data(), out_numels.size()));
+      st = delegate_execute(d, rust::Slice<const size_t>(in_ptrs.data(), in_ptrs.size()),
+                            rust::Slice<const int32_t>(in_dtypes.data(), in_dtypes.size()),
+                            rust::Slice<const int64_t>(in_dims.data(), in_dims.size()),
+                            rust::Slice<const uint32_t>(in_ranks.data(), in_ranks.size()),
+                            rust::Slice<const size_t>(out_ptrs.data(), out_ptrs.size()),
+                            rust::Slice<const size_t>(out_numels.data(), out_numels.size()));
+      if (st.code != MOBILEMOE_OK) return report("MobileMoEBackend::execute", st);
       return Error::Ok;
     } catch (const std::bad_alloc&) {
       ET_LOG(Error, "MobileMoEBackend::execute: out of memory");
       return Error::MemoryAllocationFailed;
     } catch (const std::exception& e) {
+      // Rust errors come back as a Status, so an exception here is a C++-side bug.
       ET_LOG(Error, "MobileMoEBackend::execute: %s", e.what());
-      return error_kind(e.what());
+      return Error::Internal;
     } catch (...) {
       ET_LOG(Error, "MobileMoEBackend::execute: unknown exception");
       return Error::Internal;
@@ -288,18 +313,21 @@ bool resize_like(const char* op, const Tensor& x, Tensor& out, int64_t last) {
   return true;
 }
 
-void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
-  namespace A = mobilemoe_gen::moe_ffn;
-  const char* op = A::kOpName;
-  try {
-    if (!check_args(op, A::kKinds, A::kNames, A::kNumArgs, stack)) return ctx.fail(Error::InvalidArgument);
-    MobileMoeFfnArgs a;
-    std::memset(&a, 0, sizeof(a));
-    const Tensor& x = stack[A::x]->toTensor();
-    if (x.scalar_type() != ScalarType::Float || x.dim() < 1) {
-      ET_LOG(Error, "%s: x must be a float32 tensor of rank >= 1", op);
-      return ctx.fail(Error::InvalidArgument);
-    }
+// The op-specific half of a kernel: `fill` unpacks the op's arguments (x included) into its C ABI
+// struct and returns the last dimension of `out`, or -1 after logging a bad argument; `call` runs
+// the C ABI function.
+struct MoeFfnOp {
+  using Args = MobileMoeFfnArgs;
+  static constexpr const char* kName = mobilemoe_gen::moe_ffn::kOpName;
+  static constexpr const ArgKind* kKinds = mobilemoe_gen::moe_ffn::kKinds;
+  static constexpr const char* const* kNames = mobilemoe_gen::moe_ffn::kNames;
+  static constexpr size_t kNumArgs = mobilemoe_gen::moe_ffn::kNumArgs;
+  static constexpr size_t kX = mobilemoe_gen::moe_ffn::x;
+  static constexpr size_t kOut = mobilemoe_gen::moe_ffn::out;
+  static int32_t call(const Args* a) { return mobilemoe_moe_ffn(a); }
+
+  static int64_t fill(const char* op, Span<EValue*> stack, const Tensor& x, Args& a) {
+    namespace A = mobilemoe_gen::moe_ffn;
     a.dim = x.size(x.dim() - 1);
     a.x = x.const_data_ptr<float>();
     a.x_len = (uint64_t)x.numel();
@@ -315,7 +343,7 @@ void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
               tensor_view(op, "shared_w2", stack[A::shared_w2], ScalarType::Byte, &a.shared_w2, &a.shared_w2_len) &&
               tensor_view(op, "shared_w2_scales", stack[A::shared_w2_scales], ScalarType::Float, &a.shared_w2_scales, &a.shared_w2_scales_len) &&
               tensor_view(op, "shared_gate", stack[A::shared_gate], ScalarType::Float, &a.shared_gate, &a.shared_gate_len);
-    if (!ok) return ctx.fail(Error::InvalidArgument);
+    if (!ok) return -1;
     a.num_experts = stack[A::num_experts]->toInt();
     a.top_k = stack[A::top_k]->toInt();
     a.hidden_dim = stack[A::hidden_dim]->toInt();
@@ -331,14 +359,14 @@ void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     else {
       ET_LOG(Error, "%s: unknown score_func '%.*s' (softmax, softmax_all, sigmoid, topk_sigmoid, sparsemixer)", op, (int)sf.size(),
              sf.data());
-      return ctx.fail(Error::InvalidArgument);
+      return -1;
     }
     std::string_view gs = stack[A::group_score]->toString();
     if (gs == "max") a.group_score = 0;
     else if (gs == "top2_sum") a.group_score = 1;
     else {
       ET_LOG(Error, "%s: unknown group_score '%.*s' (max, top2_sum)", op, (int)gs.size(), gs.data());
-      return ctx.fail(Error::InvalidArgument);
+      return -1;
     }
     a.num_groups = stack[A::num_groups]->toInt();
     a.top_groups = stack[A::top_groups]->toInt();
@@ -350,35 +378,22 @@ void moe_ffn_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     a.renormalize = stack[A::renormalize]->toBool() ? 1 : 0;
     a.route_scale = (float)stack[A::route_scale]->toDouble();
     a.exact = stack[A::exact]->toBool() ? 1 : 0;
-    Tensor out = stack[A::out]->toTensor();
-    if (!resize_like(op, x, out, a.dim)) return ctx.fail(Error::InvalidArgument);
-    a.out = out.mutable_data_ptr<float>();
-    a.out_len = (uint64_t)out.numel();
-    if (mobilemoe_moe_ffn(&a) != 0) {
-      ET_LOG(Error, "%s: %s", op, mobilemoe_last_error());
-      return ctx.fail(Error::InvalidArgument);
-    }
-  } catch (const std::exception& e) {
-    ET_LOG(Error, "%s: %s", op, e.what());
-    ctx.fail(Error::Internal);
-  } catch (...) {
-    ET_LOG(Error, "%s: unknown exception", op);
-    ctx.fail(Error::Internal);
+    return a.dim;
   }
-}
+};
 
-void int4_linear_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
-  namespace A = mobilemoe_gen::int4_linear;
-  const char* op = A::kOpName;
-  try {
-    if (!check_args(op, A::kKinds, A::kNames, A::kNumArgs, stack)) return ctx.fail(Error::InvalidArgument);
-    MobileMoeLinearArgs a;
-    std::memset(&a, 0, sizeof(a));
-    const Tensor& x = stack[A::x]->toTensor();
-    if (x.scalar_type() != ScalarType::Float || x.dim() < 1) {
-      ET_LOG(Error, "%s: x must be a float32 tensor of rank >= 1", op);
-      return ctx.fail(Error::InvalidArgument);
-    }
+struct Int4LinearOp {
+  using Args = MobileMoeLinearArgs;
+  static constexpr const char* kName = mobilemoe_gen::int4_linear::kOpName;
+  static constexpr const ArgKind* kKinds = mobilemoe_gen::int4_linear::kKinds;
+  static constexpr const char* const* kNames = mobilemoe_gen::int4_linear::kNames;
+  static constexpr size_t kNumArgs = mobilemoe_gen::int4_linear::kNumArgs;
+  static constexpr size_t kX = mobilemoe_gen::int4_linear::x;
+  static constexpr size_t kOut = mobilemoe_gen::int4_linear::out;
+  static int32_t call(const Args* a) { return mobilemoe_int4_linear(a); }
+
+  static int64_t fill(const char* op, Span<EValue*> stack, const Tensor& x, Args& a) {
+    namespace A = mobilemoe_gen::int4_linear;
     a.in_features = x.size(x.dim() - 1);
     a.x = x.const_data_ptr<float>();
     a.x_len = (uint64_t)x.numel();
@@ -386,23 +401,47 @@ void int4_linear_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
     bool ok = tensor_view(op, "weight", stack[A::weight], ScalarType::Byte, &a.weight, &a.weight_len) &&
               tensor_view(op, "scales", stack[A::scales], ScalarType::Float, &a.scales, &a.scales_len) &&
               tensor_view(op, "bias", stack[A::bias], ScalarType::Float, &a.bias, &a.bias_len);
-    if (!ok) return ctx.fail(Error::InvalidArgument);
+    if (!ok) return -1;
     a.out_features = stack[A::out_features]->toInt();
     a.group_size = stack[A::group_size]->toInt();
     a.weight_bits = stack[A::weight_bits]->toInt();
     a.exact = stack[A::exact]->toBool() ? 1 : 0;
     if (a.out_features <= 0) {
       ET_LOG(Error, "%s: out_features = %lld must be > 0", op, (long long)a.out_features);
+      return -1;
+    }
+    return a.out_features;
+  }
+};
+
+// Every custom-op kernel: check the arguments against schema/ops.txt, unpack them (Op::fill), size
+// `out`, run the C ABI (Op::call) and turn its code into the context's error.
+template <typename Op>
+void kernel_out(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  const char* op = Op::kName;
+  try {
+    if (!check_args(op, Op::kKinds, Op::kNames, Op::kNumArgs, stack)) return ctx.fail(Error::InvalidArgument);
+    const Tensor& x = stack[Op::kX]->toTensor();
+    if (x.scalar_type() != ScalarType::Float || x.dim() < 1) {
+      ET_LOG(Error, "%s: x must be a float32 tensor of rank >= 1", op);
       return ctx.fail(Error::InvalidArgument);
     }
-    Tensor out = stack[A::out]->toTensor();
-    if (!resize_like(op, x, out, a.out_features)) return ctx.fail(Error::InvalidArgument);
+    typename Op::Args a;
+    std::memset(&a, 0, sizeof(a));
+    const int64_t last = Op::fill(op, stack, x, a);
+    if (last < 0) return ctx.fail(Error::InvalidArgument);
+    Tensor out = stack[Op::kOut]->toTensor();
+    if (!resize_like(op, x, out, last)) return ctx.fail(Error::InvalidArgument);
     a.out = out.mutable_data_ptr<float>();
     a.out_len = (uint64_t)out.numel();
-    if (mobilemoe_int4_linear(&a) != 0) {
-      ET_LOG(Error, "%s: %s", op, mobilemoe_last_error());
-      return ctx.fail(Error::InvalidArgument);
+    const int32_t rc = Op::call(&a);
+    if (rc != MOBILEMOE_OK) {
+      const char* msg = mobilemoe_last_error();
+      return ctx.fail(report(op, rc, msg, std::strlen(msg)));
     }
+  } catch (const std::bad_alloc&) {
+    ET_LOG(Error, "%s: out of memory", op);
+    ctx.fail(Error::MemoryAllocationFailed);
   } catch (const std::exception& e) {
     ET_LOG(Error, "%s: %s", op, e.what());
     ctx.fail(Error::Internal);
@@ -447,8 +486,8 @@ int32_t do_register() {
     }
   }
   static const Kernel kernels[] = {
-      Kernel(mobilemoe_gen::moe_ffn::kOpName, moe_ffn_out),
-      Kernel(mobilemoe_gen::int4_linear::kOpName, int4_linear_out),
+      Kernel(MoeFfnOp::kName, kernel_out<MoeFfnOp>),
+      Kernel(Int4LinearOp::kName, kernel_out<Int4LinearOp>),
   };
   for (const Kernel& k : kernels) {
     if (kernel_registered(k.name_)) continue;  // registering a name twice aborts the process
@@ -500,6 +539,8 @@ rust::Vec<rust::String> registered_backends() {
   }
   return v;
 }
+
+uint32_t executorch_error_of(int32_t code) { return (uint32_t)to_et_error(code); }
 
 bool is_operator_registered(rust::Str name) {
   std::string n(name);

@@ -73,6 +73,17 @@ static_assert(offsetof(MobileMoeLinearArgs, in_features) == 72 && offsetof(Mobil
               "MobileMoeLinearArgs field offsets differ from capi.rs");
 #endif
 
+// Return codes of every C ABI function and `Status::code` of the bridge (backend/src/error.rs,
+// `ErrorCode`; error.rs's tests read these lines): 0 = ok.
+enum MobileMoeErrorCode {
+  MOBILEMOE_OK = 0,
+  MOBILEMOE_INVALID_ARGUMENT = 1,
+  MOBILEMOE_INTERNAL = 2,
+  MOBILEMOE_INVALID_PROGRAM = 3,
+  MOBILEMOE_NOT_SUPPORTED = 4,
+  MOBILEMOE_OUT_OF_MEMORY = 5,
+};
+
 int32_t mobilemoe_moe_ffn(const MobileMoeFfnArgs* args);
 int32_t mobilemoe_int4_linear(const MobileMoeLinearArgs* args);
 const char* mobilemoe_last_error(void);
@@ -81,6 +92,7 @@ const char* mobilemoe_last_error(void);
 namespace mobilemoe {
 
 struct Shapes;
+struct Status;
 
 // Registration (backend.cpp). Idempotent; returns 0 on success.
 int32_t register_all();
@@ -88,5 +100,7 @@ void install_runtime_log_hook();
 bool is_backend_registered(rust::Str name);
 rust::Vec<rust::String> registered_backends();
 bool is_operator_registered(rust::Str name);
+// The executorch::runtime::Error number for a MobileMoeErrorCode (the one mapping; for tests).
+uint32_t executorch_error_of(int32_t code);
 
 }  // namespace mobilemoe

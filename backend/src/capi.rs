@@ -1,6 +1,7 @@
 //! The C ABI of `libmobilemoe_executorch.so` (docs/DESIGN.md section 8). Every pointer comes with
-//! its length in elements; every length is checked; no panic crosses the boundary (a panic
-//! becomes return code 2 and a `mobilemoe_last_error` message).
+//! its length in elements; every length is checked; no panic crosses the boundary. Every function
+//! returns 0 or an [`ErrorCode`] (1 invalid argument, 2 internal = a caught panic, 3 invalid
+//! program, 4 not supported, 5 out of memory) and leaves the message in `mobilemoe_last_error`.
 
 use mobilemoe_ops::{
     linear, moe_ffn, quant, GroupLimit, GroupScore, Kernels, LinearScratch, MatrixSpec, MoeScratch, MoeSpec, MoeWeights, PackedRef,
@@ -10,8 +11,10 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::sync::OnceLock;
 
-fn pk<'a>(s: MatrixSpec, d: &'a [u8], sc: &'a [f32]) -> Result<PackedRef<'a>, String> {
-    PackedRef::new(s, d, sc).map_err(|e| e.to_string())
+pub use crate::error::{panic_message, Error, ErrorCode};
+
+fn pk<'a>(s: MatrixSpec, d: &'a [u8], sc: &'a [f32]) -> Result<PackedRef<'a>, Error> {
+    Ok(PackedRef::new(s, d, sc)?)
 }
 
 #[repr(C)]
@@ -108,28 +111,16 @@ fn kernels() -> &'static Kernels {
     K.get_or_init(Kernels::best)
 }
 
-/// Runs `f`, mapping `Err` to 1 and a panic to 2 (message in `mobilemoe_last_error`).
-pub(crate) fn ffi_guard(what: &str, f: impl FnOnce() -> Result<(), String>) -> i32 {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            set_error(&format!("{what}: {e}"));
-            1
-        }
-        Err(p) => {
-            set_error(&format!("{what}: internal error (panic): {}", panic_message(p.as_ref())));
-            2
+/// Runs `f`: 0 on success, else the error's [`ErrorCode`] (a panic is `Internal`) with the message
+/// in `mobilemoe_last_error`.
+pub(crate) fn ffi_guard(what: &str, f: impl FnOnce() -> Result<(), Error>) -> i32 {
+    match crate::error::catch(what, f) {
+        Ok(()) => 0,
+        Err(e) => {
+            set_error(&format!("{what}: {}", e.message));
+            e.code.as_i32()
         }
     }
-}
-
-/// The message of a caught panic (`panic!` with a literal or a formatted string), for the
-/// boundaries that turn panics into errors (this C ABI, the cxx bridge, the Android JNI layer).
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn len_of(what: &str, n: u64) -> Result<usize, String> {
@@ -208,7 +199,7 @@ pub extern "C" fn mobilemoe_version() -> i32 {
 pub extern "C" fn mobilemoe_set_num_threads(n: i32) -> i32 {
     ffi_guard("mobilemoe_set_num_threads", || {
         if n < 1 {
-            return Err(format!("n = {n} must be >= 1"));
+            return Err(format!("n = {n} must be >= 1").into());
         }
         ThreadPool::set_global_threads(n as usize);
         Ok(())
@@ -229,15 +220,15 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
             2 => ScoreFunc::Sigmoid,
             3 => ScoreFunc::TopkSigmoid,
             4 => ScoreFunc::SparseMixer,
-            o => return Err(format!("score_func = {o} (0 softmax, 1 softmax_all, 2 sigmoid, 3 topk_sigmoid, 4 sparsemixer)")),
+            o => return Err(format!("score_func = {o} (0 softmax, 1 softmax_all, 2 sigmoid, 3 topk_sigmoid, 4 sparsemixer)").into()),
         };
         let group_score = match a.group_score {
             0 => GroupScore::Max,
             1 => GroupScore::TopTwoSum,
-            o => return Err(format!("group_score = {o} (0 max, 1 top2_sum)")),
+            o => return Err(format!("group_score = {o} (0 max, 1 top2_sum)").into()),
         };
         if a.shared_hidden_dim < 0 {
-            return Err(format!("shared_hidden_dim = {} must be >= 0", a.shared_hidden_dim));
+            return Err(format!("shared_hidden_dim = {} must be >= 0", a.shared_hidden_dim).into());
         }
         let spec = MoeSpec {
             dim: pos("dim", a.dim)?,
@@ -264,7 +255,7 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
             exact: a.exact != 0,
             scales_out: a.scales_out != 0,
         };
-        spec.validate().map_err(|e| e.to_string())?;
+        spec.validate().map_err(Error::from)?;
         let t = len_of("tokens", a.tokens)?;
         unsafe {
             let x = slice("x", a.x, a.x_len)?;
@@ -272,17 +263,17 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
             let shared = if spec.shared_hidden > 0 {
                 Some(SharedExpert {
                     w13: PackedRef::new(
-                        spec.shared_w13_spec().map_err(|e| e.to_string())?,
+                        spec.shared_w13_spec().map_err(Error::from)?,
                         slice("shared_w13", a.shared_w13, a.shared_w13_len)?,
                         slice("shared_w13_scales", a.shared_w13_scales, a.shared_w13_scales_len)?,
                     )
-                    .map_err(|e| e.to_string())?,
+                    .map_err(Error::from)?,
                     w2: PackedRef::new(
-                        spec.shared_w2_spec().map_err(|e| e.to_string())?,
+                        spec.shared_w2_spec().map_err(Error::from)?,
                         slice("shared_w2", a.shared_w2, a.shared_w2_len)?,
                         slice("shared_w2_scales", a.shared_w2_scales, a.shared_w2_scales_len)?,
                     )
-                    .map_err(|e| e.to_string())?,
+                    .map_err(Error::from)?,
                     gate: opt_slice("shared_gate", a.shared_gate, a.shared_gate_len)?,
                 })
             } else {
@@ -302,8 +293,8 @@ pub unsafe extern "C" fn mobilemoe_moe_ffn(args: *const MobileMoeFfnArgs) -> i32
             };
             let pool = ThreadPool::global();
             MOE_SCRATCH.with(|s| {
-                let mut s = s.try_borrow_mut().map_err(|_| "re-entrant call".to_string())?;
-                moe_ffn(&spec, &w, x, t, out, &mut s, &pool, kernels()).map_err(|e| e.to_string())
+                let mut s = s.try_borrow_mut().map_err(|_| Error::invalid_argument("re-entrant call"))?;
+                moe_ffn(&spec, &w, x, t, out, &mut s, &pool, kernels()).map_err(Error::from)
             })
         }
     })
@@ -323,18 +314,18 @@ pub unsafe extern "C" fn mobilemoe_int4_linear(args: *const MobileMoeLinearArgs)
             pos("group_size", a.group_size)?,
             bits(a.weight_bits)?,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
         let rows = len_of("rows", a.rows)?;
         unsafe {
             let w = PackedRef::new(spec, slice("weight", a.weight, a.weight_len)?, slice("scales", a.scales, a.scales_len)?)
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::from)?;
             let bias = opt_slice("bias", a.bias, a.bias_len)?;
             let x = slice("x", a.x, a.x_len)?;
             let out = slice_mut("out", a.out, a.out_len)?;
             let pool = ThreadPool::global();
             LIN_SCRATCH.with(|s| {
-                let mut s = s.try_borrow_mut().map_err(|_| "re-entrant call".to_string())?;
-                linear(&w, bias, x, rows, out, a.exact != 0, &mut s, &pool, kernels()).map_err(|e| e.to_string())
+                let mut s = s.try_borrow_mut().map_err(|_| Error::invalid_argument("re-entrant call"))?;
+                linear(&w, bias, x, rows, out, a.exact != 0, &mut s, &pool, kernels()).map_err(Error::from)
             })
         }
     })
@@ -361,20 +352,19 @@ pub unsafe extern "C" fn mobilemoe_pack_weights(
     scales_out_len: u64,
 ) -> i32 {
     ffi_guard("mobilemoe_pack_weights", || {
-        let spec =
-            MatrixSpec::new(pos("n", n)?, pos("k", k)?, pos("group_size", group_size)?, bits(weight_bits)?).map_err(|e| e.to_string())?;
+        let spec = MatrixSpec::new(pos("n", n)?, pos("k", k)?, pos("group_size", group_size)?, bits(weight_bits)?).map_err(Error::from)?;
         unsafe {
             let q = slice("q", q, q_len)?;
             let s = slice("scales", scales, scales_len)?;
             let d = slice_mut("data_out", data_out, data_len)?;
             let so = slice_mut("scales_out", scales_out, scales_out_len)?;
             if d.len() != spec.data_bytes() {
-                return Err(format!("data_out: expected {} bytes, got {}", spec.data_bytes(), d.len()));
+                return Err(format!("data_out: expected {} bytes, got {}", spec.data_bytes(), d.len()).into());
             }
             if so.len() != spec.scale_count() {
-                return Err(format!("scales_out: expected {} floats, got {}", spec.scale_count(), so.len()));
+                return Err(format!("scales_out: expected {} floats, got {}", spec.scale_count(), so.len()).into());
             }
-            let p = quant::pack(q, s, spec).map_err(|e| e.to_string())?;
+            let p = quant::pack(q, s, spec).map_err(Error::from)?;
             d.copy_from_slice(&p.data);
             so.copy_from_slice(&p.scales);
             Ok(())
@@ -441,9 +431,9 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
         let ints = unsafe { slice("ints", ints, n_ints)? };
         let floats = unsafe { slice("floats", floats, n_floats)? };
         let out = unsafe { slice_mut("out", out, out_len)? };
-        let want = |nb: usize, ni: usize, nf: usize| -> Result<(), String> {
+        let want = |nb: usize, ni: usize, nf: usize| -> Result<(), Error> {
             if bufs.len() != nb || ints.len() != ni || floats.len() != nf {
-                return Err(format!("op {op}: expected {nb} buffers, {ni} ints, {nf} floats"));
+                return Err(format!("op {op}: expected {nb} buffers, {ni} ints, {nf} floats").into());
             }
             Ok(())
         };
@@ -451,8 +441,8 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
         let f = |i: usize, what: &str| -> Result<&[f32], String> { unsafe { slice(what, bufs[i].ptr as *const f32, bufs[i].len) } };
         let u = |i: usize, what: &str| -> Result<&[u8], String> { unsafe { slice(what, bufs[i].ptr as *const u8, bufs[i].len) } };
         let l = |i: usize, what: &str| -> Result<&[i64], String> { unsafe { slice(what, bufs[i].ptr as *const i64, bufs[i].len) } };
-        let spec = |n: i64, k: i64, g: i64, b: i64| -> Result<MatrixSpec, String> {
-            MatrixSpec::new(pos("rows", n)?, pos("columns", k)?, pos("group_size", g)?, bits(b)?).map_err(|e| e.to_string())
+        let spec = |n: i64, k: i64, g: i64, b: i64| -> Result<MatrixSpec, Error> {
+            MatrixSpec::new(pos("rows", n)?, pos("columns", k)?, pos("group_size", g)?, bits(b)?).map_err(Error::from)
         };
         let pool = ThreadPool::global();
         match op {
@@ -460,14 +450,14 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                 want(2, 0, 1)?;
                 let (x, w) = (f(0, "x")?, f(1, "weight")?);
                 if w.is_empty() || x.len() % w.len() != 0 {
-                    return Err(format!("rms_norm: x has {} values, not a multiple of dim {}", x.len(), w.len()));
+                    return Err(format!("rms_norm: x has {} values, not a multiple of dim {}", x.len(), w.len()).into());
                 }
-                dec::rms_norm(x, x.len() / w.len(), w, floats[0] as f32, out).map_err(|e| e.to_string())
+                dec::rms_norm(x, x.len() / w.len(), w, floats[0] as f32, out).map_err(Error::from)
             }
             DECODER_EMBEDDING => {
                 want(3, 4, 0)?;
                 let s = spec(ints[0], ints[1], ints[2], ints[3])?;
-                dec::embedding(&pk(s, u(1, "weight")?, f(2, "scales")?)?, l(0, "tokens")?, out).map_err(|e| e.to_string())
+                dec::embedding(&pk(s, u(1, "weight")?, f(2, "scales")?)?, l(0, "tokens")?, out).map_err(Error::from)
             }
             DECODER_ATTENTION => {
                 // ints[10] / floats[0]: QK-norm flag and epsilon, ints[11]: sliding window (format
@@ -484,9 +474,9 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                     qk_norm: (ints[10] != 0).then_some(floats[0] as f32),
                     window: usize::try_from(ints[11]).map_err(|_| format!("window = {} must be >= 0", ints[11]))?,
                 };
-                sp.validate().map_err(|e| e.to_string())?;
-                let qkv_n = i64::try_from(sp.qkv_width()).map_err(|e| e.to_string())?;
-                let q_w = i64::try_from(sp.q_width()).map_err(|e| e.to_string())?;
+                sp.validate().map_err(Error::from)?;
+                let qkv_n = i64::try_from(sp.qkv_width()).map_err(|e| Error::invalid_argument(e.to_string()))?;
+                let q_w = i64::try_from(sp.q_width()).map_err(|e| Error::invalid_argument(e.to_string()))?;
                 let w = dec::AttentionWeights {
                     wqkv: pk(spec(qkv_n, ints[0], ints[7], ints[8])?, u(2, "wqkv")?, f(3, "wqkv_scales")?)?,
                     wo: pk(spec(ints[0], q_w, ints[7], ints[8])?, u(4, "wo")?, f(5, "wo_scales")?)?,
@@ -510,7 +500,7 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                 let x = f(0, "x")?;
                 let p = l(1, "input_pos")?;
                 ATTN_SCRATCH.with(|s| {
-                    dec::attention(&sp, &w, x, p, &mut kc, &mut vc, out, &mut s.borrow_mut(), &pool, kernels()).map_err(|e| e.to_string())
+                    dec::attention(&sp, &w, x, p, &mut kc, &mut vc, out, &mut s.borrow_mut(), &pool, kernels()).map_err(Error::from)
                 })
             }
             DECODER_SWIGLU_FFN => {
@@ -520,7 +510,7 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                 let x = f(0, "x")?;
                 let rows = x.len() / w13.spec.k;
                 DENSE_SCRATCH.with(|s| {
-                    dec::swiglu_ffn(&w13, &w2, x, rows, ints[4] != 0, out, &mut s.borrow_mut(), &pool, kernels()).map_err(|e| e.to_string())
+                    dec::swiglu_ffn(&w13, &w2, x, rows, ints[4] != 0, out, &mut s.borrow_mut(), &pool, kernels()).map_err(Error::from)
                 })
             }
             DECODER_LM_HEAD => {
@@ -541,10 +531,10 @@ pub unsafe extern "C" fn mobilemoe_decoder_op(
                         &pool,
                         kernels(),
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(Error::from)
                 })
             }
-            other => Err(format!("unknown decoder op {other}")),
+            other => Err(format!("unknown decoder op {other}").into()),
         }
     })
 }

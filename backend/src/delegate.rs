@@ -1,6 +1,7 @@
 //! Per-program delegate state: the validated graph, zero-copy views of the weights, and the
 //! scratch buffers (behind a mutex so two threads may execute one program).
 
+use crate::error::{Error, ErrorCode, Result};
 use mobilemoe_ops::decoder::{
     add, attention, embedding, lm_head_last, rms_norm, swiglu_ffn, AttentionScratch, AttentionWeights, DenseScratch, KvCache,
 };
@@ -121,7 +122,7 @@ fn plan_slots(graph: &Graph) -> (Vec<Option<usize>>, usize) {
 }
 
 /// Checked element count of a shape.
-pub fn numel(shape: &[i64]) -> Result<usize, String> {
+pub fn numel(shape: &[i64]) -> std::result::Result<usize, String> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| if d < 0 { None } else { acc.checked_mul(d as usize) })
@@ -129,15 +130,17 @@ pub fn numel(shape: &[i64]) -> Result<usize, String> {
 }
 
 impl Delegate {
-    /// Parse + validate a blob owned by the delegate (tests, tools).
-    pub fn from_vec(blob: Vec<u8>) -> Result<Self, String> {
+    /// Parse + validate a blob owned by the delegate (tests, tools). A malformed blob is
+    /// `InvalidProgram`, a format version this build does not read `NotSupported`, a KV cache that
+    /// cannot be allocated `OutOfMemory`.
+    pub fn from_vec(blob: Vec<u8>) -> Result<Self> {
         Self::build(BlobStore::Owned(blob))
     }
 
     /// # Safety
     /// `blob` must stay valid and unchanged for the delegate's lifetime (it is the runtime's
     /// processed buffer, freed only after `destroy`).
-    pub unsafe fn from_static(blob: &'static [u8]) -> Result<Self, String> {
+    pub unsafe fn from_static(blob: &'static [u8]) -> Result<Self> {
         Self::build(BlobStore::Static(blob))
     }
 
@@ -148,12 +151,12 @@ impl Delegate {
         }
     }
 
-    fn build(blob: BlobStore) -> Result<Self, String> {
+    fn build(blob: BlobStore) -> Result<Self> {
         let bytes: &[u8] = match &blob {
             BlobStore::Static(b) => b,
             BlobStore::Owned(v) => v,
         };
-        let graph = mobilemoe_schema::parse(bytes).map_err(|e| e.to_string())?;
+        let graph = mobilemoe_schema::parse(bytes)?;
         let mut floats = Vec::with_capacity(graph.tensors.len());
         let (mut copied, mut copied_bytes) = (0usize, 0usize);
         for t in &graph.tensors {
@@ -191,10 +194,14 @@ impl Delegate {
         let mut kv = Vec::new();
         for n in &graph.nodes {
             if let NodeOp::Attention(a) = &n.op {
-                kv.push(
-                    KvCache::new(a.kv, a.spec.n_kv_heads, a.spec.cache_rows(), a.spec.head_dim)
-                        .map_err(|e| format!("node {}: {e}", n.name))?,
-                );
+                // The reader checked the geometry: what is left to fail is the allocation (a
+                // program asking for more memory than there is) or, defensively, the program.
+                let cache = KvCache::new(a.kv, a.spec.n_kv_heads, a.spec.cache_rows(), a.spec.head_dim).map_err(|e| {
+                    let e = Error::from(e);
+                    let code = if e.code == ErrorCode::OutOfMemory { e.code } else { ErrorCode::InvalidProgram };
+                    Error::new(code, e.message).context(format!("node {}", n.name))
+                })?;
+                kv.push(cache);
             }
         }
         let state = RunState { slots: vec![Vec::new(); n_slots], kv, ..Default::default() };
@@ -236,10 +243,10 @@ impl Delegate {
     }
 
     /// Shapes of every tensor for the given input shapes (activations only).
-    fn infer(&self, input_shapes: &[&[i64]]) -> Result<Vec<Option<Vec<i64>>>, String> {
+    fn infer(&self, input_shapes: &[&[i64]]) -> Result<Vec<Option<Vec<i64>>>> {
         let g = &self.graph;
         if input_shapes.len() != g.inputs.len() {
-            return Err(format!("expected {} inputs, got {}", g.inputs.len(), input_shapes.len()));
+            return Err(format!("expected {} inputs, got {}", g.inputs.len(), input_shapes.len()).into());
         }
         let mut shapes: Vec<Option<Vec<i64>>> = vec![None; g.tensors.len()];
         for (i, (&id, &s)) in g.inputs.iter().zip(input_shapes).enumerate() {
@@ -249,11 +256,11 @@ impl Delegate {
                 && (t.dynamic_leading || s == t.shape.as_slice())
                 && s.iter().all(|&d| d >= 0);
             if !ok {
-                return Err(format!(
+                return Err(Error::invalid_argument(format!(
                     "input {i} has shape {s:?}, expected {:?}{}",
                     t.shape,
                     if t.dynamic_leading { " (leading dimensions may vary)" } else { "" }
-                ));
+                )));
             }
             numel(s)?;
             shapes[id] = Some(s.to_vec());
@@ -264,20 +271,20 @@ impl Delegate {
             let rows = numel(xs)? / n.op.in_features().max(1);
             match &n.op {
                 NodeOp::Add(a) if shapes[a.b].as_deref() != Some(xs) => {
-                    return Err(format!("node {}: operands have shapes {xs:?} and {:?}", n.name, shapes[a.b]));
+                    return Err(format!("node {}: operands have shapes {xs:?} and {:?}", n.name, shapes[a.b]).into());
                 }
                 NodeOp::Attention(a) => {
                     let ps = shapes[a.input_pos].as_deref().unwrap_or(&[]);
                     if numel(ps)? != rows {
-                        return Err(format!("node {}: input_pos has shape {ps:?} for {rows} tokens", n.name));
+                        return Err(format!("node {}: input_pos has shape {ps:?} for {rows} tokens", n.name).into());
                     }
                 }
-                NodeOp::LmHead(_) if rows == 0 => return Err(format!("node {}: no tokens", n.name)),
+                NodeOp::LmHead(_) if rows == 0 => return Err(format!("node {}: no tokens", n.name).into()),
                 _ => {}
             }
             let t = &g.tensors[n.op.out()];
             if !t.dynamic_leading && os != t.shape {
-                return Err(format!("node {}: output shape {os:?} differs from the static shape {:?}", n.name, t.shape));
+                return Err(format!("node {}: output shape {os:?} differs from the static shape {:?}", n.name, t.shape).into());
             }
             numel(&os)?;
             shapes[n.op.out()] = Some(os);
@@ -286,30 +293,31 @@ impl Delegate {
     }
 
     /// Output shapes for the given input shapes.
-    pub fn output_shapes(&self, input_shapes: &[&[i64]]) -> Result<Vec<Vec<i64>>, String> {
+    pub fn output_shapes(&self, input_shapes: &[&[i64]]) -> Result<Vec<Vec<i64>>> {
         let shapes = self.infer(input_shapes)?;
         Ok(self.graph.outputs.iter().map(|&o| shapes[o].clone().unwrap_or_default()).collect())
     }
 
     /// Runs the graph on F32 inputs (see [`Delegate::execute_typed`]).
-    pub fn execute(&self, inputs: &[(&[f32], &[i64])], outputs: &mut [&mut [f32]]) -> Result<(), String> {
+    pub fn execute(&self, inputs: &[(&[f32], &[i64])], outputs: &mut [&mut [f32]]) -> Result<()> {
         let typed: Vec<(Input<'_>, &[i64])> = inputs.iter().map(|&(d, s)| (Input::F32(d), s)).collect();
         self.execute_typed(&typed, outputs)
     }
 
-    fn packed(&self, spec: MatrixSpec, data: usize, scales: usize) -> Result<PackedRef<'_>, String> {
-        PackedRef::new(spec, self.u8c(data), self.scales(scales)).map_err(|e| e.to_string())
+    fn packed(&self, spec: MatrixSpec, data: usize, scales: usize) -> Result<PackedRef<'_>> {
+        Ok(PackedRef::new(spec, self.u8c(data), self.scales(scales))?)
     }
 
     /// Runs the graph. `inputs[i]` = (data, shape) of graph input i, whose dtype must match the
-    /// graph's; `outputs[j]` must already have the size given by `output_shapes`.
-    pub fn execute_typed(&self, inputs: &[(Input<'_>, &[i64])], outputs: &mut [&mut [f32]]) -> Result<(), String> {
+    /// graph's; `outputs[j]` must already have the size given by `output_shapes`. Bad inputs are
+    /// `InvalidArgument`; an activation buffer that cannot grow is `OutOfMemory`.
+    pub fn execute_typed(&self, inputs: &[(Input<'_>, &[i64])], outputs: &mut [&mut [f32]]) -> Result<()> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
-            return Err(format!("expected {} inputs, got {}", g.inputs.len(), inputs.len()));
+            return Err(format!("expected {} inputs, got {}", g.inputs.len(), inputs.len()).into());
         }
         if outputs.len() != g.outputs.len() {
-            return Err(format!("expected {} outputs, got {}", g.outputs.len(), outputs.len()));
+            return Err(format!("expected {} outputs, got {}", g.outputs.len(), outputs.len()).into());
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *st;
@@ -323,7 +331,7 @@ impl Delegate {
         let shapes = &st.shapes;
         for (i, ((data, s), &id)) in inputs.iter().zip(&g.inputs).enumerate() {
             if data.len() != numel(s)? {
-                return Err(format!("input {i}: {} values for shape {s:?}", data.len()));
+                return Err(format!("input {i}: {} values for shape {s:?}", data.len()).into());
             }
             let want = g.tensors[id].dtype;
             let ok = matches!(
@@ -331,13 +339,13 @@ impl Delegate {
                 (Input::F32(_), mobilemoe_schema::fb::DType::F32) | (Input::I64(_), mobilemoe_schema::fb::DType::I64)
             );
             if !ok {
-                return Err(format!("input {i}: dtype does not match the graph's {want:?}"));
+                return Err(format!("input {i}: dtype does not match the graph's {want:?}").into());
             }
         }
         for (j, o) in outputs.iter().enumerate() {
             let want = numel(shapes[g.outputs[j]].as_deref().unwrap_or(&[]))?;
             if o.len() != want {
-                return Err(format!("output {j}: buffer has {} values, expected {want}", o.len()));
+                return Err(format!("output {j}: buffer has {} values, expected {want}", o.len()).into());
             }
         }
         // Where each activation lives: (ptr, len). Inputs, outputs, or a slot.
@@ -363,6 +371,10 @@ impl Delegate {
                 let len = numel(shapes[id].as_deref().unwrap_or(&[]))?;
                 let buf = &mut st.slots[s];
                 if buf.len() < len {
+                    // sized by the call's token count: a failure is an error, not an abort
+                    buf.try_reserve_exact(len - buf.len()).map_err(|_| {
+                        Error::new(ErrorCode::OutOfMemory, format!("node {}: cannot allocate {len} activation values", n.name))
+                    })?;
                     buf.resize(len, 0.0);
                 }
                 loc[id] = Some((buf.as_mut_ptr() as usize, len));
@@ -376,7 +388,7 @@ impl Delegate {
         let mut attn_i = 0usize;
         // SAFETY: int_loc holds (pointer, length) of I64 graph inputs borrowed for this call.
         let ints = |id: usize| -> Option<&[i64]> { int_loc[id].map(|(p, l)| unsafe { std::slice::from_raw_parts(p as *const i64, l) }) };
-        let get = |id: usize, what: &str, name: &str| -> Result<&[f32], String> {
+        let get = |id: usize, what: &str, name: &str| -> Result<&[f32]> {
             let (p, l) = loc[id].ok_or_else(|| format!("node {name}: {what} has no buffer"))?;
             // SAFETY: p..p+l is an input, an output or a slot buffer that outlives this call; a
             // node never reads the buffer it writes (slots are assigned after inputs are freed
@@ -395,8 +407,8 @@ impl Delegate {
                     let x = get(m.x, "x", name)?;
                     let shared = match &m.shared {
                         Some(s) => Some(SharedExpert {
-                            w13: self.packed(m.spec.shared_w13_spec().map_err(|e| e.to_string())?, s.w13, s.w13_scales)?,
-                            w2: self.packed(m.spec.shared_w2_spec().map_err(|e| e.to_string())?, s.w2, s.w2_scales)?,
+                            w13: self.packed(m.spec.shared_w13_spec()?, s.w13, s.w13_scales)?,
+                            w2: self.packed(m.spec.shared_w2_spec()?, s.w2, s.w2_scales)?,
                             gate: s.gate.map(|gid| self.f32c(gid)),
                         }),
                         None => None,
@@ -461,7 +473,7 @@ impl Delegate {
                     lm_head_last(x, rows, self.f32c(h.norm_weight), h.eps, &w, h.exact, out, &mut st.dense, &pool, &self.kernels)
                 }
             };
-            res.map_err(|e| format!("node {} ({}): {e}", n.name, n.op.kind()))?;
+            res.map_err(|e| Error::from(e).context(format!("node {} ({})", n.name, n.op.kind())))?;
         }
         st.loc = loc;
         st.int_loc = int_loc;

@@ -4,6 +4,8 @@
 //!   [`delegate::Delegate`] (cxx bridge, [`bridge`]).
 //! * Kernels `mobilemoe::moe_ffn.out` and `mobilemoe::int4_linear.out` (argument layout
 //!   generated from `schema/ops.txt` by `build.rs`) call the C ABI in [`capi`].
+//! * Every failure carries an [`ErrorCode`] across the C ABI and the bridge ([`error`]); the C++
+//!   side turns it into an `executorch::runtime::Error` in one place.
 //! * Loading the library registers both (an `.init_array` constructor); [`mobilemoe_register`]
 //!   does the same explicitly. Both are idempotent, also across two loaded copies.
 //!
@@ -14,10 +16,12 @@
 pub mod bridge;
 pub mod capi;
 pub mod delegate;
+pub mod error;
 pub mod logging;
 pub mod profiling;
 
 pub use capi::{MobileMoeFfnArgs, MobileMoeLinearArgs};
+pub use error::{Error, ErrorCode};
 
 /// Name of the backend (the Python `BackendDetails` subclass' `__name__`).
 pub const BACKEND_NAME: &str = "MobileMoEBackend";
@@ -58,7 +62,7 @@ pub fn install_runtime_log_hook() {
 /// Idempotent registration (C ABI); 0 = ok.
 #[no_mangle]
 pub extern "C" fn mobilemoe_register() -> i32 {
-    capi::ffi_guard("mobilemoe_register", register)
+    capi::ffi_guard("mobilemoe_register", || register().map_err(Error::internal))
 }
 
 /// Registration at load time (a C++ static initializer in the cxx static archive would be dropped

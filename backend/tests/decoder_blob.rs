@@ -9,7 +9,7 @@ fn delegate() -> Delegate {
     Delegate::from_vec(blob).expect("valid v2 blob")
 }
 
-fn run(d: &Delegate, toks: &[i64], pos: &[i64]) -> Result<Vec<f32>, String> {
+fn run(d: &Delegate, toks: &[i64], pos: &[i64]) -> Result<Vec<f32>, mobilemoe_executorch::Error> {
     let n = toks.len() as i64;
     let shapes = [vec![1, n], vec![pos.len() as i64]];
     let out_shape = d.output_shapes(&[&shapes[0], &shapes[1]])?;

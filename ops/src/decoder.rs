@@ -8,7 +8,7 @@
 //! code gives the same bits whichever ISA the wrappers below compile it for (AVX-512, AVX2,
 //! NEON, scalar). `exp` is the crate's deterministic [`exp_f32`].
 
-use crate::error::{check_len, mul_dims, OpsError, Result};
+use crate::error::{check_len, mul_dims, try_vec, OpsError, Result};
 use crate::kernels::Kernels;
 use crate::linear::{linear, LinearScratch};
 use crate::moe::{exp_f32, swiglu_rows};
@@ -217,12 +217,12 @@ impl KvCache {
         let (mut k16, mut v16, mut k32, mut v32) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         match dtype {
             KvDType::F16 => {
-                k16 = vec![f16::ZERO; n];
-                v16 = vec![f16::ZERO; n];
+                k16 = try_vec("kv cache", n, f16::ZERO)?;
+                v16 = try_vec("kv cache", n, f16::ZERO)?;
             }
             KvDType::F32 => {
-                k32 = vec![0.0; n];
-                v32 = vec![0.0; n];
+                k32 = try_vec("kv cache", n, 0.0)?;
+                v32 = try_vec("kv cache", n, 0.0)?;
             }
         }
         Ok(Self { dtype, n_kv_heads, max_seq_len, head_dim, k16, v16, k32, v32 })
@@ -515,7 +515,7 @@ pub fn attention(
                 }
             });
         })
-        .map_err(|_| OpsError::Invalid("an attention thread panicked".into()))?;
+        .map_err(|_| OpsError::Panicked("attention"))?;
     }
     // 4. output projection
     linear(&w.wo, None, &scratch.ctx[..t * hq * hd], t, out, spec.exact, &mut scratch.lin, pool, kernels)
@@ -599,7 +599,7 @@ fn local_sdpa(
                 }
             });
         })
-        .map_err(|_| OpsError::Invalid("an attention thread panicked".into()))?;
+        .map_err(|_| OpsError::Panicked("attention"))?;
     }
     Ok(())
 }

@@ -20,6 +20,11 @@ pub enum OpsError {
     ZeroDim { what: &'static str },
     #[error("{what}: size overflows usize")]
     Overflow { what: &'static str },
+    #[error("{what}: cannot allocate {bytes} bytes")]
+    OutOfMemory { what: &'static str, bytes: usize },
+    /// A worker of the thread pool panicked inside `{0}` (a bug, not a bad input).
+    #[error("internal error: a {0} thread panicked")]
+    Panicked(&'static str),
     #[error("{0}")]
     Invalid(String),
 }
@@ -38,4 +43,13 @@ pub fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> 
 /// Checked product of dimensions.
 pub fn mul_dims(what: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or(OpsError::Overflow { what })
+}
+
+/// `vec![value; n]` that reports a failed (or impossible) allocation as `OutOfMemory` instead of
+/// aborting the process: for buffers sized from a program or a call (KV caches), not from code.
+pub fn try_vec<T: Clone>(what: &'static str, n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| OpsError::OutOfMemory { what, bytes: n.saturating_mul(std::mem::size_of::<T>()) })?;
+    v.resize(n, value);
+    Ok(v)
 }

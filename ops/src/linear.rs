@@ -77,7 +77,7 @@ pub fn linear(
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })
-        .map_err(|_| OpsError::Invalid("a kernel thread panicked".into()))?;
+        .map_err(|_| OpsError::Panicked("kernel"))?;
     }
     if failed.into_inner() {
         return Err(OpsError::Invalid("internal: kernel contract check failed".into()));

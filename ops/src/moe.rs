@@ -587,10 +587,15 @@ thread_local! {
 /// split a group); 1 otherwise.
 fn tiles_per_group(spec: &MoeSpec) -> usize {
     if spec.scales_out {
-        (spec.group / crate::quant::TILE_ROWS).max(1)
+        tiles_in_group(spec.group)
     } else {
         1
     }
+}
+
+/// Tiles of `TILE_ROWS` output rows in one output group of `group` rows (at least 1).
+fn tiles_in_group(group: usize) -> usize {
+    (group / crate::quant::TILE_ROWS).max(1)
 }
 
 /// `dst[r, k] = src[r, k] * scales[base + k * stride]` for `rows` rows of `k` (one output group's
@@ -628,7 +633,7 @@ fn og_item(
 ) -> bool {
     let (k, n, g) = (wref.spec.k, wref.spec.n, wref.spec.group);
     let ng = n / g;
-    let tpg = (g / crate::quant::TILE_ROWS).max(1);
+    let tpg = tiles_in_group(g);
     let per_expert = k * ng;
     if src.len() != rows * k || scales.len() < (e + 1) * per_expert || tiles.start % tpg != 0 || tiles.end % tpg != 0 {
         return false;
@@ -702,7 +707,7 @@ fn run_gemms<'w>(
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     })
-    .map_err(|_| OpsError::Invalid("a kernel thread panicked".into()))?;
+    .map_err(|_| OpsError::Panicked("kernel"))?;
     if failed.into_inner() {
         return Err(OpsError::Invalid("internal: kernel contract check failed".into()));
     }
@@ -759,7 +764,7 @@ fn swiglu_quantize(pool: &ThreadPool, h: &[f32], f: usize, act: &mut [f32], qa: 
             }
         }
     })
-    .map_err(|_| OpsError::Invalid("a SwiGLU thread panicked".into()))
+    .map_err(|_| OpsError::Panicked("SwiGLU"))
 }
 
 /// `act[p, j] = silu(h[p, j]) * h[p, F + j]` for rows of width 2F.

@@ -271,6 +271,54 @@ fn attention_rejects_positions_outside_the_cache() {
     assert!(e.is_err());
 }
 
+/// A local (sliding-window) layer writes a block's K/V into the ring before its queries read it, so
+/// the positions of one WINDOW_BLOCK-token block must span fewer than WINDOW_BLOCK: otherwise a
+/// write could overwrite a slot a query of the same block still reads. Such a call is refused with
+/// a message, and the same positions spread over blocks run.
+#[test]
+fn local_attention_refuses_a_block_whose_positions_span_too_far() {
+    let s = AttentionSpec { window: 16, ..spec(128) };
+    assert!(s.is_local());
+    let mut r = Rng(5);
+    let (wqkv, _) = packed(&mut r, s.qkv_width(), s.dim);
+    let (wo, _) = packed(&mut r, s.dim, s.q_width());
+    let (cos, sin) = tables(s.max_seq_len, s.head_dim);
+    let w = AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
+    let mut cache = KvCache::new(KvDType::F32, s.n_kv_heads, s.cache_rows(), s.head_dim).unwrap();
+    let pool = ThreadPool::new(2);
+    let run = |cache: &mut KvCache, pos: &[i64]| {
+        let x = Rng(9).vec(pos.len() * s.dim, 1.0);
+        let mut out = vec![0.0; pos.len() * s.dim];
+        let (mut kc, mut vc) = cache.views();
+        attention(&s, &w, &x, pos, &mut kc, &mut vc, &mut out, &mut Default::default(), &pool, &Kernels::best()).map(|_| out)
+    };
+    // One block (2 tokens) whose positions are WINDOW_BLOCK apart: refused.
+    let e = run(&mut cache, &[0, WINDOW_BLOCK as i64]).unwrap_err().to_string();
+    assert!(e.contains(&format!("within {WINDOW_BLOCK}")) && e.contains("0..=32"), "{e}");
+    // The second block of a call is checked too (positions 32..63 are fine, then 64 and 100 are not).
+    let mut pos: Vec<i64> = (32..64).collect();
+    pos.extend([64, 100]);
+    let e = run(&mut cache, &pos).unwrap_err().to_string();
+    assert!(e.contains("64..=100"), "{e}");
+    // Just inside the limit: one block spanning WINDOW_BLOCK - 1 runs.
+    let out = run(&mut cache, &[0, WINDOW_BLOCK as i64 - 1]).unwrap();
+    assert!(out.iter().all(|v| v.is_finite()));
+}
+
+/// A KV cache larger than any address space is an `OutOfMemory` error, not a process abort.
+#[test]
+fn an_impossible_kv_cache_is_out_of_memory() {
+    // 2^60 elements (4 EiB in f32, 2 EiB in f16): the element count fits usize, the allocation
+    // cannot succeed on any machine.
+    for kv in [KvDType::F32, KvDType::F16] {
+        match KvCache::new(kv, 1 << 20, 1 << 20, 1 << 20) {
+            Err(OpsError::OutOfMemory { what: "kv cache", bytes }) => assert_eq!(bytes, (1usize << 60) * kv.bytes()),
+            Err(e) => panic!("{kv:?}: {e}"),
+            Ok(_) => panic!("{kv:?}: a 2^60-element cache was allocated"),
+        }
+    }
+}
+
 #[test]
 fn rms_norm_rope_and_embedding_follow_their_formulas() {
     let mut r = Rng(5);

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -643,10 +642,6 @@ def build_model(cfg: ModelConfig, seed: int = 0, device: str = "cpu", all_logits
     return model.eval().requires_grad_(False)
 
 
-def build_preset(preset: str, seed: int = 0, **overrides) -> Transformer:
-    return build_model(get_config(preset, **overrides), seed=seed)
-
-
 def save_checkpoint(model: Transformer, path) -> None:
     """Save ``{"config": dict, "state_dict": ...}`` (loadable with ``--checkpoint``)."""
     torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, path)
@@ -675,7 +670,3 @@ def load_checkpoint(path, max_seq_len: Optional[int] = None) -> Transformer:
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     return model.eval().requires_grad_(False)
-
-
-def config_json(cfg: ModelConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=1)

@@ -51,7 +51,14 @@ std::string err_text(Error e) {
   return s;
 }
 
-[[noreturn]] void fail(const std::string& what, Error e) { throw std::runtime_error(what + ": " + err_text(e)); }
+// The ExecuTorch error behind the exception being thrown on this thread, for the Rust side's
+// typed error (runner_take_error); other exceptions leave it 0.
+thread_local uint32_t t_last_error = 0;
+
+[[noreturn]] void fail(const std::string& what, Error e) {
+  t_last_error = (uint32_t)e;
+  throw std::runtime_error(what + ": " + err_text(e));
+}
 
 std::vector<SizesType> to_sizes(rust::Slice<const int64_t> dims) {
   std::vector<SizesType> s;
@@ -206,6 +213,12 @@ OutputValue runner_output(const Runner& r, size_t idx) {
     o.scalar_i64 = v.toBool() ? 1 : 0;
   }
   return o;
+}
+
+uint32_t runner_take_error() {
+  const uint32_t e = t_last_error;
+  t_last_error = 0;
+  return e;
 }
 
 }  // namespace mobilemoe_runner

@@ -31,5 +31,6 @@ void runner_set_input_i64(Runner& r, rust::Str method, size_t idx, rust::Slice<c
                           rust::Slice<const int64_t> dims);
 size_t runner_execute(Runner& r, rust::Str method);
 OutputValue runner_output(const Runner& r, size_t idx);
+uint32_t runner_take_error();
 
 }  // namespace mobilemoe_runner

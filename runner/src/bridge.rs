@@ -41,5 +41,8 @@ pub mod ffi {
         fn runner_set_input_i64(r: Pin<&mut Runner>, method: &str, idx: usize, data: &[i64], dims: &[i64]) -> Result<()>;
         fn runner_execute(r: Pin<&mut Runner>, method: &str) -> Result<usize>;
         fn runner_output(r: &Runner, idx: usize) -> Result<OutputValue>;
+        /// The `executorch::runtime::Error` number behind this thread's last failed call (0 if
+        /// that failure was not an ExecuTorch error); reading it resets it to 0.
+        fn runner_take_error() -> u32;
     }
 }

@@ -14,6 +14,7 @@
 //! whose sum reaches `top_p * sum` is kept, `u = rng.next_f64() * kept_sum`, and the first token
 //! whose running sum exceeds `u` is chosen. [`Rng`] is xorshift64* seeded through splitmix64.
 
+use crate::runtime::RuntimeError;
 use std::fmt;
 use std::path::Path;
 use std::time::Instant;
@@ -22,7 +23,7 @@ use std::time::Instant;
 pub trait LanguageModel {
     /// Run `tokens` at absolute positions `input_pos` (same length); return logits whose last
     /// [`vocab_size`](Self::vocab_size) values are the last token's.
-    fn forward(&mut self, tokens: &[i64], input_pos: &[i64]) -> Result<Vec<f32>, String>;
+    fn forward(&mut self, tokens: &[i64], input_pos: &[i64]) -> Result<Vec<f32>, RuntimeError>;
     /// Largest position + 1 (KV cache length).
     fn max_seq_len(&self) -> usize;
     fn vocab_size(&self) -> usize;
@@ -32,9 +33,13 @@ pub trait LanguageModel {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateError {
     EmptyPrompt,
-    PromptTooLong { prompt_tokens: usize, max_seq_len: usize },
+    PromptTooLong {
+        prompt_tokens: usize,
+        max_seq_len: usize,
+    },
     InvalidConfig(String),
-    Model(String),
+    /// The model's forward call failed (an ExecuTorch error keeps its code).
+    Model(RuntimeError),
 }
 
 impl fmt::Display for GenerateError {
@@ -321,7 +326,10 @@ impl<'m> Generator<'m> {
         let mut decode_start = None;
         loop {
             if logits.len() < vocab {
-                return Err(GenerateError::Model(format!("logits have {} values, vocab size is {vocab}", logits.len())));
+                return Err(GenerateError::Model(RuntimeError::Runtime(format!(
+                    "logits have {} values, vocab size is {vocab}",
+                    logits.len()
+                ))));
             }
             let last = &logits[logits.len() - vocab..];
             let tok = sample(last, &cfg.sampling, &mut rng) as u32;
@@ -367,16 +375,20 @@ pub struct PteModel {
 
 impl PteModel {
     /// Load `path` and its `forward` method; read `max_seq_len` / `vocab_size` from the metadata.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, String> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, RuntimeError> {
         Self::load_method(path, "forward")
     }
 
-    pub fn load_method(path: impl AsRef<Path>, method: &str) -> Result<Self, String> {
+    pub fn load_method(path: impl AsRef<Path>, method: &str) -> Result<Self, RuntimeError> {
         let path = path.as_ref();
-        let mut prog = crate::runtime::Program::load(path).map_err(|e| e.to_string())?;
-        let meta = prog.method(method).map_err(|e| e.to_string())?.meta().clone();
-        let bad =
-            |m: &str| format!("{}: {m} (expected forward(tokens int64 [1, S], input_pos int64 [S]) -> float32 logits)", path.display());
+        let mut prog = crate::runtime::Program::load(path)?;
+        let meta = prog.method(method)?.meta().clone();
+        let bad = |m: &str| {
+            RuntimeError::Runtime(format!(
+                "{}: {m} (expected forward(tokens int64 [1, S], input_pos int64 [S]) -> float32 logits)",
+                path.display()
+            ))
+        };
         if meta.inputs.len() != 2 || meta.outputs.is_empty() {
             return Err(bad(&format!("method {method} has {} inputs / {} outputs", meta.inputs.len(), meta.outputs.len())));
         }
@@ -394,13 +406,13 @@ impl PteModel {
 }
 
 impl LanguageModel for PteModel {
-    fn forward(&mut self, tokens: &[i64], input_pos: &[i64]) -> Result<Vec<f32>, String> {
+    fn forward(&mut self, tokens: &[i64], input_pos: &[i64]) -> Result<Vec<f32>, RuntimeError> {
         let n = tokens.len() as i64;
-        let mut m = self.prog.method(&self.method).map_err(|e| e.to_string())?;
-        m.set_input_i64(0, tokens, &[1, n]).map_err(|e| e.to_string())?;
-        m.set_input_i64(1, input_pos, &[n]).map_err(|e| e.to_string())?;
-        m.execute().map_err(|e| e.to_string())?;
-        let (_, data) = m.output(0).and_then(|v| v.into_f32()).map_err(|e| e.to_string())?;
+        let mut m = self.prog.method(&self.method)?;
+        m.set_input_i64(0, tokens, &[1, n])?;
+        m.set_input_i64(1, input_pos, &[n])?;
+        m.execute()?;
+        let (_, data) = m.output(0).and_then(|v| v.into_f32())?;
         Ok(data)
     }
     fn max_seq_len(&self) -> usize {
@@ -427,7 +439,7 @@ mod tests {
     }
 
     impl LanguageModel for Toy {
-        fn forward(&mut self, tokens: &[i64], pos: &[i64]) -> Result<Vec<f32>, String> {
+        fn forward(&mut self, tokens: &[i64], pos: &[i64]) -> Result<Vec<f32>, RuntimeError> {
             self.calls.push((tokens.to_vec(), pos.to_vec()));
             let mut l = vec![0.0f32; 8];
             l[((tokens[tokens.len() - 1] + 1) % 8) as usize] = 5.0;

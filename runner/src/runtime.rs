@@ -21,14 +21,45 @@ use std::path::Path;
 pub enum RuntimeError {
     #[error(transparent)]
     File(#[from] crate::pte::PteError),
+    /// A call into ExecuTorch failed with `executorch::runtime::Error` number `code` (see
+    /// [`et_error`]); the message names the call and the error.
+    #[error("{message}")]
+    Executorch { code: u32, message: String },
     #[error("{0}")]
     Runtime(String),
 }
 
+impl RuntimeError {
+    /// The `executorch::runtime::Error` number, when ExecuTorch returned one.
+    pub fn executorch_error(&self) -> Option<u32> {
+        match self {
+            RuntimeError::Executorch { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// `executorch::runtime::Error` numbers (runtime/core/error.h) that the MobileMoE backend and
+/// kernels return (backend/src/error.rs `ErrorCode` -> `to_et_error` in backend.cpp).
+pub mod et_error {
+    pub const INTERNAL: u32 = 0x01;
+    pub const NOT_SUPPORTED: u32 = 0x10;
+    pub const INVALID_ARGUMENT: u32 = 0x12;
+    pub const NOT_FOUND: u32 = 0x20;
+    pub const MEMORY_ALLOCATION_FAILED: u32 = 0x21;
+    pub const INVALID_PROGRAM: u32 = 0x23;
+}
+
 pub type Result<T> = std::result::Result<T, RuntimeError>;
 
+/// The error of a failed bridge call: typed when ExecuTorch returned an error (runner.cpp keeps
+/// its number for this thread; reading it clears it), else the C++ message alone.
 fn rt(e: cxx::Exception) -> RuntimeError {
-    RuntimeError::Runtime(e.what().to_string())
+    let message = e.what().to_string();
+    match ffi::runner_take_error() {
+        0 => RuntimeError::Runtime(message),
+        code => RuntimeError::Executorch { code, message },
+    }
 }
 
 /// executorch ScalarType codes used here.
@@ -148,7 +179,8 @@ impl Program {
     pub fn method(&mut self, name: &str) -> Result<Method<'_>> {
         let meta = self.method_meta(name)?;
         if let Err(e) = ffi::runner_load_method(self.runner.pin_mut(), name) {
-            let mut msg = e.what().to_string();
+            let e = rt(e);
+            let mut msg = e.to_string();
             let missing: Vec<String> = self
                 .info
                 .methods
@@ -161,7 +193,10 @@ impl Program {
             if !missing.is_empty() {
                 msg.push_str(&format!("; operators without a registered kernel: {missing:?}"));
             }
-            return Err(RuntimeError::Runtime(msg));
+            return Err(match e.executorch_error() {
+                Some(code) => RuntimeError::Executorch { code, message: msg },
+                None => RuntimeError::Runtime(msg),
+            });
         }
         Ok(Method { prog: self, name: name.to_string(), meta })
     }

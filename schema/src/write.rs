@@ -17,6 +17,8 @@ pub struct RawTensor {
 pub enum RawOp {
     MoeFfn(fb::MoeFfnArgs),
     Int4Linear(fb::Int4LinearArgs),
+    /// A decoder attention node (format version 2; QK-norm and the window need version 5).
+    Attention(fb::AttentionArgs),
     Unknown(u8),
 }
 
@@ -77,6 +79,9 @@ impl RawGraph {
                     RawOp::MoeFfn(a) => (fb::Op::MoeFfn, Some(fb::MoeFfn::create(&mut fbb, &copy_moe(a)).as_union_value())),
                     RawOp::Int4Linear(a) => {
                         (fb::Op::Int4Linear, Some(fb::Int4Linear::create(&mut fbb, &fb::Int4LinearArgs { ..*a }).as_union_value()))
+                    }
+                    RawOp::Attention(a) => {
+                        (fb::Op::Attention, Some(fb::Attention::create(&mut fbb, &fb::AttentionArgs { ..*a }).as_union_value()))
                     }
                     RawOp::Unknown(tag) => {
                         // Any table will do as the payload of an unknown tag.

@@ -114,6 +114,94 @@ fn version_4_routing_round_trips_and_needs_version_4() {
     assert!(e.contains("group limit"), "{e}");
 }
 
+/// A graph of one Attention node (x [1, T, 64], input_pos [T] -> out [1, T, 64]) with `edit`
+/// applied to its attributes, written as format `version`.
+fn attention_blob(version: u32, edit: impl FnOnce(&mut fb::AttentionArgs)) -> Vec<u8> {
+    use mobilemoe_ops::{MatrixSpec, PackedMatrix, WeightBits};
+    let (d, heads, hd, max_seq) = (64usize, 2usize, 32usize, 8usize);
+    let mut r = Rng(3);
+    let pack = |r: &mut Rng, n: usize, k: usize| {
+        PackedMatrix::quantize(&r.vec(n * k, 0.2), MatrixSpec::new(n, k, 32, WeightBits::Int4).unwrap()).unwrap()
+    };
+    let (wqkv, wo) = (pack(&mut r, 3 * heads * hd, d), pack(&mut r, d, heads * hd));
+    let mut b = mobilemoe_schema::BlobBuilder::new();
+    let x = b.activation(&[1, -1, d as i64], true);
+    b.raw.tensors.push(mobilemoe_schema::write::RawTensor { dtype: fb::DType::I64, shape: vec![-1], dynamic_leading: true, segment: -1 });
+    let pos = (b.raw.tensors.len() - 1) as i32;
+    let wqkv_id = b.constant_u8(&[wqkv.data.len() as i64], &wqkv.data);
+    let wqkv_s = b.constant_f32(&[wqkv.scales.len() as i64], &wqkv.scales);
+    let wo_id = b.constant_u8(&[wo.data.len() as i64], &wo.data);
+    let wo_s = b.constant_f32(&[wo.scales.len() as i64], &wo.scales);
+    let cos = b.constant_f32(&[max_seq as i64, hd as i64 / 2], &vec![1.0; max_seq * hd / 2]);
+    let sin = b.constant_f32(&[max_seq as i64, hd as i64 / 2], &vec![0.0; max_seq * hd / 2]);
+    let out = b.activation(&[1, -1, d as i64], true);
+    let mut a = fb::AttentionArgs {
+        x,
+        input_pos: pos,
+        wqkv: wqkv_id,
+        wqkv_scales: wqkv_s,
+        wo: wo_id,
+        wo_scales: wo_s,
+        rope_cos: cos,
+        rope_sin: sin,
+        out,
+        dim: d as i32,
+        n_heads: heads as i32,
+        n_kv_heads: heads as i32,
+        head_dim: hd as i32,
+        max_seq_len: max_seq as i32,
+        group_size: 32,
+        weight_bits: 4,
+        qk_norm_eps: 1e-5,
+        ..Default::default()
+    };
+    edit(&mut a);
+    b.node("attn", RawOp::Attention(a));
+    b.set_inputs(&[x, pos]);
+    b.set_outputs(&[out]);
+    let mut g = b.into_raw();
+    g.version = version;
+    g.to_bytes()
+}
+
+/// The attributes of format version 5 (QK-norm, a sliding window, experts' scales grouped along
+/// the output) are refused in a blob that claims an older version, whose reader would have ignored
+/// them and computed something else; a negative window is refused in any version.
+#[test]
+fn version_5_attributes_need_version_5() {
+    // The plain attention graph reads in every version that has the node (2..=5).
+    for v in 2..=5 {
+        let g = parse(&attention_blob(v, |_| {})).unwrap_or_else(|e| panic!("version {v}: {e}"));
+        assert!(matches!(&g.nodes[0].op, NodeOp::Attention(a) if a.spec.qk_norm.is_none() && a.spec.window == 0));
+    }
+    // Version 5: both read back.
+    let g = parse(&attention_blob(5, |a| {
+        a.qk_norm = true;
+        a.window = 4;
+    }))
+    .unwrap();
+    assert!(matches!(&g.nodes[0].op, NodeOp::Attention(a) if a.spec.qk_norm == Some(1e-5) && a.spec.window == 4));
+    for v in 2..=4 {
+        let e = err_of(&attention_blob(v, |a| a.qk_norm = true));
+        assert!(e.contains("qk_norm needs format version 5") && e.contains(&format!("blob is version {v}")), "{e}");
+        let e = err_of(&attention_blob(v, |a| a.window = 4));
+        assert!(e.contains("window needs format version 5") && e.contains(&format!("blob is version {v}")), "{e}");
+    }
+    for v in [4, 5] {
+        let e = err_of(&attention_blob(v, |a| a.window = -1));
+        assert!(e.contains("window = -1 must be >= 0") || e.contains("window needs format version 5"), "{e}");
+    }
+    assert!(err_of(&attention_blob(5, |a| a.window = -1)).contains("window = -1 must be >= 0"));
+    // expert_scales_out: version 5 only (the MoE graph of the other tests).
+    for v in 1..=4 {
+        let mut g = raw();
+        moe(&mut g).expert_scales_out = true;
+        g.version = v;
+        let e = err_of(&g.to_bytes());
+        assert!(e.contains("expert_scales_out needs format version 5") && e.contains(&format!("blob is version {v}")), "{e}");
+    }
+}
+
 #[test]
 fn wrong_version() {
     for v in [0u32, mobilemoe_schema::FORMAT_VERSION + 1, 255] {

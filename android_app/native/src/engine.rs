@@ -3,7 +3,8 @@
 //! sampling and stats as the `mobilemoe generate` command. Nothing model-specific is
 //! re-implemented here: this file maps settings in and stats out.
 
-use mobilemoe_runner::generate::{GenerateConfig, Generator, PteModel, SamplingConfig};
+use mobilemoe_runner::generate::{GenerateConfig, GenerateError, Generator, PteModel, SamplingConfig};
+use mobilemoe_runner::runtime::RuntimeError;
 use mobilemoe_runner::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Settings of one `generate` call (from Java).
@@ -26,6 +27,32 @@ pub struct Stats {
     pub decode_steps: usize,
 }
 
+/// A failed call, with the `executorch::runtime::Error` number behind it when ExecuTorch (or the
+/// MobileMoE backend through it) returned one: the JNI layer picks the Java exception from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineError {
+    pub executorch: Option<u32>,
+    pub message: String,
+}
+
+impl From<String> for EngineError {
+    fn from(message: String) -> Self {
+        Self { executorch: None, message }
+    }
+}
+
+impl From<RuntimeError> for EngineError {
+    fn from(e: RuntimeError) -> Self {
+        Self { executorch: e.executorch_error(), message: e.to_string() }
+    }
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 pub struct Engine {
     model: PteModel,
     tokenizer: Tokenizer,
@@ -41,16 +68,22 @@ impl Engine {
     /// `Program::load` does it; on Android there is no load-time constructor).
     /// `threads == 0`: `MOBILEMOE_THREADS` if set, else the performance cores (see
     /// [`performance_cores`]), else the kernel thread pool's default (all CPUs).
-    pub fn load(model: &str, tokenizer: &str, threads: usize) -> Result<Engine, String> {
+    pub fn load(model: &str, tokenizer: &str, threads: usize) -> Result<Engine, EngineError> {
         let tokenizer = Tokenizer::from_file(tokenizer).map_err(|e| format!("tokenizer {tokenizer}: {}", e.0))?;
         let threads = match threads {
             0 if std::env::var_os("MOBILEMOE_THREADS").is_none() => performance_cores().unwrap_or(0),
             n => n,
         };
         if threads > 0 && mobilemoe_executorch::capi::mobilemoe_set_num_threads(threads.min(i32::MAX as usize) as i32) != 0 {
-            return Err(format!("cannot use {threads} threads"));
+            return Err(format!("cannot use {threads} threads").into());
         }
-        let model = PteModel::load(model).map_err(|e| if e.contains(model) { e } else { format!("{model}: {e}") })?;
+        let model = PteModel::load(model).map_err(|e| {
+            let mut e = EngineError::from(e);
+            if !e.message.contains(model) {
+                e.message = format!("{model}: {}", e.message);
+            }
+            e
+        })?;
         Ok(Engine { model, tokenizer })
     }
 
@@ -65,7 +98,7 @@ impl Engine {
         prompt: &str,
         params: &GenerateParams,
         on_token: &mut dyn FnMut(u32, &str) -> bool,
-    ) -> Result<Stats, String> {
+    ) -> Result<Stats, EngineError> {
         let ids = self.tokenizer.encode(prompt).map_err(|e| e.to_string())?;
         let cfg = GenerateConfig {
             max_new_tokens: params.max_new_tokens,
@@ -79,7 +112,10 @@ impl Engine {
                 let piece = stream.push(tokenizer, id);
                 on_token(id, &piece)
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                GenerateError::Model(m) => EngineError { executorch: m.executorch_error(), message: format!("model: {m}") },
+                other => EngineError::from(other.to_string()),
+            })?;
         let s = out.stats;
         Ok(Stats {
             prompt_tokens: s.prompt_tokens,

@@ -19,11 +19,25 @@ use jni::sys::{jdoubleArray, jfloat, jint, jintArray, jlong, jstring};
 use jni::JNIEnv;
 use mobilemoe_executorch::capi::panic_message;
 
-pub use engine::{Engine, GenerateParams, Stats};
+pub use engine::{Engine, EngineError, GenerateParams, Stats};
 
 const ILLEGAL_ARGUMENT: &str = "java/lang/IllegalArgumentException";
 const ILLEGAL_STATE: &str = "java/lang/IllegalStateException";
 const RUNTIME: &str = "java/lang/RuntimeException";
+const OUT_OF_MEMORY: &str = "java/lang/OutOfMemoryError";
+
+/// The Java exception for a failed call: an internal error (a caught panic on the native side, as
+/// in `guarded`) is a `RuntimeException`, a failed allocation an `OutOfMemoryError`; every other
+/// cause keeps the class the method documents (`documented`: IllegalArgumentException for load,
+/// IllegalStateException for generate).
+fn exception_class(e: &EngineError, documented: &'static str) -> &'static str {
+    use mobilemoe_runner::runtime::et_error;
+    match e.executorch {
+        Some(et_error::INTERNAL) => RUNTIME,
+        Some(et_error::MEMORY_ALLOCATION_FAILED) => OUT_OF_MEMORY,
+        _ => documented,
+    }
+}
 
 /// Throws `class(msg)` unless an exception is already pending (which then wins).
 fn throw(env: &mut JNIEnv, class: &str, msg: &str) {
@@ -86,7 +100,7 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeLoad<'local>(
         match Engine::load(&model, &tokenizer, num_threads.max(0) as usize) {
             Ok(e) => Box::into_raw(Box::new(e)) as jlong,
             Err(e) => {
-                throw(env, ILLEGAL_ARGUMENT, &e);
+                throw(env, exception_class(&e, ILLEGAL_ARGUMENT), &e.message);
                 0
             }
         }
@@ -204,7 +218,7 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeGenerate<'local>(
         let stats = match result {
             Ok(s) => s,
             Err(e) => {
-                throw(env, ILLEGAL_STATE, &e);
+                throw(env, exception_class(&e, ILLEGAL_STATE), &e.message);
                 return std::ptr::null_mut();
             }
         };
@@ -225,4 +239,24 @@ pub extern "system" fn Java_org_mobilemoe_MobileMoE_nativeGenerate<'local>(
             Err(_) => std::ptr::null_mut(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mobilemoe_runner::runtime::et_error;
+
+    /// The codes the backend returns reach Java as: Internal -> RuntimeException (like a panic
+    /// caught here), MemoryAllocationFailed -> OutOfMemoryError, anything else (invalid program,
+    /// not supported, invalid argument, no code) -> the class the method documents.
+    #[test]
+    fn executorch_errors_pick_the_java_exception() {
+        let e = |code: Option<u32>| EngineError { executorch: code, message: "m".into() };
+        assert_eq!(exception_class(&e(Some(et_error::INTERNAL)), ILLEGAL_STATE), RUNTIME);
+        assert_eq!(exception_class(&e(Some(et_error::MEMORY_ALLOCATION_FAILED)), ILLEGAL_ARGUMENT), OUT_OF_MEMORY);
+        for code in [Some(et_error::INVALID_PROGRAM), Some(et_error::NOT_SUPPORTED), Some(et_error::INVALID_ARGUMENT), None] {
+            assert_eq!(exception_class(&e(code), ILLEGAL_ARGUMENT), ILLEGAL_ARGUMENT, "{code:?}");
+            assert_eq!(exception_class(&e(code), ILLEGAL_STATE), ILLEGAL_STATE, "{code:?}");
+        }
+    }
 }

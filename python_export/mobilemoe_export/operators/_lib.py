@@ -160,9 +160,14 @@ def last_error(lib: Optional[ctypes.CDLL] = None) -> str:
     return msg.decode("utf-8", "replace") if msg else "unknown error"
 
 
+# Return codes of the C ABI (backend/src/error.rs ErrorCode, backend/cpp/mobilemoe.h).
+ERROR_CODES = {1: "invalid argument", 2: "internal error", 3: "invalid program", 4: "not supported", 5: "out of memory"}
+
+
 def check(rc: int, what: str) -> None:
     if rc != 0:
-        raise RuntimeError(f"{what} failed (code {rc}): {last_error()}")
+        kind = ERROR_CODES.get(rc, "unknown code")
+        raise RuntimeError(f"{what} failed (code {rc}, {kind}): {last_error()}")
 
 
 def load_runtime() -> str:

@@ -426,7 +426,7 @@ fn bench_llm(a: &BenchArgs, mut model: mobilemoe_runner::generate::PteModel, rss
         let mut times = Vec::new();
         for i in 0..a.warmup.min(2) + a.iters.clamp(1, 10) {
             let t0 = Instant::now();
-            model.forward(&prompt, &pos(0, p))?;
+            model.forward(&prompt, &pos(0, p)).map_err(|e| e.to_string())?;
             if i >= a.warmup.min(2) {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
@@ -454,13 +454,13 @@ fn bench_llm(a: &BenchArgs, mut model: mobilemoe_runner::generate::PteModel, rss
         let mut logits = Vec::new();
         for c0 in (0..d).step_by(256) {
             let c1 = (c0 + 256).min(d);
-            logits = model.forward(&prompt[c0..c1], &pos(c0, c1))?;
+            logits = model.forward(&prompt[c0..c1], &pos(c0, c1)).map_err(|e| e.to_string())?;
         }
         let mut next = argmax(&logits[logits.len() - vocab..]) as i64;
         let mut step_ms = Vec::with_capacity(n);
         for i in 0..n {
             let t0 = Instant::now();
-            let l = model.forward(&[next], &[(d + i) as i64])?;
+            let l = model.forward(&[next], &[(d + i) as i64]).map_err(|e| e.to_string())?;
             step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             next = argmax(&l[l.len() - vocab..]) as i64;
         }
@@ -552,7 +552,7 @@ fn generate(a: GenerateArgs) -> Res<()> {
         a.prompt.clone()
     };
     let t_load = std::time::Instant::now();
-    let mut model = PteModel::load(&a.model)?;
+    let mut model = PteModel::load(&a.model).map_err(|e| e.to_string())?;
     // (stderr: the program's load and delegate init, for benchmark scripts; stdout stays the text)
     eprintln!("program load: {:.1} ms", t_load.elapsed().as_secs_f64() * 1e3);
     if tok.vocab_size() > model.vocab_size() {

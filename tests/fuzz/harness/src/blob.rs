@@ -129,8 +129,13 @@ pub fn run_delegate(d: &Delegate, g: &mobilemoe_schema::Graph, seed: u64) {
                 .collect();
             let mut outs: Vec<Vec<f32>> = oshapes.iter().map(|s| vec![0f32; numel(s).unwrap()]).collect();
             let mut orefs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            let _ = d.execute_typed(&inputs, &mut orefs);
-            let _ = d.execute_typed(&inputs, &mut orefs); // a second call: the KV cache advanced state
+            // (token ids / positions may be out of range: a bad argument, never an internal error)
+            for _ in 0..2 {
+                // the second call: the KV cache advanced state
+                if let Err(e) = d.execute_typed(&inputs, &mut orefs) {
+                    assert_eq!(e.code, mobilemoe_executorch::ErrorCode::InvalidArgument, "{e}");
+                }
+            }
             continue;
         }
         let xs: Vec<Vec<f32>> = shapes.iter().map(|s| (0..numel(s).unwrap()).map(|_| rng.f32()).collect()).collect();
@@ -442,7 +447,7 @@ fn set_field(op: &mut RawOp, field: Field, v: i32) {
             Field::WeightBits => a.weight_bits = v,
             _ => {}
         },
-        RawOp::Unknown(_) => {}
+        RawOp::Attention(_) | RawOp::Unknown(_) => {}
     }
 }
 
@@ -450,6 +455,7 @@ fn clone_op(op: &RawOp) -> RawOp {
     match op {
         RawOp::MoeFfn(a) => RawOp::MoeFfn(fb::MoeFfnArgs { ..*a }),
         RawOp::Int4Linear(a) => RawOp::Int4Linear(fb::Int4LinearArgs { ..*a }),
+        RawOp::Attention(a) => RawOp::Attention(fb::AttentionArgs { ..*a }),
         RawOp::Unknown(t) => RawOp::Unknown(*t),
     }
 }

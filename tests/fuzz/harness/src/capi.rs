@@ -280,8 +280,10 @@ pub fn capi(data: &[u8]) {
         }
     };
     let msg = unsafe { std::ffi::CStr::from_ptr(mobilemoe_last_error()) }.to_string_lossy().into_owned();
-    assert!(rc == 0 || rc == 1, "C ABI returned {rc}: {msg}");
-    if rc == 1 {
+    // 0 or a typed error; never Internal (a caught panic) and never a number outside ErrorCode.
+    let code = mobilemoe_executorch::ErrorCode::from_i32(rc);
+    assert!(rc == 0 || code.is_some_and(|c| c != mobilemoe_executorch::ErrorCode::Internal), "C ABI returned {rc}: {msg}");
+    if rc != 0 {
         assert!(!msg.is_empty(), "error without a message");
     }
 }

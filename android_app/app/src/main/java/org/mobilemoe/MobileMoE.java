@@ -70,7 +70,10 @@ public final class MobileMoE implements Closeable {
      *                      performance cores (CPUs whose max frequency is at least 80% of the
      *                      fastest's), or all CPUs when they are alike
      * @throws IllegalArgumentException when a file cannot be read or is not a valid program or
-     *                                  tokenizer (the message says which and why)
+     *                                  tokenizer, or needs a newer library (the message says
+     *                                  which and why)
+     * @throws OutOfMemoryError         when the program's buffers cannot be allocated
+     * @throws RuntimeException         on an internal error of the native library (a bug)
      */
     public MobileMoE(String modelPath, String tokenizerPath, int numThreads) {
         if (modelPath == null || tokenizerPath == null) {
@@ -87,6 +90,8 @@ public final class MobileMoE implements Closeable {
      * @param temperature 0 = greedy (deterministic); otherwise sampling with this temperature
      * @param seed        random seed for sampling (ignored when greedy)
      * @throws IllegalStateException when the model is closed or the program fails to execute
+     * @throws OutOfMemoryError      when a buffer of the program cannot be allocated
+     * @throws RuntimeException      on an internal error of the native library (a bug)
      */
     public synchronized Stats generate(String prompt, int maxNewTokens, float temperature, long seed,
                                        TokenCallback callback) {
