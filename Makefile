@@ -11,7 +11,7 @@ help:
 	@echo "make demo          run the main job on the embedded default model"
 	@echo "make test          run every test (Rust, Python/ExecuTorch, aarch64 under qemu)"
 	@echo "make bench         kernel benchmark table (ops/src/bin/moe_bench.rs)"
-	@echo "make test-aarch64  cross-build + run the ops tests under qemu (3 CPUs)"
+	@echo "make test-aarch64  ops tests + plugin/runner on the aarch64 ExecuTorch runtime, under qemu (3 CPUs)"
 	@echo "make test-android  JNI layer on the host JVM, javac -h symbols, aapt2 link"
 	@echo "make fuzz          every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 
@@ -52,7 +52,8 @@ lint: venv
 test-python: build
 	@scripts/timed.sh python scripts/run_pytest.sh
 
-test-aarch64:
+# Needs the host build: the x86 runner is the reference of the aarch64 runner's tokens and logits.
+test-aarch64: build
 	@scripts/timed.sh aarch64 scripts/test_aarch64.sh
 
 test-android: build

@@ -132,21 +132,11 @@ step "host JVM: HostTest through MobileMoE.java + libmobilemoe_jni.so on a real 
 javac --release 17 -Xlint:all -Werror -d "$W/host-classes" \
   "$APP/app/src/main/java/org/mobilemoe/MobileMoE.java" "$APP/app/src/main/java/org/mobilemoe/TokenCallback.java" \
   $(find "$APP/hosttest/src" -name '*.java')
-# The embedded default model; cached per exporter version and checkpoint: keyed on the exporter's
-# and the schema's sources and the checkpoint.
-CKPT="$ROOT/python_export/mobilemoe_export/assets/default_model.pt"
-export_key=$(cat $(find "$ROOT/python_export/mobilemoe_export" "$ROOT/schema" -type f \( -name '*.py' -o -name '*.fbs' -o -name '*.txt' \) | sort) "$CKPT" | sha1sum | cut -c1-12)
-MODEL="$CARGO_TARGET_DIR/android-test-model/default-$export_key.pte"
+# The embedded default model, exported as `make demo` does; cached per exporter version and
+# checkpoint, shared with test_aarch64.sh (scripts/export_default_pte.sh).
+MODEL=$("$ROOT/scripts/export_default_pte.sh")
 TOKENIZER="$ROOT/python_export/mobilemoe_export/assets/tokenizer.json"
 RUNNER="$CARGO_TARGET_DIR/release/mobilemoe"
-mkdir -p "$(dirname "$MODEL")"
-find "$(dirname "$MODEL")" -maxdepth 1 \( -name 'tiny-*' -o -name 'default-*' \) ! -name "default-$export_key.*" -delete  # stale exports
-if [[ ! -s $MODEL ]]; then
-  (cd "$ROOT" && PYTHONPATH="$ROOT/python_export${PYTHONPATH:+:$PYTHONPATH}" \
-     "$PY" -m mobilemoe_export --checkpoint "$CKPT" --out "$MODEL.tmp" --no-progress > "$W/export.log" 2>&1) || {
-    cat "$W/export.log"; echo "export of the default model failed"; exit 1; }
-  mv "$MODEL.tmp" "$MODEL"
-fi
 # The reference: `mobilemoe generate` (greedy) on the same model, prompt and token budget. It
 # prints prompt + generated text + "\n" on stdout, "generated tokens: N" on stderr, and writes the
 # generated ids to runner.ids.
