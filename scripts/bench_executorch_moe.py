@@ -27,7 +27,7 @@ second core the peer cannot use and say so.
 
 Every timed sample is kept. Each thread count runs in its own process (``MOBILEMOE_THREADS`` is read
 when our runtime starts). Accuracy: each output's relative L2 distance to the fp32 formula on the
-dequantized weights (untimed). Results: ``docs/results/executorch-moe-op-<date>.json``.
+dequantized weights (untimed; vectorised, :func:`fp32_active_experts`). Results: ``docs/results/executorch-moe-op-<date>.json``.
 """
 
 from __future__ import annotations
@@ -82,23 +82,34 @@ def build_layers(seed: int):
     ours = mm.quantize_moe(copy.deepcopy(peer)).eval()
     ours_exact = mm.quantize_moe(copy.deepcopy(peer), exact=True).eval()
     gate_w, bias = moe.gate.weight.detach(), moe.expert_bias.detach()
+    # grouped_mm's right operands: [E, D, 2F] and [E, F, D], contiguous once here, not per call
+    w13_t = torch.stack(deq13).transpose(1, 2).contiguous()
+    w2_t = torch.stack(deq2).transpose(1, 2).contiguous()
+    return peer, ours, ours_exact, lambda x: fp32_active_experts(x, gate_w, bias, w13_t, w2_t, K)
 
-    def reference(x):
-        """fp32 formula over the active experts: sigmoid scores, top-k by score + bias, renormalised."""
-        scores = torch.sigmoid(x @ gate_w.t())
-        idx = torch.topk(scores + bias, K, dim=-1).indices
-        w = scores.gather(-1, idx)
-        w = w / w.sum(-1, keepdim=True)
-        out = torch.zeros_like(x)
-        for t in range(x.shape[0]):
-            for j in range(K):
-                e = int(idx[t, j])
-                h = deq13[e] @ x[t]
-                a = torch.nn.functional.silu(h[:F]) * h[F:]
-                out[t] += w[t, j] * (deq2[e] @ a)
-        return out
 
-    return peer, ours, ours_exact, reference
+def fp32_active_experts(x, gate_w, bias, w13_t, w2_t, k: int):
+    """The fp32 formula over the active experts only (sigmoid scores, top-k by score + bias,
+    renormalised; SwiGLU experts), vectorised: the T*k (token, expert) pairs sorted by expert run as
+    two grouped GEMMs, each expert's rows one group (empty groups allowed), then a weighted
+    ``index_add_`` back to the tokens. ``x`` [T, D]; ``w13_t`` [E, D, 2F] (gate rows, then up rows,
+    transposed); ``w2_t`` [E, F, D]. A Python loop over tokens or experts would time the interpreter,
+    not the arithmetic."""
+    import torch
+    import torch.nn.functional as fn
+
+    scores = torch.sigmoid(x @ gate_w.t())
+    idx = torch.topk(scores + bias, k, dim=-1).indices  # [T, k]
+    w = scores.gather(-1, idx)
+    w = w / w.sum(-1, keepdim=True)
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # pairs grouped by expert
+    offs = torch.cumsum(torch.bincount(flat, minlength=w13_t.shape[0]), 0).to(torch.int32)
+    tok = order // k
+    h = fn.grouped_mm(x[tok], w13_t, offs=offs)  # [T*k, 2F]
+    f = w2_t.shape[1]
+    y = fn.grouped_mm(fn.silu(h[:, :f]) * h[:, f:], w2_t, offs=offs)  # [T*k, D]
+    return torch.zeros_like(x).index_add_(0, tok, y * w.reshape(-1)[order, None])
 
 
 def samples_ms(fn, iters: int, flush=None, warmup: int = 3) -> list:

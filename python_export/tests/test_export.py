@@ -162,3 +162,56 @@ def test_token_model(delegate, tmp_path):
         y = meth.execute([t, torch.tensor([2])])[0]
         with torch.no_grad():
             torch.testing.assert_close(y, model(t, torch.tensor([2])), atol=1e-5, rtol=1e-5)
+
+
+class NewEmptyConcat(torch.nn.Module):
+    """Concatenation by slice writes into a ``new_empty`` buffer, as transformers' MLA attention builds
+    its keys (DeepSeek-V2/V3 ``expand_kv``)."""
+
+    def forward(self, x):
+        d = x.shape[-1]
+        out = x.new_empty(*x.shape[:-1], 2 * d)
+        out[..., :d].copy_(x)
+        out[..., d:].copy_(2 * x)
+        return out
+
+
+def test_new_empty_keeps_the_token_dim_dynamic(tmp_path, monkeypatch):
+    """ExecuTorch's dim-order pass makes a symbolic ``empty`` size static (its schema is ``int[] size``)
+    and with it every tensor of the program: export_pte zero-fills such allocations instead, so the
+    .pte runs at other token counts; without that rewrite the specialisation is an export error, not
+    a .pte that fails at run time ("Attempted to resize a static tensor")."""
+    from executorch.runtime import Runtime
+
+    from mobilemoe_export.lowering import export as export_mod
+
+    model = NewEmptyConcat()
+    path = mm.export_pte(model, (torch.randn(1, 4, 8),), tmp_path / "ne.pte", max_tokens=16)
+    meth = Runtime.get().load_program(path).load_method("forward")
+    for s in (4, 7, 1):
+        x = torch.randn(1, s, 8)
+        torch.testing.assert_close(meth.execute([x])[0], torch.cat([x, 2 * x], -1), rtol=0, atol=0)
+    monkeypatch.setattr(export_mod, "_EMPTY_TO_ZEROS", {})
+    with pytest.raises(RuntimeError, match=r"dimension 1 of input 0 \(x\) was requested dynamic .* specialised it to 4"):
+        mm.export_pte(model, (torch.randn(1, 4, 8),), tmp_path / "static.pte", max_tokens=16)
+    assert not (tmp_path / "static.pte").exists()
+
+
+class ComplexRotary(torch.nn.Module):
+    """A rotary embedding in complex arithmetic (torch.polar + view_as_complex), as Meta's Llama code."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        q = torch.view_as_complex(self.proj(x).reshape(*x.shape[:-1], -1, 2))
+        angles = torch.arange(x.shape[1], dtype=torch.float32)[:, None] * torch.ones(4)
+        return torch.view_as_real(q * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
+
+
+def test_complex_tensors_are_refused_with_the_cause(tmp_path):
+    with pytest.raises(ValueError, match=r"ComplexRotary computes with complex tensors \(aten\.view_as_complex.*"
+                                         r"test_export\.py.*deepseek_v2, llama4_text.*\(cos, sin\) pairs"):
+        mm.export_pte(ComplexRotary(), (torch.randn(1, 4, 8),), tmp_path / "c.pte")
+    assert not (tmp_path / "c.pte").exists()

@@ -579,3 +579,49 @@ def test_unlisted_family_is_refused(monkeypatch):
     monkeypatch.delitem(VERIFIED_BLOCKS, "FlexOlmoSparseMoeBlock")
     with pytest.raises(mm.UnsupportedModuleError, match=r"family 'flex_olmo' \(FlexOlmoSparseMoeBlock\).*not among"):
         mm.quantize_moe(build_block("flex_olmo"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the Python API on a transformers model (quantize_moe + export_pte, no --hf, no KV cache)
+
+
+@needs_lib
+@pytest.mark.parametrize("family", ["deepseek_v3", "deepseek_v2", "llama4"])
+def test_python_api_export_runs_at_other_token_counts(family, tmp_path):
+    """A transformers model through ``quantize_moe`` + ``export_pte`` with a dynamic token dimension runs
+    on the ExecuTorch runtime at token counts other than the example's, equal to the eager quantized
+    model (which calls the same kernels). DeepSeek's MLA allocates its keys with ``new_empty``, which
+    ExecuTorch's lowering made static (the whole program: error 0x12 on another count); DeepSeek-V2's
+    and Llama 4's complex RoPE failed inside the lowering (``view_as_complex_copy``), now exported in
+    real arithmetic as ``--hf`` does (eager still runs transformers' complex code). One layer: the
+    export dominates the test's time."""
+    from executorch.runtime import Runtime
+
+    cfg_cls, model_cls, kwargs = EXACT[family]
+    kwargs = dict(kwargs, num_hidden_layers=1)
+    if "first_k_dense_replace" in kwargs:
+        kwargs["first_k_dense_replace"] = 0  # the one layer is the MoE one
+    model = build(cfg_cls, model_cls, kwargs)
+    model.config.use_cache = False  # a program without a KV cache: the whole sequence per call
+    assert mm.quantize_moe(model, dense_linears=True) is model
+    assert any(isinstance(m, mm.MobileMoEFFN) for m in model.modules())
+    pte = mm.export_pte(model, (torch.tensor([PROMPT[:4]]),), tmp_path / f"{family}.pte", max_tokens=MAX_SEQ_LEN)
+    mm.load_runtime()
+    method = Runtime.get().load_program(pte).load_method("forward")
+    for n in (4, 6, 1):  # the example's count, more, a single token
+        ids = torch.tensor([PROMPT[:n]])
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits
+        got = method.execute([ids])[0]
+        assert got.shape == ref.shape == (1, n, 128)
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_python_api_refuses_a_returned_cache(tmp_path):
+    """With ``use_cache`` on, a transformers model returns its DynamicCache, which torch.export fails on
+    deep in the trace: refused before tracing, with the two ways that work."""
+    model = build(*EXACT["olmoe"])
+    with pytest.raises(ValueError, match=r"OlmoeForCausalLM has config\.use_cache=True.*DynamicCache.*"
+                                         r"model\.config\.use_cache = False.*--hf DIR"):
+        mm.export_pte(model, (torch.tensor([PROMPT]),), tmp_path / "x.pte")
+    assert not (tmp_path / "x.pte").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from ..operators import ops as _ops  # noqa: F401
 
@@ -53,11 +55,84 @@ def _check_dynamic_dims(ep, dynamic_shapes) -> None:
         if not isinstance(val, torch.Tensor):
             continue
         for dim in spec:
-            if dim < val.dim() and not isinstance(val.shape[dim], torch.SymInt):
+            # a SymInt whose expression is a number is static too (what a replacement leaves behind)
+            if dim < val.dim() and is_concrete_int(val.shape[dim]):
                 raise RuntimeError(
                     f"export_pte: dimension {dim} of input {i} ({node.name}) was requested dynamic but the lowered "
-                    f"program specialised it to {val.shape[dim]}: the .pte would reject every other token count. "
-                    f"Some op in the model forces a static size (e.g. a reshape to a constant or .item())")
+                    f"program specialised it to {int(val.shape[dim])}: the .pte would reject every other token "
+                    f"count at run time ('Attempted to resize a static tensor'). Some op in the model forces a "
+                    f"static size (e.g. a reshape to a constant, .item(), or an op whose schema takes int[] "
+                    f"sizes); export with dynamic_tokens=False for a fixed-length program")
+
+
+# ExecuTorch's dim-order pass (run by to_edge) rewrites aten.empty into dim_order_ops::_empty_dim_order,
+# whose schema takes `int[] size`: a symbolic size becomes the example's number and the replacement
+# spreads through the whole graph, inputs included, so every tensor of the .pte is static. The same
+# allocation zero-filled (aten.full, `SymInt[] size`) stays dynamic; callers overwrite it anyway
+# (transformers' MLA attention fills its `new_empty` keys by slices).
+_EMPTY_TO_ZEROS = {
+    torch.ops.aten.new_empty.default: torch.ops.aten.new_zeros.default,
+    torch.ops.aten.empty.memory_format: torch.ops.aten.zeros.default,
+    torch.ops.aten.empty_like.default: torch.ops.aten.zeros_like.default,
+}
+
+
+def _zero_fill_dynamic_empties(ep) -> int:
+    """Rewrite, in place, every ``empty`` of a symbolic size in ``ep`` to its zero-filled twin; returns
+    how many (see :data:`_EMPTY_TO_ZEROS`)."""
+    n = 0
+    for node in ep.graph.nodes:
+        new = _EMPTY_TO_ZEROS.get(node.target) if node.op == "call_function" else None
+        val = node.meta.get("val")
+        if new is None or not isinstance(val, torch.Tensor) or all(is_concrete_int(d) for d in val.shape):
+            continue
+        kwargs = dict(node.kwargs)
+        if new is torch.ops.aten.zeros.default:  # no memory_format argument: only a contiguous one maps
+            if kwargs.pop("memory_format", None) not in (None, torch.contiguous_format):
+                continue
+        node.target, node.kwargs = new, kwargs
+        n += 1
+    if n:
+        ep.graph_module.recompile()
+    return n
+
+
+def _check_transformers_cache(model: torch.nn.Module, example_kwargs: Optional[Dict[str, Any]]) -> None:
+    """A transformers model with ``use_cache`` on returns its ``DynamicCache``, which torch.export cannot
+    put in a program's outputs (an error deep in the trace): say so before tracing."""
+    if "transformers" not in sys.modules:
+        return
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel) or (example_kwargs or {}).get("use_cache", True) is False:
+        return
+    if getattr(model.config.get_text_config(), "use_cache", False):
+        raise ValueError(
+            f"export_pte: {type(model).__name__} has config.use_cache=True, so its forward returns a growing "
+            f"DynamicCache, which a .pte cannot return. Set model.config.use_cache = False (or pass "
+            f"example_kwargs={{'use_cache': False}}) for a program that recomputes the whole sequence per call, "
+            f"or export the save_pretrained directory with `python -m mobilemoe_export --hf DIR` for a KV cache "
+            f"inside the program")
+
+
+def _refuse_complex(ep, model: torch.nn.Module) -> None:
+    """Complex-valued tensors (a rotary embedding through torch.polar / view_as_complex) fail later inside
+    ExecuTorch's lowering ("view_as_complex_copy does not support automatic differentiation") and have
+    no ExecuTorch kernels: name the cause and the source line before lowering."""
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(val, torch.Tensor) or not val.is_complex():
+            continue
+        from ..sources.hf_export import REAL_ROTARY_PATCHES
+
+        where = [ln.strip() for ln in (node.meta.get("stack_trace") or "").strip().splitlines()[-2:]]
+        raise ValueError(
+            f"export_pte: {type(model).__name__} computes with complex tensors ({node.target} at "
+            f"{' '.join(where) or 'an unknown line'}), e.g. a rotary embedding through torch.polar / "
+            f"view_as_complex; ExecuTorch cannot lower or run them. export_pte rewrites them in real arithmetic "
+            f"for the transformers families {', '.join(sorted(REAL_ROTARY_PATCHES))}; for another model, "
+            f"compute the rotation on (cos, sin) pairs (re*cos - im*sin, re*sin + im*cos), as "
+            f"mobilemoe_export.sources.hf_export._real_rotary does")
 
 
 def export_pte(
@@ -93,6 +168,12 @@ def export_pte(
 
     fp16/bf16 scales (blob format version 3) run in the delegate; ``delegate=False`` (the portable
     ``mobilemoe::*.out`` kernels) needs fp32 scales and says so.
+
+    A transformers model (``config.use_cache = False``; with the cache on it is refused) is traced with
+    the patches ``--hf`` uses for its family (DeepSeek-V2's and Llama 4's complex RoPE in real
+    arithmetic); other complex-valued models are refused with the source line. ``empty`` allocations of
+    a symbolic size are zero-filled so that ExecuTorch's lowering keeps them dynamic, and a dynamic
+    dimension that still comes out static raises instead of writing a fixed-length ``.pte``.
     """
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
@@ -120,9 +201,17 @@ def export_pte(
         dynamic_shapes = infer_dynamic_shapes(example_args, max_tokens=max_tokens)
         if all(s is None for s in dynamic_shapes):
             dynamic_shapes = None
-    with torch.no_grad():
+    _check_transformers_cache(model, example_kwargs)
+    from ..sources.hf_export import exportable_model
+
+    # transformers families whose code does not trace to ExecuTorch ops (complex RoPE) are traced with
+    # the same patches as `--hf` (sources/hf_export.py: the same numbers in real arithmetic)
+    with torch.no_grad(), exportable_model(model):
         ep = torch.export.export(model, example_args, kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
                                  strict=strict)
+    _refuse_complex(ep, model)
+    if dynamic_shapes is not None:
+        _zero_fill_dynamic_empties(ep)
     partitioners = []
     if delegate:
         from .backend import MobileMoEPartitioner

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -214,14 +215,19 @@ def _short_conv_with_state(module: str, conv_class: str):
     return [(cls, "forward", forward)]
 
 
-# model_type -> the patches that make its forward exportable to ExecuTorch (same numbers)
-_EXPORT_PATCHES = {
-    # LFM2's short-convolution layers, their state in the KV cache's place
-    "lfm2_moe": lambda: _short_conv_with_state("lfm2_moe", "Lfm2MoeShortConv"),
+# model_type -> its complex-valued RoPE in real arithmetic (the families whose code calls torch.polar /
+# view_as_complex)
+REAL_ROTARY_PATCHES = {
     # queries [B, H, S, d]
     "deepseek_v2": lambda: _real_rotary("deepseek_v2", "DeepseekV2RotaryEmbedding", lambda cs: cs.unsqueeze(1)),
     # queries [B, S, H, d]
     "llama4_text": lambda: _real_rotary("llama4", "Llama4TextRotaryEmbedding", lambda cs: cs[:, :, None]),
+}
+# model_type -> the patches that make its forward exportable to ExecuTorch (same numbers)
+_EXPORT_PATCHES = {
+    # LFM2's short-convolution layers, their state in the KV cache's place
+    "lfm2_moe": lambda: _short_conv_with_state("lfm2_moe", "Lfm2MoeShortConv"),
+    **REAL_ROTARY_PATCHES,
 }
 
 
@@ -237,6 +243,39 @@ def exportable(model_type: str):
     finally:
         for owner, attr, old in saved:
             setattr(owner, attr, old)
+
+
+def transformers_model_types(model: nn.Module) -> List[str]:
+    """``model_type`` of every transformers config held by ``model`` or its submodules (each config and
+    its text config: ``Llama4ForConditionalGeneration`` holds "llama4" and "llama4_text"). Empty when
+    transformers was never imported (then no module can be a transformers one)."""
+    if "transformers" not in sys.modules:
+        return []
+    from transformers import PretrainedConfig
+
+    found: List[str] = []
+    for m in model.modules():
+        for cfg in (getattr(m, "config", None), getattr(m, "hf_config", None)):
+            if not isinstance(cfg, PretrainedConfig):
+                continue
+            try:
+                text = cfg.get_text_config()
+            except ValueError:  # a config with several text configs names none: the outer one only
+                text = cfg
+            for c in (cfg, text):
+                if c.model_type not in found:
+                    found.append(c.model_type)
+    return found
+
+
+@contextlib.contextmanager
+def exportable_model(model: nn.Module):
+    """:func:`exportable` for every transformers family inside ``model`` (``export_pte`` traces within
+    it, so the Python API exports what ``--hf`` exports)."""
+    with contextlib.ExitStack() as stack:
+        for model_type in transformers_model_types(model):
+            stack.enter_context(exportable(model_type))
+        yield
 
 
 def default_max_seq_len(model: nn.Module, cap: int = 2048) -> int:
