@@ -67,7 +67,7 @@ for kn in "${KERNELS[@]}"; do
     got=$(awk '/^KERNEL/{print $2}' "$log")
     [ "$got" = "$kn" ] || { echo "kernel $kn not selected (got $got)" >&2; exit 1; }
     # MARK lines come in pairs around each region; REGION lines name them in the same order.
-    mapfile -t diffs < <(awk '/^MARK/{if(h){print $2-p; h=0}else{p=$2; h=1}}' "$log")
+    mapfile -t diffs < <(awk '/^MARK/{if(h){printf "%.0f\n", $2-p; h=0}else{p=$2; h=1}}' "$log")
     mapfile -t names < <(awk '/^REGION/{print $2}' "$log")
     [ ${#diffs[@]} = ${#names[@]} ] || { echo "marker mismatch in $log" >&2; exit 1; }
     for i in "${!names[@]}"; do COUNT[$kn,${names[$i]}]=${diffs[$i]}; done
@@ -138,6 +138,7 @@ for line in os.environ["INSN_RAW"].split("\n"):
         kernel, region, n = line.split()
         counts.setdefault(kernel, {})[region] = int(n)
 payload = {
+    "command": "scripts/insn_count_aarch64.sh" + (f" (INSN_RESULTS_NAME={name})" if name != "insn-aarch64" else ""),
     "what": "executed aarch64 instructions per call (QEMU TCG plugin scripts/qemu_plugin/insn_marker.c, "
             "qemu-user -cpu max, one thread), ops/src/bin/insn_bench.rs regions: expert GEMMs of an S-like "
             "layer (D=1024, F=512, INT4 g32, Q8) and one MobileMoE-S attention layer (fp16 KV cache, whole op)",
