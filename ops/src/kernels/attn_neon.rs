@@ -9,7 +9,7 @@
 //!   `l + 1`. The last two levels are done for four heads at once (`zip1/zip2 .2d` + `fadd`, then
 //!   `faddp`): the same additions of the same operands.
 //! - softmax: the maximum in vectors (NaN if any score is NaN), `exp_f32(x - m)` four lanes at a
-//!   time ([`exp4`]: the scalar function's operations, fused multiply-adds where it has them,
+//!   time (`exp4`: the scalar function's operations, fused multiply-adds where it has them,
 //!   nowhere else), the 16-lane sum.
 //! - values: `acc += p * v` in slot order from zero, `out = acc * (1 / sum)`.
 //!
