@@ -455,7 +455,7 @@ pub fn attention(
                 }
                 let base = g * max_seq * hd;
                 if fixed {
-                    // AVX-512 or AVX2 with a specialised shape: fp16 rows converted in registers.
+                    // AVX-512, AVX2 or NEON with a specialised shape: fp16 rows converted in registers.
                     for s in s0..s1 {
                         let p = positions[s] as usize;
                         let q = &qkv[s * qkv_w + g * rep * hd..s * qkv_w + (g + 1) * rep * hd];
@@ -604,21 +604,26 @@ fn local_sdpa(
     Ok(())
 }
 
-/// Whether a kernel specialised on (head_dim, heads per KV head) exists for this kernel set: AVX-512
-/// and AVX2 (with F16C), head_dim 32 / 64 / 128, 1 to 8 query heads per KV head.
+/// Whether a kernel specialised on (head_dim, heads per KV head) exists for this kernel set: AVX-512,
+/// AVX2 (with F16C) and the three aarch64 sets (one NEON kernel), head_dim 32 / 64 / 128, 1 to 8
+/// query heads per KV head.
 fn fixed_shape(kind: crate::KernelKind, hd: usize, rep: usize) -> bool {
     use crate::KernelKind::*;
     let isa = match kind {
+        #[cfg(target_arch = "x86_64")]
         Avx512Vnni => true,
         #[cfg(target_arch = "x86_64")]
         Avx2 => std::arch::is_x86_feature_detected!("f16c"),
+        // NEON (and `fcvtl` for fp16 rows) is baseline AArch64: every aarch64 set shares the kernel
+        #[cfg(target_arch = "aarch64")]
+        Neon | NeonDotprod | NeonI8mm => true,
         _ => false,
     };
-    cfg!(target_arch = "x86_64") && isa && matches!(hd, 32 | 64 | 128) && (1..=8).contains(&rep)
+    isa && matches!(hd, 32 | 64 | 128) && (1..=8).contains(&rep)
 }
 
-/// The kernel specialised on (head_dim, rep) for `kind` (AVX-512 or AVX2), reading K/V rows of
-/// either element type; false if there is none for this shape (then nothing was written).
+/// The kernel specialised on (head_dim, rep) for `kind` (AVX-512, AVX2 or NEON), reading K/V rows
+/// of either element type; false if there is none for this shape (then nothing was written).
 #[allow(clippy::too_many_arguments, unused_variables)]
 fn sdpa_fixed<T: KvElem>(
     kind: crate::KernelKind,
@@ -632,44 +637,45 @@ fn sdpa_fixed<T: KvElem>(
     scores: &mut [f32],
     out: &mut [f32],
 ) -> bool {
+    #[allow(unused_macros)]
+    macro_rules! arms {
+        ($f:ident) => {
+            match (hd, rep) {
+                (32, 1) => $f::<2, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 2) => $f::<2, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 3) => $f::<2, 3, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 4) => $f::<2, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 5) => $f::<2, 5, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 6) => $f::<2, 6, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 7) => $f::<2, 7, T>(q, k, v, n_ctx, scale, scores, out),
+                (32, 8) => $f::<2, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 1) => $f::<4, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 2) => $f::<4, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 3) => $f::<4, 3, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 4) => $f::<4, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 5) => $f::<4, 5, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 6) => $f::<4, 6, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 7) => $f::<4, 7, T>(q, k, v, n_ctx, scale, scores, out),
+                (64, 8) => $f::<4, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 1) => $f::<8, 1, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 2) => $f::<8, 2, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 3) => $f::<8, 3, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 4) => $f::<8, 4, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 5) => $f::<8, 5, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 6) => $f::<8, 6, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 7) => $f::<8, 7, T>(q, k, v, n_ctx, scale, scores, out),
+                (128, 8) => $f::<8, 8, T>(q, k, v, n_ctx, scale, scores, out),
+                _ => return false,
+            }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::attn_dot::{sdpa_avx2_fixed, sdpa_avx512_fixed};
-        macro_rules! arms {
-            ($f:ident) => {
-                match (hd, rep) {
-                    (32, 1) => $f::<2, 1, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 2) => $f::<2, 2, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 3) => $f::<2, 3, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 4) => $f::<2, 4, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 5) => $f::<2, 5, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 6) => $f::<2, 6, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 7) => $f::<2, 7, T>(q, k, v, n_ctx, scale, scores, out),
-                    (32, 8) => $f::<2, 8, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 1) => $f::<4, 1, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 2) => $f::<4, 2, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 3) => $f::<4, 3, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 4) => $f::<4, 4, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 5) => $f::<4, 5, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 6) => $f::<4, 6, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 7) => $f::<4, 7, T>(q, k, v, n_ctx, scale, scores, out),
-                    (64, 8) => $f::<4, 8, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 1) => $f::<8, 1, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 2) => $f::<8, 2, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 3) => $f::<8, 3, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 4) => $f::<8, 4, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 5) => $f::<8, 5, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 6) => $f::<8, 6, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 7) => $f::<8, 7, T>(q, k, v, n_ctx, scale, scores, out),
-                    (128, 8) => $f::<8, 8, T>(q, k, v, n_ctx, scale, scores, out),
-                    _ => return false,
-                }
-            };
-        }
         if !fixed_shape(kind, hd, rep) {
             return false;
         }
-        // SAFETY (all arms): `fixed_avx512_shape` checked the ISA of `kind` (Kernels selects
+        // SAFETY (all arms): `fixed_shape` checked the ISA of `kind` (Kernels selects
         // Avx512Vnni / Avx2 only on CPUs that have them; F16C checked for AVX2); the slices cover
         // the const shapes (the caller's slicing: q rep*hd, k/v n_ctx*hd, scores rep*n_ctx, out rep*hd).
         unsafe {
@@ -681,18 +687,30 @@ fn sdpa_fixed<T: KvElem>(
         }
         return true;
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use crate::kernels::attn_neon::sdpa_neon_fixed;
+        if !fixed_shape(kind, hd, rep) {
+            return false;
+        }
+        // SAFETY: NEON is baseline on aarch64; the slices cover the const shapes (as above).
+        unsafe { arms!(sdpa_neon_fixed) }
+        return true;
+    }
     #[allow(unreachable_code)]
     false
 }
 
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::attn_dot::KvLoad as KvElem;
-/// Placeholder bound off x86-64 (the specialised kernels are AVX-512 / AVX2 only).
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+use crate::kernels::attn_neon::KvLoadNeon as KvElem;
+/// Placeholder bound elsewhere (the specialised kernels are AVX-512 / AVX2 / NEON only).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub trait KvElem: Copy {}
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 impl KvElem for f32 {}
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 impl KvElem for f16 {}
 
 /// Exact fp16 -> fp32 of one value from its bits, branch-free so that loops vectorise:
@@ -977,4 +995,74 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
         *o = x + y;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    /// Each kernel set's specialised attention against `sdpa_generic` bit for bit, directly on the
+    /// attention output (the op tests see it through the output projection, whose Q8 rounding can
+    /// hide a last-bit difference): every specialised shape, context lengths around the kernels'
+    /// 2-, 4- and 16-slot steps, fp16 and fp32 rows, signed zeros (all-zero score lanes), large
+    /// scores (exp underflow to 0) and a fully masked-like row of equal scores.
+    #[test]
+    fn specialised_attention_equals_the_generic_bits() {
+        let mut r = Rng(0x5eed_a77e_0000_0001);
+        let kinds: Vec<_> = Kernels::available().into_iter().filter(|k| fixed_shape(k.kind, 64, 3)).collect();
+        for ks in &kinds {
+            for hd in [32usize, 64, 128] {
+                for rep in 1..=8usize {
+                    for n in [1usize, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 66] {
+                        for case in 0..3 {
+                            let mut q = r.vec(rep * hd, 1.0);
+                            let mut k = r.vec(n * hd, 1.0);
+                            let v = r.vec(n * hd, 1.0);
+                            match case {
+                                // -0.0 products in whole lanes: q zero on lanes 0..4 of each chunk
+                                1 => {
+                                    for (i, x) in q.iter_mut().enumerate() {
+                                        if i % 16 < 4 {
+                                            *x = 0.0;
+                                        }
+                                    }
+                                    for (i, x) in k.iter_mut().enumerate() {
+                                        if i % 16 < 4 {
+                                            *x = -x.abs();
+                                        }
+                                    }
+                                    k[..hd].iter_mut().for_each(|x| *x = -0.0);
+                                }
+                                // scores spread over +-hundreds: exp underflows for most slots
+                                2 => q.iter_mut().for_each(|x| *x *= 64.0),
+                                _ => {}
+                            }
+                            let scale = 1.0 / (hd as f32).sqrt();
+                            let mut want = vec![0f32; rep * hd];
+                            let mut buf = vec![0f32; rep * n + rep * hd];
+                            let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+                            let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                            let (k16f, v16f): (Vec<f32>, Vec<f32>) =
+                                (k16.iter().map(|h| h.to_f32()).collect(), v16.iter().map(|h| h.to_f32()).collect());
+                            for fp16 in [false, true] {
+                                let (kr, vr) = if fp16 { (&k16f, &v16f) } else { (&k, &v) };
+                                sdpa_generic(&q, kr, vr, n, hd, rep, scale, &mut buf, &mut want);
+                                let mut got = vec![f32::NAN; rep * hd];
+                                let mut sc = vec![0f32; rep * n];
+                                let done = if fp16 {
+                                    sdpa_fixed(ks.kind, hd, rep, &q, &k16, &v16, n, scale, &mut sc, &mut got)
+                                } else {
+                                    sdpa_fixed(ks.kind, hd, rep, &q, &k, &v, n, scale, &mut sc, &mut got)
+                                };
+                                assert!(done, "{:?} has no kernel for head_dim {hd}, {rep} heads", ks.kind);
+                                let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                                assert!(same, "{:?}: head_dim {hd}, {rep} heads, {n} slots, case {case}, fp16 {fp16}", ks.kind);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -825,6 +825,20 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-x))
 }
 
+/// The constants of [`exp_f32`] (shared with the SIMD attention kernels that compute the same
+/// function four lanes at a time, `kernels::attn_neon`).
+pub(crate) mod exp_consts {
+    pub const HI: f32 = 88.722_83; // ln(f32::MAX)
+    pub const LO: f32 = -87.336_54; // ln(f32::MIN_POSITIVE)
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to nearest even
+    pub const C1: f32 = 0.693_359_4; // 0.693359375, exact in few bits
+    pub const C2: f32 = -2.121_944_4e-4;
+    /// Polynomial in r, highest degree first (Horner with fused multiply-adds); Cephes writes the
+    /// last one 5.0000001e-1, which is 0.5 in f32.
+    pub const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+}
+
 /// `e^x` in f32, branch-free (vectorises), identical bits on every platform and build: only
 /// IEEE add/mul/fma (explicit `mul_add`, never contracted implicitly), compares and exponent bit
 /// arithmetic. Cephes `expf` reduction and polynomial (max error about 1 ulp on the normal range).
@@ -833,23 +847,16 @@ pub fn sigmoid(x: f32) -> f32 {
 /// libm call per element cannot vectorise.)
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const HI: f32 = 88.722_83; // ln(f32::MAX)
-    const LO: f32 = -87.336_54; // ln(f32::MIN_POSITIVE)
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 to nearest even
-    const C1: f32 = 0.693_359_4; // 0.693359375, exact in few bits
-    const C2: f32 = -2.121_944_4e-4;
+    use exp_consts::*;
     let xc = x.clamp(LO, HI);
     let tn = xc * LOG2E + MAGIC;
     let n = tn - MAGIC; // integral, in [-126, 128]
     let r = n.mul_add(-C1, xc);
     let r = n.mul_add(-C2, r);
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5); // Cephes writes 5.0000001e-1, which is 0.5 in f32
+    let mut p = POLY[0];
+    for &c in &POLY[1..] {
+        p = p.mul_add(r, c);
+    }
     let p = p.mul_add(r * r, r) + 1.0;
     // 2^n as two normal powers of two (n in [-126, 128]): exact scaling, one final rounding.
     // n from the low mantissa bits of tn (tn = 1.5*2^23 + n exactly): integer ops only, so this

@@ -1,6 +1,10 @@
 //! Instruction-count bench for the expert GEMMs of a MobileMoE-S layer (D=1024, F=512, group 32,
 //! INT4): fused gate+up `[2F=1024, D=1024]` and down `[D=1024, F=512]`, decode (1 token) and
-//! prefill (128 tokens), Q8 path, one thread, all tiles.
+//! prefill (128 tokens), Q8 path, one thread, all tiles; and one decode step of MobileMoE-S's
+//! attention layer (D=768, 12 query heads, 4 KV heads, head_dim 64, interleaved RoPE + QK-norm,
+//! fp16 KV cache, Q8 projections, one thread) at context depths 128 and 1024 (`attn_d128`,
+//! `attn_d1024`: the whole op, projections included) and a 128-token prefill from position 0
+//! (`attn_p128`).
 //!
 //! Kernel: `Kernels::best()`, i.e. the fastest this CPU supports unless `MOBILEMOE_KERNEL=
 //! scalar|neon|neon-dotprod|neon-i8mm|avx2|avx512vnni` selects another (ignored if unsupported).
@@ -11,9 +15,10 @@
 
 use clap::Parser;
 use mobilemoe_ops::act::QuantActs;
+use mobilemoe_ops::decoder::{attention, AttentionScratch, AttentionSpec, AttentionWeights, KvCache, KvDType, KvSlice, RopeStyle};
 use mobilemoe_ops::kernels::Kernels;
 use mobilemoe_ops::testing::Rng;
-use mobilemoe_ops::{MatrixSpec, PackedRef, WeightBits};
+use mobilemoe_ops::{MatrixSpec, PackedMatrix, PackedRef, ThreadPool, WeightBits};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -26,7 +31,8 @@ fn marker() {
 #[derive(Parser)]
 #[command(name = "insn_bench", after_help = "Environment: MOBILEMOE_KERNEL (kernel set), INSN_BENCH_ONLY (as --only).")]
 struct Cli {
-    /// Only the regions whose name contains this text (gate_up_m1, down_m1, gate_up_m128, down_m128).
+    /// Only the regions whose name contains this text (gate_up_m1, down_m1, gate_up_m128, down_m128,
+    /// attn_d128, attn_d1024, attn_p128).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
 }
@@ -63,5 +69,82 @@ fn main() {
             black_box(&out);
             println!("REGION {region} {:.3} ms", dt.as_secs_f64() * 1e3);
         }
+    }
+    attention_regions(&ks, &mut r, only.as_deref());
+}
+
+/// One decode token of S's attention layer at each depth: the cache's first `depth` slots hold
+/// random fp16 K/V (written directly: a qemu prefill of 1024 tokens would dominate the run), the
+/// token at position `depth` attends to slots `0..=depth`. A first call outside the markers grows
+/// the scratch buffers, so allocation is not counted.
+fn attention_regions(ks: &Kernels, r: &mut Rng, only: Option<&str>) {
+    let (d, hq, hkv, hd, max_seq) = (768usize, 12usize, 4usize, 64usize, 2048usize);
+    let spec = AttentionSpec {
+        dim: d,
+        n_heads: hq,
+        n_kv_heads: hkv,
+        head_dim: hd,
+        max_seq_len: max_seq,
+        rope: RopeStyle::Interleaved,
+        exact: false,
+        qk_norm: Some(1e-5),
+        window: 0,
+    };
+    let packed = |n: usize, k: usize, r: &mut Rng| {
+        PackedMatrix::quantize(&r.vec(n * k, 0.5), MatrixSpec::new(n, k, 32, WeightBits::Int4).unwrap()).unwrap()
+    };
+    let wqkv = packed(spec.qkv_width(), d, r);
+    let wo = packed(d, spec.q_width(), r);
+    let cos = r.vec(max_seq * hd / 2, 1.0);
+    let sin = r.vec(max_seq * hd / 2, 1.0);
+    let w = AttentionWeights { wqkv: wqkv.as_ref(), wo: wo.as_ref(), cos: &cos, sin: &sin };
+    let mut cache = KvCache::new(KvDType::F16, hkv, max_seq, hd).unwrap();
+    {
+        let (kc, vc) = cache.views();
+        for c in [kc, vc] {
+            if let KvSlice::F16(s) = c {
+                for x in s.iter_mut() {
+                    *x = half::f16::from_f32(r.f());
+                }
+            }
+        }
+    }
+    let pool = ThreadPool::new(1);
+    let mut scratch = AttentionScratch::default();
+    let x = r.vec(d, 1.0);
+    let mut out = vec![0f32; d];
+    for depth in [128i64, 1024] {
+        let region = format!("attn_d{depth}");
+        if only.is_some_and(|o| !region.contains(o)) {
+            continue;
+        }
+        let (mut kc, mut vc) = cache.views();
+        let mut step = || attention(&spec, &w, &x, &[depth], &mut kc, &mut vc, &mut out, &mut scratch, &pool, ks).unwrap();
+        step();
+        let t = Instant::now();
+        marker();
+        step();
+        marker();
+        let dt = t.elapsed();
+        black_box(&out);
+        println!("REGION {region} {:.3} ms", dt.as_secs_f64() * 1e3);
+    }
+    // prefill of 128 tokens at positions 0..128 (overwrites those slots; the decode regions ran)
+    let skip = matches!(only, Some(o) if !"attn_p128".contains(o));
+    if !skip {
+        let t_n = 128usize;
+        let xs = r.vec(t_n * d, 1.0);
+        let pos: Vec<i64> = (0..t_n as i64).collect();
+        let mut outs = vec![0f32; t_n * d];
+        let (mut kc, mut vc) = cache.views();
+        let mut step = || attention(&spec, &w, &xs, &pos, &mut kc, &mut vc, &mut outs, &mut scratch, &pool, ks).unwrap();
+        step();
+        let t = Instant::now();
+        marker();
+        step();
+        marker();
+        let dt = t.elapsed();
+        black_box(&outs);
+        println!("REGION attn_p128 {:.3} ms", dt.as_secs_f64() * 1e3);
     }
 }

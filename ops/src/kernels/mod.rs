@@ -17,6 +17,8 @@ pub mod aarch64_i8mm;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_neon;
 pub mod attn_dot;
+#[cfg(target_arch = "aarch64")]
+pub mod attn_neon;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx2;
