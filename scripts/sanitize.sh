@@ -52,7 +52,9 @@ run_asan() {
   (
     export CARGO_TARGET_DIR="$BASE/asan"
     export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes" RUSTDOCFLAGS="-Zsanitizer=address"
-    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1"
+    # allocator_may_return_null: an impossible allocation returns null, as from libc (ops tests check
+    # that it becomes OpsError::OutOfMemory; ASan would otherwise abort on it)
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1:allocator_may_return_null=1"
     export LSAN_OPTIONS="suppressions=$ROOT/tests/robustness/lsan.supp:print_suppressions=0"
     cxx_asan
     cd "$ROOT"

@@ -95,7 +95,7 @@ impl From<OpsError> for Error {
     fn from(e: OpsError) -> Self {
         let code = match e {
             OpsError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
-            OpsError::Panicked(_) => ErrorCode::Internal,
+            OpsError::Panicked(_) | OpsError::Internal(_) => ErrorCode::Internal,
             _ => ErrorCode::InvalidArgument,
         };
         Self::new(code, e.to_string())
@@ -212,6 +212,7 @@ mod tests {
         assert_eq!(Error::from(OpsError::ZeroDim { what: "x" }).code, ErrorCode::InvalidArgument);
         assert_eq!(Error::from(OpsError::OutOfMemory { what: "kv cache", bytes: 1 << 40 }).code, ErrorCode::OutOfMemory);
         assert_eq!(Error::from(OpsError::Panicked("kernel")).code, ErrorCode::Internal);
+        assert_eq!(Error::from(OpsError::Internal("kernel contract check failed")).code, ErrorCode::Internal);
         let e = Error::invalid_program("bad").context("node 3");
         assert_eq!((e.code, e.message.as_str()), (ErrorCode::InvalidProgram, "node 3: bad"));
     }

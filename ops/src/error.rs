@@ -25,6 +25,10 @@ pub enum OpsError {
     /// A worker of the thread pool panicked inside `{0}` (a bug, not a bad input).
     #[error("internal error: a {0} thread panicked")]
     Panicked(&'static str),
+    /// A broken internal invariant (a bug, not a bad input), e.g. a kernel refusing a call the op
+    /// had checked.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("{0}")]
     Invalid(String),
 }

@@ -80,7 +80,7 @@ pub fn linear(
         .map_err(|_| OpsError::Panicked("kernel"))?;
     }
     if failed.into_inner() {
-        return Err(OpsError::Invalid("internal: kernel contract check failed".into()));
+        return Err(OpsError::Internal("kernel contract check failed"));
     }
     if let Some(b) = bias {
         for row in out.chunks_exact_mut(spec.n) {

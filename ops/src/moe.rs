@@ -709,7 +709,7 @@ fn run_gemms<'w>(
     })
     .map_err(|_| OpsError::Panicked("kernel"))?;
     if failed.into_inner() {
-        return Err(OpsError::Invalid("internal: kernel contract check failed".into()));
+        return Err(OpsError::Internal("kernel contract check failed"));
     }
     Ok(())
 }
