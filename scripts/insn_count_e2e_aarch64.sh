@@ -15,7 +15,7 @@
 # thread's polling is counted and repeated runs differ by ~2 %. With it, repeated runs agree to
 # ~100 instructions.
 # Env: INSN_PLUGIN (default target/aarch64/insn/insn_marker.so, built by scripts/insn_count_aarch64.sh),
-#      CPUS (default "cortex-a53 cortex-a76 max"), TOKENS (default "1 8").
+#      CPUS (default "cortex-a53 cortex-a76 max"), TOKENS (default "1 8 32").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/aarch64_toolchain.sh
@@ -48,7 +48,7 @@ echo
 echo "| -cpu | tokens per call | ours (MobileMoEBackend) | XNNPACK 8da4w | XNNPACK / ours |"
 echo "|---|---|---|---|---|"
 for cpu in ${CPUS:-cortex-a53 cortex-a76 max}; do
-    for t in ${TOKENS:-1 8}; do
+    for t in ${TOKENS:-1 8 32}; do
         o=$(per_call "$cpu" "$OURS" "$t")
         x=$(per_call "$cpu" "$XNN" "$t" "$XNN_LIB")
         ratio=$(awk -v a="$x" -v b="$o" 'BEGIN { printf "%.2fx", a / b }')
