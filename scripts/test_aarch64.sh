@@ -56,10 +56,10 @@ if [ "${SKIP_BACKEND:-0}" != 1 ]; then
     # PyPI's executorch wheel (scripts/build_aarch64_runtime.sh), run under qemu on the embedded
     # default model's .pte, the same file `make demo` exports (scripts/export_default_pte.sh, on
     # x86). The plugin cdylib loads into the wheel's runtime and registers its backend. Checks per
-    # CPU model: the greedy token ids of `mobilemoe generate` equal the x86
-    # runner's; the logits of one 8-token forward pass equal x86's bit for bit (every kernel set is
-    # bit-exact against the scalar reference, and the whole decoder is one delegate: no ExecuTorch
-    # kernel computes anything); `inspect` and `bench --raw --tokens 1` work. On `max` also with
+    # CPU model: the greedy token ids of `mobilemoe generate` equal the x86 runner's; the logits of
+    # one 8-token forward pass equal x86's bit for bit (every kernel set is bit-exact against the
+    # scalar reference, and the whole decoder is one delegate: no ExecuTorch kernel computes
+    # anything); `inspect` and `bench --raw --tokens 1` work. On `max` also with
     # MOBILEMOE_KERNEL=neon-i8mm (best() picks neon-dotprod there).
     t_e2e=$SECONDS
     echo "=== plugin + runner for $TARGET on the aarch64 ExecuTorch runtime (executorch $ET_VERSION wheel), under qemu"
