@@ -15,9 +15,15 @@ continues an interrupted one from its last checkpoint; every step's loss goes to
    linearly to 5% (the "decay" phase of a warm-up/stable/decay schedule).
 3. ``sft`` — instruction fine-tuning on a synthetic instruction set derived from the plays
    (:func:`train_data.instruction_examples`: "Give a speech by HAMLET about <keyword>." -> a real
-   speech; "Reply as JULIET to: ..." -> her real reply) in a plain-text chat format
-   (``### Instruction:`` / ``### Response:``, answer ended by ``<|endoftext|>``); loss on the
-   answer tokens only; a quarter of each batch replays plain text so the model keeps writing plays.
+   speech; "Reply as JULIET to: ..." -> her real reply; several phrasings of each) in a plain-text
+   chat format (``### Instruction:`` / ``### Response: HAMLET:``, answer ended by
+   ``<|endoftext|>``; :func:`train_data.chat_template` is the same format as a transformers chat
+   template, shipped in ``assets/tokenizer_config.json``); loss on the answer tokens only, the
+   ``SPEAKER:`` heading weighted 4x; instructions packed several to a row (each attends only to
+   itself), a quarter of the instruction rows heading-only drills; a quarter of each batch replays
+   plain text so the model keeps writing plays. Every ``--probe-every`` steps the log records the
+   share of probe instructions (held-out plays, held-out speakers, training) whose greedy answer
+   opens with the requested speaker, and every step the loss on answers, headings and replay.
 4. ``qat`` — 4-bit quantization-aware training (weights symmetric per-group-32 INT4, exactly the
    numerics of docs/DESIGN.md section 1 / ``quant.quantize_per_group``, straight-through
    estimator) on every matrix ``quantize_moe(..., dense_linears=True)`` turns into INT4: routed
@@ -96,8 +102,14 @@ def default_stages(scale: float = 1.0, peak: float = 2e-3) -> Dict[str, StageSpe
     return {
         "pre": StageSpec("pre", s(1800), peak, peak, warmup=s(100), batch=16, ctx=128, data="all"),
         "mid": StageSpec("mid", s(500), peak, peak * 0.05, batch=8, ctx=256, data="modern", schedule="linear"),
-        "sft": StageSpec("sft", s(250), 5e-4, 5e-5, batch=16, ctx=256, data="sft", schedule="cosine"),
-        "qat": StageSpec("qat", s(200), 2e-4, 0.0, batch=16, ctx=256, data="sft", qat=True, schedule="cosine"),
+        # Issue 29: 250 steps at 5e-4 with one instruction per padded row left the speaker heading
+        # (~9 of ~65 answer tokens, ~5% of the gradient) unlearned. Packed rows (~2.2 instructions
+        # each), heading tokens weighted 4x, a quarter of the instruction rows heading-only drills,
+        # a 4x higher LR and more steps; replay unchanged (1/4 of the rows) to keep plain text.
+        "sft": StageSpec("sft", s(1200), 2e-3, 1e-4, warmup=s(20), batch=16, ctx=256, data="sft", schedule="cosine",
+                         pack=True, head_weight=4.0, heads=0.25),
+        "qat": StageSpec("qat", s(300), 2e-4, 0.0, batch=16, ctx=256, data="sft", qat=True, schedule="cosine",
+                         pack=True, head_weight=4.0, heads=0.25),
     }
 
 
@@ -306,14 +318,16 @@ class Corpus:
                 ids, start, nh = self.sft[int(rng.integers(0, len(self.sft)))]
                 if drill:  # the prompt and the heading only: the hard part (which name), several per row
                     ids = ids[:start + nh]
-                if pos + len(ids) > L:
+                if pos == 0:
+                    ids = ids[:L]  # (a row's first instruction is cut to the row if longer)
+                elif pos + len(ids) > L:
                     break  # (the drawn example is dropped: the row is full)
                 toks[r, pos:pos + len(ids)] = torch.from_numpy(ids.astype(np.int64))
                 doc[r, pos:pos + len(ids)] = d
                 a0 = pos + start - 1  # the position that predicts the answer's first token
                 if not drill:
                     ans[r, a0:pos + len(ids) - 1] = True  # answer tokens incl. <|endoftext|>
-                hd[r, a0:a0 + nh] = True
+                hd[r, a0:min(a0 + nh, pos + len(ids) - 1)] = True
                 pos, d = pos + len(ids), d + 1
                 if not pack:
                     break
@@ -535,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pre-training steps at which to also save pre_step<N>_model.pt (MoE vs dense comparison)")
     ap.add_argument("--set", default=None, metavar="STAGE.FIELD=V,...",
                     help="override stage fields, e.g. sft.lr=1e-3,sft.head_weight=2,sft.pack=1 (see StageSpec)")
-    ap.add_argument("--probe-every", type=int, default=50,
+    ap.add_argument("--probe-every", type=int, default=100,
                     help="instruction stages: log the probe sets' speaker accuracy every N steps (0: never)")
     ap.add_argument("--probe-n", type=int, default=64, help="instructions per probe set")
     ap.add_argument("--single-phrasing", action="store_true",
