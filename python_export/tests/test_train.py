@@ -186,8 +186,10 @@ def test_instruction_batch_weights_answers_and_headings(corpus_ready):
     # drills (the last instruction rows) score only their headings
     drill = spec.batch - n_text - 1
     assert not b.parts["answer"][drill].any() and b.parts["heading"][drill].any()
-    # the probes: the heading tokens decode to the speaker named in the instruction
-    for ids, st, nh in c.probes["train"]:
+    # the probes and the made-up-name drills: the heading tokens decode to the speaker named in
+    # the instruction
+    assert len(c.drills) > 100
+    for ids, st, nh in c.probes["train"] + c.drills[:20]:
         head = tok.decode(ids[st:st + nh].tolist())
         assert head.startswith(" ") and head.endswith(":\n") and head.strip()[:-1] in tok.decode(ids[:st].tolist())
 

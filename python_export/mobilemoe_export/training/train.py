@@ -95,6 +95,7 @@ class StageSpec:
     pack: bool = False  # several instructions per row, each attending only to itself
     head_weight: float = 1.0  # loss weight of the answer's `SPEAKER:` heading tokens
     heads: float = 0.0  # share of instruction rows packed with heading-only drills (prompt + `SPEAKER:`)
+    fake_names: float = 0.0  # share of those drills whose speaker is a made-up name (copying, not recall)
 
 
 def default_stages(scale: float = 1.0, peak: float = 2e-3) -> Dict[str, StageSpec]:
@@ -276,6 +277,7 @@ class Corpus:
 
         self.sft = enc(train, tag)
         self.held_sft = enc(held, "heldout")
+        self.drills = self._name_drills(tok, data.instruction_examples(train, variants=variants), nl)
         # Probe sets for the instruction stages (logged during training): instructions of the
         # held-out plays whose speaker also speaks in a training play ("held-out play"), whose
         # speaker never does ("held-out speaker": a name the model never saw in a heading), and
@@ -287,6 +289,28 @@ class Corpus:
             "held_speaker": [head(*e) for e in self.held_sft if self._who(tok, e) not in known][:probe_n],
             "train": [head(*e) for e in self.sft[:probe_n]],
         }
+
+    @staticmethod
+    def _name_drills(tok, examples, nl, n: int = 8000, seed: int = 29):
+        """Heading-only drills whose speaker is a made-up upper-case name (4-9 letters, one or
+        two words): the model cannot have memorised it, so the only way to open the answer with
+        it is to copy it from the instruction — the skill held-out speakers need."""
+        rng = np.random.default_rng(seed)
+        letters = np.array(list("ABCDEFGHIJKLMNOPRSTUVWY"))
+        out = []
+        for k in rng.permutation(len(examples))[:n]:
+            ins, ans = examples[int(k)]
+            who = ans.split(":\n", 1)[0]
+            if who not in ins:
+                continue
+            fake = "".join(rng.choice(letters, size=int(rng.integers(4, 10))))
+            if rng.random() < 0.2:
+                fake = fake[:3] + " " + fake[3:]
+            p = tok.encode(data.format_prompt(ins.replace(who, fake))).ids
+            h = tok.encode(data.answer_heading(fake)).ids
+            ids = np.asarray(p + h, dtype=np.int64)
+            out.append((ids, len(p), data.heading_len(ids, len(p), nl)))
+        return out
 
     @staticmethod
     def _who(tok, ex) -> str:
@@ -301,6 +325,7 @@ class Corpus:
         if kind in ("all", "modern"):
             return Batch(self.windows(self.all if kind == "all" else self.modern, rng, batch, ctx))
         replay, pack, hw, heads = (spec.replay, spec.pack, spec.head_weight, spec.heads) if spec else (0.25, False, 1.0, 0.0)
+        fake = spec.fake_names if spec else 0.0
         n_text = int(round(batch * replay))
         n_ins = batch - n_text
         n_heads = int(round(n_ins * heads))
@@ -318,6 +343,8 @@ class Corpus:
                 ids, start, nh = self.sft[int(rng.integers(0, len(self.sft)))]
                 if drill:  # the prompt and the heading only: the hard part (which name), several per row
                     ids = ids[:start + nh]
+                    if fake and rng.random() < fake:
+                        ids, start, nh = self.drills[int(rng.integers(0, len(self.drills)))]
                 if pos == 0:
                     ids = ids[:L]  # (a row's first instruction is cut to the row if longer)
                 elif pos + len(ids) > L:
