@@ -20,7 +20,8 @@ continues an interrupted one from its last checkpoint; every step's loss goes to
    ``<|endoftext|>``; :func:`train_data.chat_template` is the same format as a transformers chat
    template, shipped in ``assets/tokenizer_config.json``); loss on the answer tokens only, the
    ``SPEAKER:`` heading weighted 4x; instructions packed several to a row (each attends only to
-   itself), a quarter of the instruction rows heading-only drills; a quarter of each batch replays
+   itself), half of the instruction rows heading-only drills, most with made-up speaker names
+   (the model must copy the name, not recall it); a quarter of each batch replays
    plain text so the model keeps writing plays. Every ``--probe-every`` steps the log records the
    share of probe instructions (held-out plays, held-out speakers, training) whose greedy answer
    opens with the requested speaker, and every step the loss on answers, headings and replay.
@@ -105,12 +106,13 @@ def default_stages(scale: float = 1.0, peak: float = 2e-3) -> Dict[str, StageSpe
         "mid": StageSpec("mid", s(500), peak, peak * 0.05, batch=8, ctx=256, data="modern", schedule="linear"),
         # Issue 29: 250 steps at 5e-4 with one instruction per padded row left the speaker heading
         # (~9 of ~65 answer tokens, ~5% of the gradient) unlearned. Packed rows (~2.2 instructions
-        # each), heading tokens weighted 4x, a quarter of the instruction rows heading-only drills,
-        # a 4x higher LR and more steps; replay unchanged (1/4 of the rows) to keep plain text.
+        # each), heading tokens weighted 4x, half of the instruction rows heading-only drills (3/4
+        # of them with made-up names: copying, which held-out speakers need), a 4x higher LR and
+        # more steps; replay unchanged (1/4 of the rows) to keep plain text.
         "sft": StageSpec("sft", s(1200), 2e-3, 1e-4, warmup=s(20), batch=16, ctx=256, data="sft", schedule="cosine",
-                         pack=True, head_weight=4.0, heads=0.25),
+                         pack=True, head_weight=4.0, heads=0.5, fake_names=0.75),
         "qat": StageSpec("qat", s(300), 2e-4, 0.0, batch=16, ctx=256, data="sft", qat=True, schedule="cosine",
-                         pack=True, head_weight=4.0, heads=0.25),
+                         pack=True, head_weight=4.0, heads=0.5, fake_names=0.75),
     }
 
 
