@@ -142,8 +142,8 @@ payload = {
     "what": "executed aarch64 instructions per call (QEMU TCG plugin scripts/qemu_plugin/insn_marker.c, "
             "qemu-user -cpu max, one thread), ops/src/bin/insn_bench.rs regions: expert GEMMs of an S-like "
             "layer (D=1024, F=512, INT4 g32, Q8) and one MobileMoE-S attention layer (fp16 KV cache, whole op)",
-    "emulator": qemu, "cpu_model": "max", "layers_per_token_S": 20,
-    "machine": bc.machine(), "counts": counts,
+    "renderer": "insn_tables", "emulator": qemu, "cpu_model": "max", "layers_per_token_S": 20,
+    "loadavg_before": bc.loadavg(), "loadavg_after": bc.loadavg(), "machine": bc.machine(), "counts": counts,
 }
 print(bc.write_results(name, payload))
 PY
