@@ -26,6 +26,25 @@ fn marker() {
     black_box(std::os::unix::process::parent_id());
 }
 
+/// Whether `--only` (a substring of region names) selects the region `name`.
+fn selected(name: &str, only: Option<&str>) -> bool {
+    match only {
+        Some(o) => name.contains(o),
+        None => true,
+    }
+}
+
+/// One measured region: `step` once between the two markers, then the `REGION` line with its
+/// wall time (natively a rough check; under qemu the plugin's counts are the numbers).
+fn measure(name: &str, mut step: impl FnMut()) {
+    let t = Instant::now();
+    marker();
+    step();
+    marker();
+    let dt = t.elapsed();
+    println!("REGION {name} {:.3} ms", dt.as_secs_f64() * 1e3);
+}
+
 /// Instruction-count bench of the S-layer expert GEMMs (decode and prefill, Q8, one thread); run by
 /// scripts/insn_count_aarch64.sh under qemu with the insn_marker plugin.
 #[derive(Parser)]
@@ -48,7 +67,7 @@ fn main() {
     for &m in &[1usize, 128] {
         for &(name, n, k) in &mats {
             let region = format!("{name}_m{m}");
-            if only.as_deref().is_some_and(|o| !region.contains(o)) {
+            if !selected(&region, only.as_deref()) {
                 continue;
             }
             let spec = MatrixSpec::new(n, k, group, WeightBits::Int4).unwrap();
@@ -60,14 +79,10 @@ fn main() {
             qa.quantize(&x, m, k, group).unwrap();
             let a = qa.as_ref();
             let mut out = vec![0f32; m * n];
-            let t = Instant::now();
-            marker();
-            let ok = ks.gemm_q8(&w, 0..spec.tiles(), &a, &mut out, n);
-            marker();
-            let dt = t.elapsed();
+            let mut ok = false;
+            measure(&region, || ok = ks.gemm_q8(&w, 0..spec.tiles(), &a, &mut out, n));
             assert!(ok);
             black_box(&out);
-            println!("REGION {region} {:.3} ms", dt.as_secs_f64() * 1e3);
         }
     }
     attention_regions(&ks, &mut r, only.as_deref());
@@ -115,23 +130,17 @@ fn attention_regions(ks: &Kernels, r: &mut Rng, only: Option<&str>) {
     let mut out = vec![0f32; d];
     for depth in [128i64, 1024] {
         let region = format!("attn_d{depth}");
-        if only.is_some_and(|o| !region.contains(o)) {
+        if !selected(&region, only) {
             continue;
         }
         let (mut kc, mut vc) = cache.views();
         let mut step = || attention(&spec, &w, &x, &[depth], &mut kc, &mut vc, &mut out, &mut scratch, &pool, ks).unwrap();
         step();
-        let t = Instant::now();
-        marker();
-        step();
-        marker();
-        let dt = t.elapsed();
+        measure(&region, &mut step);
         black_box(&out);
-        println!("REGION {region} {:.3} ms", dt.as_secs_f64() * 1e3);
     }
     // prefill of 128 tokens at positions 0..128 (overwrites those slots; the decode regions ran)
-    let skip = matches!(only, Some(o) if !"attn_p128".contains(o));
-    if !skip {
+    if selected("attn_p128", only) {
         let t_n = 128usize;
         let xs = r.vec(t_n * d, 1.0);
         let pos: Vec<i64> = (0..t_n as i64).collect();
@@ -139,12 +148,7 @@ fn attention_regions(ks: &Kernels, r: &mut Rng, only: Option<&str>) {
         let (mut kc, mut vc) = cache.views();
         let mut step = || attention(&spec, &w, &xs, &pos, &mut kc, &mut vc, &mut outs, &mut scratch, &pool, ks).unwrap();
         step();
-        let t = Instant::now();
-        marker();
-        step();
-        marker();
-        let dt = t.elapsed();
+        measure("attn_p128", &mut step);
         black_box(&outs);
-        println!("REGION attn_p128 {:.3} ms", dt.as_secs_f64() * 1e3);
     }
 }
