@@ -70,6 +70,18 @@ fn gen_header(ops: &[(String, Vec<Arg>)]) -> String {
         writeln!(s, "constexpr ArgKind kKinds[kNumArgs] = {{{}}};", kinds.join(", ")).unwrap();
         let names: Vec<String> = args.iter().map(|a| format!("\"{}\"", a.name)).chain(["\"out\"".to_string()]).collect();
         writeln!(s, "constexpr const char* kNames[kNumArgs] = {{{}}};", names.join(", ")).unwrap();
+        // The constants a kernel wrapper needs, as one struct a C++ op type inherits (namespaces
+        // cannot be template arguments).
+        writeln!(s, "struct Info {{").unwrap();
+        writeln!(s, "  static constexpr const char* kName = mobilemoe_gen::{name}::kOpName;").unwrap();
+        writeln!(s, "  static constexpr const ArgKind* kKinds = mobilemoe_gen::{name}::kKinds;").unwrap();
+        writeln!(s, "  static constexpr const char* const* kNames = mobilemoe_gen::{name}::kNames;").unwrap();
+        writeln!(s, "  static constexpr size_t kNumArgs = mobilemoe_gen::{name}::kNumArgs;").unwrap();
+        if args.iter().any(|a| a.name == "x") {
+            writeln!(s, "  static constexpr size_t kX = mobilemoe_gen::{name}::x;").unwrap();
+        }
+        writeln!(s, "  static constexpr size_t kOut = mobilemoe_gen::{name}::out;").unwrap();
+        writeln!(s, "}};").unwrap();
         writeln!(s, "}}  // namespace {name}\n").unwrap();
     }
     s.push_str("}  // namespace mobilemoe_gen\n");

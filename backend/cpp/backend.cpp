@@ -316,14 +316,8 @@ bool resize_like(const char* op, const Tensor& x, Tensor& out, int64_t last) {
 // The op-specific half of a kernel: `fill` unpacks the op's arguments (x included) into its C ABI
 // struct and returns the last dimension of `out`, or -1 after logging a bad argument; `call` runs
 // the C ABI function.
-struct MoeFfnOp {
+struct MoeFfnOp : mobilemoe_gen::moe_ffn::Info {
   using Args = MobileMoeFfnArgs;
-  static constexpr const char* kName = mobilemoe_gen::moe_ffn::kOpName;
-  static constexpr const ArgKind* kKinds = mobilemoe_gen::moe_ffn::kKinds;
-  static constexpr const char* const* kNames = mobilemoe_gen::moe_ffn::kNames;
-  static constexpr size_t kNumArgs = mobilemoe_gen::moe_ffn::kNumArgs;
-  static constexpr size_t kX = mobilemoe_gen::moe_ffn::x;
-  static constexpr size_t kOut = mobilemoe_gen::moe_ffn::out;
   static int32_t call(const Args* a) { return mobilemoe_moe_ffn(a); }
 
   static int64_t fill(const char* op, Span<EValue*> stack, const Tensor& x, Args& a) {
@@ -382,14 +376,8 @@ struct MoeFfnOp {
   }
 };
 
-struct Int4LinearOp {
+struct Int4LinearOp : mobilemoe_gen::int4_linear::Info {
   using Args = MobileMoeLinearArgs;
-  static constexpr const char* kName = mobilemoe_gen::int4_linear::kOpName;
-  static constexpr const ArgKind* kKinds = mobilemoe_gen::int4_linear::kKinds;
-  static constexpr const char* const* kNames = mobilemoe_gen::int4_linear::kNames;
-  static constexpr size_t kNumArgs = mobilemoe_gen::int4_linear::kNumArgs;
-  static constexpr size_t kX = mobilemoe_gen::int4_linear::x;
-  static constexpr size_t kOut = mobilemoe_gen::int4_linear::out;
   static int32_t call(const Args* a) { return mobilemoe_int4_linear(a); }
 
   static int64_t fill(const char* op, Span<EValue*> stack, const Tensor& x, Args& a) {
